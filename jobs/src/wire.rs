@@ -1,0 +1,117 @@
+//! The versioned, size-capped envelope for everything Ova puts on the network or on disk.
+//!
+//! A frame is one version byte ([`WIRE_VERSION`]) followed by a postcard encoding of the
+//! message. [`decode`] refuses a frame larger than the caller's cap *before* decoding anything,
+//! refuses unknown versions, and refuses trailing bytes, so a peer cannot make us allocate or
+//! parse more than we agreed to.
+//!
+//! Postcard itself never pre-allocates more than the remaining input for a length prefix, so a
+//! lying length inside a frame that passed the cap cannot blow up memory either.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The wire format version this build speaks.
+pub const WIRE_VERSION: u8 = 1;
+/// Default cap for one control frame (adverts, claims, commits): 1 MiB.
+pub const MAX_CONTROL_FRAME_BYTES: usize = 1 << 20;
+
+/// A frame could not be decoded. Each variant says why, for logs and counters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Larger than the cap the receiver set.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// Zero bytes.
+    #[error("empty frame")]
+    Empty,
+    /// A version this build does not speak.
+    #[error("wire version {found} is not supported (this build speaks {WIRE_VERSION})")]
+    UnsupportedVersion {
+        /// Version found.
+        found: u8,
+    },
+    /// Not a valid encoding of the expected message type.
+    #[error("undecodable frame: {0}")]
+    Undecodable(String),
+    /// A valid message followed by junk.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+}
+
+impl WireError {
+    /// A short, fixed label for metrics (bounded cardinality).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WireError::TooLarge { .. } => "too_large",
+            WireError::Empty => "empty",
+            WireError::UnsupportedVersion { .. } => "version",
+            WireError::Undecodable(_) => "undecodable",
+            WireError::TrailingBytes(_) => "trailing",
+        }
+    }
+}
+
+/// Encodes `msg` as a versioned frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    // Writing into a Vec only fails for types serde cannot represent, which ours never are.
+    postcard::to_io(msg, &mut out).expect("postcard encoding into a Vec cannot fail");
+    out
+}
+
+/// Decodes a versioned frame of at most `max_len` bytes.
+pub fn decode<T: DeserializeOwned>(frame: &[u8], max_len: usize) -> Result<T, WireError> {
+    if frame.len() > max_len {
+        return Err(WireError::TooLarge { len: frame.len(), max: max_len });
+    }
+    let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::UnsupportedVersion { found: version });
+    }
+    let (msg, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| WireError::Undecodable(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::TrailingBytes(rest.len()));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Msg {
+        a: u32,
+        b: Vec<u8>,
+    }
+
+    #[test]
+    fn round_trip_and_errors() {
+        let m = Msg { a: 7, b: vec![1, 2, 3] };
+        let f = encode(&m);
+        assert_eq!(decode::<Msg>(&f, 64).unwrap(), m);
+        assert_eq!(decode::<Msg>(&f, 3), Err(WireError::TooLarge { len: f.len(), max: 3 }));
+        assert_eq!(decode::<Msg>(&[], 64), Err(WireError::Empty));
+        let mut g = f.clone();
+        g[0] = 2;
+        assert_eq!(decode::<Msg>(&g, 64), Err(WireError::UnsupportedVersion { found: 2 }));
+        let mut g = f.clone();
+        g.push(0);
+        assert_eq!(decode::<Msg>(&g, 64), Err(WireError::TrailingBytes(1)));
+        assert!(matches!(decode::<Msg>(&f[..f.len() - 1], 64), Err(WireError::Undecodable(_))));
+    }
+
+    #[test]
+    fn lying_length_prefix_does_not_allocate() {
+        // A Vec<u8> claiming 2^60 elements in a 12-byte frame must fail cleanly.
+        let mut f = vec![WIRE_VERSION, 7];
+        f.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(decode::<Msg>(&f, 64), Err(WireError::Undecodable(_))));
+    }
+}
