@@ -1,1 +1,5 @@
-fn main() {}
+//! `ova`: the command-line front end of an Ova peer (see `ova --help`).
+
+fn main() -> std::process::ExitCode {
+    ova_worker::cli::main()
+}

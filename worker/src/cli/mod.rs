@@ -1,0 +1,53 @@
+//! The `ova` command line: one module per command group.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod format;
+mod job;
+
+/// Ova: peer-to-peer volunteer computing on WebAssembly.
+///
+/// Scientists pack work into job bundles and submit them; volunteers' workers run the units in a
+/// wasm sandbox; results are replicated and verified by quorum across peers, with no central
+/// server.
+#[derive(Parser, Debug)]
+#[command(name = "ova", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pack and inspect job bundles.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+}
+
+/// Parses the command line, runs the command and maps errors to a non-zero exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Job(cmd) => job::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
