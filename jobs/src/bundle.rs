@@ -215,10 +215,16 @@ impl Bundle {
         out
     }
 
-    /// Decodes and fully verifies a bundle file's bytes.
+    /// Decodes and fully verifies a bundle file's bytes (at most [`MAX_BUNDLE_BYTES`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
-        if bytes.len() as u64 > MAX_BUNDLE_BYTES {
-            return Err(BundleError::TooLarge { size: bytes.len() as u64, max: MAX_BUNDLE_BYTES });
+        Self::decode_limited(bytes, MAX_BUNDLE_BYTES)
+    }
+
+    /// Decodes and fully verifies a bundle of at most `max_bytes` bytes: a receiver that
+    /// accepts bundles from others picks its own cap.
+    pub fn decode_limited(bytes: &[u8], max_bytes: u64) -> Result<Self, BundleError> {
+        if bytes.len() as u64 > max_bytes {
+            return Err(BundleError::TooLarge { size: bytes.len() as u64, max: max_bytes });
         }
         if bytes.len() < MAGIC.len() {
             return Err(if MAGIC.starts_with(bytes) {
