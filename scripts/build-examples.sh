@@ -6,10 +6,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/wasm-toolchain.sh" install
+target_dir=${OVA_EXAMPLES_TARGET_DIR:-$root/examples/target}
 cd "$root/examples"
-"$root/scripts/wasm-toolchain.sh" cargo build --release --quiet --target-dir "$root/examples/target"
+"$root/scripts/wasm-toolchain.sh" cargo build --release --quiet --target-dir "$target_dir"
 mkdir -p "$root/examples/wasm"
-for f in "$root"/examples/target/wasm32-wasip1/release/*.wasm; do
+for f in "$target_dir"/wasm32-wasip1/release/*.wasm; do
     [ -e "$f" ] || continue
     cmp -s "$f" "$root/examples/wasm/$(basename "$f")" || cp -f "$f" "$root/examples/wasm/"
 done

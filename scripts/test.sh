@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: `scripts/test.sh` from the repository root.
+#
+# 1. builds the example work units to wasm (installing the wasm toolchain if needed),
+# 2. checks formatting and lints (warnings are errors),
+# 3. runs every test of every crate.
+#
+# Set CARGO_TARGET_DIR to reuse a build directory between clones (CI does).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "wasm examples"
+scripts/build-examples.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
