@@ -1,4 +1,40 @@
 //! # ova-scheduler — coordinator-free scheduling as a pure state machine
 //!
-//! Owns placement, leases, replication and quorum verification. It is sans-IO: no tokio, no
-//! wasmtime, no clock and no OS randomness; time and a seeded rng are passed in.
+//! Owns placement, leases, replication and quorum verification for Ova, and the deterministic
+//! simulator that exercises them. It is sans-IO: no tokio, no wasmtime, no iroh, no clock and
+//! no OS randomness. Time (`now`, milliseconds) and a seed are passed in; effects come out as
+//! [`Action`]s for a shell to perform. The network shell (ova-net, on iroh) and the executor
+//! (ova-worker, on wasmtime) drive a [`Peer`]; the [`sim`] module drives thousands of them.
+//!
+//! Modules:
+//! - [`membership`]: capacity adverts and a bounded, TTL-expiring ring-neighbourhood view.
+//! - [`placement`]: weighted rendezvous ranking over a window of the ring.
+//! - [`lease`]: claims as leases that lapse.
+//! - [`commit`]: signed result commits; [`Signer`]/[`Verifier`] traits, ed25519 in production.
+//! - [`quorum`]: the verification tally, failure reasons and dissent records.
+//! - [`message`]: protocol messages, encoded through [`ova_jobs::wire`].
+//! - [`peer`]: the state machine tying them together.
+//! - [`sim`]: the seeded discrete-event simulator, its fault models, scenarios and report.
+//!
+//! This crate must not depend on tokio, wasmtime or iroh.
+
+pub mod commit;
+pub mod lease;
+pub mod membership;
+pub mod message;
+pub mod peer;
+pub mod placement;
+pub mod quorum;
+pub mod sim;
+pub mod types;
+pub mod util;
+
+pub use commit::{CommitBody, CommitError, SignedCommit, Signer, SimKeys, SimSigner, Verifier};
+#[cfg(feature = "ed25519")]
+pub use commit::{Ed25519Signer, Ed25519Verifier};
+pub use membership::{Advert, View};
+pub use message::{JobInfo, Message};
+pub use peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer, Stats};
+pub use quorum::{DissentRecord, FailReason, Verdict};
+pub use types::{ArchClass, Millis, PeerId, UnitRef};
+pub use util::Rng;

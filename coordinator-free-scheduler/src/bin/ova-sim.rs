@@ -1,0 +1,110 @@
+//! `ova-sim`: runs the scheduler simulator.
+//!
+//! ```text
+//! ova-sim --scenario NAME [--seed N]   print one scenario's report
+//! ova-sim --list                      list scenarios
+//! ova-sim all [--seed N]               every scenario except the benchmark
+//! ova-sim bench [--seed N] [--peers N] [--units N]   the P5 benchmark (use --release)
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use ova_scheduler::sim::{SCENARIOS, Sim, scenario};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N]"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seed = 1u64;
+    let mut name: Option<String> = None;
+    let mut mode = "";
+    let mut peers: Option<usize> = None;
+    let mut units: Option<usize> = None;
+    let mut i = 0;
+    while i < args.len() {
+        let val = |i: usize| args.get(i + 1).cloned();
+        match args[i].as_str() {
+            "--scenario" => {
+                name = val(i);
+                i += 1;
+            }
+            "--seed" => {
+                match val(i).and_then(|v| v.parse().ok()) {
+                    Some(v) => seed = v,
+                    None => return usage(),
+                }
+                i += 1;
+            }
+            "--peers" => {
+                peers = val(i).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--units" => {
+                units = val(i).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--list" => mode = "list",
+            "all" => mode = "all",
+            "bench" => mode = "bench",
+            "-h" | "--help" => return usage(),
+            _ => return usage(),
+        }
+        i += 1;
+    }
+    match (mode, name) {
+        ("list", _) => {
+            for s in SCENARIOS {
+                println!("{:18} {}", s.name, s.about);
+            }
+        }
+        ("all", _) => {
+            for s in SCENARIOS.iter().filter(|s| s.name != "bench") {
+                let mut sim = Sim::new((s.config)(seed));
+                print!("{}", sim.run(s.name).render());
+            }
+        }
+        ("bench", _) => {
+            let mut cfg = (scenario("bench").expect("bench scenario").config)(seed);
+            if let Some(p) = peers {
+                cfg.peers = p;
+            }
+            if let Some(u) = units {
+                cfg.units = u;
+            }
+            let t0 = Instant::now();
+            let mut sim = Sim::new(cfg);
+            let setup = t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let r = sim.run("bench");
+            let run = t1.elapsed().as_secs_f64();
+            let secs = t0.elapsed().as_secs_f64();
+            print!("{}", r.render());
+            println!(
+                "  wall: setup={setup:.1}s run={run:.1}s events/s={:.0} handle_calls={} cpu_per_unit={:.1}us (whole simulator incl. network model, per unit)",
+                r.events as f64 / run.max(1e-9),
+                sim.handle_calls,
+                run * 1e6 / r.units.max(1) as f64
+            );
+            println!(
+                "P5 peers={} units={} verified={} wrong_accepted={} waste={:.4} seconds={:.1}",
+                r.peers, r.units, r.verified, r.wrong_accepted, r.waste, secs
+            );
+        }
+        ("", Some(n)) => {
+            let Some(s) = scenario(&n) else {
+                eprintln!("unknown scenario {n:?}; try --list");
+                return ExitCode::from(2);
+            };
+            let mut sim = Sim::new((s.config)(seed));
+            print!("{}", sim.run(s.name).render());
+        }
+        _ => return usage(),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,308 @@
+//! Membership: capacity adverts and each peer's bounded, TTL-expiring view of the others.
+//!
+//! A peer keeps only a *neighbourhood* of the placement ring: the `side` nearest peers on each
+//! side of its own ring point, once among peers of its own architecture class (for
+//! same-architecture jobs) and once among all peers (for strict jobs). Placement only ever asks
+//! about units whose candidate window contains this peer, and those windows lie inside that
+//! neighbourhood, so a 10,000-peer network costs each peer a few dozen entries, not 10,000.
+//!
+//! Bounds: at most `4 * side` members are kept. When a new advert would exceed that, the
+//! member farthest from us on the ring (in both rings) is evicted. Members expire when their
+//! advert's TTL passes without a fresher advert.
+
+use ova_jobs::JobId;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ArchClass, Millis, PeerId};
+use crate::util::FxHashMap;
+
+/// Most job ids one advert may list.
+pub const MAX_ADVERT_JOBS: usize = 8;
+
+/// A peer's capacity advert, gossiped periodically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// Who is advertising.
+    pub peer: PeerId,
+    /// Its architecture class.
+    pub arch: ArchClass,
+    /// Cores it offers to Ova right now (the placement weight).
+    pub spare_cores: u16,
+    /// Units queued but not yet started.
+    pub queue_len: u32,
+    /// Increases with every advert from this peer; older adverts are ignored.
+    pub seq: u64,
+    /// How long the advert stays valid after it is received.
+    pub ttl_ms: u32,
+    /// Jobs the peer is working on (at most [`MAX_ADVERT_JOBS`]), so late joiners learn them.
+    pub jobs: Vec<JobId>,
+}
+
+/// One known peer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Member {
+    /// Its id.
+    pub peer: PeerId,
+    /// Its ring point ([`PeerId::ring_point`]).
+    pub point: u64,
+    /// Its architecture class.
+    pub arch: ArchClass,
+    /// Advertised spare cores.
+    pub weight: u16,
+    /// Advertised queue length.
+    pub queue_len: u32,
+    /// Advert sequence number.
+    pub seq: u64,
+    /// When the entry expires.
+    pub expires: Millis,
+}
+
+/// What an advert did to the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdvertEffect {
+    /// A stale or ignored advert.
+    Ignored,
+    /// A known member refreshed its entry (weight may have changed).
+    Refreshed,
+    /// The member is new (the ring neighbourhood changed).
+    Joined,
+}
+
+/// A peer's view of the network.
+#[derive(Clone, Debug)]
+pub struct View {
+    me: Member,
+    side: usize,
+    members: FxHashMap<PeerId, Member>,
+    own: Vec<Member>,
+    any: Vec<Member>,
+    /// Bumped whenever ring membership changes; placement caches key on it.
+    pub epoch: u64,
+}
+
+fn cw(from: u64, to: u64) -> u64 {
+    to.wrapping_sub(from)
+}
+
+impl View {
+    /// A view holding only ourselves.
+    pub fn new(me: PeerId, arch: ArchClass, cores: u16, side: usize) -> Self {
+        let m = Member {
+            peer: me,
+            point: me.ring_point(),
+            arch,
+            weight: cores,
+            queue_len: 0,
+            seq: 0,
+            expires: Millis::MAX,
+        };
+        let mut v = Self {
+            me: m,
+            side: side.max(1),
+            members: FxHashMap::default(),
+            own: Vec::new(),
+            any: Vec::new(),
+            epoch: 0,
+        };
+        v.rebuild();
+        v
+    }
+
+    /// Ourselves.
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Updates our own advertised capacity.
+    pub fn set_my_capacity(&mut self, cores: u16, queue_len: u32) {
+        let changed = self.me.weight != cores;
+        self.me.weight = cores;
+        self.me.queue_len = queue_len;
+        if changed {
+            self.rebuild();
+        }
+    }
+
+    /// Most members kept.
+    pub fn capacity(&self) -> usize {
+        4 * self.side
+    }
+
+    /// Number of other members known.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when we know nobody else.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// A member by id.
+    pub fn get(&self, peer: &PeerId) -> Option<&Member> {
+        if *peer == self.me.peer { Some(&self.me) } else { self.members.get(peer) }
+    }
+
+    /// All known members (not ourselves), in no particular order.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// The ring used for a job: our own class's peers (same-arch) or everyone (strict),
+    /// sorted by ring point, ourselves included.
+    pub fn ring(&self, strict: bool) -> &[Member] {
+        if strict { &self.any } else { &self.own }
+    }
+
+    /// Applies an advert received at `now`.
+    pub fn apply(&mut self, ad: &Advert, now: Millis) -> AdvertEffect {
+        if ad.peer == self.me.peer {
+            return AdvertEffect::Ignored;
+        }
+        let expires = now.saturating_add(ad.ttl_ms as Millis);
+        if let Some(m) = self.members.get_mut(&ad.peer) {
+            if ad.seq <= m.seq {
+                return AdvertEffect::Ignored;
+            }
+            let reweight = m.weight != ad.spare_cores || m.arch != ad.arch;
+            m.seq = ad.seq;
+            m.weight = ad.spare_cores;
+            m.queue_len = ad.queue_len;
+            m.expires = expires;
+            m.arch = ad.arch;
+            if reweight {
+                self.rebuild();
+            } else {
+                let m = *m;
+                for r in [&mut self.own, &mut self.any] {
+                    if let Some(e) = r.iter_mut().find(|e| e.peer == m.peer) {
+                        *e = m;
+                    }
+                }
+            }
+            return AdvertEffect::Refreshed;
+        }
+        let m = Member {
+            peer: ad.peer,
+            point: ad.peer.ring_point(),
+            arch: ad.arch,
+            weight: ad.spare_cores,
+            queue_len: ad.queue_len,
+            seq: ad.seq,
+            expires,
+        };
+        self.members.insert(ad.peer, m);
+        self.rebuild();
+        if self.members.contains_key(&ad.peer) {
+            AdvertEffect::Joined
+        } else {
+            AdvertEffect::Ignored
+        }
+    }
+
+    /// Removes a member (it left, or the shell saw it go). Returns whether it was known.
+    pub fn remove(&mut self, peer: &PeerId) -> bool {
+        let known = self.members.remove(peer).is_some();
+        if known {
+            self.rebuild();
+        }
+        known
+    }
+
+    /// Drops members whose adverts expired by `now`. Returns how many were dropped.
+    pub fn expire(&mut self, now: Millis) -> usize {
+        let before = self.members.len();
+        self.members.retain(|_, m| m.expires > now);
+        let n = before - self.members.len();
+        if n > 0 {
+            self.rebuild();
+        }
+        n
+    }
+
+    /// Keeps the `side` nearest members each way in both rings; evicts the rest.
+    fn rebuild(&mut self) {
+        let me = self.me;
+        let mut all: Vec<Member> = self.members.values().copied().collect();
+        let keep_any = nearest(&mut all, me.point, self.side);
+        let mut own: Vec<Member> = all.iter().filter(|m| m.arch == me.arch).copied().collect();
+        let keep_own = nearest(&mut own, me.point, self.side);
+        let mut keep: Vec<PeerId> = keep_any.iter().chain(keep_own.iter()).map(|m| m.peer).collect();
+        keep.sort_unstable();
+        if keep.len() < self.members.len() {
+            self.members.retain(|p, _| keep.binary_search(p).is_ok());
+        }
+        let mut any = keep_any;
+        any.push(me);
+        any.sort_unstable_by_key(|m| (m.point, m.peer));
+        let mut own = keep_own;
+        own.push(me);
+        own.sort_unstable_by_key(|m| (m.point, m.peer));
+        self.any = any;
+        self.own = own;
+        self.epoch += 1;
+    }
+}
+
+/// The up-to-`side` nearest members clockwise and counter-clockwise of `point` (deduplicated).
+fn nearest(v: &mut [Member], point: u64, side: usize) -> Vec<Member> {
+    if v.len() <= 2 * side {
+        return v.to_vec();
+    }
+    v.sort_unstable_by_key(|m| (cw(point, m.point), m.peer));
+    let mut out: Vec<Member> = v[..side].to_vec();
+    v.sort_unstable_by_key(|m| (cw(m.point, point), m.peer));
+    for m in v.iter() {
+        if out.len() >= 2 * side {
+            break;
+        }
+        if !out.iter().any(|o| o.peer == m.peer) {
+            out.push(*m);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(i: u8) -> PeerId {
+        PeerId([i; 32])
+    }
+
+    fn ad(i: u8, seq: u64) -> Advert {
+        Advert {
+            peer: pid(i),
+            arch: if i % 2 == 0 { ArchClass::X86_64 } else { ArchClass::AARCH64 },
+            spare_cores: 2,
+            queue_len: 0,
+            seq,
+            ttl_ms: 1000,
+            jobs: vec![],
+        }
+    }
+
+    #[test]
+    fn adverts_expire_and_refresh() {
+        let mut v = View::new(pid(0), ArchClass::X86_64, 4, 8);
+        assert_eq!(v.apply(&ad(1, 1), 0), AdvertEffect::Joined);
+        assert_eq!(v.apply(&ad(1, 1), 0), AdvertEffect::Ignored);
+        assert_eq!(v.apply(&ad(1, 2), 500), AdvertEffect::Refreshed);
+        assert_eq!(v.expire(1400), 0);
+        assert_eq!(v.expire(1500), 1);
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn view_is_bounded_and_classes_split() {
+        let mut v = View::new(pid(0), ArchClass::X86_64, 4, 3);
+        for i in 1..200u8 {
+            v.apply(&ad(i, 1), 0);
+        }
+        assert!(v.len() <= v.capacity());
+        assert!(v.ring(false).iter().all(|m| m.arch == ArchClass::X86_64));
+        assert_eq!(v.ring(false).len(), 7);
+        assert_eq!(v.ring(true).len(), 7);
+    }
+}

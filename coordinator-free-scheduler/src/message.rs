@@ -1,0 +1,195 @@
+//! Protocol messages. Broadcast (gossip): adverts, job announcements, "I hold the bundle",
+//! sync requests. Direct (to one peer): claims, commits, probes, steals, sync replies.
+//!
+//! On the wire every message goes through [`ova_jobs::wire`] ([`Message::encode`],
+//! [`Message::decode`]); the simulator passes them as values and shares the (large, immutable)
+//! job announcement through an `Arc`, as an in-process shell would.
+
+use std::sync::{Arc, OnceLock};
+
+use ova_jobs::wire::{self, WireError};
+use ova_jobs::{Determinism, JobId, Manifest, UnitId};
+use serde::{Deserialize, Serialize};
+
+use crate::commit::SignedCommit;
+use crate::lease::Lease;
+use crate::membership::Advert;
+use crate::placement::{pick_class, unit_point};
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
+
+/// Largest frame accepted: the manifest cap plus room for the announcement's other fields.
+pub const MAX_FRAME_BYTES: usize = ova_jobs::manifest::MAX_MANIFEST_BYTES + (64 << 10);
+/// Most commits or units in one batch message.
+pub const MAX_BATCH: usize = 256;
+/// Most classes or holders in one announcement.
+pub const MAX_ANNOUNCE_LIST: usize = 16;
+
+/// A job as announced: its manifest plus who submitted it and placement hints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its id (checked against the manifest on first use).
+    pub job_id: JobId,
+    /// The submitting peer (receives every commit, keeps a copy of every result).
+    pub submitter: PeerId,
+    /// When it was announced, in the submitter's clock (informational).
+    pub announced_at: Millis,
+    /// Architecture classes and their capacity, as the submitter saw them: same-arch units
+    /// are split across classes by weighted rendezvous on these, so every peer agrees.
+    pub class_weights: Vec<(ArchClass, u32)>,
+    /// Peers that keep the bundle (the submitter first), so the job survives its submitter.
+    pub holders: Vec<PeerId>,
+    #[serde(skip)]
+    derived: OnceLock<Option<Arc<Derived>>>,
+}
+
+/// What every peer computes once from a job: unit ids, ring points and a ring-sorted index.
+#[derive(Debug)]
+pub struct Derived {
+    /// Unit ids, by index.
+    pub unit_ids: Vec<UnitId>,
+    /// (ring point, index), sorted.
+    pub by_point: Vec<(u64, u32)>,
+    /// Class of each unit for same-arch jobs.
+    pub class_of: Vec<ArchClass>,
+}
+
+impl JobInfo {
+    /// A new announcement.
+    pub fn new(
+        manifest: Manifest,
+        submitter: PeerId,
+        announced_at: Millis,
+        class_weights: Vec<(ArchClass, u32)>,
+        holders: Vec<PeerId>,
+    ) -> Self {
+        Self {
+            job_id: manifest.job_id(),
+            manifest,
+            submitter,
+            announced_at,
+            class_weights,
+            holders,
+            derived: OnceLock::new(),
+        }
+    }
+
+    /// Whether the job is strict (any architecture may be a replica).
+    pub fn strict(&self) -> bool {
+        self.manifest.determinism == Determinism::Strict
+    }
+
+    /// Validates the announcement and builds the derived index, once. `None` if invalid
+    /// (wrong id, invalid manifest, oversized lists): such announcements are dropped.
+    pub fn derived(&self) -> Option<&Arc<Derived>> {
+        self.derived
+            .get_or_init(|| {
+                if self.class_weights.len() > MAX_ANNOUNCE_LIST
+                    || self.holders.len() > MAX_ANNOUNCE_LIST
+                    || self.manifest.validate().is_err()
+                    || self.manifest.job_id() != self.job_id
+                {
+                    return None;
+                }
+                let module = self.manifest.module;
+                let unit_ids: Vec<UnitId> = self
+                    .manifest
+                    .units
+                    .iter()
+                    .map(|u| UnitId::derive(&module, &u.input, &u.args))
+                    .collect();
+                let mut by_point: Vec<(u64, u32)> =
+                    unit_ids.iter().enumerate().map(|(i, id)| (unit_point(id), i as u32)).collect();
+                by_point.sort_unstable();
+                let class_of = unit_ids
+                    .iter()
+                    .map(|id| pick_class(unit_point(id), &self.class_weights).unwrap_or(ArchClass(0)))
+                    .collect();
+                Some(Arc::new(Derived { unit_ids, by_point, class_of }))
+            })
+            .as_ref()
+    }
+}
+
+/// Everything peers say to each other.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// Capacity advert (broadcast).
+    Advert(Advert),
+    /// A job (broadcast, or direct in reply to [`Message::GetJob`]).
+    Announce(Arc<JobInfo>),
+    /// Asks a peer for a job's announcement (direct).
+    GetJob(JobId),
+    /// The sender now holds the job's bundle and serves its blobs (broadcast).
+    HaveBundle(JobId),
+    /// The sender has started the unit and holds it until `until` (direct, to its ranking).
+    Claim {
+        /// The unit.
+        unit: UnitRef,
+        /// Lease end.
+        until: Millis,
+    },
+    /// A signed result (direct, to the unit's ranking and the submitter).
+    Commit(SignedCommit),
+    /// Asks what the receiver knows about a unit before taking it over (direct).
+    Probe(UnitRef),
+    /// Answer to a probe: the commits and leases known.
+    ProbeReply {
+        /// The unit.
+        unit: UnitRef,
+        /// Commits known (at most [`MAX_BATCH`]).
+        commits: Vec<SignedCommit>,
+        /// Leases known (hearsay: only used to wait, never to accept a result).
+        leases: Vec<Lease>,
+    },
+    /// An idle peer asks a busy one for up to `max` queued units (direct).
+    StealRequest {
+        /// Most units wanted.
+        max: u32,
+    },
+    /// Units handed over to the thief (direct).
+    StealGrant(Vec<UnitRef>),
+    /// A returning submitter asks for its job's verified results (broadcast).
+    SyncRequest(JobId),
+    /// Verified commits for the requester's job, from a peer that tallied them (direct).
+    SyncReply(Vec<SignedCommit>),
+}
+
+impl Message {
+    /// Encodes as a versioned wire frame.
+    pub fn encode(&self) -> Vec<u8> {
+        wire::encode(self)
+    }
+
+    /// Decodes a frame of at most [`MAX_FRAME_BYTES`].
+    pub fn decode(frame: &[u8]) -> Result<Self, WireError> {
+        wire::decode(frame, MAX_FRAME_BYTES)
+    }
+
+    /// Whether it is sent by gossip broadcast.
+    pub fn is_broadcast(&self) -> bool {
+        matches!(
+            self,
+            Message::Advert(_) | Message::HaveBundle(_) | Message::SyncRequest(_)
+        )
+    }
+
+    /// A short label for counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Advert(_) => "advert",
+            Message::Announce(_) => "announce",
+            Message::GetJob(_) => "get_job",
+            Message::HaveBundle(_) => "have_bundle",
+            Message::Claim { .. } => "claim",
+            Message::Commit(_) => "commit",
+            Message::Probe(_) => "probe",
+            Message::ProbeReply { .. } => "probe_reply",
+            Message::StealRequest { .. } => "steal_request",
+            Message::StealGrant(_) => "steal_grant",
+            Message::SyncRequest(_) => "sync_request",
+            Message::SyncReply(_) => "sync_reply",
+        }
+    }
+}

@@ -1,0 +1,1195 @@
+//! The peer state machine: events and `now` in, actions out.
+//!
+//! A shell (the iroh network layer, or the simulator) drives one [`Peer`] per process:
+//!
+//! ```text
+//! loop {
+//!     let event = next event (message, finished unit, fetched blob, timer, ...);
+//!     for action in peer.handle(event, now) { perform it }   // send, start unit, set timer...
+//! }
+//! ```
+//!
+//! The peer never blocks, never reads a clock and draws randomness only from its seeded
+//! [`Rng`]. All its tables are bounded (see [`Config`]); what happens when one is full is
+//! documented on each field.
+//!
+//! ## The protocol, per unit
+//! 1. Every peer ranks the unit's candidates in its own view ([`crate::placement`]). Peers in
+//!    the top `quorum` queue it as their cursor over their ring region reaches it.
+//! 2. Starting a unit sends a [`Message::Claim`] (a lease until deadline + slack) to the
+//!    unit's top `max_replicas + 1` ranked peers.
+//! 3. Finishing sends a signed [`Message::Commit`] to the same peers and to the submitter.
+//! 4. Whoever holds commits tallies them ([`crate::quorum`]). While no result has `quorum`
+//!    agreeing signers, the best-ranked peers that have neither committed, nor hold a live
+//!    lease, nor let one lapse, run it — as many as are still needed, never more than
+//!    `max_replicas` in all. This one rule covers the first run, extra replicas after a
+//!    mismatch and take-over after a lapsed lease.
+//! 5. When the view changes (a neighbour joins or expires), a peer rescans its region; units it
+//!    newly ranks high for are first probed ([`Message::Probe`]) so finished work is not redone.
+//! 6. An idle peer with nothing left to scan asks the busiest neighbour for queued units.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use ova_jobs::{BlobId, JobId, Manifest, UnitId};
+
+use crate::commit::{self, CommitBody, CommitError, SignedCommit, Signer, Verifier};
+use crate::lease::{Lease, Leases};
+use crate::membership::{AdvertEffect, Advert, MAX_ADVERT_JOBS, View};
+use crate::message::{Derived, JobInfo, MAX_BATCH, Message};
+use crate::placement::{position, rank, region, unit_point};
+use crate::quorum::{Added, DissentBook, DissentRecord, FailReason, Tally, Verdict};
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
+use crate::util::{FxHashMap, FxHashSet, Rng};
+
+/// Tunables. Defaults suit both the simulator and a small real network.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Candidates per unit (ring successors ranked by rendezvous hashing).
+    pub window: usize,
+    /// Ring neighbours kept on each side, per ring (must be ≥ `window`).
+    pub view_side: usize,
+    /// How often we advertise.
+    pub advert_interval_ms: Millis,
+    /// How long our adverts stay valid at receivers.
+    pub advert_ttl_ms: u32,
+    /// Added to a unit's deadline to form the lease.
+    pub lease_slack_ms: Millis,
+    /// How long to wait for probe replies before deciding.
+    pub probe_wait_ms: Millis,
+    /// Least time between two steal requests.
+    pub steal_cooldown_ms: Millis,
+    /// Most units tracked. When full, new units (scanned, claimed or committed) are not
+    /// tracked and counted in [`Stats::table_full`]; others will run or watch them.
+    pub max_tracked_units: usize,
+    /// Most jobs known. When full, new announcements are dropped and counted.
+    pub max_jobs: usize,
+    /// Ready-queue length per core; the scan stops filling beyond it.
+    pub queue_per_core: usize,
+    /// Most pending timers. When full, new unit timers are dropped (the periodic rescan still
+    /// revisits those units) and counted.
+    pub max_timers: usize,
+    /// Most (peer, module) dissent records.
+    pub max_dissent_records: usize,
+    /// Peers besides the submitter asked to keep a job's bundle.
+    pub bundle_copies: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            window: 10,
+            view_side: 14,
+            advert_interval_ms: 30_000,
+            advert_ttl_ms: 95_000,
+            lease_slack_ms: 10_000,
+            probe_wait_ms: 2_000,
+            steal_cooldown_ms: 5_000,
+            max_tracked_units: 1 << 21,
+            max_jobs: 64,
+            queue_per_core: 2,
+            max_timers: 1 << 22,
+            max_dissent_records: 1 << 16,
+            bundle_copies: 3,
+        }
+    }
+}
+
+/// Why a unit could not be run here (no result to commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalFailure {
+    /// The module or input could not be fetched.
+    InputsUnavailable,
+    /// The shell cancelled it (capacity shrank, shutdown).
+    Cancelled,
+}
+
+/// Why a blob is being fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchPurpose {
+    /// To keep a copy of a job's bundle (module and inputs).
+    Bundle(JobId),
+    /// To keep a copy of a verified result (as submitter or result holder).
+    Result(UnitRef),
+}
+
+/// Something that happened to the peer.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The peer (re)starts or comes back online: it advertises and, as a submitter,
+    /// asks the network for results it missed.
+    Online,
+    /// A decoded message from an authenticated peer.
+    Message {
+        /// Sender.
+        from: PeerId,
+        /// The message.
+        msg: Message,
+    },
+    /// A raw frame; decoded here, dropped and counted if malformed.
+    Frame {
+        /// Sender.
+        from: PeerId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// This peer submits a job.
+    Submit(Box<Manifest>),
+    /// A unit started with [`Action::StartUnit`] ended.
+    UnitFinished {
+        /// The unit.
+        unit: UnitRef,
+        /// Its result hash, or why it could not run.
+        result: Result<BlobId, LocalFailure>,
+    },
+    /// A fetch requested with [`Action::FetchBlob`] ended.
+    BlobFetched {
+        /// The blob.
+        blob: BlobId,
+        /// Why it was fetched.
+        purpose: FetchPurpose,
+        /// Whether it arrived intact.
+        ok: bool,
+    },
+    /// The timer set with [`Action::SetTimer`] fired.
+    Timer,
+    /// The shell saw a peer leave for good.
+    PeerLeft(PeerId),
+    /// Our spare cores changed.
+    Capacity(u16),
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send to one peer.
+    Send {
+        /// Recipient.
+        to: PeerId,
+        /// Message.
+        msg: Message,
+    },
+    /// Gossip to everyone.
+    Broadcast(Message),
+    /// Run a unit; report with [`Event::UnitFinished`].
+    StartUnit {
+        /// The unit.
+        unit: UnitRef,
+        /// Its content id.
+        unit_id: UnitId,
+        /// The job (manifest: module, input, args, limits).
+        job: Arc<JobInfo>,
+        /// Peers holding the bundle, to fetch the module and input from.
+        sources: Vec<PeerId>,
+    },
+    /// Stop a running unit (it was verified without us); no [`Event::UnitFinished`] needed.
+    CancelUnit(UnitRef),
+    /// Keep this blob (our own result) and serve it to others.
+    StoreBlob(BlobId),
+    /// Fetch a blob from one of these peers, then keep it; report with [`Event::BlobFetched`].
+    FetchBlob {
+        /// The blob.
+        blob: BlobId,
+        /// Peers to try, in order.
+        from: Vec<PeerId>,
+        /// Why.
+        purpose: FetchPurpose,
+    },
+    /// Deliver [`Event::Timer`] at this time (replaces any earlier request).
+    SetTimer(Millis),
+    /// A unit reached quorum here (notification).
+    UnitVerified {
+        /// The unit.
+        unit: UnitRef,
+        /// The agreed result.
+        result: BlobId,
+        /// Who signed it.
+        signers: Vec<PeerId>,
+    },
+    /// A unit failed here (notification), always with a reason.
+    UnitFailed {
+        /// The unit.
+        unit: UnitRef,
+        /// Why.
+        reason: FailReason,
+    },
+}
+
+/// Counters, for metrics and the simulator's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages handled.
+    pub messages_in: u64,
+    /// Frames that did not decode.
+    pub malformed: u64,
+    /// Commits with a bad signature.
+    pub bad_signature: u64,
+    /// Commits from unknown signers.
+    pub unknown_signer: u64,
+    /// Messages about units that do not exist or do not match the job.
+    pub bad_unit: u64,
+    /// Messages about jobs we do not know.
+    pub unknown_job: u64,
+    /// Announcements that did not validate.
+    pub bad_announce: u64,
+    /// Executors that signed two different results for one unit.
+    pub equivocations: u64,
+    /// Units, jobs or timers not tracked because a table was full.
+    pub table_full: u64,
+    /// Units started here.
+    pub started: u64,
+    /// Units committed here.
+    pub committed: u64,
+    /// Units seen reach quorum here.
+    pub verified: u64,
+    /// Units seen fail here.
+    pub failed: u64,
+    /// Probes sent.
+    pub probes: u64,
+    /// Units received from steal grants.
+    pub stolen: u64,
+    /// Ring-region rescans started.
+    pub rescans: u64,
+}
+
+type UKey = (u32, u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mine {
+    /// Not involved.
+    None,
+    /// Waiting for probe replies.
+    Probing,
+    /// In the ready queue.
+    Queued,
+    /// Started.
+    Running,
+    /// Committed a result.
+    Committed,
+    /// Could not run it; we will not be counted for it.
+    Gave,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Verified(BlobId),
+    Failed,
+}
+
+#[derive(Debug)]
+struct UnitState {
+    mine: Mine,
+    tally: Tally,
+    leases: Leases,
+    outcome: Option<Outcome>,
+}
+
+impl UnitState {
+    fn new() -> Self {
+        Self { mine: Mine::None, tally: Tally::default(), leases: Leases::default(), outcome: None }
+    }
+}
+
+#[derive(Debug)]
+struct JobState {
+    info: Arc<JobInfo>,
+    d: Arc<Derived>,
+    /// Index ranges of `d.by_point` still to scan.
+    scan: Vec<(usize, usize)>,
+    /// Probe units before running them (rescans, jobs learned late).
+    probe: bool,
+    /// Peers that serve the bundle.
+    sources: Vec<PeerId>,
+    mine: bool,
+    verified: u32,
+    failed: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Advert,
+    Expire,
+    Unit(u32, u32),
+    Probe(u32, u32),
+}
+
+/// One peer's protocol state.
+pub struct Peer {
+    id: PeerId,
+    arch: ArchClass,
+    cores: u16,
+    cfg: Config,
+    signer: Box<dyn Signer>,
+    verifier: Arc<dyn Verifier>,
+    rng: Rng,
+    view: View,
+    advert_seq: u64,
+    jobs: Vec<JobState>,
+    job_slot: FxHashMap<JobId, u32>,
+    requested: FxHashSet<JobId>,
+    units: FxHashMap<UKey, UnitState>,
+    ready: VecDeque<UKey>,
+    running: u32,
+    timers: BTreeSet<(Millis, TimerKind)>,
+    wake: Option<Millis>,
+    last_steal: Option<Millis>,
+    dissent: DissentBook,
+    stats: Stats,
+    out: Vec<Action>,
+    scratch: Vec<(f64, PeerId)>,
+    now: Millis,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).field("arch", &self.arch).finish()
+    }
+}
+
+impl Peer {
+    /// A peer with `cores` spare cores, signing with `signer`, checking with `verifier`,
+    /// drawing randomness from `seed`.
+    pub fn new(
+        cfg: Config,
+        arch: ArchClass,
+        cores: u16,
+        signer: Box<dyn Signer>,
+        verifier: Arc<dyn Verifier>,
+        seed: u64,
+    ) -> Self {
+        let id = signer.peer_id();
+        let view = View::new(id, arch, cores, cfg.view_side.max(cfg.window));
+        let dissent = DissentBook::new(cfg.max_dissent_records);
+        Self {
+            id,
+            arch,
+            cores,
+            cfg,
+            signer,
+            verifier,
+            rng: Rng::new(seed),
+            view,
+            advert_seq: 0,
+            jobs: Vec::new(),
+            job_slot: FxHashMap::default(),
+            requested: FxHashSet::default(),
+            units: FxHashMap::default(),
+            ready: VecDeque::new(),
+            running: 0,
+            timers: BTreeSet::new(),
+            wake: None,
+            last_steal: None,
+            dissent,
+            stats: Stats::default(),
+            out: Vec::new(),
+            scratch: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Its architecture class.
+    pub fn arch(&self) -> ArchClass {
+        self.arch
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The membership view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The dissent record for `peer` running `module`.
+    pub fn dissent(&self, peer: &PeerId, module: &BlobId) -> Option<DissentRecord> {
+        self.dissent.get(peer, module)
+    }
+
+    /// Units tracked right now.
+    pub fn tracked_units(&self) -> usize {
+        self.units.len()
+    }
+
+    /// For a job this peer submitted: (units, verified, failed).
+    pub fn job_progress(&self, job: &JobId) -> Option<(u32, u32, u32)> {
+        let j = &self.jobs[*self.job_slot.get(job)? as usize];
+        Some((j.d.unit_ids.len() as u32, j.verified, j.failed))
+    }
+
+    /// Handles one event at time `now` and returns the actions to perform, in order.
+    pub fn handle(&mut self, event: Event, now: Millis) -> std::vec::Drain<'_, Action> {
+        self.now = now.max(self.now);
+        match event {
+            Event::Online => self.on_online(),
+            Event::Message { from, msg } => self.on_message(from, msg),
+            Event::Frame { from, bytes } => match Message::decode(&bytes) {
+                Ok(msg) => self.on_message(from, msg),
+                Err(_) => self.stats.malformed += 1,
+            },
+            Event::Submit(m) => self.on_submit(*m),
+            Event::UnitFinished { unit, result } => self.on_finished(unit, result),
+            Event::BlobFetched { purpose, ok, .. } => {
+                if let (FetchPurpose::Bundle(job), true) = (purpose, ok) {
+                    self.out.push(Action::Broadcast(Message::HaveBundle(job)));
+                }
+            }
+            Event::Timer => self.on_timer(),
+            Event::PeerLeft(p) => {
+                if self.view.remove(&p) {
+                    self.rescan_all();
+                }
+            }
+            Event::Capacity(c) => {
+                self.cores = c;
+                self.view.set_my_capacity(c, self.ready.len() as u32);
+            }
+        }
+        self.pump();
+        self.arm();
+        self.out.drain(..)
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    fn add_timer(&mut self, at: Millis, k: TimerKind) {
+        if self.timers.len() >= self.cfg.max_timers && !matches!(k, TimerKind::Advert | TimerKind::Expire) {
+            self.stats.table_full += 1;
+            return;
+        }
+        self.timers.insert((at, k));
+    }
+
+    fn arm(&mut self) {
+        if let Some(&(at, _)) = self.timers.first() {
+            let at = at.max(self.now);
+            if self.wake.is_none_or(|w| at < w || w < self.now) {
+                self.wake = Some(at);
+                self.out.push(Action::SetTimer(at));
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        self.wake = None;
+        while let Some(&(at, k)) = self.timers.first() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop_first();
+            match k {
+                TimerKind::Advert => {
+                    self.advertise();
+                    self.add_timer(self.now + self.cfg.advert_interval_ms, TimerKind::Advert);
+                }
+                TimerKind::Expire => {
+                    if self.view.expire(self.now) > 0 {
+                        self.rescan_all();
+                    }
+                    self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
+                }
+                TimerKind::Unit(s, i) => self.evaluate((s, i)),
+                TimerKind::Probe(s, i) => {
+                    if let Some(u) = self.units.get_mut(&(s, i))
+                        && u.mine == Mine::Probing
+                    {
+                        u.mine = Mine::None;
+                        self.evaluate((s, i));
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    fn on_online(&mut self) {
+        self.wake = None;
+        self.timers.retain(|(_, k)| !matches!(k, TimerKind::Advert | TimerKind::Expire));
+        let jitter = self.rng.below(self.cfg.advert_interval_ms.max(1));
+        self.advertise();
+        self.add_timer(self.now + jitter + 1, TimerKind::Advert);
+        self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
+        for j in &self.jobs {
+            if j.mine && j.verified + j.failed < j.d.unit_ids.len() as u32 {
+                self.out.push(Action::Broadcast(Message::SyncRequest(j.info.job_id)));
+            }
+        }
+    }
+
+    fn advertise(&mut self) {
+        self.advert_seq += 1;
+        let ad = Advert {
+            peer: self.id,
+            arch: self.arch,
+            spare_cores: self.cores,
+            queue_len: self.ready.len() as u32,
+            seq: self.advert_seq,
+            ttl_ms: self.cfg.advert_ttl_ms,
+            jobs: self.jobs.iter().rev().take(MAX_ADVERT_JOBS).map(|j| j.info.job_id).collect(),
+        };
+        self.view.set_my_capacity(self.cores, self.ready.len() as u32);
+        self.out.push(Action::Broadcast(Message::Advert(ad)));
+    }
+
+    fn rescan_all(&mut self) {
+        for s in 0..self.jobs.len() {
+            self.start_scan(s as u32, true);
+        }
+    }
+
+    fn start_scan(&mut self, slot: u32, probe: bool) {
+        let j = &mut self.jobs[slot as usize];
+        let ring = self.view.ring(j.info.strict());
+        let n = j.d.by_point.len();
+        j.scan.clear();
+        match region(ring, &self.id, self.cfg.window) {
+            None => j.scan.push((0, n)),
+            Some((a, b)) => {
+                let lo = j.d.by_point.partition_point(|&(p, _)| p <= a);
+                let hi = j.d.by_point.partition_point(|&(p, _)| p <= b);
+                if a < b {
+                    j.scan.push((lo, hi));
+                } else {
+                    j.scan.push((lo, n));
+                    j.scan.push((0, hi));
+                }
+            }
+        }
+        j.probe |= probe;
+        self.stats.rescans += 1;
+    }
+
+    // ---------------------------------------------------------------- messages
+
+    fn on_message(&mut self, from: PeerId, msg: Message) {
+        self.stats.messages_in += 1;
+        match msg {
+            Message::Advert(ad) => {
+                if ad.peer != from {
+                    self.stats.malformed += 1;
+                    return;
+                }
+                if self.view.apply(&ad, self.now) == AdvertEffect::Joined {
+                    self.rescan_all();
+                }
+                for job in ad.jobs.iter().take(MAX_ADVERT_JOBS) {
+                    if !self.job_slot.contains_key(job)
+                        && self.requested.len() < self.cfg.max_jobs * 4
+                        && self.requested.insert(*job)
+                    {
+                        self.out.push(Action::Send { to: from, msg: Message::GetJob(*job) });
+                    }
+                }
+            }
+            Message::Announce(info) => self.on_announce(info),
+            Message::GetJob(job) => {
+                if let Some(&s) = self.job_slot.get(&job) {
+                    let info = self.jobs[s as usize].info.clone();
+                    self.out.push(Action::Send { to: from, msg: Message::Announce(info) });
+                }
+            }
+            Message::HaveBundle(job) => {
+                if let Some(&s) = self.job_slot.get(&job) {
+                    let j = &mut self.jobs[s as usize];
+                    if !j.sources.contains(&from) && j.sources.len() < 8 {
+                        j.sources.push(from);
+                    }
+                }
+            }
+            Message::Claim { unit, until } => {
+                let Some(key) = self.resolve(&unit, true) else { return };
+                let lease_max = self.lease_len(key.0);
+                let u = self.units.get_mut(&key).expect("resolved");
+                if until <= self.now {
+                    u.leases.release(&from);
+                    u.leases.claim(from, self.now);
+                } else {
+                    let until = until.min(self.now + lease_max);
+                    u.leases.claim(from, until);
+                    self.add_timer(until, TimerKind::Unit(key.0, key.1));
+                }
+                self.evaluate(key);
+            }
+            Message::Commit(c) => self.on_commit(c),
+            Message::Probe(unit) => {
+                let Some(key) = self.resolve(&unit, false) else { return };
+                let (commits, leases) = match self.units.get(&key) {
+                    Some(u) => (
+                        u.tally.commits().iter().take(MAX_BATCH).copied().collect(),
+                        u.leases.live(self.now).copied().collect(),
+                    ),
+                    None => (Vec::new(), Vec::new()),
+                };
+                self.out.push(Action::Send {
+                    to: from,
+                    msg: Message::ProbeReply { unit, commits, leases },
+                });
+            }
+            Message::ProbeReply { unit, commits, leases } => {
+                let Some(key) = self.resolve(&unit, false) else { return };
+                if !self.units.contains_key(&key) {
+                    return;
+                }
+                let lease_max = self.lease_len(key.0);
+                for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
+                    if until > self.now
+                        && let Some(u) = self.units.get_mut(&key)
+                        && !u.tally.has(&holder)
+                    {
+                        let until = until.min(self.now + lease_max);
+                        u.leases.claim(holder, until);
+                        self.add_timer(until, TimerKind::Unit(key.0, key.1));
+                    }
+                }
+                for c in commits.into_iter().take(MAX_BATCH) {
+                    if c.body.unit == unit {
+                        self.on_commit(c);
+                    }
+                }
+            }
+            Message::StealRequest { max } => self.on_steal_request(from, max),
+            Message::StealGrant(units) => {
+                for unit in units.into_iter().take(MAX_BATCH) {
+                    let Some(key) = self.resolve(&unit, true) else { continue };
+                    let u = self.units.get_mut(&key).expect("resolved");
+                    if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
+                        u.mine = Mine::Queued;
+                        self.ready.push_back(key);
+                        self.stats.stolen += 1;
+                    }
+                }
+            }
+            Message::SyncRequest(job) => {
+                let Some(&s) = self.job_slot.get(&job) else { return };
+                if self.jobs[s as usize].info.submitter != from {
+                    return;
+                }
+                let mut batch = Vec::new();
+                for (&(js, _), u) in &self.units {
+                    if js != s {
+                        continue;
+                    }
+                    if let Some(Outcome::Verified(r)) = u.outcome {
+                        for c in u.tally.commits() {
+                            if c.body.result == r && u.tally.has(&self.id) {
+                                batch.push(*c);
+                            }
+                        }
+                    }
+                    if batch.len() >= MAX_BATCH - 8 {
+                        self.out.push(Action::Send {
+                            to: from,
+                            msg: Message::SyncReply(std::mem::take(&mut batch)),
+                        });
+                    }
+                }
+                if !batch.is_empty() {
+                    self.out.push(Action::Send { to: from, msg: Message::SyncReply(batch) });
+                }
+            }
+            Message::SyncReply(commits) => {
+                for c in commits.into_iter().take(MAX_BATCH) {
+                    self.on_commit(c);
+                }
+            }
+        }
+    }
+
+    fn lease_len(&self, slot: u32) -> Millis {
+        self.jobs[slot as usize].info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms
+    }
+
+    /// Maps a unit reference to our key, checking the job and index; creates the unit's entry
+    /// if `create` (and the table has room).
+    fn resolve(&mut self, unit: &UnitRef, create: bool) -> Option<UKey> {
+        let Some(&s) = self.job_slot.get(&unit.job) else {
+            self.stats.unknown_job += 1;
+            return None;
+        };
+        if unit.index as usize >= self.jobs[s as usize].d.unit_ids.len() {
+            self.stats.bad_unit += 1;
+            return None;
+        }
+        let key = (s, unit.index);
+        if create && !self.units.contains_key(&key) {
+            if self.units.len() >= self.cfg.max_tracked_units {
+                self.stats.table_full += 1;
+                return None;
+            }
+            self.units.insert(key, UnitState::new());
+        }
+        Some(key)
+    }
+
+    fn on_announce(&mut self, info: Arc<JobInfo>) {
+        if self.job_slot.contains_key(&info.job_id) {
+            return;
+        }
+        let Some(d) = info.derived().cloned() else {
+            self.stats.bad_announce += 1;
+            return;
+        };
+        if self.jobs.len() >= self.cfg.max_jobs {
+            self.stats.table_full += 1;
+            return;
+        }
+        let late = self.requested.contains(&info.job_id);
+        let slot = self.jobs.len() as u32;
+        let mut sources = vec![info.submitter];
+        let hold = info.holders.contains(&self.id) && info.submitter != self.id;
+        self.jobs.push(JobState {
+            mine: info.submitter == self.id,
+            info: info.clone(),
+            d,
+            scan: Vec::new(),
+            probe: late,
+            sources: {
+                sources.retain(|p| *p != self.id);
+                sources
+            },
+            verified: 0,
+            failed: 0,
+        });
+        self.job_slot.insert(info.job_id, slot);
+        if hold {
+            self.out.push(Action::FetchBlob {
+                blob: info.manifest.module,
+                from: vec![info.submitter],
+                purpose: FetchPurpose::Bundle(info.job_id),
+            });
+        }
+        self.start_scan(slot, late);
+    }
+
+    fn on_submit(&mut self, m: Manifest) {
+        if m.validate().is_err() {
+            self.stats.bad_announce += 1;
+            return;
+        }
+        let mut classes: Vec<(ArchClass, u32)> = Vec::new();
+        for mem in self.view.ring(true).iter() {
+            match classes.iter_mut().find(|(c, _)| *c == mem.arch) {
+                Some((_, w)) => *w += mem.weight as u32,
+                None => classes.push((mem.arch, mem.weight as u32)),
+            }
+        }
+        classes.sort();
+        let job_key = unit_point(&UnitId(m.job_id().0));
+        rank(self.view.ring(true), job_key, usize::MAX, &mut self.scratch);
+        let mut holders = vec![self.id];
+        holders.extend(
+            self.scratch
+                .iter()
+                .map(|(_, p)| *p)
+                .filter(|p| *p != self.id)
+                .take(self.cfg.bundle_copies),
+        );
+        let info = Arc::new(JobInfo::new(m, self.id, self.now, classes, holders));
+        self.out.push(Action::Broadcast(Message::Announce(info.clone())));
+        self.on_announce(info);
+    }
+
+    // ---------------------------------------------------------------- commits and verdicts
+
+    fn on_commit(&mut self, c: SignedCommit) {
+        match commit::verify(&*self.verifier, &c) {
+            Ok(()) => {}
+            Err(CommitError::BadSignature) => {
+                self.stats.bad_signature += 1;
+                return;
+            }
+            Err(CommitError::UnknownSigner) => {
+                self.stats.unknown_signer += 1;
+                return;
+            }
+        }
+        let Some(key) = self.resolve(&c.body.unit, false) else { return };
+        let j = &self.jobs[key.0 as usize];
+        if j.d.unit_ids[key.1 as usize] != c.body.unit_id {
+            self.stats.bad_unit += 1;
+            return;
+        }
+        if !j.info.strict()
+            && let Some(m) = self.view.get(&c.body.executor)
+            && m.arch != c.body.arch
+        {
+            self.stats.bad_unit += 1;
+            return;
+        }
+        let Some(key) = self.resolve(&c.body.unit, true) else { return };
+        let u = self.units.get_mut(&key).expect("resolved");
+        match u.tally.add(c) {
+            Added::Duplicate => return,
+            Added::Equivocation => {
+                self.stats.equivocations += 1;
+                return;
+            }
+            Added::New => {}
+        }
+        u.leases.release(&c.body.executor);
+        if u.outcome.is_some() {
+            return;
+        }
+        self.check_verdict(key);
+    }
+
+    fn check_verdict(&mut self, key: UKey) {
+        let j = &self.jobs[key.0 as usize];
+        let rep = j.info.manifest.replication;
+        let same_arch = !j.info.strict();
+        let module = j.info.manifest.module;
+        let unit = UnitRef { job: j.info.job_id, index: key.1 };
+        let u = self.units.get_mut(&key).expect("tracked");
+        match u.tally.verdict(rep.quorum, rep.max_replicas, same_arch) {
+            Verdict::Pending { .. } => self.evaluate(key),
+            Verdict::Verified { result, arch } => {
+                u.outcome = Some(Outcome::Verified(result));
+                let signers: Vec<PeerId> = u
+                    .tally
+                    .commits()
+                    .iter()
+                    .filter(|c| c.body.result == result && (!same_arch || Some(c.body.arch) == arch))
+                    .map(|c| c.body.executor)
+                    .collect();
+                for c in u.tally.commits() {
+                    let agreed = c.body.result == result && (!same_arch || Some(c.body.arch) == arch);
+                    self.dissent.record(c.body.executor, module, agreed);
+                }
+                let was = u.mine;
+                let me_signed = signers.contains(&self.id);
+                self.stats.verified += 1;
+                if was == Mine::Running {
+                    self.out.push(Action::CancelUnit(unit));
+                    self.running = self.running.saturating_sub(1);
+                    u.mine = Mine::Gave;
+                }
+                let j = &mut self.jobs[key.0 as usize];
+                let keep = j.mine || self.is_result_holder(key, &signers);
+                let j = &mut self.jobs[key.0 as usize];
+                if j.mine {
+                    j.verified += 1;
+                }
+                if keep && !me_signed {
+                    self.out.push(Action::FetchBlob {
+                        blob: result,
+                        from: signers.clone(),
+                        purpose: FetchPurpose::Result(unit),
+                    });
+                }
+                self.out.push(Action::UnitVerified { unit, result, signers });
+            }
+            Verdict::Failed(reason) => {
+                u.outcome = Some(Outcome::Failed);
+                if u.mine == Mine::Running {
+                    self.out.push(Action::CancelUnit(unit));
+                    self.running = self.running.saturating_sub(1);
+                    u.mine = Mine::Gave;
+                }
+                self.stats.failed += 1;
+                let j = &mut self.jobs[key.0 as usize];
+                if j.mine {
+                    j.failed += 1;
+                }
+                self.out.push(Action::UnitFailed { unit, reason });
+            }
+        }
+    }
+
+    /// Whether we are one of the `result_copies` best-ranked non-signers for the unit.
+    fn is_result_holder(&mut self, key: UKey, signers: &[PeerId]) -> bool {
+        let j = &self.jobs[key.0 as usize];
+        let r = j.info.manifest.replication.result_copies as usize;
+        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        rank(self.view.ring(j.info.strict()), point, self.cfg.window, &mut self.scratch);
+        self.scratch
+            .iter()
+            .filter(|(_, p)| !signers.contains(p))
+            .take(r)
+            .any(|(_, p)| *p == self.id)
+    }
+
+    /// The one placement rule: should we run this unit now?
+    fn evaluate(&mut self, key: UKey) {
+        let Some(u) = self.units.get(&key) else { return };
+        if u.outcome.is_some() || u.mine != Mine::None {
+            return;
+        }
+        let j = &self.jobs[key.0 as usize];
+        let rep = j.info.manifest.replication;
+        let same_arch = !j.info.strict();
+        if same_arch && j.d.class_of[key.1 as usize] != self.arch {
+            return;
+        }
+        let need = match u.tally.verdict(rep.quorum, rep.max_replicas, same_arch) {
+            Verdict::Pending { need } => need as usize,
+            _ => return,
+        };
+        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        let strict = j.info.strict();
+        let now = self.now;
+        let live = u.leases.live(now).filter(|l| !u.tally.has(&l.holder)).count();
+        let used = u.tally.commits().len() + live;
+        let room = (rep.max_replicas as usize).saturating_sub(used);
+        let shortfall = need.saturating_sub(live).min(room);
+        if let Some(t) = u.leases.next_expiry(now) {
+            self.add_timer(t, TimerKind::Unit(key.0, key.1));
+        }
+        if shortfall == 0 {
+            return;
+        }
+        rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+        let u = self.units.get(&key).expect("tracked");
+        let mut idx = 0;
+        let mut run = false;
+        for (_, p) in &self.scratch {
+            if u.tally.has(p) || u.leases.is_live(p, now) || u.leases.lapsed(p, now) {
+                continue;
+            }
+            if *p == self.id {
+                run = idx < shortfall;
+                break;
+            }
+            idx += 1;
+            if idx >= shortfall {
+                break;
+            }
+        }
+        if run {
+            let u = self.units.get_mut(&key).expect("tracked");
+            u.mine = Mine::Queued;
+            self.ready.push_back(key);
+        }
+    }
+
+    // ---------------------------------------------------------------- running units
+
+    fn watchers(&mut self, key: UKey) -> Vec<PeerId> {
+        let j = &self.jobs[key.0 as usize];
+        let n = (j.info.manifest.replication.max_replicas as usize + 1).min(self.cfg.window);
+        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        rank(self.view.ring(j.info.strict()), point, self.cfg.window, &mut self.scratch);
+        self.scratch.iter().map(|(_, p)| *p).filter(|p| *p != self.id).take(n).collect()
+    }
+
+    fn pump(&mut self) {
+        self.fill();
+        while self.running < self.cores as u32 {
+            let Some(key) = self.ready.pop_front() else { break };
+            let Some(u) = self.units.get_mut(&key) else { continue };
+            if u.mine != Mine::Queued || u.outcome.is_some() {
+                if u.mine == Mine::Queued {
+                    u.mine = Mine::None;
+                }
+                continue;
+            }
+            u.mine = Mine::Running;
+            let until = self.now + self.lease_len(key.0);
+            let u = self.units.get_mut(&key).expect("tracked");
+            u.leases.claim(self.id, until);
+            self.running += 1;
+            self.stats.started += 1;
+            let j = &self.jobs[key.0 as usize];
+            let unit = UnitRef { job: j.info.job_id, index: key.1 };
+            let unit_id = j.d.unit_ids[key.1 as usize];
+            let job = j.info.clone();
+            let sources = j.sources.clone();
+            for to in self.watchers(key) {
+                self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+            }
+            self.out.push(Action::StartUnit { unit, unit_id, job, sources });
+            if self.ready.len() < self.cores as usize {
+                self.fill();
+            }
+        }
+        if self.running < self.cores as u32 && self.ready.is_empty() {
+            self.try_steal();
+        }
+    }
+
+    /// Advances the region scans until the ready queue is full.
+    fn fill(&mut self) {
+        let want = self.cores as usize * self.cfg.queue_per_core;
+        let mut order: Vec<usize> = (0..self.jobs.len()).collect();
+        order.sort_by_key(|&s| std::cmp::Reverse(self.jobs[s].info.manifest.priority));
+        for s in order {
+            while self.ready.len() < want {
+                let j = &mut self.jobs[s];
+                let Some(r) = j.scan.first_mut() else { break };
+                if r.0 >= r.1 {
+                    j.scan.remove(0);
+                    if j.scan.is_empty() {
+                        j.probe = false;
+                    }
+                    continue;
+                }
+                let (_, idx) = j.d.by_point[r.0];
+                r.0 += 1;
+                self.scan_unit(s as u32, idx);
+            }
+        }
+    }
+
+    fn scan_unit(&mut self, slot: u32, idx: u32) {
+        let key = (slot, idx);
+        if let Some(u) = self.units.get(&key) {
+            if u.outcome.is_none() && u.mine == Mine::None {
+                self.evaluate(key);
+            }
+            return;
+        }
+        let j = &self.jobs[slot as usize];
+        let strict = j.info.strict();
+        if !strict && j.d.class_of[idx as usize] != self.arch {
+            return;
+        }
+        let q = j.info.manifest.replication.quorum as usize;
+        let point = unit_point(&j.d.unit_ids[idx as usize]);
+        let probe = j.probe;
+        let unit = UnitRef { job: j.info.job_id, index: idx };
+        rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+        if !position(&self.scratch, &self.id).is_some_and(|p| p < q) {
+            return;
+        }
+        if self.units.len() >= self.cfg.max_tracked_units {
+            self.stats.table_full += 1;
+            return;
+        }
+        let mut u = UnitState::new();
+        if probe {
+            u.mine = Mine::Probing;
+            self.units.insert(key, u);
+            self.stats.probes += 1;
+            for to in self.watchers(key) {
+                self.out.push(Action::Send { to, msg: Message::Probe(unit) });
+            }
+            self.add_timer(self.now + self.cfg.probe_wait_ms, TimerKind::Probe(slot, idx));
+        } else {
+            u.mine = Mine::Queued;
+            self.units.insert(key, u);
+            self.ready.push_back(key);
+        }
+    }
+
+    fn on_finished(&mut self, unit: UnitRef, result: Result<BlobId, LocalFailure>) {
+        let Some(&s) = self.job_slot.get(&unit.job) else { return };
+        let key = (s, unit.index);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        if u.mine != Mine::Running {
+            return;
+        }
+        self.running = self.running.saturating_sub(1);
+        let watchers = self.watchers(key);
+        let u = self.units.get_mut(&key).expect("tracked");
+        match result {
+            Err(_) => {
+                u.mine = Mine::Gave;
+                u.leases.release(&self.id);
+                u.leases.claim(self.id, self.now);
+                for to in watchers {
+                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
+                }
+            }
+            Ok(result) => {
+                u.mine = Mine::Committed;
+                let j = &self.jobs[s as usize];
+                let body = CommitBody {
+                    unit,
+                    unit_id: j.d.unit_ids[unit.index as usize],
+                    result,
+                    executor: self.id,
+                    arch: self.arch,
+                };
+                let submitter = j.info.submitter;
+                let c = commit::sign(&*self.signer, body);
+                self.stats.committed += 1;
+                self.out.push(Action::StoreBlob(result));
+                let mut sent_submitter = submitter == self.id;
+                for to in watchers {
+                    sent_submitter |= to == submitter;
+                    self.out.push(Action::Send { to, msg: Message::Commit(c) });
+                }
+                if !sent_submitter {
+                    self.out.push(Action::Send { to: submitter, msg: Message::Commit(c) });
+                }
+                self.on_commit(c);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- stealing
+
+    fn try_steal(&mut self) {
+        if self.jobs.iter().any(|j| !j.scan.is_empty()) {
+            return;
+        }
+        if self.last_steal.is_some_and(|t| self.now < t + self.cfg.steal_cooldown_ms) {
+            return;
+        }
+        let victim = self
+            .view
+            .members()
+            .filter(|m| m.queue_len > 0 && (m.arch == self.arch))
+            .max_by_key(|m| (m.queue_len, m.peer));
+        if let Some(v) = victim {
+            self.last_steal = Some(self.now);
+            let max = (self.cores as u32).saturating_sub(self.running).max(1);
+            self.out.push(Action::Send { to: v.peer, msg: Message::StealRequest { max } });
+        }
+    }
+
+    fn on_steal_request(&mut self, thief: PeerId, max: u32) {
+        let give = (max as usize).min(self.ready.len() / 2).min(MAX_BATCH);
+        let mut granted = Vec::new();
+        let mut keep = VecDeque::new();
+        let thief_arch = self.view.get(&thief).map(|m| m.arch);
+        while let Some(key) = self.ready.pop_back() {
+            if granted.len() >= give {
+                keep.push_front(key);
+                continue;
+            }
+            let j = &self.jobs[key.0 as usize];
+            let ok_arch = j.info.strict() || thief_arch == Some(self.arch);
+            let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
+            let unit = UnitRef { job: j.info.job_id, index: key.1 };
+            let u = self.units.get_mut(&key).expect("queued units are tracked");
+            if ok_arch
+                && u.mine == Mine::Queued
+                && u.outcome.is_none()
+                && !u.tally.has(&thief)
+                && !u.leases.is_live(&thief, self.now)
+            {
+                u.mine = Mine::None;
+                u.leases.claim(thief, self.now + lease);
+                self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
+                granted.push(unit);
+            } else {
+                keep.push_front(key);
+            }
+        }
+        self.ready = keep;
+        if !granted.is_empty() {
+            self.out.push(Action::Send { to: thief, msg: Message::StealGrant(granted) });
+        }
+    }
+}
+
+/// A convenience for shells: the wire frame for a message.
+pub fn frame(msg: &Message) -> Vec<u8> {
+    msg.encode()
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Peer>();
+}
+
+#[allow(dead_code)]
+fn _unused(_: Lease, _: &Leases) {}

@@ -1,0 +1,922 @@
+//! A seeded discrete-event simulator that drives many [`Peer`]s through a modelled network.
+//!
+//! One priority queue of timed events (message deliveries, peer timers, unit completions, blob
+//! fetches, churn, partitions). Everything random comes from one seeded [`Rng`] consumed in
+//! event order, so the same seed gives the same run, byte for byte ([`Report::trace`] hashes
+//! every event).
+//!
+//! Network model: per-peer link delay (a link costs the mean of its ends plus jitter), per
+//! message loss, partitions (two groups; cross traffic dropped until healed). Peers: cores,
+//! speed, architecture class, faults (crash-stop, slow, random liar, colluding liar), churn
+//! (graceful leave, crash, join of fresh peers), a submitter that may go offline and return.
+//!
+//! Simplifications, all for scale and all stated:
+//! - Messages are passed as values (the job announcement by `Arc`), not encoded; the wire
+//!   round-trip is tested separately.
+//! - Gossip broadcast of an advert is delivered only to the peers within a few ring positions
+//!   of the advertiser (per class ring and the all-class ring). Every other peer would drop it
+//!   (it is outside their bounded neighbourhood), so skipping them saves CPU, not behaviour.
+//!   Announcements, bundle notices and sync requests reach every online peer.
+//! - Blob fetches take one link delay and succeed when a source is online and reachable.
+//! - Signatures use [`SimKeys`] (keyed BLAKE3) instead of ed25519.
+
+mod scenario;
+
+pub use scenario::{SCENARIOS, Scenario, scenario, scenario_names};
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use ova_jobs::{BlobId, Determinism, JobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitId, UnitSpec};
+
+use crate::commit::SimKeys;
+use crate::message::Message;
+use crate::peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer};
+use crate::quorum::FailReason;
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
+use crate::util::{FxHashMap, Rng, mix64};
+
+/// How a simulated peer misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Correct.
+    Honest,
+    /// Returns a random wrong result.
+    Liar,
+    /// Returns the same wrong result as every other colluder.
+    Colluder,
+}
+
+/// Parameters of one simulated run.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed for everything random.
+    pub seed: u64,
+    /// Initial peers.
+    pub peers: usize,
+    /// Total units, split over `jobs` jobs.
+    pub units: usize,
+    /// Jobs (a manifest holds at most ~400k units).
+    pub jobs: usize,
+    /// Replication policy of every job.
+    pub replication: Replication,
+    /// Make every other job strict (cross-architecture).
+    pub strict_jobs: bool,
+    /// Fraction of peers that are aarch64 (the rest x86-64).
+    pub arm_fraction: f64,
+    /// Fraction of units whose honest result depends on the architecture (float code).
+    pub float_units: f64,
+    /// Cores per peer, uniform in this range.
+    pub cores: (u16, u16),
+    /// Fraction of peers running at `slow_speed`.
+    pub slow_fraction: f64,
+    /// Speed of slow peers (1.0 = normal).
+    pub slow_speed: f64,
+    /// One-way link delay range in ms (per peer; a link takes the mean of its ends + jitter).
+    pub latency_ms: (u64, u64),
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Unit cost in core-ms at speed 1, uniform in this range.
+    pub unit_cost_ms: (u64, u64),
+    /// Per-unit deadline.
+    pub deadline_ms: u64,
+    /// Fraction of random liars.
+    pub liars: f64,
+    /// Fraction of colluding liars.
+    pub colluders: f64,
+    /// Fraction of peers that crash-stop at a random time during the run.
+    pub crash_stop: f64,
+    /// Churn: this many leave-or-crash events, each followed by a fresh peer joining.
+    pub churn_events: usize,
+    /// Churn happens in this time window (ms).
+    pub churn_window: (Millis, Millis),
+    /// A partition: (start, heal, fraction of peers on the minority side).
+    pub partition: Option<(Millis, Millis, f64)>,
+    /// The submitter goes offline at the first time and returns at the second.
+    pub submitter_offline: Option<(Millis, Millis)>,
+    /// When the job is submitted (after views have formed).
+    pub submit_at: Millis,
+    /// Give up at this simulated time.
+    pub horizon: Millis,
+    /// Peer configuration.
+    pub peer: Config,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            peers: 100,
+            units: 1000,
+            jobs: 1,
+            replication: Replication { quorum: 2, max_replicas: 4, result_copies: 1 },
+            strict_jobs: false,
+            arm_fraction: 0.3,
+            float_units: 0.2,
+            cores: (1, 8),
+            slow_fraction: 0.0,
+            slow_speed: 0.25,
+            latency_ms: (5, 80),
+            loss: 0.0,
+            unit_cost_ms: (5_000, 15_000),
+            deadline_ms: 300_000,
+            liars: 0.0,
+            colluders: 0.0,
+            crash_stop: 0.0,
+            churn_events: 0,
+            churn_window: (0, 0),
+            partition: None,
+            submitter_offline: None,
+            submit_at: 40_000,
+            horizon: 48 * 3600 * 1000,
+            peer: Config::default(),
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Scenario name.
+    pub name: String,
+    /// Seed.
+    pub seed: u64,
+    /// Initial peers.
+    pub peers: usize,
+    /// Peers that ever existed (churn adds some).
+    pub peers_total: usize,
+    /// Units.
+    pub units: usize,
+    /// Units some honest peer saw verified.
+    pub verified: usize,
+    /// Units some honest peer saw fail (and none verified).
+    pub failed: usize,
+    /// Units neither verified nor failed at the end.
+    pub unresolved: usize,
+    /// Verified units whose accepted result was wrong.
+    pub wrong_accepted: usize,
+    /// Failed units that came without a reason (must be 0; every failure carries one).
+    pub failed_without_reason: usize,
+    /// Example failure reasons.
+    pub fail_reasons: Vec<String>,
+    /// Time from submission to the last unit resolved (ms).
+    pub makespan_ms: u64,
+    /// Total work (quorum × unit costs) / total initial capacity (ms).
+    pub ideal_ms: u64,
+    /// Executed work above `quorum` replicas, as a fraction of the quorum's work.
+    pub waste: f64,
+    /// Messages sent (each recipient of a broadcast counts once).
+    pub messages: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Submitter's own count of verified units at the end.
+    pub submitter_verified: u32,
+    /// Commits dropped for bad signatures or unknown signers, over all peers.
+    pub dropped_commits: u64,
+    /// Hash over every event processed (determinism check).
+    pub trace: u64,
+}
+
+impl Report {
+    /// The printed report (deterministic for a seed).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "scenario {} seed={}", self.name, self.seed);
+        let _ = writeln!(
+            s,
+            "  peers={} (ever {}) units={} verified={} failed={} unresolved={} wrong_accepted={}",
+            self.peers, self.peers_total, self.units, self.verified, self.failed, self.unresolved,
+            self.wrong_accepted
+        );
+        let _ = writeln!(
+            s,
+            "  wrong_accept_rate={:.5} failed_without_reason={}",
+            self.wrong_accepted as f64 / self.verified.max(1) as f64,
+            self.failed_without_reason
+        );
+        let _ = writeln!(
+            s,
+            "  makespan={:.1}s ideal={:.1}s ratio={:.2} waste_above_quorum={:.4}",
+            self.makespan_ms as f64 / 1000.0,
+            self.ideal_ms as f64 / 1000.0,
+            self.makespan_ms as f64 / self.ideal_ms.max(1) as f64,
+            self.waste
+        );
+        let _ = writeln!(
+            s,
+            "  messages={} per_unit={:.1} per_peer={:.1} events={} dropped_commits={} submitter_verified={}",
+            self.messages,
+            self.messages as f64 / self.units.max(1) as f64,
+            self.messages as f64 / self.peers_total.max(1) as f64,
+            self.events,
+            self.dropped_commits,
+            self.submitter_verified
+        );
+        for r in &self.fail_reasons {
+            let _ = writeln!(s, "  failure: {r}");
+        }
+        let _ = writeln!(s, "  trace={:016x}", self.trace);
+        s
+    }
+}
+
+enum Ev {
+    Deliver { to: u32, from: u32, msg: Message },
+    Timer { peer: u32, at: Millis },
+    Finish { peer: u32, unit: UnitRef, exec: u64 },
+    Fetched { peer: u32, blob: BlobId, purpose: FetchPurpose, ok: bool },
+    Submit,
+    Churn,
+    Crash(u32),
+    Partition(bool),
+    Offline(u32, bool),
+}
+
+struct Queued {
+    at: Millis,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Running {
+    exec: u64,
+    started: Millis,
+    cost: u64,
+    duration: u64,
+}
+
+struct SimPeer {
+    peer: Peer,
+    id: PeerId,
+    arch: ArchClass,
+    cores: u16,
+    speed: f64,
+    delay: u64,
+    fault: Fault,
+    alive: bool,
+    online: bool,
+    group: u8,
+    timer_at: Option<Millis>,
+    running: FxHashMap<UnitRef, Running>,
+    has_bundle: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct UnitTruth {
+    cost: u64,
+    float: bool,
+    verified: Option<BlobId>,
+    failed: bool,
+    resolved_at: Millis,
+}
+
+/// The simulator.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: Rng,
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    now: Millis,
+    peers: Vec<SimPeer>,
+    index: FxHashMap<PeerId, u32>,
+    ring_any: Vec<(u64, u32)>,
+    ring_class: FxHashMap<ArchClass, Vec<(u64, u32)>>,
+    keys: Arc<SimKeys>,
+    jobs: Vec<(JobId, Manifest, usize)>,
+    job_index: FxHashMap<JobId, usize>,
+    truth: Vec<UnitTruth>,
+    submitter: u32,
+    partitioned: bool,
+    exec_seq: u64,
+    work_done: u128,
+    messages: u64,
+    events: u64,
+    trace: u64,
+    resolved: usize,
+    fail_reasons: Vec<String>,
+    failed_without_reason: usize,
+    buf: Vec<Action>,
+    holders: Vec<u32>,
+    next_fresh: usize,
+    /// Wall-clock-free CPU accounting is the caller's job; this counts handle() calls.
+    pub handle_calls: u64,
+}
+
+fn result_of(unit: &UnitId, arch: ArchClass, float: bool, strict: bool, fault: Fault, rng: &mut Rng) -> BlobId {
+    match fault {
+        Fault::Honest => {
+            let a = if float && !strict { arch.0 } else { 0 };
+            let mut h = blake3::Hasher::new();
+            h.update(b"truth");
+            h.update(&unit.0);
+            h.update(&a.to_le_bytes());
+            BlobId(*h.finalize().as_bytes())
+        }
+        Fault::Liar => BlobId(rng.bytes32()),
+        Fault::Colluder => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"collude");
+            h.update(&unit.0);
+            BlobId(*h.finalize().as_bytes())
+        }
+    }
+}
+
+impl Sim {
+    /// Builds the network for `cfg`.
+    pub fn new(cfg: SimConfig) -> Self {
+        let rng = Rng::new(cfg.seed);
+        let mut sim = Sim {
+            rng,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            now: 0,
+            peers: Vec::new(),
+            index: FxHashMap::default(),
+            ring_any: Vec::new(),
+            ring_class: FxHashMap::default(),
+            keys: Arc::new(SimKeys::default()),
+            jobs: Vec::new(),
+            job_index: FxHashMap::default(),
+            truth: Vec::new(),
+            submitter: 0,
+            partitioned: false,
+            exec_seq: 0,
+            work_done: 0,
+            messages: 0,
+            events: 0,
+            trace: 0,
+            resolved: 0,
+            fail_reasons: Vec::new(),
+            failed_without_reason: 0,
+            buf: Vec::new(),
+            holders: vec![0],
+            next_fresh: 0,
+            handle_calls: 0,
+            cfg,
+        };
+        // Identities first, so the key registry is complete before peers are built.
+        let n = sim.cfg.peers + sim.cfg.churn_events;
+        let mut ids = Vec::with_capacity(n);
+        let mut keys = SimKeys::default();
+        for _ in 0..n {
+            let id = PeerId(sim.rng.bytes32());
+            keys.register(id);
+            ids.push(id);
+        }
+        sim.keys = Arc::new(keys);
+        let (mut liars, mut colluders) = (0usize, 0usize);
+        for (i, id) in ids.into_iter().enumerate() {
+            let fault = if i == 0 || i >= sim.cfg.peers {
+                Fault::Honest
+            } else if (liars as f64) < sim.cfg.liars * sim.cfg.peers as f64 && i % 2 == 1 {
+                liars += 1;
+                Fault::Liar
+            } else if (colluders as f64) < sim.cfg.colluders * sim.cfg.peers as f64 && i % 2 == 0 {
+                colluders += 1;
+                Fault::Colluder
+            } else {
+                Fault::Honest
+            };
+            sim.make_peer(id, fault);
+            if i < sim.cfg.peers {
+                sim.bring_online(i as u32);
+            }
+        }
+        sim.next_fresh = sim.cfg.peers;
+        // Units and jobs.
+        let per_job = sim.cfg.units.div_ceil(sim.cfg.jobs.max(1));
+        let mut made = 0;
+        let module = BlobId::of(b"sim module");
+        for j in 0..sim.cfg.jobs.max(1) {
+            let count = per_job.min(sim.cfg.units - made);
+            if count == 0 {
+                break;
+            }
+            let units: Vec<UnitSpec> = (made..made + count)
+                .map(|u| UnitSpec { input: BlobId::of(&(u as u64).to_le_bytes()), args: vec![] })
+                .collect();
+            let m = Manifest {
+                version: MANIFEST_VERSION,
+                name: format!("sim-{j}"),
+                module,
+                units,
+                replication: sim.cfg.replication,
+                limits: Limits { deadline_ms: sim.cfg.deadline_ms, ..Limits::default() },
+                determinism: if sim.cfg.strict_jobs && j % 2 == 1 {
+                    Determinism::Strict
+                } else {
+                    Determinism::SameArch
+                },
+                priority: 0,
+            };
+            let id = m.job_id();
+            sim.job_index.insert(id, sim.jobs.len());
+            sim.jobs.push((id, m, made));
+            made += count;
+        }
+        for _ in 0..made {
+            let (a, b) = sim.cfg.unit_cost_ms;
+            let cost = a + sim.rng.below(b.saturating_sub(a) + 1);
+            let float = sim.rng.chance(sim.cfg.float_units);
+            sim.truth.push(UnitTruth { cost, float, ..Default::default() });
+        }
+        // Scheduled happenings.
+        sim.push(sim.cfg.submit_at, Ev::Submit);
+        let (c0, c1) = sim.cfg.churn_window;
+        for _ in 0..sim.cfg.churn_events {
+            let t = c0 + sim.rng.below(c1.saturating_sub(c0) + 1);
+            sim.push(t, Ev::Churn);
+        }
+        for i in 1..sim.cfg.peers {
+            if sim.rng.chance(sim.cfg.crash_stop) {
+                let t = sim.cfg.submit_at + sim.rng.below(sim.ideal_ms().max(1));
+                sim.push(t, Ev::Crash(i as u32));
+            }
+        }
+        if let Some((a, b, frac)) = sim.cfg.partition {
+            for i in 0..sim.peers.len() {
+                sim.peers[i].group = u8::from(sim.rng.chance(frac));
+            }
+            sim.push(a, Ev::Partition(true));
+            sim.push(b, Ev::Partition(false));
+        }
+        if let Some((a, b)) = sim.cfg.submitter_offline {
+            sim.push(a, Ev::Offline(0, true));
+            sim.push(b, Ev::Offline(0, false));
+        }
+        sim
+    }
+
+    fn make_peer(&mut self, id: PeerId, fault: Fault) {
+        let arch = if self.rng.chance(self.cfg.arm_fraction) { ArchClass::AARCH64 } else { ArchClass::X86_64 };
+        let (a, b) = self.cfg.cores;
+        let cores = a + self.rng.below((b.saturating_sub(a) + 1) as u64) as u16;
+        let speed = if self.rng.chance(self.cfg.slow_fraction) { self.cfg.slow_speed } else { 1.0 };
+        let (l0, l1) = self.cfg.latency_ms;
+        let delay = l0 + self.rng.below(l1.saturating_sub(l0) + 1);
+        let seed = self.rng.next_u64();
+        let peer = Peer::new(
+            self.cfg.peer.clone(),
+            arch,
+            cores,
+            Box::new(SimKeys::signer(id)),
+            self.keys.clone(),
+            seed,
+        );
+        let i = self.peers.len() as u32;
+        self.index.insert(id, i);
+        self.peers.push(SimPeer {
+            peer,
+            id,
+            arch,
+            cores,
+            speed,
+            delay,
+            fault,
+            alive: false,
+            online: false,
+            group: 0,
+            timer_at: None,
+            running: FxHashMap::default(),
+            has_bundle: i == 0,
+        });
+    }
+
+    fn ring_insert(&mut self, i: u32) {
+        let p = &self.peers[i as usize];
+        let e = (p.id.ring_point(), i);
+        let pos = self.ring_any.partition_point(|x| *x < e);
+        self.ring_any.insert(pos, e);
+        let r = self.ring_class.entry(p.arch).or_default();
+        let pos = r.partition_point(|x| *x < e);
+        r.insert(pos, e);
+    }
+
+    fn ring_remove(&mut self, i: u32) {
+        let p = &self.peers[i as usize];
+        let e = (p.id.ring_point(), i);
+        if let Ok(pos) = self.ring_any.binary_search(&e) {
+            self.ring_any.remove(pos);
+        }
+        if let Some(r) = self.ring_class.get_mut(&p.arch)
+            && let Ok(pos) = r.binary_search(&e)
+        {
+            r.remove(pos);
+        }
+    }
+
+    fn bring_online(&mut self, i: u32) {
+        let p = &mut self.peers[i as usize];
+        p.alive = true;
+        p.online = true;
+        self.ring_insert(i);
+        self.call(i, Event::Online);
+    }
+
+    fn push(&mut self, at: Millis, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Queued { at, seq: self.seq, ev });
+    }
+
+    /// Total work / total capacity of the initial peers (ms).
+    pub fn ideal_ms(&self) -> u64 {
+        let work: u128 = self.truth.iter().map(|t| t.cost as u128).sum::<u128>()
+            * self.cfg.replication.quorum as u128;
+        let cap: f64 = self.peers[..self.cfg.peers]
+            .iter()
+            .map(|p| p.cores as f64 * p.speed)
+            .sum();
+        (work as f64 / cap.max(1e-9)) as u64
+    }
+
+    fn link_delay(&mut self, a: u32, b: u32) -> u64 {
+        let d = (self.peers[a as usize].delay + self.peers[b as usize].delay) / 2;
+        d + self.rng.below(d / 4 + 1)
+    }
+
+    fn send(&mut self, from: u32, to: u32, msg: Message) {
+        self.messages += 1;
+        if self.cfg.loss > 0.0 && self.rng.chance(self.cfg.loss) {
+            return;
+        }
+        let t = self.now + self.link_delay(from, to);
+        self.push(t, Ev::Deliver { to, from, msg });
+    }
+
+    fn reachable(&self, a: u32, b: u32) -> bool {
+        let (pa, pb) = (&self.peers[a as usize], &self.peers[b as usize]);
+        pb.alive && pb.online && pa.alive && (!self.partitioned || pa.group == pb.group)
+    }
+
+    fn call(&mut self, i: u32, ev: Event) {
+        self.handle_calls += 1;
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.extend(self.peers[i as usize].peer.handle(ev, now));
+        for a in buf.drain(..) {
+            self.perform(i, a);
+        }
+        self.buf = buf;
+    }
+
+    fn neighbours(ring: &[(u64, u32)], point: u64, side: usize, out: &mut Vec<u32>) {
+        if ring.len() <= 2 * side + 1 {
+            out.extend(ring.iter().map(|e| e.1));
+            return;
+        }
+        let pos = ring.partition_point(|e| e.0 < point);
+        let n = ring.len();
+        for k in 1..=side {
+            out.push(ring[(pos + k) % n].1);
+            out.push(ring[(pos + n - k) % n].1);
+        }
+        out.push(ring[pos % n].1);
+    }
+
+    fn perform(&mut self, i: u32, a: Action) {
+        match a {
+            Action::Send { to, msg } => {
+                if let Some(&t) = self.index.get(&to) {
+                    self.send(i, t, msg);
+                }
+            }
+            Action::Broadcast(msg) => {
+                let mut targets = Vec::new();
+                if let Message::Advert(ad) = &msg {
+                    let side = self.cfg.peer.view_side.max(self.cfg.peer.window) + 3;
+                    let point = ad.peer.ring_point();
+                    Self::neighbours(&self.ring_any, point, side, &mut targets);
+                    if let Some(r) = self.ring_class.get(&ad.arch) {
+                        Self::neighbours(r, point, side, &mut targets);
+                    }
+                    targets.sort_unstable();
+                    targets.dedup();
+                } else {
+                    targets.extend(self.ring_any.iter().map(|e| e.1));
+                }
+                for t in targets {
+                    if t != i {
+                        self.send(i, t, msg.clone());
+                    }
+                }
+            }
+            Action::SetTimer(at) => {
+                let p = &mut self.peers[i as usize];
+                if p.timer_at != Some(at) {
+                    p.timer_at = Some(at);
+                    self.push(at, Ev::Timer { peer: i, at });
+                }
+            }
+            Action::StartUnit { unit, unit_id, job, .. } => {
+                let Some(&ji) = self.job_index.get(&unit.job) else { return };
+                let g = self.jobs[ji].2 + unit.index as usize;
+                let cost = self.truth[g].cost;
+                let p = &self.peers[i as usize];
+                let bundle_ok = p.has_bundle
+                    || self.holders.iter().any(|&h| {
+                        let q = &self.peers[h as usize];
+                        q.has_bundle && q.alive && q.online && (!self.partitioned || q.group == p.group)
+                    });
+                let _ = (unit_id, job);
+                self.exec_seq += 1;
+                let exec = self.exec_seq;
+                if !bundle_ok {
+                    self.push(self.now + 1000, Ev::Finish { peer: i, unit, exec: 0 });
+                    return;
+                }
+                let duration = (cost as f64 / p.speed) as u64 + 2 * p.delay;
+                let p = &mut self.peers[i as usize];
+                p.running.insert(unit, Running { exec, started: self.now, cost, duration });
+                self.push(self.now + duration, Ev::Finish { peer: i, unit, exec });
+            }
+            Action::CancelUnit(unit) => {
+                let p = &mut self.peers[i as usize];
+                if let Some(r) = p.running.remove(&unit) {
+                    let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
+                    self.work_done += (r.cost as f64 * frac.min(1.0)) as u128;
+                }
+            }
+            Action::StoreBlob(_) => {}
+            Action::FetchBlob { blob, from, purpose } => {
+                let mut ok = false;
+                let mut delay = 0;
+                for f in from.iter().take(4) {
+                    if let Some(&j) = self.index.get(f) {
+                        delay += 2 * self.link_delay(i, j);
+                        if self.reachable(i, j) {
+                            ok = true;
+                            break;
+                        }
+                    }
+                }
+                self.push(self.now + delay + 1, Ev::Fetched { peer: i, blob, purpose, ok });
+            }
+            Action::UnitVerified { unit, result, .. } => {
+                if self.peers[i as usize].fault != Fault::Honest {
+                    return;
+                }
+                let Some(&ji) = self.job_index.get(&unit.job) else { return };
+                let g = self.jobs[ji].2 + unit.index as usize;
+                let t = &mut self.truth[g];
+                if t.verified.is_none() {
+                    if !t.failed {
+                        self.resolved += 1;
+                    }
+                    t.verified = Some(result);
+                    t.resolved_at = self.now;
+                }
+            }
+            Action::UnitFailed { unit, reason } => {
+                if self.peers[i as usize].fault != Fault::Honest {
+                    return;
+                }
+                let Some(&ji) = self.job_index.get(&unit.job) else { return };
+                let g = self.jobs[ji].2 + unit.index as usize;
+                let t = &mut self.truth[g];
+                if !t.failed && t.verified.is_none() {
+                    self.resolved += 1;
+                    t.failed = true;
+                    t.resolved_at = self.now;
+                    let FailReason::NoQuorum { .. } = reason;
+                    let text = reason.to_string();
+                    if text.is_empty() {
+                        self.failed_without_reason += 1;
+                    }
+                    if self.fail_reasons.len() < 3 {
+                        self.fail_reasons.push(format!("unit {}: {text}", unit.index));
+                    }
+                }
+            }
+        }
+    }
+
+    fn trace_mix(&mut self, a: u64, b: u64) {
+        self.trace = mix64(self.trace ^ mix64(a.wrapping_mul(31) ^ b));
+    }
+
+    /// Runs to completion (every unit resolved) or the horizon.
+    pub fn run(&mut self, name: &str) -> Report {
+        let total = self.truth.len();
+        while let Some(q) = self.queue.pop() {
+            if q.at > self.cfg.horizon || self.resolved >= total {
+                break;
+            }
+            self.now = q.at;
+            self.events += 1;
+            match q.ev {
+                Ev::Deliver { to, from, msg } => {
+                    self.trace_mix(q.at, to as u64);
+                    if !self.reachable(from, to) {
+                        continue;
+                    }
+                    let fromid = self.peers[from as usize].id;
+                    self.call(to, Event::Message { from: fromid, msg });
+                }
+                Ev::Timer { peer, at } => {
+                    let p = &mut self.peers[peer as usize];
+                    if p.timer_at != Some(at) || !p.alive || !p.online {
+                        continue;
+                    }
+                    p.timer_at = None;
+                    self.trace_mix(at, peer as u64 | 1 << 40);
+                    self.call(peer, Event::Timer);
+                }
+                Ev::Finish { peer, unit, exec } => {
+                    let p = &mut self.peers[peer as usize];
+                    if !p.alive || !p.online {
+                        continue;
+                    }
+                    let result = if exec == 0 {
+                        Err(LocalFailure::InputsUnavailable)
+                    } else {
+                        match p.running.get(&unit) {
+                            Some(r) if r.exec == exec => {
+                                let r = p.running.remove(&unit).expect("present");
+                                self.work_done += r.cost as u128;
+                                let Some(&ji) = self.job_index.get(&unit.job) else { continue };
+                                let g = self.jobs[ji].2 + unit.index as usize;
+                                let strict = self.jobs[ji].1.determinism == Determinism::Strict;
+                                let uid = {
+                                    let u = &self.jobs[ji].1.units[unit.index as usize];
+                                    UnitId::derive(&self.jobs[ji].1.module, &u.input, &u.args)
+                                };
+                                let p = &self.peers[peer as usize];
+                                let (arch, fault) = (p.arch, p.fault);
+                                Ok(result_of(&uid, arch, self.truth[g].float, strict, fault, &mut self.rng))
+                            }
+                            _ => continue,
+                        }
+                    };
+                    self.trace_mix(q.at, peer as u64 | 2 << 40);
+                    self.call(peer, Event::UnitFinished { unit, result });
+                }
+                Ev::Fetched { peer, blob, purpose, ok } => {
+                    let p = &mut self.peers[peer as usize];
+                    if !p.alive || !p.online {
+                        continue;
+                    }
+                    if ok && matches!(purpose, FetchPurpose::Bundle(_)) {
+                        p.has_bundle = true;
+                        self.holders.push(peer);
+                    }
+                    self.call(peer, Event::BlobFetched { blob, purpose, ok });
+                }
+                Ev::Submit => {
+                    let ms: Vec<Manifest> = self.jobs.iter().map(|j| j.1.clone()).collect();
+                    let s = self.submitter;
+                    for m in ms {
+                        self.call(s, Event::Submit(Box::new(m)));
+                    }
+                }
+                Ev::Churn => {
+                    let online: Vec<u32> = self.ring_any.iter().map(|e| e.1).filter(|&i| i != self.submitter).collect();
+                    if online.is_empty() {
+                        continue;
+                    }
+                    let victim = online[self.rng.below(online.len() as u64) as usize];
+                    let graceful = self.rng.chance(0.5);
+                    self.kill(victim, graceful);
+                    if self.next_fresh < self.peers.len() {
+                        self.next_fresh += 1;
+                        self.bring_online(self.next_fresh as u32 - 1);
+                    }
+                }
+                Ev::Crash(i) => {
+                    if self.peers[i as usize].alive {
+                        self.kill(i, false);
+                    }
+                }
+                Ev::Partition(on) => self.partitioned = on,
+                Ev::Offline(i, off) => {
+                    let p = &mut self.peers[i as usize];
+                    if off {
+                        p.online = false;
+                        p.timer_at = None;
+                        let lost: Vec<Running> = p.running.drain().map(|(_, r)| r).collect();
+                        for r in lost {
+                            let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
+                            self.work_done += (r.cost as f64 * frac.min(1.0)) as u128;
+                        }
+                        self.ring_remove(i);
+                    } else {
+                        p.online = true;
+                        self.ring_insert(i);
+                        self.call(i, Event::Online);
+                    }
+                }
+            }
+        }
+        self.report(name)
+    }
+
+    fn kill(&mut self, i: u32, graceful: bool) {
+        let p = &mut self.peers[i as usize];
+        p.alive = false;
+        p.online = false;
+        p.has_bundle = false;
+        let lost: Vec<Running> = p.running.drain().map(|(_, r)| r).collect();
+        for r in lost {
+            let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
+            self.work_done += (r.cost as f64 * frac.min(1.0)) as u128;
+        }
+        self.ring_remove(i);
+        if graceful {
+            let id = self.peers[i as usize].id;
+            let mut n = Vec::new();
+            Self::neighbours(&self.ring_any, id.ring_point(), self.cfg.peer.view_side + 3, &mut n);
+            for t in n {
+                if self.reachable(t, t) {
+                    let d = self.peers[t as usize].delay;
+                    let _ = d;
+                    self.call(t, Event::PeerLeft(id));
+                }
+            }
+        }
+    }
+
+    fn report(&self, name: &str) -> Report {
+        let mut r = Report {
+            name: name.to_string(),
+            seed: self.cfg.seed,
+            peers: self.cfg.peers,
+            peers_total: self.next_fresh,
+            units: self.truth.len(),
+            messages: self.messages,
+            events: self.events,
+            trace: self.trace,
+            failed_without_reason: self.failed_without_reason,
+            fail_reasons: self.fail_reasons.clone(),
+            ideal_ms: self.ideal_ms(),
+            ..Default::default()
+        };
+        let mut last = 0;
+        for (ji, (_, m, base)) in self.jobs.iter().enumerate() {
+            let strict = m.determinism == Determinism::Strict;
+            let _ = ji;
+            for (k, u) in m.units.iter().enumerate() {
+                let t = &self.truth[base + k];
+                if let Some(v) = t.verified {
+                    r.verified += 1;
+                    let uid = UnitId::derive(&m.module, &u.input, &u.args);
+                    let mut rng = Rng::new(0);
+                    let ok = [ArchClass::X86_64, ArchClass::AARCH64].iter().any(|&a| {
+                        result_of(&uid, a, t.float, strict, Fault::Honest, &mut rng) == v
+                    });
+                    if !ok {
+                        r.wrong_accepted += 1;
+                    }
+                } else if t.failed {
+                    r.failed += 1;
+                } else {
+                    r.unresolved += 1;
+                }
+                last = last.max(t.resolved_at);
+            }
+        }
+        r.makespan_ms = last.saturating_sub(self.cfg.submit_at);
+        let quorum_work: u128 =
+            self.truth.iter().map(|t| t.cost as u128).sum::<u128>() * self.cfg.replication.quorum as u128;
+        r.waste = (self.work_done as f64 - quorum_work as f64) / quorum_work.max(1) as f64;
+        r.submitter_verified = self.jobs.iter().filter_map(|(id, _, _)| {
+            self.peers[self.submitter as usize].peer.job_progress(id).map(|p| p.1)
+        }).sum();
+        r.dropped_commits = self.peers.iter().map(|p| p.peer.stats().bad_signature + p.peer.stats().unknown_signer).sum();
+        r
+    }
+
+    /// The peers (for tests that inspect state).
+    pub fn peer(&self, i: usize) -> &Peer {
+        &self.peers[i].peer
+    }
+
+    /// Total `Peer::handle` calls so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Injects a raw frame into peer `to` as if sent by peer `from` (for abuse tests).
+    pub fn inject_frame(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
+        let from = self.peers[from].id;
+        self.call(to as u32, Event::Frame { from, bytes });
+    }
+}
