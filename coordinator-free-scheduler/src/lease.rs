@@ -30,10 +30,10 @@ impl Leases {
             l.until = l.until.max(until);
             return;
         }
-        if self.v.len() >= MAX_LEASES_PER_UNIT {
-            if let Some(i) = (0..self.v.len()).min_by_key(|&i| self.v[i].until) {
-                self.v.swap_remove(i);
-            }
+        if self.v.len() >= MAX_LEASES_PER_UNIT
+            && let Some(i) = (0..self.v.len()).min_by_key(|&i| self.v[i].until)
+        {
+            self.v.swap_remove(i);
         }
         self.v.push(Lease { holder, until });
     }

@@ -182,9 +182,13 @@ impl View {
             }
             return AdvertEffect::Refreshed;
         }
+        let point = ad.peer.ring_point();
+        if self.members.len() >= 2 * self.side && !self.would_keep(point, ad.arch) {
+            return AdvertEffect::Ignored;
+        }
         let m = Member {
             peer: ad.peer,
-            point: ad.peer.ring_point(),
+            point,
             arch: ad.arch,
             weight: ad.spare_cores,
             queue_len: ad.queue_len,
@@ -200,6 +204,37 @@ impl View {
         }
     }
 
+    /// Whether a newcomer at `point` would be among the `side` nearest on either side of us in
+    /// either ring (cheap pre-check, so far-away adverts cost no rebuild).
+    fn would_keep(&self, point: u64, arch: ArchClass) -> bool {
+        let me = self.me.point;
+        let (d_cw, d_ccw) = (cw(me, point), cw(point, me));
+        let mut closer = [0usize; 4];
+        for m in self.members.values() {
+            let a = usize::from(cw(me, m.point) < d_cw);
+            let b = usize::from(cw(m.point, me) < d_ccw);
+            closer[0] += a;
+            closer[1] += b;
+            if m.arch == self.me.arch {
+                closer[2] += a;
+                closer[3] += b;
+            }
+        }
+        closer[0] < self.side
+            || closer[1] < self.side
+            || (arch == self.me.arch && (closer[2] < self.side || closer[3] < self.side))
+    }
+
+    /// How many ring positions separate `peer` from us (the nearer way), in the ring that
+    /// matters for `strict` jobs; `None` if unknown.
+    pub fn distance(&self, peer: &PeerId, strict: bool) -> Option<usize> {
+        let ring = self.ring(strict);
+        let i = ring.iter().position(|m| m.peer == *peer)?;
+        let me = ring.iter().position(|m| m.peer == self.me.peer)?;
+        let d = i.abs_diff(me);
+        Some(d.min(ring.len() - d))
+    }
+
     /// Removes a member (it left, or the shell saw it go). Returns whether it was known.
     pub fn remove(&mut self, peer: &PeerId) -> bool {
         let known = self.members.remove(peer).is_some();
@@ -209,15 +244,23 @@ impl View {
         known
     }
 
-    /// Drops members whose adverts expired by `now`. Returns how many were dropped.
-    pub fn expire(&mut self, now: Millis) -> usize {
-        let before = self.members.len();
-        self.members.retain(|_, m| m.expires > now);
-        let n = before - self.members.len();
-        if n > 0 {
-            self.rebuild();
+    /// Drops members whose adverts expired by `now`. Returns whether one of them was within
+    /// `near` ring positions of us (so rankings in our region may have changed).
+    pub fn expire(&mut self, now: Millis, near: usize) -> bool {
+        let gone: Vec<PeerId> =
+            self.members.values().filter(|m| m.expires <= now).map(|m| m.peer).collect();
+        if gone.is_empty() {
+            return false;
         }
-        n
+        let close = gone.iter().any(|p| {
+            self.distance(p, false).is_some_and(|d| d <= near)
+                || self.distance(p, true).is_some_and(|d| d <= near)
+        });
+        for p in &gone {
+            self.members.remove(p);
+        }
+        self.rebuild();
+        close
     }
 
     /// Keeps the `side` nearest members each way in both rings; evicts the rest.
@@ -227,7 +270,8 @@ impl View {
         let keep_any = nearest(&mut all, me.point, self.side);
         let mut own: Vec<Member> = all.iter().filter(|m| m.arch == me.arch).copied().collect();
         let keep_own = nearest(&mut own, me.point, self.side);
-        let mut keep: Vec<PeerId> = keep_any.iter().chain(keep_own.iter()).map(|m| m.peer).collect();
+        let mut keep: Vec<PeerId> =
+            keep_any.iter().chain(keep_own.iter()).map(|m| m.peer).collect();
         keep.sort_unstable();
         if keep.len() < self.members.len() {
             self.members.retain(|p, _| keep.binary_search(p).is_ok());
@@ -274,7 +318,7 @@ mod tests {
     fn ad(i: u8, seq: u64) -> Advert {
         Advert {
             peer: pid(i),
-            arch: if i % 2 == 0 { ArchClass::X86_64 } else { ArchClass::AARCH64 },
+            arch: if i.is_multiple_of(2) { ArchClass::X86_64 } else { ArchClass::AARCH64 },
             spare_cores: 2,
             queue_len: 0,
             seq,
@@ -289,8 +333,8 @@ mod tests {
         assert_eq!(v.apply(&ad(1, 1), 0), AdvertEffect::Joined);
         assert_eq!(v.apply(&ad(1, 1), 0), AdvertEffect::Ignored);
         assert_eq!(v.apply(&ad(1, 2), 500), AdvertEffect::Refreshed);
-        assert_eq!(v.expire(1400), 0);
-        assert_eq!(v.expire(1500), 1);
+        assert!(!v.expire(1400, 4));
+        assert!(v.expire(1500, 4));
         assert!(v.is_empty());
     }
 

@@ -104,7 +104,9 @@ impl JobInfo {
                 by_point.sort_unstable();
                 let class_of = unit_ids
                     .iter()
-                    .map(|id| pick_class(unit_point(id), &self.class_weights).unwrap_or(ArchClass(0)))
+                    .map(|id| {
+                        pick_class(unit_point(id), &self.class_weights).unwrap_or(ArchClass(0))
+                    })
                     .collect();
                 Some(Arc::new(Derived { unit_ids, by_point, class_of }))
             })
@@ -169,10 +171,7 @@ impl Message {
 
     /// Whether it is sent by gossip broadcast.
     pub fn is_broadcast(&self) -> bool {
-        matches!(
-            self,
-            Message::Advert(_) | Message::HaveBundle(_) | Message::SyncRequest(_)
-        )
+        matches!(self, Message::Advert(_) | Message::HaveBundle(_) | Message::SyncRequest(_))
     }
 
     /// A short label for counters.

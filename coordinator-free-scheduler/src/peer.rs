@@ -35,7 +35,7 @@ use ova_jobs::{BlobId, JobId, Manifest, UnitId};
 
 use crate::commit::{self, CommitBody, CommitError, SignedCommit, Signer, Verifier};
 use crate::lease::{Lease, Leases};
-use crate::membership::{AdvertEffect, Advert, MAX_ADVERT_JOBS, View};
+use crate::membership::{Advert, AdvertEffect, MAX_ADVERT_JOBS, View};
 use crate::message::{Derived, JobInfo, MAX_BATCH, Message};
 use crate::placement::{position, rank, region, unit_point};
 use crate::quorum::{Added, DissentBook, DissentRecord, FailReason, Tally, Verdict};
@@ -57,6 +57,9 @@ pub struct Config {
     pub lease_slack_ms: Millis,
     /// How long to wait for probe replies before deciding.
     pub probe_wait_ms: Millis,
+    /// How long we wait for a peer ranked ahead of us to claim a unit that needs a replica
+    /// before we take it over ourselves.
+    pub claim_grace_ms: Millis,
     /// Least time between two steal requests.
     pub steal_cooldown_ms: Millis,
     /// Most units tracked. When full, new units (scanned, claimed or committed) are not
@@ -85,6 +88,7 @@ impl Default for Config {
             lease_slack_ms: 10_000,
             probe_wait_ms: 2_000,
             steal_cooldown_ms: 5_000,
+            claim_grace_ms: 60_000,
             max_tracked_units: 1 << 21,
             max_jobs: 64,
             queue_per_core: 2,
@@ -272,7 +276,7 @@ enum Mine {
 
 #[derive(Debug)]
 enum Outcome {
-    Verified(BlobId),
+    Verified(#[allow(dead_code)] BlobId),
     Failed,
 }
 
@@ -423,6 +427,24 @@ impl Peer {
         Some((j.d.unit_ids.len() as u32, j.verified, j.failed))
     }
 
+    /// A one-line description of what this peer knows about a unit (for debugging).
+    pub fn describe_unit(&self, unit: &UnitRef) -> Option<String> {
+        let s = *self.job_slot.get(&unit.job)?;
+        let u = self.units.get(&(s, unit.index))?;
+        Some(format!(
+            "mine={:?} outcome={:?} commits={:?} leases={:?} scan_left={:?}",
+            u.mine,
+            u.outcome,
+            u.tally
+                .commits()
+                .iter()
+                .map(|c| (c.body.executor, c.body.result.short()))
+                .collect::<Vec<_>>(),
+            u.leases.all(),
+            self.jobs[s as usize].scan
+        ))
+    }
+
     /// Handles one event at time `now` and returns the actions to perform, in order.
     pub fn handle(&mut self, event: Event, now: Millis) -> std::vec::Drain<'_, Action> {
         self.now = now.max(self.now);
@@ -459,7 +481,9 @@ impl Peer {
     // ---------------------------------------------------------------- timers
 
     fn add_timer(&mut self, at: Millis, k: TimerKind) {
-        if self.timers.len() >= self.cfg.max_timers && !matches!(k, TimerKind::Advert | TimerKind::Expire) {
+        if self.timers.len() >= self.cfg.max_timers
+            && !matches!(k, TimerKind::Advert | TimerKind::Expire)
+        {
             self.stats.table_full += 1;
             return;
         }
@@ -489,7 +513,7 @@ impl Peer {
                     self.add_timer(self.now + self.cfg.advert_interval_ms, TimerKind::Advert);
                 }
                 TimerKind::Expire => {
-                    if self.view.expire(self.now) > 0 {
+                    if self.view.expire(self.now, self.cfg.window) {
                         self.rescan_all();
                     }
                     self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
@@ -577,7 +601,13 @@ impl Peer {
                     return;
                 }
                 if self.view.apply(&ad, self.now) == AdvertEffect::Joined {
-                    self.rescan_all();
+                    // Only a newcomer within a window of us changes rankings in our region.
+                    let w = self.cfg.window;
+                    let near =
+                        |strict| self.view.distance(&ad.peer, strict).is_some_and(|d| d <= w);
+                    if near(false) || near(true) {
+                        self.rescan_all();
+                    }
                 }
                 for job in ad.jobs.iter().take(MAX_ADVERT_JOBS) {
                     if !self.job_slot.contains_key(job)
@@ -660,9 +690,15 @@ impl Peer {
                     let Some(key) = self.resolve(&unit, true) else { continue };
                     let u = self.units.get_mut(&key).expect("resolved");
                     if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
-                        u.mine = Mine::Queued;
-                        self.ready.push_back(key);
+                        self.enqueue(key);
                         self.stats.stolen += 1;
+                    } else {
+                        // Already ours or done: hand it straight back by releasing the lease
+                        // the victim recorded for us.
+                        self.out.push(Action::Send {
+                            to: from,
+                            msg: Message::Claim { unit, until: 0 },
+                        });
                     }
                 }
             }
@@ -676,12 +712,10 @@ impl Peer {
                     if js != s {
                         continue;
                     }
-                    if let Some(Outcome::Verified(r)) = u.outcome {
-                        for c in u.tally.commits() {
-                            if c.body.result == r && u.tally.has(&self.id) {
-                                batch.push(*c);
-                            }
-                        }
+                    // Executors answer for the units they ran: every commit they hold
+                    // (verified or not), so commits lost while the submitter was away return.
+                    if u.tally.has(&self.id) && !matches!(u.outcome, Some(Outcome::Failed)) {
+                        batch.extend(u.tally.commits().iter().take(8).copied());
                     }
                     if batch.len() >= MAX_BATCH - 8 {
                         self.out.push(Action::Send {
@@ -855,11 +889,14 @@ impl Peer {
                     .tally
                     .commits()
                     .iter()
-                    .filter(|c| c.body.result == result && (!same_arch || Some(c.body.arch) == arch))
+                    .filter(|c| {
+                        c.body.result == result && (!same_arch || Some(c.body.arch) == arch)
+                    })
                     .map(|c| c.body.executor)
                     .collect();
                 for c in u.tally.commits() {
-                    let agreed = c.body.result == result && (!same_arch || Some(c.body.arch) == arch);
+                    let agreed =
+                        c.body.result == result && (!same_arch || Some(c.body.arch) == arch);
                     self.dissent.record(c.body.executor, module, agreed);
                 }
                 let was = u.mine;
@@ -945,9 +982,11 @@ impl Peer {
             return;
         }
         rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
-        let u = self.units.get(&key).expect("tracked");
+        let u = self.units.get_mut(&key).expect("tracked");
         let mut idx = 0;
         let mut run = false;
+        let mut expected = [PeerId([0; 32]); 4];
+        let mut n_expected = 0;
         for (_, p) in &self.scratch {
             if u.tally.has(p) || u.leases.is_live(p, now) || u.leases.lapsed(p, now) {
                 continue;
@@ -956,19 +995,57 @@ impl Peer {
                 run = idx < shortfall;
                 break;
             }
+            if n_expected < expected.len() {
+                expected[n_expected] = *p;
+                n_expected += 1;
+            }
             idx += 1;
             if idx >= shortfall {
                 break;
             }
         }
         if run {
-            let u = self.units.get_mut(&key).expect("tracked");
-            u.mine = Mine::Queued;
-            self.ready.push_back(key);
+            self.enqueue(key);
+        } else if n_expected > 0 {
+            // The peers ahead of us may not know they are needed (they missed a commit, or
+            // they are gone but still in our view): give them an implicit lease, and take over
+            // if it lapses without a claim or commit from them.
+            let until = now + self.cfg.claim_grace_ms;
+            for p in &expected[..n_expected] {
+                u.leases.claim(*p, until);
+            }
+            self.add_timer(until, TimerKind::Unit(key.0, key.1));
         }
     }
 
     // ---------------------------------------------------------------- running units
+
+    /// Queues a unit and reserves it: the claim goes out now (not at start), so peers
+    /// watching the unit know we will run it even while it waits in our queue.
+    fn enqueue(&mut self, key: UKey) {
+        let until = self.now + 2 * self.lease_len(key.0);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        u.mine = Mine::Queued;
+        u.leases.claim(self.id, until);
+        self.ready.push_back(key);
+        let j = &self.jobs[key.0 as usize];
+        let unit = UnitRef { job: j.info.job_id, index: key.1 };
+        for to in self.watchers(key) {
+            self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+        }
+    }
+
+    /// Withdraws our reservation (we gave the unit away).
+    fn release(&mut self, key: UKey) {
+        let j = &self.jobs[key.0 as usize];
+        let unit = UnitRef { job: j.info.job_id, index: key.1 };
+        if let Some(u) = self.units.get_mut(&key) {
+            u.leases.release(&self.id);
+        }
+        for to in self.watchers(key) {
+            self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
+        }
+    }
 
     fn watchers(&mut self, key: UKey) -> Vec<PeerId> {
         let j = &self.jobs[key.0 as usize];
@@ -992,6 +1069,7 @@ impl Peer {
             u.mine = Mine::Running;
             let until = self.now + self.lease_len(key.0);
             let u = self.units.get_mut(&key).expect("tracked");
+            let renew = !u.leases.is_live(&self.id, until);
             u.leases.claim(self.id, until);
             self.running += 1;
             self.stats.started += 1;
@@ -1000,8 +1078,10 @@ impl Peer {
             let unit_id = j.d.unit_ids[key.1 as usize];
             let job = j.info.clone();
             let sources = j.sources.clone();
-            for to in self.watchers(key) {
-                self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+            if renew {
+                for to in self.watchers(key) {
+                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+                }
             }
             self.out.push(Action::StartUnit { unit, unit_id, job, sources });
             if self.ready.len() < self.cores as usize {
@@ -1038,10 +1118,9 @@ impl Peer {
 
     fn scan_unit(&mut self, slot: u32, idx: u32) {
         let key = (slot, idx);
-        if let Some(u) = self.units.get(&key) {
-            if u.outcome.is_none() && u.mine == Mine::None {
-                self.evaluate(key);
-            }
+        // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
+        // only looks for units we do not know yet.
+        if self.units.contains_key(&key) {
             return;
         }
         let j = &self.jobs[slot as usize];
@@ -1054,7 +1133,7 @@ impl Peer {
         let probe = j.probe;
         let unit = UnitRef { job: j.info.job_id, index: idx };
         rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
-        if !position(&self.scratch, &self.id).is_some_and(|p| p < q) {
+        if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
             return;
         }
         if self.units.len() >= self.cfg.max_tracked_units {
@@ -1071,9 +1150,8 @@ impl Peer {
             }
             self.add_timer(self.now + self.cfg.probe_wait_ms, TimerKind::Probe(slot, idx));
         } else {
-            u.mine = Mine::Queued;
             self.units.insert(key, u);
-            self.ready.push_back(key);
+            self.enqueue(key);
         }
     }
 
@@ -1158,8 +1236,14 @@ impl Peer {
             let ok_arch = j.info.strict() || thief_arch == Some(self.arch);
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
             let unit = UnitRef { job: j.info.job_id, index: key.1 };
+            let q = j.info.manifest.replication.quorum as usize;
+            let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+            let strict = j.info.strict();
+            rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+            let thief_primary = position(&self.scratch, &thief).is_some_and(|p| p < q);
             let u = self.units.get_mut(&key).expect("queued units are tracked");
             if ok_arch
+                && !thief_primary
                 && u.mine == Mine::Queued
                 && u.outcome.is_none()
                 && !u.tally.has(&thief)
@@ -1174,6 +1258,11 @@ impl Peer {
             }
         }
         self.ready = keep;
+        for unit in &granted {
+            if let Some(&s) = self.job_slot.get(&unit.job) {
+                self.release((s, unit.index));
+            }
+        }
         if !granted.is_empty() {
             self.out.push(Action::Send { to: thief, msg: Message::StealGrant(granted) });
         }

@@ -202,7 +202,7 @@ impl DissentBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commit::{CommitBody, sign, SimSigner};
+    use crate::commit::{CommitBody, SimSigner, sign};
     use crate::types::UnitRef;
     use ova_jobs::{JobId, UnitId};
 

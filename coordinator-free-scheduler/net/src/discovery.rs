@@ -70,7 +70,8 @@ mod tests {
     fn only_other_nodes_discoveries_count() {
         let me = SecretKey::generate().public();
         let other = SecretKey::generate().public();
-        let info = |id| EndpointInfo::new(id).with_ip_addrs(["10.0.0.2:4000".parse().unwrap()].into());
+        let info =
+            |id| EndpointInfo::new(id).with_ip_addrs(["10.0.0.2:4000".parse().unwrap()].into());
         let found = discovered_peer(
             &DiscoveryEvent::Discovered { endpoint_info: info(other), last_updated: None },
             me,

@@ -159,9 +159,8 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_endpoint_stays_on_loopback() {
-        let (ep, _mem) = bind(&EndpointConfig::loopback(), SecretKey::generate(), vec![])
-            .await
-            .expect("bind");
+        let (ep, _mem) =
+            bind(&EndpointConfig::loopback(), SecretKey::generate(), vec![]).await.expect("bind");
         assert!(is_loopback_only(&ep), "addr {:?}", ep.addr());
         assert!(!ep.bound_sockets().is_empty());
         ep.close().await;

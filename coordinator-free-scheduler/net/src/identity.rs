@@ -73,7 +73,8 @@ pub fn load(data_dir: &Path) -> Result<Option<SecretKey>, IdentityError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(IdentityError::Io { path, source }),
     };
-    let bytes = unhex(text.trim()).ok_or_else(|| IdentityError::Malformed { path: path.clone() })?;
+    let bytes =
+        unhex(text.trim()).ok_or_else(|| IdentityError::Malformed { path: path.clone() })?;
     Ok(Some(SecretKey::from_bytes(&bytes)))
 }
 

@@ -3,8 +3,13 @@
 //! Bounded and self-cleaning: at most `max_peers` entries; an entry lives for its advert's TTL
 //! (clamped to `max_ttl`, counted from when *we* received it) unless a newer advert from the
 //! same author refreshes it; a clean `Leave` removes it at once. When the table is full, a new
-//! peer replaces the entry closest to expiry, and only if it would outlive it. Pure logic with
-//! an explicit `now`, so it is tested without a network or a clock.
+//! peer replaces the entry closest to expiry, and only if it would outlive it.
+//!
+//! A peer that expired or left leaves a *tombstone* (its last advert's order key) for
+//! `max_ttl`, so a late or replayed copy of one of its old adverts — gossip may still deliver
+//! cached messages after the author is gone — cannot bring it back; only a newer advert can.
+//! Tombstones are bounded like entries. Pure logic with an explicit `now`, so it is tested
+//! without a network or a clock.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -59,6 +64,7 @@ pub struct PeerInfo {
 #[derive(Debug)]
 pub struct PeerTable {
     entries: HashMap<EndpointId, Entry>,
+    tombstones: HashMap<EndpointId, ((u64, u64), Instant)>,
     max_peers: usize,
     max_ttl: Duration,
 }
@@ -66,7 +72,12 @@ pub struct PeerTable {
 impl PeerTable {
     /// An empty table holding at most `max_peers` peers, each for at most `max_ttl`.
     pub fn new(max_peers: usize, max_ttl: Duration) -> Self {
-        Self { entries: HashMap::new(), max_peers: max_peers.max(1), max_ttl }
+        Self {
+            entries: HashMap::new(),
+            tombstones: HashMap::new(),
+            max_peers: max_peers.max(1),
+            max_ttl,
+        }
     }
 
     /// Applies a verified, validated advert from `author` received at `now`.
@@ -79,6 +90,12 @@ impl PeerTable {
             }
             *e = Entry { advert, received_at: now, expires_at };
             return Applied::Updated;
+        }
+        if let Some((key, until)) = self.tombstones.get(&author) {
+            if *until > now && advert.order_key() <= *key {
+                return Applied::Stale;
+            }
+            self.tombstones.remove(&author);
         }
         if self.entries.len() >= self.max_peers {
             let victim = self
@@ -101,9 +118,32 @@ impl PeerTable {
     /// removed.
     pub fn leave(&mut self, author: &EndpointId, order_key: (u64, u64)) -> bool {
         match self.entries.get(author) {
-            Some(e) if e.advert.order_key() < order_key => self.entries.remove(author).is_some(),
-            _ => false,
+            Some(e) if e.advert.order_key() < order_key => {
+                self.entries.remove(author);
+                self.bury(*author, order_key, Instant::now());
+                true
+            }
+            Some(_) => false,
+            None => {
+                let newer = self.tombstones.get(author).is_none_or(|(k, _)| *k < order_key);
+                if newer {
+                    self.bury(*author, order_key, Instant::now());
+                }
+                false
+            }
         }
+    }
+
+    fn bury(&mut self, id: EndpointId, key: (u64, u64), now: Instant) {
+        self.tombstones.retain(|_, (_, until)| *until > now);
+        if self.tombstones.len() >= self.max_peers {
+            let oldest =
+                self.tombstones.iter().min_by_key(|(_, (_, until))| *until).map(|(id, _)| *id);
+            if let Some(o) = oldest {
+                self.tombstones.remove(&o);
+            }
+        }
+        self.tombstones.insert(id, (key, now + self.max_ttl));
     }
 
     /// Removes and returns the peers whose adverts expired by `now`.
@@ -111,7 +151,9 @@ impl PeerTable {
         let gone: Vec<EndpointId> =
             self.entries.iter().filter(|(_, e)| e.expires_at <= now).map(|(id, _)| *id).collect();
         for id in &gone {
-            self.entries.remove(id);
+            if let Some(e) = self.entries.remove(id) {
+                self.bury(*id, e.advert.order_key(), now);
+            }
         }
         gone
     }
@@ -203,12 +245,19 @@ mod tests {
         let a = id();
         assert_eq!(t.apply(a, advert(1, 1000, 2), t0), Applied::Joined);
         assert_eq!(t.apply(a, advert(1, 1000, 3), t0), Applied::Stale);
-        assert_eq!(t.apply(a, advert(2, 1000, 3), t0 + Duration::from_millis(500)), Applied::Updated);
+        assert_eq!(
+            t.apply(a, advert(2, 1000, 3), t0 + Duration::from_millis(500)),
+            Applied::Updated
+        );
         assert_eq!(t.peers(t0 + Duration::from_millis(600))[0].capacity.spare_cores, 3);
         assert_eq!(t.peers(t0 + Duration::from_millis(600))[0].age_ms, 100);
         assert!(t.expire(t0 + Duration::from_millis(1400)).is_empty());
         assert_eq!(t.expire(t0 + Duration::from_millis(1500)), vec![a]);
         assert!(t.is_empty());
+        // A late copy of an old advert does not resurrect it; a newer one does.
+        let t1 = t0 + Duration::from_millis(1600);
+        assert_eq!(t.apply(a, advert(2, 1000, 3), t1), Applied::Stale);
+        assert_eq!(t.apply(a, advert(3, 1000, 3), t1), Applied::Joined);
     }
 
     #[test]

@@ -34,6 +34,9 @@ use crate::signed::{self, GossipBody};
 use crate::stats::{DropReason, NetStats, StatsSnapshot};
 use crate::ticket::NodeTicket;
 
+/// How long shutdown waits for the goodbye message to leave.
+const LEAVE_FLUSH: Duration = Duration::from_millis(250);
+
 /// Bytes the gossip layer may add around our envelope.
 const GOSSIP_OVERHEAD: usize = 1024;
 
@@ -457,9 +460,18 @@ impl Node {
         if !self.shared.cancel.is_cancelled() {
             let (sent_at_ms, seq) = (unix_ms(), self.shared.next_seq());
             let sealed = signed::seal(&self.shared.key, &GossipBody::Leave { sent_at_ms, seq });
-            let leave = self.shared.gossip_broadcast(sealed);
-            if tokio::time::timeout(Duration::from_secs(1), leave).await.is_err() {
-                debug!("leave message not sent in time");
+            let leave = async {
+                self.shared.gossip_broadcast(sealed).await?;
+                // The gossip actor sends asynchronously; give it a moment to put the goodbye
+                // on the wire before the connections close. Best effort: peers that miss it
+                // forget us at TTL expiry anyway.
+                tokio::time::sleep(LEAVE_FLUSH).await;
+                Ok::<_, NetError>(())
+            };
+            match tokio::time::timeout(Duration::from_secs(2), leave).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!("leave message not sent: {e}"),
+                Err(_) => debug!("leave message not sent in time"),
             }
         }
         self.stop().await;
@@ -796,26 +808,26 @@ impl ProtocolHandler for FrameHandler {
             };
             shared.stats.frame_in();
             let read = frame::read_frame_owned(&mut recv, max, &shared.budget);
-            let (bytes, permit) = match tokio::time::timeout(shared.config.frame_timeout, read).await
-            {
-                Err(_) => {
-                    shared.stats.drop(DropReason::Truncated, &peer, "frame timed out");
-                    continue;
-                }
-                Ok(Err(e @ FrameError::TooLarge { .. })) => {
-                    shared.stats.drop(DropReason::Oversize, &peer, &e.to_string());
-                    continue;
-                }
-                Ok(Err(e @ FrameError::Overloaded(_))) => {
-                    shared.stats.drop(DropReason::Overloaded, &peer, &e.to_string());
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    shared.stats.drop(DropReason::Truncated, &peer, &e.to_string());
-                    continue;
-                }
-                Ok(Ok(x)) => x,
-            };
+            let (bytes, permit) =
+                match tokio::time::timeout(shared.config.frame_timeout, read).await {
+                    Err(_) => {
+                        shared.stats.drop(DropReason::Truncated, &peer, "frame timed out");
+                        continue;
+                    }
+                    Ok(Err(e @ FrameError::TooLarge { .. })) => {
+                        shared.stats.drop(DropReason::Oversize, &peer, &e.to_string());
+                        continue;
+                    }
+                    Ok(Err(e @ FrameError::Overloaded(_))) => {
+                        shared.stats.drop(DropReason::Overloaded, &peer, &e.to_string());
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        shared.stats.drop(DropReason::Truncated, &peer, &e.to_string());
+                        continue;
+                    }
+                    Ok(Ok(x)) => x,
+                };
             match wire::decode::<DirectFrame>(&bytes, max) {
                 Ok(DirectFrame::App(payload)) => shared.emit(NetEvent::Direct {
                     from,

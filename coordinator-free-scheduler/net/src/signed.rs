@@ -95,9 +95,9 @@ pub fn open(bytes: &[u8], max_len: usize) -> Result<(EndpointId, GossipBody), Re
         .as_slice()
         .try_into()
         .map_err(|_| rejected(DropReason::BadSignature, "signature is not 64 bytes"))?;
-    author
-        .verify(&signed_bytes(&env.body), &Signature::from_bytes(&sig))
-        .map_err(|_| rejected(DropReason::BadSignature, format!("signature does not verify for {author}")))?;
+    author.verify(&signed_bytes(&env.body), &Signature::from_bytes(&sig)).map_err(|_| {
+        rejected(DropReason::BadSignature, format!("signature does not verify for {author}"))
+    })?;
     let body = wire::decode(&env.body, env.body.len())
         .map_err(|e| rejected(DropReason::Undecodable, format!("signed body: {e}")))?;
     Ok((author, body))
@@ -135,7 +135,10 @@ mod tests {
         // Forged: claims another author.
         let other = SecretKey::generate();
         let forged = SignedEnvelope { author: *other.public().as_bytes(), ..env.clone() };
-        assert_eq!(open(&wire::encode(&forged), 1024).unwrap_err().reason, DropReason::BadSignature);
+        assert_eq!(
+            open(&wire::encode(&forged), 1024).unwrap_err().reason,
+            DropReason::BadSignature
+        );
 
         // Tampered body.
         let tampered_body = wire::encode(&GossipBody::App { seq: 7, payload: b"HELLO".to_vec() });

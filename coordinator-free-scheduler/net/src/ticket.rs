@@ -56,7 +56,8 @@ impl NodeTicket {
 
     /// The endpoint address it names.
     pub fn to_addr(&self) -> EndpointAddr {
-        let mut addrs: Vec<TransportAddr> = self.addrs.iter().map(|a| TransportAddr::Ip(*a)).collect();
+        let mut addrs: Vec<TransportAddr> =
+            self.addrs.iter().map(|a| TransportAddr::Ip(*a)).collect();
         if let Some(r) = &self.relay {
             addrs.push(TransportAddr::Relay(r.clone()));
         }
@@ -97,14 +98,16 @@ impl FromStr for NodeTicket {
         if let Ok(id) = s.parse::<EndpointId>() {
             return Ok(Self { id, addrs: vec![], relay: None });
         }
-        let body = s.strip_prefix(PREFIX).ok_or_else(|| err("not a ticket, NODE_ID@ADDR or NODE_ID"))?;
+        let body =
+            s.strip_prefix(PREFIX).ok_or_else(|| err("not a ticket, NODE_ID@ADDR or NODE_ID"))?;
         if body.len() > MAX_TICKET_BYTES * 2 {
             return Err(err("too long"));
         }
         let bytes = data_encoding::BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
             .map_err(|_| err("bad base32"))?;
-        let w: TicketWire = wire::decode(&bytes, MAX_TICKET_BYTES).map_err(|e| err(&e.to_string()))?;
+        let w: TicketWire =
+            wire::decode(&bytes, MAX_TICKET_BYTES).map_err(|e| err(&e.to_string()))?;
         let id = EndpointId::from_bytes(&w.id).map_err(|_| err("bad node id"))?;
         if w.addrs.len() > MAX_ADVERT_ADDRS {
             return Err(err("too many addresses"));

@@ -14,7 +14,7 @@ use ova_scheduler::sim::{SCENARIOS, Sim, scenario};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N]"
+        "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N]"
     );
     ExitCode::from(2)
 }
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let mut mode = "";
     let mut peers: Option<usize> = None;
     let mut units: Option<usize> = None;
+    let mut churn: Option<usize> = None;
     let mut i = 0;
     while i < args.len() {
         let val = |i: usize| args.get(i + 1).cloned();
@@ -47,6 +48,10 @@ fn main() -> ExitCode {
             }
             "--units" => {
                 units = val(i).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--churn" => {
+                churn = val(i).and_then(|v| v.parse().ok());
                 i += 1;
             }
             "--list" => mode = "list",
@@ -77,6 +82,9 @@ fn main() -> ExitCode {
             if let Some(u) = units {
                 cfg.units = u;
             }
+            if let Some(c) = churn {
+                cfg.churn_events = c;
+            }
             let t0 = Instant::now();
             let mut sim = Sim::new(cfg);
             let setup = t0.elapsed().as_secs_f64();
@@ -85,6 +93,9 @@ fn main() -> ExitCode {
             let run = t1.elapsed().as_secs_f64();
             let secs = t0.elapsed().as_secs_f64();
             print!("{}", r.render());
+            if std::env::var_os("OVA_SIM_DEBUG").is_some() {
+                print!("{}", sim.describe_unresolved(3));
+            }
             println!(
                 "  wall: setup={setup:.1}s run={run:.1}s events/s={:.0} handle_calls={} cpu_per_unit={:.1}us (whole simulator incl. network model, per unit)",
                 r.events as f64 / run.max(1e-9),
@@ -103,6 +114,9 @@ fn main() -> ExitCode {
             };
             let mut sim = Sim::new((s.config)(seed));
             print!("{}", sim.run(s.name).render());
+            if std::env::var_os("OVA_SIM_DEBUG").is_some() {
+                print!("{}", sim.describe_unresolved(5));
+            }
         }
         _ => return usage(),
     }

@@ -29,7 +29,9 @@ use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use ova_jobs::{BlobId, Determinism, JobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitId, UnitSpec};
+use ova_jobs::{
+    BlobId, Determinism, JobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitId, UnitSpec,
+};
 
 use crate::commit::SimKeys;
 use crate::message::Message;
@@ -121,7 +123,7 @@ impl Default for SimConfig {
             latency_ms: (5, 80),
             loss: 0.0,
             unit_cost_ms: (5_000, 15_000),
-            deadline_ms: 300_000,
+            deadline_ms: 120_000,
             liars: 0.0,
             colluders: 0.0,
             crash_stop: 0.0,
@@ -175,6 +177,10 @@ pub struct Report {
     pub submitter_verified: u32,
     /// Commits dropped for bad signatures or unknown signers, over all peers.
     pub dropped_commits: u64,
+    /// Messages by kind.
+    pub by_kind: String,
+    /// Resolution time quantiles p50, p90, p99 (ms after submission).
+    pub quantiles: [u64; 3],
     /// Hash over every event processed (determinism check).
     pub trace: u64,
 }
@@ -187,7 +193,12 @@ impl Report {
         let _ = writeln!(
             s,
             "  peers={} (ever {}) units={} verified={} failed={} unresolved={} wrong_accepted={}",
-            self.peers, self.peers_total, self.units, self.verified, self.failed, self.unresolved,
+            self.peers,
+            self.peers_total,
+            self.units,
+            self.verified,
+            self.failed,
+            self.unresolved,
             self.wrong_accepted
         );
         let _ = writeln!(
@@ -214,6 +225,14 @@ impl Report {
             self.dropped_commits,
             self.submitter_verified
         );
+        let _ = writeln!(
+            s,
+            "  resolved_by: p50={:.1}s p90={:.1}s p99={:.1}s",
+            self.quantiles[0] as f64 / 1000.0,
+            self.quantiles[1] as f64 / 1000.0,
+            self.quantiles[2] as f64 / 1000.0
+        );
+        let _ = writeln!(s, "  by_kind: {}", self.by_kind);
         for r in &self.fail_reasons {
             let _ = writeln!(s, "  failure: {r}");
         }
@@ -223,7 +242,7 @@ impl Report {
 }
 
 enum Ev {
-    Deliver { to: u32, from: u32, msg: Message },
+    Deliver { to: u32, from: u32, msg: Box<Message> },
     Timer { peer: u32, at: Millis },
     Finish { peer: u32, unit: UnitRef, exec: u64 },
     Fetched { peer: u32, blob: BlobId, purpose: FetchPurpose, ok: bool },
@@ -317,11 +336,19 @@ pub struct Sim {
     buf: Vec<Action>,
     holders: Vec<u32>,
     next_fresh: usize,
+    by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Wall-clock-free CPU accounting is the caller's job; this counts handle() calls.
     pub handle_calls: u64,
 }
 
-fn result_of(unit: &UnitId, arch: ArchClass, float: bool, strict: bool, fault: Fault, rng: &mut Rng) -> BlobId {
+fn result_of(
+    unit: &UnitId,
+    arch: ArchClass,
+    float: bool,
+    strict: bool,
+    fault: Fault,
+    rng: &mut Rng,
+) -> BlobId {
     match fault {
         Fault::Honest => {
             let a = if float && !strict { arch.0 } else { 0 };
@@ -370,6 +397,7 @@ impl Sim {
             failed_without_reason: 0,
             buf: Vec::new(),
             holders: vec![0],
+            by_kind: Default::default(),
             next_fresh: 0,
             handle_calls: 0,
             cfg,
@@ -468,7 +496,11 @@ impl Sim {
     }
 
     fn make_peer(&mut self, id: PeerId, fault: Fault) {
-        let arch = if self.rng.chance(self.cfg.arm_fraction) { ArchClass::AARCH64 } else { ArchClass::X86_64 };
+        let arch = if self.rng.chance(self.cfg.arm_fraction) {
+            ArchClass::AARCH64
+        } else {
+            ArchClass::X86_64
+        };
         let (a, b) = self.cfg.cores;
         let cores = a + self.rng.below((b.saturating_sub(a) + 1) as u64) as u16;
         let speed = if self.rng.chance(self.cfg.slow_fraction) { self.cfg.slow_speed } else { 1.0 };
@@ -542,10 +574,7 @@ impl Sim {
     pub fn ideal_ms(&self) -> u64 {
         let work: u128 = self.truth.iter().map(|t| t.cost as u128).sum::<u128>()
             * self.cfg.replication.quorum as u128;
-        let cap: f64 = self.peers[..self.cfg.peers]
-            .iter()
-            .map(|p| p.cores as f64 * p.speed)
-            .sum();
+        let cap: f64 = self.peers[..self.cfg.peers].iter().map(|p| p.cores as f64 * p.speed).sum();
         (work as f64 / cap.max(1e-9)) as u64
     }
 
@@ -556,11 +585,12 @@ impl Sim {
 
     fn send(&mut self, from: u32, to: u32, msg: Message) {
         self.messages += 1;
+        *self.by_kind.entry(msg.kind()).or_default() += 1;
         if self.cfg.loss > 0.0 && self.rng.chance(self.cfg.loss) {
             return;
         }
         let t = self.now + self.link_delay(from, to);
-        self.push(t, Ev::Deliver { to, from, msg });
+        self.push(t, Ev::Deliver { to, from, msg: Box::new(msg) });
     }
 
     fn reachable(&self, a: u32, b: u32) -> bool {
@@ -635,7 +665,10 @@ impl Sim {
                 let bundle_ok = p.has_bundle
                     || self.holders.iter().any(|&h| {
                         let q = &self.peers[h as usize];
-                        q.has_bundle && q.alive && q.online && (!self.partitioned || q.group == p.group)
+                        q.has_bundle
+                            && q.alive
+                            && q.online
+                            && (!self.partitioned || q.group == p.group)
                     });
                 let _ = (unit_id, job);
                 self.exec_seq += 1;
@@ -717,8 +750,17 @@ impl Sim {
     /// Runs to completion (every unit resolved) or the horizon.
     pub fn run(&mut self, name: &str) -> Report {
         let total = self.truth.len();
+        let horizon = self.cfg.horizon;
+        self.cfg.horizon =
+            std::env::var("OVA_SIM_HORIZON").ok().and_then(|v| v.parse().ok()).unwrap_or(horizon);
+        // Once every unit is resolved, run one more minute so in-flight messages (e.g. the
+        // last commits to the submitter) land.
+        let mut stop_at = Millis::MAX;
         while let Some(q) = self.queue.pop() {
-            if q.at > self.cfg.horizon || self.resolved >= total {
+            if self.resolved >= total && stop_at == Millis::MAX {
+                stop_at = self.now + 60_000;
+            }
+            if q.at > self.cfg.horizon || q.at > stop_at {
                 break;
             }
             self.now = q.at;
@@ -730,7 +772,7 @@ impl Sim {
                         continue;
                     }
                     let fromid = self.peers[from as usize].id;
-                    self.call(to, Event::Message { from: fromid, msg });
+                    self.call(to, Event::Message { from: fromid, msg: *msg });
                 }
                 Ev::Timer { peer, at } => {
                     let p = &mut self.peers[peer as usize];
@@ -762,7 +804,14 @@ impl Sim {
                                 };
                                 let p = &self.peers[peer as usize];
                                 let (arch, fault) = (p.arch, p.fault);
-                                Ok(result_of(&uid, arch, self.truth[g].float, strict, fault, &mut self.rng))
+                                Ok(result_of(
+                                    &uid,
+                                    arch,
+                                    self.truth[g].float,
+                                    strict,
+                                    fault,
+                                    &mut self.rng,
+                                ))
                             }
                             _ => continue,
                         }
@@ -789,7 +838,12 @@ impl Sim {
                     }
                 }
                 Ev::Churn => {
-                    let online: Vec<u32> = self.ring_any.iter().map(|e| e.1).filter(|&i| i != self.submitter).collect();
+                    let online: Vec<u32> = self
+                        .ring_any
+                        .iter()
+                        .map(|e| e.1)
+                        .filter(|&i| i != self.submitter)
+                        .collect();
                     if online.is_empty() {
                         continue;
                     }
@@ -867,6 +921,12 @@ impl Sim {
             failed_without_reason: self.failed_without_reason,
             fail_reasons: self.fail_reasons.clone(),
             ideal_ms: self.ideal_ms(),
+            by_kind: self
+                .by_kind
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             ..Default::default()
         };
         let mut last = 0;
@@ -894,14 +954,64 @@ impl Sim {
             }
         }
         r.makespan_ms = last.saturating_sub(self.cfg.submit_at);
-        let quorum_work: u128 =
-            self.truth.iter().map(|t| t.cost as u128).sum::<u128>() * self.cfg.replication.quorum as u128;
+        let mut times: Vec<u64> = self
+            .truth
+            .iter()
+            .filter(|t| t.verified.is_some() || t.failed)
+            .map(|t| t.resolved_at.saturating_sub(self.cfg.submit_at))
+            .collect();
+        times.sort_unstable();
+        if !times.is_empty() {
+            r.quantiles = [
+                times[times.len() / 2],
+                times[times.len() * 9 / 10],
+                times[times.len() * 99 / 100],
+            ];
+        }
+        let quorum_work: u128 = self.truth.iter().map(|t| t.cost as u128).sum::<u128>()
+            * self.cfg.replication.quorum as u128;
         r.waste = (self.work_done as f64 - quorum_work as f64) / quorum_work.max(1) as f64;
-        r.submitter_verified = self.jobs.iter().filter_map(|(id, _, _)| {
-            self.peers[self.submitter as usize].peer.job_progress(id).map(|p| p.1)
-        }).sum();
-        r.dropped_commits = self.peers.iter().map(|p| p.peer.stats().bad_signature + p.peer.stats().unknown_signer).sum();
+        r.submitter_verified = self
+            .jobs
+            .iter()
+            .filter_map(|(id, _, _)| {
+                self.peers[self.submitter as usize].peer.job_progress(id).map(|p| p.1)
+            })
+            .sum();
+        r.dropped_commits = self
+            .peers
+            .iter()
+            .map(|p| p.peer.stats().bad_signature + p.peer.stats().unknown_signer)
+            .sum();
         r
+    }
+
+    /// Describes every unresolved unit as its trackers see it (debugging aid).
+    pub fn describe_unresolved(&self, max: usize) -> String {
+        let mut out = String::new();
+        for (id, m, base) in &self.jobs {
+            for k in 0..m.units.len() {
+                if out.lines().count() > max * 8 {
+                    return out;
+                }
+                let t = &self.truth[base + k];
+                if t.verified.is_some() || t.failed {
+                    continue;
+                }
+                let unit = UnitRef { job: *id, index: k as u32 };
+                let _ = writeln!(out, "unit {k}:");
+                for p in &self.peers {
+                    if let Some(d) = p.peer.describe_unit(&unit) {
+                        let _ = writeln!(
+                            out,
+                            "  {:?} alive={} arch={:?} fault={:?} {d}",
+                            p.id, p.alive, p.arch, p.fault
+                        );
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The peers (for tests that inspect state).

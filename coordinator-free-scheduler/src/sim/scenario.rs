@@ -22,7 +22,11 @@ fn base(seed: u64) -> SimConfig {
 
 /// All scenarios.
 pub const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "basic", about: "150 peers, 3000 units, no faults", config: |s| SimConfig { peers: 150, units: 3000, ..base(s) } },
+    Scenario {
+        name: "basic",
+        about: "150 peers, 3000 units, no faults",
+        config: |s| SimConfig { peers: 150, units: 3000, ..base(s) },
+    },
     Scenario {
         name: "churn",
         about: "200 peers, 4000 units, 60 leave/crash+join events, 1% loss",
@@ -38,7 +42,12 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "partition",
         about: "200 peers, 4000 units, a 30% partition for 10 minutes, then healed",
-        config: |s| SimConfig { peers: 200, units: 4000, partition: Some((2 * MIN, 12 * MIN, 0.3)), ..base(s) },
+        config: |s| SimConfig {
+            peers: 200,
+            units: 4000,
+            partition: Some((2 * MIN, 12 * MIN, 0.3)),
+            ..base(s)
+        },
     },
     Scenario {
         name: "faults",
@@ -54,11 +63,12 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "liars",
-        about: "20% random liars, quorum 2, 10,000 units",
+        about: "20% random liars, quorum 2 (max 6 replicas), 10,000 units",
         config: |s| SimConfig {
             peers: 120,
             units: 10_000,
             liars: 0.2,
+            replication: Replication { quorum: 2, max_replicas: 6, result_copies: 1 },
             unit_cost_ms: (2_000, 6_000),
             ..base(s)
         },
@@ -94,7 +104,7 @@ pub const SCENARIOS: &[Scenario] = &[
         config: |s| SimConfig {
             peers: 150,
             units: 3000,
-            submitter_offline: Some((50_000, 40 * MIN)),
+            submitter_offline: Some((50_000, 100_000)),
             ..base(s)
         },
     },

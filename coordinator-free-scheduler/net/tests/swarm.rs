@@ -1,0 +1,405 @@
+//! Real nodes on 127.0.0.1: membership convergence, expiry, leave, adverts, direct frames,
+//! and a rogue peer. Every wait has a deadline that fails the test; nothing sleeps to
+//! synchronise (conditions are awaited on the peer-table watch or polled with a deadline).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use iroh::SecretKey;
+use iroh::address_lookup::memory::MemoryLookup;
+use iroh::protocol::Router;
+use iroh_gossip::Gossip;
+use iroh_gossip::api::JoinOptions;
+use ova_jobs::wire;
+use ova_net::frame::{DirectFrame, FRAME_ALPN};
+use ova_net::signed::{GossipBody, SignedEnvelope, seal};
+use ova_net::{
+    Advert, ArchClass, Capacity, DropReason, EndpointConfig, NetEvent, Node, NodeConfig,
+    NodeTicket, endpoint,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+
+/// Generous: a loaded 2-core CI machine still finishes well within it.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(network: &str) -> NodeConfig {
+    let mut c = NodeConfig::new(SecretKey::generate(), EndpointConfig::loopback());
+    c.network = network.to_string();
+    c.local_discovery = false;
+    c.advert_interval = Duration::from_millis(250);
+    c.advert_ttl = Duration::from_millis(2000);
+    c.total_cores = 8;
+    c.max_broadcast_bytes = 8 << 10;
+    c.max_frame_bytes = 64 << 10;
+    c
+}
+
+fn unique_network(name: &str) -> String {
+    format!("{name}-{}", SecretKey::generate().public().fmt_short())
+}
+
+/// Waits until `cond` holds for `node`, re-checking whenever its peer table changes.
+async fn wait_until(
+    node: &Node,
+    deadline: Instant,
+    what: &str,
+    cond: impl Fn(&Node) -> bool,
+) -> Result<()> {
+    let mut watch = node.watch_peers();
+    loop {
+        if cond(node) {
+            return Ok(());
+        }
+        match timeout_at(deadline, watch.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => bail!("node {} stopped while waiting for {what}", node.id().fmt_short()),
+            Err(_) => bail!(
+                "timed out waiting for {what} on {} (knows {} peers)",
+                node.id().fmt_short(),
+                node.peers().len()
+            ),
+        }
+    }
+}
+
+/// Polls a condition that has no change notification (counters) until a deadline.
+async fn poll_until(deadline: Instant, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    while !cond() {
+        if Instant::now() >= deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The next event matching `pred`, skipping others, before the deadline.
+async fn next_event(
+    rx: &mut mpsc::Receiver<NetEvent>,
+    deadline: Instant,
+    what: &str,
+    mut pred: impl FnMut(&NetEvent) -> bool,
+) -> Result<NetEvent> {
+    loop {
+        match timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) if pred(&ev) => return Ok(ev),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("events closed while waiting for {what}"),
+            Err(_) => bail!("timed out waiting for {what}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_in_a_chain_converge_then_forget_killed_and_leaving_nodes() -> Result<()> {
+    init_tracing();
+    let deadline = Instant::now() + DEADLINE;
+    let network = unique_network("chain");
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..10u16 {
+        let mut c = config(&network);
+        c.capacity = Capacity { spare_cores: i % 5, busy_cores: i % 3, queue_len: u32::from(i) };
+        if i == 7 {
+            // Node 7 leaves cleanly: with a long TTL, only its goodbye can remove it in time.
+            c.advert_ttl = Duration::from_secs(600);
+        }
+        if let Some(prev) = nodes.last() {
+            c.bootstrap = vec![prev.ticket()];
+        }
+        nodes.push(Node::spawn(c).await.context("spawn")?);
+    }
+    for n in &nodes {
+        assert!(endpoint::is_loopback_only(n.endpoint()), "{:?}", n.addr());
+    }
+    let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
+    for n in &nodes {
+        wait_until(n, deadline, "full membership", |n| n.peers().len() == 9).await?;
+    }
+
+    // Adverts carry the configured capacity and machine facts.
+    let seen = nodes[0].peers();
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        let p = seen.iter().find(|p| p.id == *id).context("peer missing")?;
+        let i = i as u16;
+        assert_eq!(
+            p.capacity,
+            Capacity { spare_cores: i % 5, busy_cores: i % 3, queue_len: u32::from(i) }
+        );
+        assert_eq!(p.total_cores, 8);
+        assert_eq!(p.arch, ArchClass::current());
+        assert!(p.addrs.iter().all(|a| a.starts_with("127.0.0.1:")), "{:?}", p.addrs);
+    }
+
+    // A capacity change is re-advertised and seen at the far end of the chain.
+    let new_cap = Capacity { spare_cores: 6, busy_cores: 2, queue_len: 11 };
+    nodes[9].set_capacity(new_cap);
+    wait_until(&nodes[0], deadline, "updated capacity", |n| {
+        n.peers().iter().any(|p| p.id == ids[9] && p.capacity == new_cap)
+    })
+    .await?;
+
+    // Direct frame to a peer that was never a bootstrap neighbour (address from its advert).
+    let mut events9 = nodes[9].take_events().context("events")?;
+    nodes[0].send(ids[9], b"hello nine".to_vec()).await?;
+    let ev = next_event(&mut events9, deadline, "direct frame", |e| {
+        matches!(e, NetEvent::Direct { .. })
+    })
+    .await?;
+    match ev {
+        NetEvent::Direct { from, payload } => {
+            assert_eq!(from, ids[0]);
+            assert_eq!(&payload[..], b"hello nine");
+        }
+        _ => unreachable!(),
+    }
+
+    // A signed broadcast reaches every node with its author.
+    nodes[4].broadcast(b"to everyone".to_vec()).await?;
+    let ev = next_event(&mut events9, deadline, "broadcast", |e| {
+        matches!(e, NetEvent::Broadcast { .. })
+    })
+    .await?;
+    match ev {
+        NetEvent::Broadcast { from, payload } => {
+            assert_eq!(from, ids[4]);
+            assert_eq!(&payload[..], b"to everyone");
+        }
+        _ => unreachable!(),
+    }
+
+    // Kill node 5 (no goodbye): it expires from every other view.
+    nodes[5].kill().await;
+    // Node 7 leaves cleanly: everyone forgets it although its advert has a 10-minute TTL.
+    nodes[7].shutdown().await;
+    for (i, n) in nodes.iter().enumerate() {
+        if i == 5 || i == 7 {
+            continue;
+        }
+        wait_until(n, deadline, "killed node 5 gone", |n| !n.knows(&ids[5])).await?;
+        wait_until(n, deadline, "leaving node 7 gone", |n| !n.knows(&ids[7])).await?;
+    }
+    next_event(
+        &mut events9,
+        deadline,
+        "PeerLeft(7)",
+        |e| matches!(e, NetEvent::PeerLeft(id) if *id == ids[7]),
+    )
+    .await?;
+    // The survivors still see each other.
+    for (i, n) in nodes.iter().enumerate() {
+        if i != 5 && i != 7 {
+            assert_eq!(n.peers().len(), 7, "node {i}");
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if i != 5 && i != 7 {
+            n.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_hook_joins_nodes_without_bootstrap() -> Result<()> {
+    init_tracing();
+    let deadline = Instant::now() + DEADLINE;
+    let network = unique_network("hook");
+    let a = Node::spawn(config(&network)).await?;
+    let b = Node::spawn(config(&network)).await?;
+    // What mDNS would report: b "discovers" a.
+    b.discovered(a.addr());
+    b.discovered(b.addr()); // ourselves: ignored
+    wait_until(&a, deadline, "a sees b", |n| n.knows(&b.id())).await?;
+    wait_until(&b, deadline, "b sees a", |n| n.knows(&a.id())).await?;
+    assert_eq!(b.peers().len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+/// A hand-made envelope, for forging.
+fn envelope(author: [u8; 32], body: &GossipBody, signer: Option<&SecretKey>) -> Vec<u8> {
+    let body = wire::encode(body);
+    let signature = match signer {
+        Some(k) => {
+            let mut m = b"ova-net gossip body v1\0".to_vec();
+            m.extend_from_slice(&body);
+            k.sign(&m).to_bytes().to_vec()
+        }
+        None => vec![],
+    };
+    wire::encode(&SignedEnvelope { author, body, signature })
+}
+
+fn advert(spare: u16, total: u16) -> Advert {
+    Advert {
+        capacity: Capacity { spare_cores: spare, busy_cores: 0, queue_len: 0 },
+        total_cores: total,
+        arch: ArchClass::current(),
+        sent_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        seq: 1,
+        ttl_ms: 60_000,
+        addrs: vec![],
+        relay: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_peer_is_dropped_and_the_others_keep_working() -> Result<()> {
+    init_tracing();
+    let deadline = Instant::now() + DEADLINE;
+    let network = unique_network("rogue");
+    let a_cfg = config(&network);
+    let max_broadcast = a_cfg.max_broadcast_bytes;
+    let max_frame = a_cfg.max_frame_bytes;
+    let topic = a_cfg.topic();
+    let a = Node::spawn(a_cfg).await?;
+    let mut b_cfg = config(&network);
+    b_cfg.bootstrap = vec![a.ticket()];
+    let b = Node::spawn(b_cfg).await?;
+    let mut c_cfg = config(&network);
+    c_cfg.bootstrap = vec![b.ticket()];
+    let c = Node::spawn(c_cfg).await?;
+    for n in [&a, &b, &c] {
+        wait_until(n, deadline, "3-node membership", |n| n.peers().len() == 2).await?;
+    }
+    let mut events_a = a.take_events().context("events")?;
+
+    // The rogue: a bare iroh endpoint speaking gossip (with a huge size limit) and frames.
+    let rogue_key = SecretKey::generate();
+    let (rogue_ep, rogue_mem): (_, MemoryLookup) = endpoint::bind(
+        &EndpointConfig::loopback(),
+        rogue_key.clone(),
+        vec![iroh_gossip::ALPN.to_vec()],
+    )
+    .await?;
+    let rogue_gossip = Gossip::builder().max_message_size(1 << 20).spawn(rogue_ep.clone());
+    let rogue_router =
+        Router::builder(rogue_ep.clone()).accept(iroh_gossip::ALPN, rogue_gossip.clone()).spawn();
+    rogue_mem.add_endpoint_info(a.addr());
+    let mut topic_handle =
+        rogue_gossip.subscribe_with_opts(topic, JoinOptions::with_bootstrap([a.id()])).await?;
+    timeout_at(deadline, topic_handle.joined()).await.context("rogue join timed out")??;
+    let (rogue_tx, _rogue_rx) = topic_handle.split();
+
+    let before = a.stats();
+    // Garbage, a wrong version byte, and an oversized but gossip-deliverable message.
+    rogue_tx.broadcast(b"\x01 this is not an envelope".to_vec().into()).await?;
+    rogue_tx.broadcast(b"\x09 wrong version".to_vec().into()).await?;
+    let mut big = vec![1u8];
+    big.resize(max_broadcast + 100, 0xAB);
+    rogue_tx.broadcast(big.into()).await?;
+    // Unsigned; forged (claims to be b, signed by the rogue); tampered; invalid advert.
+    let body = GossipBody::Advert(advert(4, 8));
+    rogue_tx.broadcast(envelope(*rogue_key.public().as_bytes(), &body, None).into()).await?;
+    rogue_tx.broadcast(envelope(*b.id().as_bytes(), &body, Some(&rogue_key)).into()).await?;
+    let forged_app = GossipBody::App { seq: 1, payload: b"i am b".to_vec() };
+    rogue_tx.broadcast(envelope(*b.id().as_bytes(), &forged_app, Some(&rogue_key)).into()).await?;
+    rogue_tx.broadcast(seal(&rogue_key, &GossipBody::Advert(advert(99, 8))).into()).await?;
+
+    poll_until(deadline, "gossip drops counted", || {
+        let s = a.stats();
+        s.dropped(DropReason::Undecodable) >= before.dropped(DropReason::Undecodable) + 2
+            && s.dropped(DropReason::Oversize) > before.dropped(DropReason::Oversize)
+            && s.dropped(DropReason::Unsigned) > before.dropped(DropReason::Unsigned)
+            && s.dropped(DropReason::BadSignature) >= before.dropped(DropReason::BadSignature) + 2
+            && s.dropped(DropReason::Invalid) > before.dropped(DropReason::Invalid)
+    })
+    .await?;
+
+    // Direct frames: a lying length, garbage that fits, and a truncated frame.
+    let conn = rogue_ep.connect(a.addr(), FRAME_ALPN).await?;
+    let mut s = conn.open_uni().await?;
+    s.write_all(&u32::MAX.to_be_bytes()).await?;
+    s.write_all(&[0u8; 64]).await?;
+    s.finish()?;
+    let mut s = conn.open_uni().await?;
+    let junk = b"\x01\xff\xff\xff\xff definitely not a DirectFrame";
+    s.write_all(&(junk.len() as u32).to_be_bytes()).await?;
+    s.write_all(junk).await?;
+    s.finish()?;
+    let mut s = conn.open_uni().await?;
+    s.write_all(&100u32.to_be_bytes()).await?;
+    s.write_all(&[1u8; 10]).await?;
+    s.finish()?;
+    poll_until(deadline, "frame drops counted", || {
+        let s = a.stats();
+        s.dropped(DropReason::Oversize) >= before.dropped(DropReason::Oversize) + 2
+            && s.dropped(DropReason::Undecodable) >= before.dropped(DropReason::Undecodable) + 3
+            && s.dropped(DropReason::Truncated) > before.dropped(DropReason::Truncated)
+    })
+    .await?;
+    // A well-formed frame from the rogue is delivered with the rogue's real id, never b's.
+    let mut s = conn.open_uni().await?;
+    let ok = wire::encode(&DirectFrame::App(b"rogue says hi".to_vec()));
+    assert!(ok.len() < max_frame);
+    s.write_all(&(ok.len() as u32).to_be_bytes()).await?;
+    s.write_all(&ok).await?;
+    s.finish()?;
+    let ev = next_event(&mut events_a, deadline, "rogue's direct frame", |e| {
+        matches!(e, NetEvent::Direct { .. })
+    })
+    .await?;
+    if let NetEvent::Direct { from, .. } = ev {
+        assert_eq!(from, rogue_key.public());
+    }
+
+    // Past gossip's own transport limit: gossip drops the rogue's link; we must not care.
+    let mut huge = vec![1u8];
+    huge.resize(200 << 10, 0xCD);
+    rogue_tx.broadcast(huge.into()).await.ok();
+
+    // Nothing the rogue sent became a peer or an event attributed to b.
+    assert!(!a.knows(&rogue_key.public()));
+    assert_eq!(a.peers().len(), 2);
+    // The honest nodes keep working: a broadcast from c and a frame from b reach a.
+    c.broadcast(b"still here".to_vec()).await?;
+    let ev = next_event(&mut events_a, deadline, "honest broadcast", |e| {
+        matches!(e, NetEvent::Broadcast { .. })
+    })
+    .await?;
+    if let NetEvent::Broadcast { from, payload } = ev {
+        assert_eq!(from, c.id());
+        assert_eq!(&payload[..], b"still here");
+    }
+    b.send(a.id(), b"direct".to_vec()).await?;
+    let ev = next_event(&mut events_a, deadline, "honest frame", |e| {
+        matches!(e, NetEvent::Direct { .. })
+    })
+    .await?;
+    if let NetEvent::Direct { from, .. } = ev {
+        assert_eq!(from, b.id());
+    }
+    // Sending over our own caps is refused locally.
+    assert!(b.send(a.id(), vec![0; max_frame]).await.is_err());
+    assert!(b.broadcast(vec![0; max_broadcast]).await.is_err());
+
+    rogue_router.shutdown().await.ok();
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[test]
+fn ticket_of_a_node_round_trips() {
+    let t = NodeTicket {
+        id: SecretKey::generate().public(),
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+        relay: None,
+    };
+    assert_eq!(t.to_string().parse::<NodeTicket>().unwrap(), t);
+}
