@@ -7,7 +7,7 @@
 //! come back as [`NetEvent`]s carrying the sender's verified id.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -228,6 +228,8 @@ struct Shared {
     capacity: watch::Sender<Capacity>,
     peers_version: watch::Sender<u64>,
     seq: AtomicU64,
+    /// Set once we said goodbye: no more adverts (they would bring us back).
+    leaving: AtomicBool,
     gossip: Gossip,
     sender: Mutex<Option<GossipSender>>,
     outbound: Mutex<HashMap<EndpointId, Connection>>,
@@ -287,6 +289,7 @@ impl Node {
             capacity: watch::Sender::new(config.capacity),
             peers_version: watch::Sender::new(0),
             seq: AtomicU64::new(0),
+            leaving: AtomicBool::new(false),
             gossip: gossip.clone(),
             sender: Mutex::new(None),
             outbound: Mutex::new(HashMap::new()),
@@ -457,7 +460,7 @@ impl Node {
 
     /// Stops cleanly: tells the others we leave, then closes every connection and task.
     pub async fn shutdown(&self) {
-        if !self.shared.cancel.is_cancelled() {
+        if !self.shared.cancel.is_cancelled() && !self.shared.leaving.swap(true, Ordering::SeqCst) {
             let (sent_at_ms, seq) = (unix_ms(), self.shared.next_seq());
             let sealed = signed::seal(&self.shared.key, &GossipBody::Leave { sent_at_ms, seq });
             let leave = async {
@@ -546,6 +549,9 @@ impl Shared {
     }
 
     async fn advertise(&self) {
+        if self.leaving.load(Ordering::SeqCst) {
+            return;
+        }
         let sealed = signed::seal(&self.key, &GossipBody::Advert(self.my_advert()));
         match self.gossip_broadcast(sealed).await {
             Ok(()) => self.stats.advert_sent(),
