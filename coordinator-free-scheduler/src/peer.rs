@@ -254,6 +254,12 @@ pub struct Stats {
     pub stolen: u64,
     /// Ring-region rescans started.
     pub rescans: u64,
+    /// Units queued because the scan found us in the top `quorum`.
+    pub queued_scan: u64,
+    /// Units queued by the placement rule (extra replica, lapsed lease, probe result).
+    pub queued_rule: u64,
+    /// Units queued from steal grants.
+    pub queued_steal: u64,
 }
 
 type UKey = (u32, u32);
@@ -692,6 +698,7 @@ impl Peer {
                     if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
                         self.enqueue(key);
                         self.stats.stolen += 1;
+                        self.stats.queued_steal += 1;
                     } else {
                         // Already ours or done: hand it straight back by releasing the lease
                         // the victim recorded for us.
@@ -981,6 +988,13 @@ impl Peer {
         if shortfall == 0 {
             return;
         }
+        // Our view is a ring neighbourhood: it ranks correctly only units whose window holds
+        // us. For any other unit we only observe.
+        if let Some((a, b)) = region(self.view.ring(strict), &self.id, self.cfg.window)
+            && point.wrapping_sub(a).wrapping_sub(1) >= b.wrapping_sub(a)
+        {
+            return;
+        }
         rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
         let u = self.units.get_mut(&key).expect("tracked");
         let mut idx = 0;
@@ -1005,6 +1019,7 @@ impl Peer {
             }
         }
         if run {
+            self.stats.queued_rule += 1;
             self.enqueue(key);
         } else if n_expected > 0 {
             // The peers ahead of us may not know they are needed (they missed a commit, or
@@ -1023,7 +1038,10 @@ impl Peer {
     /// Queues a unit and reserves it: the claim goes out now (not at start), so peers
     /// watching the unit know we will run it even while it waits in our queue.
     fn enqueue(&mut self, key: UKey) {
-        let until = self.now + 2 * self.lease_len(key.0);
+        // The reservation covers the wait behind what is already queued (at most one deadline
+        // per queued unit per core) plus our own run.
+        let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as u64;
+        let until = self.now + waits * self.lease_len(key.0);
         let Some(u) = self.units.get_mut(&key) else { return };
         u.mine = Mine::Queued;
         u.leases.claim(self.id, until);
@@ -1032,18 +1050,6 @@ impl Peer {
         let unit = UnitRef { job: j.info.job_id, index: key.1 };
         for to in self.watchers(key) {
             self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
-        }
-    }
-
-    /// Withdraws our reservation (we gave the unit away).
-    fn release(&mut self, key: UKey) {
-        let j = &self.jobs[key.0 as usize];
-        let unit = UnitRef { job: j.info.job_id, index: key.1 };
-        if let Some(u) = self.units.get_mut(&key) {
-            u.leases.release(&self.id);
-        }
-        for to in self.watchers(key) {
-            self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
         }
     }
 
@@ -1151,6 +1157,7 @@ impl Peer {
             self.add_timer(self.now + self.cfg.probe_wait_ms, TimerKind::Probe(slot, idx));
         } else {
             self.units.insert(key, u);
+            self.stats.queued_scan += 1;
             self.enqueue(key);
         }
     }
@@ -1213,7 +1220,11 @@ impl Peer {
         let victim = self
             .view
             .members()
-            .filter(|m| m.queue_len > 0 && (m.arch == self.arch))
+            .filter(|m| {
+                m.queue_len > 0
+                    && m.arch == self.arch
+                    && self.view.distance(&m.peer, false).is_some_and(|d| d < self.cfg.window)
+            })
             .max_by_key(|m| (m.queue_len, m.peer));
         if let Some(v) = victim {
             self.last_steal = Some(self.now);
@@ -1240,10 +1251,12 @@ impl Peer {
             let point = unit_point(&j.d.unit_ids[key.1 as usize]);
             let strict = j.info.strict();
             rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
-            let thief_primary = position(&self.scratch, &thief).is_some_and(|p| p < q);
+            // Only units whose window holds the thief (so its view ranks them correctly and its
+            // claims reach the same watchers), and where it is not already a primary.
+            let thief_ok = position(&self.scratch, &thief).is_some_and(|p| p >= q);
             let u = self.units.get_mut(&key).expect("queued units are tracked");
             if ok_arch
-                && !thief_primary
+                && thief_ok
                 && u.mine == Mine::Queued
                 && u.outcome.is_none()
                 && !u.tally.has(&thief)
@@ -1258,11 +1271,6 @@ impl Peer {
             }
         }
         self.ready = keep;
-        for unit in &granted {
-            if let Some(&s) = self.job_slot.get(&unit.job) {
-                self.release((s, unit.index));
-            }
-        }
         if !granted.is_empty() {
             self.out.push(Action::Send { to: thief, msg: Message::StealGrant(granted) });
         }

@@ -909,6 +909,7 @@ impl Sim {
     }
 
     fn report(&self, name: &str) -> Report {
+        #[allow(clippy::type_complexity)]
         let mut r = Report {
             name: name.to_string(),
             seed: self.cfg.seed,
@@ -978,6 +979,16 @@ impl Sim {
                 self.peers[self.submitter as usize].peer.job_progress(id).map(|p| p.1)
             })
             .sum();
+        let st = |f: fn(&crate::peer::Stats) -> u64| -> u64 {
+            self.peers.iter().map(|p| f(p.peer.stats())).sum()
+        };
+        r.by_kind.push_str(&format!(
+            " | queued_scan={} queued_rule={} queued_steal={} started={}",
+            st(|s| s.queued_scan),
+            st(|s| s.queued_rule),
+            st(|s| s.queued_steal),
+            st(|s| s.started)
+        ));
         r.dropped_commits = self
             .peers
             .iter()
