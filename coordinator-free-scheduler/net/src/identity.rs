@@ -1,7 +1,9 @@
 //! The node's identity: an ed25519 secret key kept in the data dir.
 //!
 //! The key is created on first start and written to `DATA_DIR/node.key` (64 hex digits, mode
-//! 0600 on Unix, written to a temporary file and renamed so a crash never leaves half a key).
+//! 0600 on Unix). It is written to a temporary file first and then hard-linked into place, so
+//! a crash never leaves half a key and two processes starting at once agree on one key (the
+//! link fails for the second, which then loads the first one's key).
 //! Its public half is the node id: the peer's name in logs, metrics, the CLI and the protocol.
 
 use std::io::Write;
@@ -47,7 +49,11 @@ pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, IdentityError> {
     let io = |source| IdentityError::Io { path: path.clone(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
     let key = SecretKey::generate();
-    let tmp = data_dir.join(format!(".{KEY_FILE}.tmp"));
+    let tmp = data_dir.join(format!(
+        ".{KEY_FILE}.{}.{:x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     {
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -60,9 +66,18 @@ pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, IdentityError> {
         writeln!(f, "{}", hex(&key.to_bytes())).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    tracing::info!(node = %key.public(), path = %path.display(), "created a new node key");
-    Ok(key)
+    let linked = std::fs::hard_link(&tmp, &path);
+    std::fs::remove_file(&tmp).ok();
+    match linked {
+        Ok(()) => {
+            tracing::info!(node = %key.public(), path = %path.display(), "created a new node key");
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            load(data_dir)?.ok_or_else(|| IdentityError::Malformed { path: path.clone() })
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Loads the node key from `data_dir`; `None` if there is no key file yet.
@@ -109,6 +124,19 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(key_path(dir.path())).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let keys: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> =
+                    (0..4).map(|_| s.spawn(|| load_or_create(dir.path()).unwrap())).collect();
+                hs.into_iter().map(|h| h.join().unwrap().public()).collect()
+            });
+            assert!(keys.windows(2).all(|w| w[0] == w[1]));
         }
     }
 
