@@ -10,6 +10,9 @@
 //! - [`pack`]: building a manifest and its blobs from a directory holding an `ova.toml`.
 //! - [`bundle`]: the single-file bundle (`job.ova`) that carries a manifest, its module and its
 //!   inputs; decoding checks sizes first and every hash after.
+//! - [`outcome`]: how a unit run ended ([`Outcome`]), what it produced ([`UnitResult`]) and the
+//!   [`ResultHash`] replicas are compared by.
+//! - [`result`]: the canonical result record replicas are compared by.
 //! - [`wire`]: the versioned, size-capped postcard envelope that every frame on the network and
 //!   every record on disk goes through.
 //!
@@ -19,12 +22,17 @@
 pub mod bundle;
 pub mod id;
 pub mod manifest;
+pub mod outcome;
 pub mod pack;
+pub mod result;
 pub mod wire;
 
 pub use bundle::{Bundle, BundleError};
 pub use id::{BlobId, IdParseError, JobId, UnitId};
 pub use manifest::{
     Determinism, Limits, MANIFEST_VERSION, Manifest, ManifestError, Replication, UnitSpec,
+};
+pub use outcome::{
+    Outcome, OutcomeKind, Phase, Provenance, Resource, ResultHash, TrapKind, UnitResult,
 };
 pub use pack::{PackError, pack_dir};

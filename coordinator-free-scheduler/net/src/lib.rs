@@ -18,6 +18,11 @@
 //! - [`node`]: the [`Node`] tying it together: spawn, broadcast, send, events, peer table.
 //! - [`control`]: the worker's loopback HTTP control API (`ova peers` talks to it).
 //! - [`stats`]: counters of what was received, sent and dropped (and why).
+//! - [`store`]: what a peer keeps across restarts (redb): blobs, announcements, signed commits,
+//!   verified results, the submitter's jobs.
+//! - [`blobs`]: content-addressed blob transfer between peers, verified on arrival.
+//! - [`runtime`]: the driver that runs the scheduler core over a [`Node`], the executor seam
+//!   ([`runtime::UnitRunner`]) and job verification from signed records.
 //!
 //! Every frame goes through [`ova_jobs::wire`]; every peer-supplied length is checked before
 //! anything is read or allocated; every queue is bounded; nothing a peer sends can panic us.
@@ -40,6 +45,7 @@
 //! [`Node::endpoint`].
 
 pub mod advert;
+pub mod blobs;
 pub mod control;
 pub mod discovery;
 pub mod endpoint;
@@ -47,8 +53,10 @@ pub mod frame;
 pub mod identity;
 pub mod membership;
 pub mod node;
+pub mod runtime;
 pub mod signed;
 pub mod stats;
+pub mod store;
 pub mod ticket;
 
 pub use advert::{Advert, ArchClass, Capacity};

@@ -271,7 +271,17 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// Binds the endpoint, joins the network and starts advertising.
     pub async fn spawn(config: NodeConfig) -> Result<Node, NetError> {
-        let alpns = vec![iroh_gossip::ALPN.to_vec(), FRAME_ALPN.to_vec()];
+        Self::spawn_with(config, Vec::new()).await
+    }
+
+    /// Like [`Node::spawn`], also serving `protocols` (ALPN, handler) on the same endpoint —
+    /// e.g. blob transfer ([`crate::blobs`]).
+    pub async fn spawn_with(
+        config: NodeConfig,
+        protocols: Vec<(&'static [u8], Box<dyn iroh::protocol::DynProtocolHandler>)>,
+    ) -> Result<Node, NetError> {
+        let mut alpns = vec![iroh_gossip::ALPN.to_vec(), FRAME_ALPN.to_vec()];
+        alpns.extend(protocols.iter().map(|(a, _)| a.to_vec()));
         let (endpoint, memory) =
             endpoint::bind(&config.endpoint, config.secret_key.clone(), alpns).await?;
         let gossip = Gossip::builder()
@@ -299,10 +309,13 @@ impl Node {
             cancel: CancellationToken::new(),
             config,
         });
-        let router = Router::builder(endpoint.clone())
+        let mut router = Router::builder(endpoint.clone())
             .accept(iroh_gossip::ALPN, gossip.clone())
-            .accept(FRAME_ALPN, FrameHandler(shared.clone()))
-            .spawn();
+            .accept(FRAME_ALPN, FrameHandler(shared.clone()));
+        for (alpn, handler) in protocols {
+            router = router.accept(alpn, handler);
+        }
+        let router = router.spawn();
 
         let mut bootstrap = Vec::new();
         for t in &shared.config.bootstrap {

@@ -1,0 +1,940 @@
+//! The driver: runs the sans-IO scheduler core ([`ova_scheduler::Peer`]) over a [`Node`].
+//!
+//! One task owns the `Peer` and is the only place its state changes. It waits for whatever
+//! happens next — a frame from the network, a unit finishing on the executor, a blob arriving,
+//! a command from the local API, the scheduler's timer — feeds it to the core with the current
+//! time, and carries out the actions that come back:
+//!
+//! | action | carried out by |
+//! | --- | --- |
+//! | `Send` / `Broadcast` | a bounded send queue drained by a few sender tasks ([`Node::send`], [`Node::broadcast`]; announcements too large for gossip go directly to every known peer) |
+//! | `StartUnit` | a task that fetches missing blobs from the job's holders, runs the unit on the [`UnitRunner`] and stores the result record |
+//! | `FetchBlob` | a task fetching from the listed peers ([`crate::blobs::fetch`]), verified before storing |
+//! | `SetTimer` | the loop's sleep deadline |
+//! | `UnitVerified` / `UnitFailed` | the store (verified results), subscribers ([`JobEvent`]) and the [`Observer`] |
+//!
+//! What must survive a restart goes to the [`Store`] before it is acted on: job announcements,
+//! every signed commit seen, result records, verified results and this peer's own jobs. A
+//! restarted peer replays them into a fresh core, so it keeps serving the results it held and,
+//! as a submitter, resumes its jobs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iroh::EndpointId;
+use ova_jobs::result::ResultRecord;
+use ova_jobs::{BlobId, Bundle, Determinism, JobId, Limits, UnitId};
+use ova_scheduler::{
+    Action, Config as CoreConfig, Ed25519Signer, Ed25519Verifier, Event, FetchPurpose, JobInfo,
+    LocalFailure, Message, Millis, Peer, PeerId, SignedCommit, UnitRef,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::blobs;
+use crate::node::{NetEvent, Node};
+use crate::store::{Store, StoreError};
+
+/// A boxed future, as [`UnitRunner::run`] returns.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One unit for the executor.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The unit, as the protocol names it.
+    pub unit: UnitRef,
+    /// Its content id.
+    pub unit_id: UnitId,
+    /// Job name (for logs and the status page).
+    pub job_name: String,
+    /// The module's id.
+    pub module_id: BlobId,
+    /// The module's bytes.
+    pub module: Arc<Vec<u8>>,
+    /// Standard input.
+    pub input: Vec<u8>,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+    /// Limits from the manifest.
+    pub limits: Limits,
+    /// Determinism mode from the manifest.
+    pub determinism: Determinism,
+}
+
+/// What the executor returns for one unit.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The deterministic result record, or `None` when the run produced no result to compare
+    /// (timeout, executor failure): the unit is then handed back to the network.
+    pub record: Option<ResultRecord>,
+}
+
+/// Runs units (the worker's wasm executor; tests may substitute their own).
+pub trait UnitRunner: Send + Sync + 'static {
+    /// Runs one unit to completion.
+    fn run(&self, req: RunRequest) -> BoxFuture<RunOutput>;
+}
+
+/// Hooks for metrics; every method has a no-op default.
+pub trait Observer: Send + Sync + 'static {
+    /// A signed commit of ours was published.
+    fn commit_published(&self) {}
+    /// A commit arrived from another peer.
+    fn commit_received(&self) {}
+    /// A commit disagreed with another replica's result for the same unit.
+    fn result_mismatched(&self) {}
+    /// A unit reached quorum here; `mine` if it belongs to a job this peer submitted.
+    fn unit_verified(&self, _mine: bool) {}
+    /// A unit failed verification here.
+    fn unit_failed(&self, _mine: bool) {}
+    /// This peer submitted a job.
+    fn job_submitted(&self) {}
+    /// A job this peer submitted ended (every unit verified or failed).
+    fn job_completed(&self) {}
+    /// A frame was dropped before reaching the core.
+    fn frame_dropped(&self, _reason: &'static str) {}
+    /// Bytes moved by blob transfer (sent by us, received by us).
+    fn blob_bytes(&self, _sent: u64, _received: u64) {}
+    /// Number of blobs and their bytes in the store changed.
+    fn blobs_stored(&self, _count: u64, _bytes: u64) {}
+}
+
+/// An [`Observer`] that records nothing.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// Progress of one job, as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    /// This peer started running a unit.
+    UnitStarted {
+        /// The unit.
+        unit: UnitRef,
+    },
+    /// A peer signed a result for a unit.
+    UnitCommitted {
+        /// The unit.
+        unit: UnitRef,
+        /// Who ran it.
+        by: PeerId,
+        /// The result it claims.
+        result: BlobId,
+    },
+    /// A unit reached quorum.
+    UnitVerified {
+        /// The unit.
+        unit: UnitRef,
+        /// The agreed result.
+        result: BlobId,
+        /// Who signed it.
+        signers: Vec<PeerId>,
+    },
+    /// A unit failed verification, with the reason.
+    UnitFailed {
+        /// The unit.
+        unit: UnitRef,
+        /// Why.
+        reason: String,
+    },
+    /// Every unit of a job this peer submitted has ended.
+    JobDone {
+        /// The job.
+        job: JobId,
+        /// Units verified.
+        verified: u32,
+        /// Units failed.
+        failed: u32,
+    },
+}
+
+/// The runtime could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The runtime has stopped.
+    #[error("the peer has stopped")]
+    Stopped,
+}
+
+/// Tunables of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The scheduler core's configuration.
+    pub core: CoreConfig,
+    /// Spare cores to offer (0 for a light peer that only submits).
+    pub cores: u16,
+    /// Largest blob fetched from a peer.
+    pub max_blob_bytes: u64,
+    /// Time allowed for one blob fetch.
+    pub fetch_timeout: Duration,
+    /// Only run jobs submitted by these peers (`None`: anyone's).
+    pub allowed_submitters: Option<Vec<PeerId>>,
+    /// Depth of the outgoing message queue (full: messages are dropped and counted; the
+    /// protocol recovers lost messages through leases, probes and re-advertising).
+    pub send_queue: usize,
+    /// Concurrent senders draining the queue.
+    pub senders: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let core = CoreConfig {
+            advert_interval_ms: 5_000,
+            advert_ttl_ms: 20_000,
+            probe_wait_ms: 500,
+            steal_cooldown_ms: 1_000,
+            lease_slack_ms: 5_000,
+            ..CoreConfig::default()
+        };
+        Self {
+            core,
+            cores: 1,
+            max_blob_bytes: 256 << 20,
+            fetch_timeout: Duration::from_secs(60),
+            allowed_submitters: None,
+            send_queue: 8192,
+            senders: 16,
+        }
+    }
+}
+
+enum Command {
+    Submit(Box<Bundle>, oneshot::Sender<Result<JobId, RuntimeError>>),
+    Progress(JobId, oneshot::Sender<Option<(u32, u32, u32)>>),
+    Capacity(u16),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Done {
+    Unit(UnitRef, Result<BlobId, LocalFailure>),
+    Fetch(BlobId, FetchPurpose, bool),
+}
+
+/// A running peer: the scheduler core driven over the network, with its store.
+#[derive(Clone)]
+pub struct Runtime {
+    node: Node,
+    store: Arc<Store>,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<JobEvent>,
+    task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("node", &self.node.id().fmt_short().to_string()).finish()
+    }
+}
+
+fn peer_id(e: &EndpointId) -> PeerId {
+    PeerId(*e.as_bytes())
+}
+
+fn endpoint_id(p: &PeerId) -> Option<EndpointId> {
+    EndpointId::from_bytes(&p.0).ok()
+}
+
+impl Runtime {
+    /// Starts driving `node` with `store`, running units on `runner` (`None`: a light peer
+    /// that submits and verifies but runs nothing).
+    ///
+    /// Replays the store into the core first, so a restarted peer resumes where it stopped.
+    pub fn start(
+        node: Node,
+        store: Arc<Store>,
+        runner: Option<Arc<dyn UnitRunner>>,
+        observer: Arc<dyn Observer>,
+        config: RuntimeConfig,
+    ) -> Result<Self, RuntimeError> {
+        let net_events = node.take_events().ok_or(RuntimeError::Stopped)?;
+        let (commands, cmd_rx) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(4096);
+        let secret = node.config().secret_key.to_bytes();
+        let cores = if runner.is_some() { config.cores } else { 0 };
+        let peer = Peer::new(
+            config.core.clone(),
+            ova_scheduler::ArchClass(node.config().arch.0),
+            cores,
+            Box::new(Ed25519Signer::from_seed(secret)),
+            Arc::new(Ed25519Verifier),
+            u64::from_le_bytes(secret[..8].try_into().unwrap_or([0; 8])) ^ 0x006f_7661,
+        );
+        let (send_tx, send_rx) = mpsc::channel::<Outgoing>(config.send_queue.max(1));
+        let send_rx = Arc::new(tokio::sync::Mutex::new(send_rx));
+        for _ in 0..config.senders.max(1) {
+            tokio::spawn(sender_task(node.clone(), send_rx.clone(), observer.clone()));
+        }
+        let driver = Driver {
+            peer,
+            node: node.clone(),
+            store: store.clone(),
+            runner,
+            observer,
+            events: events.clone(),
+            config,
+            epoch: Instant::now(),
+            timer: None,
+            send_tx,
+            running: HashMap::new(),
+            first_result: HashMap::new(),
+            done_jobs: std::collections::HashSet::new(),
+        };
+        let task = tokio::spawn(driver.run(net_events, cmd_rx));
+        Ok(Self {
+            node,
+            store,
+            commands,
+            events,
+            task: Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// The network node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// This peer's id.
+    pub fn peer_id(&self) -> PeerId {
+        PeerId(self.node.peer_id())
+    }
+
+    /// Progress events of every job this peer takes part in or submitted.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// Submits a job: stores its blobs (served from here), records it as ours, announces it.
+    pub async fn submit(&self, bundle: Bundle) -> Result<JobId, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Submit(Box::new(bundle), tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// For a job this peer submitted: (units, verified, failed).
+    pub async fn progress(&self, job: JobId) -> Result<Option<(u32, u32, u32)>, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Progress(job, tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Changes the cores this peer offers.
+    pub async fn set_capacity(&self, cores: u16) {
+        self.commands.send(Command::Capacity(cores)).await.ok();
+    }
+
+    /// Stops the driver, then the node (saying goodbye to the others).
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            rx.await.ok();
+        }
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            t.await.ok();
+        }
+        self.node.shutdown().await;
+    }
+}
+
+enum Outgoing {
+    Send(EndpointId, Vec<u8>),
+    Broadcast(Vec<u8>),
+}
+
+async fn sender_task(
+    node: Node,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Outgoing>>>,
+    observer: Arc<dyn Observer>,
+) {
+    loop {
+        let next = rx.lock().await.recv().await;
+        let Some(out) = next else { return };
+        match out {
+            Outgoing::Send(to, bytes) => {
+                if let Err(e) = node.send(to, bytes).await {
+                    debug!(peer = %to.fmt_short(), "send failed: {e}");
+                    observer.frame_dropped("send_failed");
+                }
+            }
+            Outgoing::Broadcast(bytes) => {
+                if let Err(e) = node.broadcast(bytes).await {
+                    debug!("broadcast failed: {e}");
+                    observer.frame_dropped("broadcast_failed");
+                }
+            }
+        }
+    }
+}
+
+struct Driver {
+    peer: Peer,
+    node: Node,
+    store: Arc<Store>,
+    runner: Option<Arc<dyn UnitRunner>>,
+    observer: Arc<dyn Observer>,
+    events: broadcast::Sender<JobEvent>,
+    config: RuntimeConfig,
+    epoch: Instant,
+    timer: Option<Millis>,
+    send_tx: mpsc::Sender<Outgoing>,
+    running: HashMap<UnitRef, JoinHandle<()>>,
+    /// First result seen per unit with pending commits, to count mismatches (bounded).
+    first_result: HashMap<UnitRef, BlobId>,
+    done_jobs: std::collections::HashSet<JobId>,
+}
+
+const MAX_FIRST_RESULTS: usize = 1 << 17;
+
+impl Driver {
+    fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    async fn run(mut self, mut net: mpsc::Receiver<NetEvent>, mut cmds: mpsc::Receiver<Command>) {
+        let (done_tx, mut done_rx) = mpsc::channel::<Done>(1024);
+        if let Err(e) = self.replay(&done_tx) {
+            warn!("could not replay the store: {e}");
+        }
+        self.feed(Event::Online, &done_tx);
+        loop {
+            let sleep = match self.timer {
+                Some(at) => {
+                    let wait = at.saturating_sub(self.now());
+                    tokio::time::sleep(Duration::from_millis(wait))
+                }
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                ev = net.recv() => match ev {
+                    Some(ev) => self.on_net(ev, &done_tx),
+                    None => break,
+                },
+                Some(done) = done_rx.recv() => match done {
+                    Done::Unit(unit, result) => {
+                        self.running.remove(&unit);
+                        self.feed(Event::UnitFinished { unit, result }, &done_tx);
+                    }
+                    Done::Fetch(blob, purpose, ok) => {
+                        self.feed(Event::BlobFetched { blob, purpose, ok }, &done_tx);
+                        self.report_store();
+                    }
+                },
+                cmd = cmds.recv() => match cmd {
+                    Some(Command::Submit(bundle, reply)) => {
+                        let r = self.submit(*bundle, &done_tx);
+                        reply.send(r).ok();
+                    }
+                    Some(Command::Progress(job, reply)) => {
+                        reply.send(self.peer.job_progress(&job)).ok();
+                    }
+                    Some(Command::Capacity(c)) => {
+                        if self.runner.is_some() {
+                            self.feed(Event::Capacity(c), &done_tx);
+                        }
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        for (_, t) in self.running.drain() {
+                            t.abort();
+                        }
+                        reply.send(()).ok();
+                        break;
+                    }
+                    None => break,
+                },
+                _ = sleep, if self.timer.is_some() => {
+                    self.timer = None;
+                    self.feed(Event::Timer, &done_tx);
+                }
+            }
+        }
+    }
+
+    /// Feeds stored state into the fresh core: announcements (ours as submissions), then every
+    /// commit held.
+    fn replay(&mut self, done_tx: &mpsc::Sender<Done>) -> Result<(), RuntimeError> {
+        let me = self.peer.id();
+        let mut jobs = 0;
+        for (job, bytes) in self.store.announces()? {
+            let Ok(Message::Announce(info)) = Message::decode(&bytes) else {
+                warn!(%job, "stored announcement does not decode; skipped");
+                continue;
+            };
+            jobs += 1;
+            if info.submitter == me {
+                self.feed(Event::Submit(Box::new(info.manifest.clone())), done_tx);
+            } else {
+                let from = info.submitter;
+                self.feed(Event::Message { from, msg: Message::Announce(info) }, done_tx);
+            }
+        }
+        let commits = self.store.all_commits()?;
+        let n = commits.len();
+        for bytes in commits {
+            if let Ok(c) = postcard::from_bytes::<SignedCommit>(&bytes) {
+                self.feed(
+                    Event::Message { from: c.body.executor, msg: Message::Commit(c) },
+                    done_tx,
+                );
+            }
+        }
+        if jobs + n > 0 {
+            info!(jobs, commits = n, "resumed from the store");
+        }
+        self.report_store();
+        Ok(())
+    }
+
+    fn report_store(&self) {
+        if let Ok((count, bytes)) = self.store.blob_stats() {
+            self.observer.blobs_stored(count, bytes);
+        }
+    }
+
+    fn submit(
+        &mut self,
+        bundle: Bundle,
+        done_tx: &mpsc::Sender<Done>,
+    ) -> Result<JobId, RuntimeError> {
+        let job = bundle.job_id();
+        let manifest = bundle.manifest().clone();
+        self.store.write(|w| {
+            for (_, bytes) in bundle.blobs() {
+                w.put_blob(bytes)?;
+            }
+            w.put_manifest(&manifest)?;
+            w.put_job(&job, b"submitted")?;
+            Ok(())
+        })?;
+        self.observer.job_submitted();
+        self.done_jobs.remove(&job);
+        info!(%job, units = manifest.units.len(), name = %manifest.name, "submitting job");
+        self.feed(Event::Submit(Box::new(manifest)), done_tx);
+        self.report_store();
+        Ok(job)
+    }
+
+    fn on_net(&mut self, ev: NetEvent, done_tx: &mpsc::Sender<Done>) {
+        let (from, payload) = match ev {
+            NetEvent::Broadcast { from, payload } | NetEvent::Direct { from, payload } => {
+                (from, payload)
+            }
+            NetEvent::Advert { joined: true, .. } => {
+                // A new neighbour: advertise again so it learns about us now rather than
+                // at our next periodic advert (gossip sent before a neighbour is up is lost).
+                self.feed(Event::Online, done_tx);
+                return;
+            }
+            NetEvent::Advert { .. } => return,
+            NetEvent::PeerExpired(id) | NetEvent::PeerLeft(id) => {
+                self.feed(Event::PeerLeft(peer_id(&id)), done_tx);
+                return;
+            }
+        };
+        let msg = match Message::decode(&payload) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(peer = %from.fmt_short(), "undecodable message: {e}");
+                self.observer.frame_dropped(e.kind());
+                return;
+            }
+        };
+        drop(payload);
+        let from = peer_id(&from);
+        match &msg {
+            Message::Announce(info) => {
+                if let Some(allowed) = &self.config.allowed_submitters
+                    && !allowed.contains(&info.submitter)
+                    && info.submitter != self.peer.id()
+                {
+                    debug!(job = %info.job_id, "job from a submitter not on the allow-list; ignored");
+                    return;
+                }
+                if info.derived().is_some() {
+                    let bytes = Message::Announce(info.clone()).encode();
+                    if let Err(e) = self.store.write(|w| {
+                        w.put_manifest(&info.manifest)?;
+                        w.put_announce(&info.job_id, &bytes)
+                    }) {
+                        warn!("store: {e}");
+                    }
+                }
+            }
+            Message::Commit(c) => {
+                self.observer.commit_received();
+                self.note_commit(c);
+            }
+            Message::ProbeReply { commits, .. } => {
+                for c in commits.clone() {
+                    self.note_commit(&c);
+                }
+            }
+            Message::SyncReply(commits) => {
+                for c in commits.clone() {
+                    self.note_commit(&c);
+                }
+            }
+            _ => {}
+        }
+        self.feed(Event::Message { from, msg }, done_tx);
+    }
+
+    /// Persists a signed commit (checked first: the store keeps only verifiable records) and
+    /// tells subscribers.
+    fn note_commit(&mut self, c: &SignedCommit) {
+        if ova_scheduler::commit::verify(&Ed25519Verifier, c).is_err() {
+            return;
+        }
+        let b = &c.body;
+        match self.first_result.get(&b.unit) {
+            Some(r) if *r != b.result => self.observer.result_mismatched(),
+            Some(_) => {}
+            None => {
+                if self.first_result.len() >= MAX_FIRST_RESULTS {
+                    self.first_result.clear();
+                }
+                self.first_result.insert(b.unit, b.result);
+            }
+        }
+        if let Ok(bytes) = postcard::to_stdvec(c)
+            && let Err(e) = self.store.write(|w| w.put_commit(&b.unit_id, &b.executor.0, &bytes))
+        {
+            warn!("store: {e}");
+        }
+        self.events
+            .send(JobEvent::UnitCommitted { unit: b.unit, by: b.executor, result: b.result })
+            .ok();
+    }
+
+    fn feed(&mut self, event: Event, done_tx: &mpsc::Sender<Done>) {
+        let now = self.now();
+        let actions: Vec<Action> = self.peer.handle(event, now).collect();
+        for a in actions {
+            self.perform(a, done_tx);
+        }
+    }
+
+    fn enqueue(&self, out: Outgoing) {
+        if self.send_tx.try_send(out).is_err() {
+            self.observer.frame_dropped("send_queue_full");
+        }
+    }
+
+    fn perform(&mut self, action: Action, done_tx: &mpsc::Sender<Done>) {
+        match action {
+            Action::Send { to, msg } => {
+                if let Message::Commit(c) = &msg
+                    && c.body.executor == self.peer.id()
+                {
+                    self.observer.commit_published();
+                }
+                match endpoint_id(&to) {
+                    Some(id) => self.enqueue(Outgoing::Send(id, msg.encode())),
+                    None => self.observer.frame_dropped("bad_peer_id"),
+                }
+            }
+            Action::Broadcast(msg) => {
+                let bytes = msg.encode();
+                if bytes.len() + 1024 <= self.node.config().max_broadcast_bytes {
+                    self.enqueue(Outgoing::Broadcast(bytes));
+                } else {
+                    // Too large for gossip (a big job's announcement): tell every known peer
+                    // directly instead.
+                    for p in self.node.peers() {
+                        self.enqueue(Outgoing::Send(p.id, bytes.clone()));
+                    }
+                }
+            }
+            Action::StartUnit { unit, unit_id, job, sources } => {
+                self.start_unit(unit, unit_id, job, sources, done_tx);
+            }
+            Action::CancelUnit(unit) => {
+                if let Some(t) = self.running.remove(&unit) {
+                    t.abort();
+                }
+            }
+            Action::StoreBlob(blob) => {
+                if !self.store.has_blob(&blob).unwrap_or(false) {
+                    warn!(%blob, "core asked to keep a result this peer does not hold");
+                }
+            }
+            Action::FetchBlob { blob, from, purpose } => self.fetch(blob, from, purpose, done_tx),
+            Action::SetTimer(at) => self.timer = Some(at),
+            Action::UnitVerified { unit, result, signers } => {
+                let mine = self.is_mine(&unit.job);
+                self.observer.unit_verified(mine);
+                self.first_result.remove(&unit);
+                if let Some(unit_id) = self.unit_id(&unit)
+                    && let Err(e) = self.store.write(|w| w.put_verified(&unit_id, &result))
+                {
+                    warn!("store: {e}");
+                }
+                self.events.send(JobEvent::UnitVerified { unit, result, signers }).ok();
+                self.check_done(unit.job);
+            }
+            Action::UnitFailed { unit, reason } => {
+                let mine = self.is_mine(&unit.job);
+                self.observer.unit_failed(mine);
+                self.first_result.remove(&unit);
+                self.events.send(JobEvent::UnitFailed { unit, reason: reason.to_string() }).ok();
+                self.check_done(unit.job);
+            }
+        }
+    }
+
+    fn is_mine(&self, job: &JobId) -> bool {
+        self.store.job(job).ok().flatten().is_some()
+    }
+
+    fn unit_id(&self, unit: &UnitRef) -> Option<UnitId> {
+        let m = self.store.manifest(&unit.job).ok().flatten()?;
+        (unit.index as usize).lt(&m.units.len()).then(|| m.unit_id(unit.index as usize))
+    }
+
+    fn check_done(&mut self, job: JobId) {
+        if self.done_jobs.contains(&job) {
+            return;
+        }
+        if let Some((total, verified, failed)) = self.peer.job_progress(&job)
+            && verified + failed >= total
+            && self.is_mine(&job)
+        {
+            self.done_jobs.insert(job);
+            self.observer.job_completed();
+            if let Err(e) = self.store.write(|w| w.put_job(&job, b"done")) {
+                warn!("store: {e}");
+            }
+            info!(%job, verified, failed, "job complete");
+            self.events.send(JobEvent::JobDone { job, verified, failed }).ok();
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        blob: BlobId,
+        from: Vec<PeerId>,
+        purpose: FetchPurpose,
+        done_tx: &mpsc::Sender<Done>,
+    ) {
+        // A bundle copy is the module and every input, so the job survives its submitter.
+        let wanted: Vec<BlobId> = match purpose {
+            FetchPurpose::Bundle(job) => match self.store.manifest(&job) {
+                Ok(Some(m)) => m.blob_ids(),
+                _ => vec![blob],
+            },
+            FetchPurpose::Result(_) => vec![blob],
+        };
+        let store = self.store.clone();
+        let endpoint = self.node.endpoint().clone();
+        let max = self.config.max_blob_bytes;
+        let timeout = self.config.fetch_timeout;
+        let done_tx = done_tx.clone();
+        let observer = self.observer.clone();
+        tokio::spawn(async move {
+            let mut ok = true;
+            for id in wanted {
+                ok &= fetch_into(&store, &endpoint, &from, id, max, timeout, &*observer).await;
+            }
+            done_tx.send(Done::Fetch(blob, purpose, ok)).await.ok();
+        });
+    }
+
+    fn start_unit(
+        &mut self,
+        unit: UnitRef,
+        unit_id: UnitId,
+        job: Arc<JobInfo>,
+        sources: Vec<PeerId>,
+        done_tx: &mpsc::Sender<Done>,
+    ) {
+        let done_tx = done_tx.clone();
+        let Some(runner) = self.runner.clone() else {
+            done_tx.try_send(Done::Unit(unit, Err(LocalFailure::Cancelled))).ok();
+            return;
+        };
+        let store = self.store.clone();
+        let endpoint = self.node.endpoint().clone();
+        let max = self.config.max_blob_bytes;
+        let timeout = self.config.fetch_timeout;
+        let observer = self.observer.clone();
+        self.events.send(JobEvent::UnitStarted { unit }).ok();
+        let task = tokio::spawn(async move {
+            let m = &job.manifest;
+            let Some(spec) = m.units.get(unit.index as usize) else {
+                done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
+                return;
+            };
+            let mut from = sources.clone();
+            if !from.contains(&job.submitter) {
+                from.push(job.submitter);
+            }
+            for id in [m.module, spec.input] {
+                if !fetch_into(&store, &endpoint, &from, id, max, timeout, &*observer).await {
+                    done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
+                    return;
+                }
+            }
+            let (Ok(Some(module)), Ok(Some(input))) =
+                (store.blob(&m.module), store.blob(&spec.input))
+            else {
+                done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
+                return;
+            };
+            let req = RunRequest {
+                unit,
+                unit_id,
+                job_name: m.name.clone(),
+                module_id: m.module,
+                module: Arc::new(module),
+                input,
+                args: spec.args.clone(),
+                limits: m.limits,
+                determinism: m.determinism,
+            };
+            let out = runner.run(req).await;
+            let result = match out.record {
+                Some(record) => {
+                    let bytes = record.encode();
+                    match store.put_blob(&bytes) {
+                        Ok(id) => Ok(id),
+                        Err(e) => {
+                            warn!("store: {e}");
+                            Err(LocalFailure::Cancelled)
+                        }
+                    }
+                }
+                None => Err(LocalFailure::Cancelled),
+            };
+            done_tx.send(Done::Unit(unit, result)).await.ok();
+        });
+        self.running.insert(unit, task);
+    }
+}
+
+/// Makes sure blob `id` is in the store, fetching it from the first of `from` that has it.
+async fn fetch_into(
+    store: &Arc<Store>,
+    endpoint: &iroh::Endpoint,
+    from: &[PeerId],
+    id: BlobId,
+    max: u64,
+    timeout: Duration,
+    observer: &dyn Observer,
+) -> bool {
+    if store.has_blob(&id).unwrap_or(false) {
+        return true;
+    }
+    let me = PeerId(*endpoint.id().as_bytes());
+    for p in from.iter().filter(|p| **p != me) {
+        let Some(peer) = endpoint_id(p) else { continue };
+        match blobs::fetch(endpoint, peer, id, max, timeout).await {
+            Ok(bytes) => {
+                observer.blob_bytes(0, bytes.len() as u64);
+                let store = store.clone();
+                let stored =
+                    tokio::task::spawn_blocking(move || store.put_blob_checked(id, &bytes)).await;
+                if matches!(stored, Ok(Ok(()))) {
+                    return true;
+                }
+            }
+            Err(e) => debug!(%id, peer = %peer.fmt_short(), "fetch failed: {e}"),
+        }
+    }
+    false
+}
+
+/// The outcome of checking a job from its signed records alone.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Units in the job.
+    pub units: usize,
+    /// Units with `quorum` valid signatures on one result whose record is held and hashes to it.
+    pub verified: usize,
+    /// What is wrong, one line per problem (empty: the job checks out).
+    pub problems: Vec<String>,
+}
+
+/// Re-checks job `job` from the store alone: every commit's signature, that `quorum` distinct
+/// signers agree on each unit's result, and that the result record held hashes to it.
+pub fn verify_job(store: &Store, job: &JobId) -> Result<VerifyReport, RuntimeError> {
+    let mut report = VerifyReport::default();
+    let Some(m) = store.manifest(job)? else {
+        report.problems.push(format!("job {job} is not known here"));
+        return Ok(report);
+    };
+    report.units = m.units.len();
+    let quorum = m.replication.quorum as usize;
+    for (i, unit_id) in m.unit_ids().into_iter().enumerate() {
+        let mut by_result: HashMap<BlobId, Vec<PeerId>> = HashMap::new();
+        for (signer, bytes) in store.commits_for(&unit_id)? {
+            let Ok(c) = postcard::from_bytes::<SignedCommit>(&bytes) else {
+                report.problems.push(format!("unit {i}: a stored commit does not decode"));
+                continue;
+            };
+            if c.body.executor.0 != signer || c.body.unit_id != unit_id {
+                report.problems.push(format!("unit {i}: a commit is filed under the wrong key"));
+                continue;
+            }
+            if ova_scheduler::commit::verify(&Ed25519Verifier, &c).is_err() {
+                report
+                    .problems
+                    .push(format!("unit {i}: commit by {} has an invalid signature", hex(&signer)));
+                continue;
+            }
+            let signers = by_result.entry(c.body.result).or_default();
+            if !signers.contains(&c.body.executor) {
+                signers.push(c.body.executor);
+            }
+        }
+        let best = by_result.iter().max_by_key(|(_, s)| s.len());
+        match best {
+            Some((result, signers)) if signers.len() >= quorum => match store.blob(result)? {
+                Some(bytes) if BlobId::of(&bytes) == *result => report.verified += 1,
+                Some(_) => report.problems.push(format!("unit {i}: result record is corrupt")),
+                None => report.problems.push(format!("unit {i}: result record is not held here")),
+            },
+            Some((_, signers)) => report.problems.push(format!(
+                "unit {i}: at most {} of the {quorum} required signers agree",
+                signers.len()
+            )),
+            None => report.problems.push(format!("unit {i}: no signed result")),
+        }
+    }
+    Ok(report)
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    BlobId(*b).short()
+}
+
+impl crate::blobs::BlobSource for Store {
+    fn get(&self, id: &BlobId) -> Option<Vec<u8>> {
+        self.blob(id).ok().flatten()
+    }
+}
+
+/// Spawns a node that also serves blobs from `store` (what [`Runtime::start`] expects).
+pub async fn spawn_node(
+    config: crate::node::NodeConfig,
+    store: Arc<Store>,
+    observer: Arc<dyn Observer>,
+) -> Result<Node, crate::node::NetError> {
+    let sent: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |n| observer.blob_bytes(n, 0));
+    let handler = blobs::BlobHandler::new(store, sent);
+    Node::spawn_with(config, vec![(blobs::BLOB_ALPN, Box::new(handler))]).await
+}

@@ -1,0 +1,365 @@
+//! What a peer keeps across restarts, in one embedded redb database (`DATA_DIR/store.redb`).
+//!
+//! - **blobs**: modules, inputs and results by BLAKE3 id. A blob is stored only if its bytes hash
+//!   to its id, so a corrupt transfer can never be served on.
+//! - **manifests**: every job this peer knows, by job id (the manifest's canonical encoding).
+//! - **commits**: signed commits this peer holds, keyed by (unit id, signer), as the opaque
+//!   bytes the scheduler produced; replayed into a fresh scheduler on restart.
+//! - **jobs**: the submitter's own jobs and their state, so a restarted submitter resumes them.
+//! - **announces**: each job's announcement as received (the scheduler's wire bytes: manifest,
+//!   submitter, holders), replayed into a fresh scheduler on restart.
+//! - **verified**: units this peer saw reach quorum, with the agreed result id.
+//!
+//! Every write is a durable redb transaction: once a method returns, a SIGKILL loses nothing.
+//! Writes that belong together go through [`Store::write`] as one transaction.
+
+use std::path::Path;
+
+use ova_jobs::{BlobId, JobId, Manifest, UnitId};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
+const COMMITS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("commits");
+const JOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("jobs");
+const ANNOUNCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("announces");
+const VERIFIED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("verified");
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error (IO, corruption, …).
+    #[error("store: {0}")]
+    Db(String),
+    /// Bytes offered under an id they do not hash to.
+    #[error("blob {declared} rejected: its bytes hash to {actual}")]
+    HashMismatch {
+        /// Id claimed.
+        declared: BlobId,
+        /// Hash of the bytes.
+        actual: BlobId,
+    },
+    /// A stored record no longer decodes (written by an incompatible version?).
+    #[error("store record {what} is unreadable: {why}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Why.
+        why: String,
+    },
+}
+
+fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn commit_key(unit: &UnitId, signer: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&unit.0);
+    k[32..].copy_from_slice(signer);
+    k
+}
+
+/// A signer's public key and the opaque bytes of its commit.
+pub type CommitEntry = ([u8; 32], Vec<u8>);
+
+/// The peer's persistent store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+/// One write transaction: everything in it lands together or not at all.
+pub struct Write<'a> {
+    tx: &'a redb::WriteTransaction,
+}
+
+impl Write<'_> {
+    /// Stores `bytes` under its hash; returns the id.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
+        let id = BlobId::of(bytes);
+        let mut t = self.tx.open_table(BLOBS).map_err(dberr)?;
+        if t.get(&id.0).map_err(dberr)?.is_none() {
+            t.insert(&id.0, bytes).map_err(dberr)?;
+        }
+        Ok(id)
+    }
+
+    /// Stores `bytes` as blob `id`, refusing bytes that do not hash to `id`.
+    pub fn put_blob_checked(&self, id: BlobId, bytes: &[u8]) -> Result<(), StoreError> {
+        let actual = BlobId::of(bytes);
+        if actual != id {
+            return Err(StoreError::HashMismatch { declared: id, actual });
+        }
+        self.put_blob(bytes).map(|_| ())
+    }
+
+    /// Stores a manifest; returns its job id.
+    pub fn put_manifest(&self, m: &Manifest) -> Result<JobId, StoreError> {
+        let bytes = m.encode();
+        let id = JobId::of_manifest_bytes(&bytes);
+        self.tx
+            .open_table(MANIFESTS)
+            .map_err(dberr)?
+            .insert(&id.0, bytes.as_slice())
+            .map_err(dberr)?;
+        Ok(id)
+    }
+
+    /// Stores a signed commit (opaque bytes) for `unit` by `signer`.
+    pub fn put_commit(
+        &self,
+        unit: &UnitId,
+        signer: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.tx
+            .open_table(COMMITS)
+            .map_err(dberr)?
+            .insert(&commit_key(unit, signer), bytes)
+            .map_err(dberr)?;
+        Ok(())
+    }
+
+    /// Records a submitted job's state (opaque bytes owned by the caller).
+    pub fn put_job(&self, job: &JobId, state: &[u8]) -> Result<(), StoreError> {
+        self.tx.open_table(JOBS).map_err(dberr)?.insert(&job.0, state).map_err(dberr)?;
+        Ok(())
+    }
+
+    /// Stores a job's announcement (opaque wire bytes).
+    pub fn put_announce(&self, job: &JobId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.tx.open_table(ANNOUNCES).map_err(dberr)?.insert(&job.0, bytes).map_err(dberr)?;
+        Ok(())
+    }
+
+    /// Records that `unit` was verified with result `result`.
+    pub fn put_verified(&self, unit: &UnitId, result: &BlobId) -> Result<(), StoreError> {
+        self.tx.open_table(VERIFIED).map_err(dberr)?.insert(&unit.0, &result.0).map_err(dberr)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = Database::create(path.as_ref()).map_err(dberr)?;
+        // Create every table up front so readers never meet a missing one.
+        let tx = db.begin_write().map_err(dberr)?;
+        tx.open_table(BLOBS).map_err(dberr)?;
+        tx.open_table(MANIFESTS).map_err(dberr)?;
+        tx.open_table(COMMITS).map_err(dberr)?;
+        tx.open_table(JOBS).map_err(dberr)?;
+        tx.open_table(VERIFIED).map_err(dberr)?;
+        tx.open_table(ANNOUNCES).map_err(dberr)?;
+        tx.commit().map_err(dberr)?;
+        Ok(Self { db })
+    }
+
+    /// Runs `f` in one durable write transaction.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Write<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write().map_err(dberr)?;
+        let out = f(&Write { tx: &tx })?;
+        tx.commit().map_err(dberr)?;
+        Ok(out)
+    }
+
+    /// Stores one blob (its own transaction).
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
+        self.write(|w| w.put_blob(bytes))
+    }
+
+    /// Stores one blob checked against `id` (its own transaction).
+    pub fn put_blob_checked(&self, id: BlobId, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write(|w| w.put_blob_checked(id, bytes))
+    }
+
+    /// A blob's bytes.
+    pub fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        Ok(t.get(&id.0).map_err(dberr)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether a blob is here.
+    pub fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        Ok(t.get(&id.0).map_err(dberr)?.is_some())
+    }
+
+    /// Number of blobs and their total size.
+    pub fn blob_stats(&self) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        let mut bytes = 0;
+        for e in t.iter().map_err(dberr)? {
+            bytes += e.map_err(dberr)?.1.value().len() as u64;
+        }
+        Ok((t.len().map_err(dberr)?, bytes))
+    }
+
+    /// A manifest by job id.
+    pub fn manifest(&self, job: &JobId) -> Result<Option<Manifest>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(MANIFESTS).map_err(dberr)?;
+        let Some(v) = t.get(&job.0).map_err(dberr)? else { return Ok(None) };
+        Manifest::decode(v.value()).map(Some).map_err(|e| StoreError::Corrupt {
+            what: format!("manifest {job}"),
+            why: e.to_string(),
+        })
+    }
+
+    /// Every manifest held.
+    pub fn manifests(&self) -> Result<Vec<(JobId, Manifest)>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(MANIFESTS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(dberr)? {
+            let (k, v) = e.map_err(dberr)?;
+            let id = JobId(*k.value());
+            let m = Manifest::decode(v.value()).map_err(|e| StoreError::Corrupt {
+                what: format!("manifest {id}"),
+                why: e.to_string(),
+            })?;
+            out.push((id, m));
+        }
+        Ok(out)
+    }
+
+    /// Every commit held for `unit`: (signer, bytes).
+    pub fn commits_for(&self, unit: &UnitId) -> Result<Vec<CommitEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(COMMITS).map_err(dberr)?;
+        let lo = commit_key(unit, &[0; 32]);
+        let hi = commit_key(unit, &[0xff; 32]);
+        let mut out = Vec::new();
+        for e in t.range::<&[u8; 64]>(&lo..=&hi).map_err(dberr)? {
+            let (k, v) = e.map_err(dberr)?;
+            let mut signer = [0u8; 32];
+            signer.copy_from_slice(&k.value()[32..]);
+            out.push((signer, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every commit held, as opaque bytes, in key order.
+    pub fn all_commits(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(COMMITS).map_err(dberr)?;
+        t.iter()
+            .map_err(dberr)?
+            .map(|e| e.map(|(_, v)| v.value().to_vec()).map_err(dberr))
+            .collect()
+    }
+
+    /// A submitted job's state.
+    pub fn job(&self, job: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(JOBS).map_err(dberr)?;
+        Ok(t.get(&job.0).map_err(dberr)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every submitted job and its state.
+    pub fn jobs(&self) -> Result<Vec<(JobId, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(JOBS).map_err(dberr)?;
+        t.iter()
+            .map_err(dberr)?
+            .map(|e| e.map(|(k, v)| (JobId(*k.value()), v.value().to_vec())).map_err(dberr))
+            .collect()
+    }
+
+    /// Every stored announcement: (job, wire bytes).
+    pub fn announces(&self) -> Result<Vec<(JobId, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(ANNOUNCES).map_err(dberr)?;
+        t.iter()
+            .map_err(dberr)?
+            .map(|e| e.map(|(k, v)| (JobId(*k.value()), v.value().to_vec())).map_err(dberr))
+            .collect()
+    }
+
+    /// The verified result of `unit`, if this peer saw it reach quorum.
+    pub fn verified(&self, unit: &UnitId) -> Result<Option<BlobId>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(VERIFIED).map_err(dberr)?;
+        Ok(t.get(&unit.0).map_err(dberr)?.map(|v| BlobId(*v.value())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ova_jobs::{Determinism, Limits, MANIFEST_VERSION, Replication, UnitSpec};
+
+    fn manifest() -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            name: "m".into(),
+            module: BlobId::of(b"mod"),
+            units: vec![UnitSpec { input: BlobId::of(b"in"), args: vec![] }],
+            replication: Replication::default(),
+            limits: Limits::default(),
+            determinism: Determinism::SameArch,
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let m = manifest();
+        let unit = m.unit_id(0);
+        let (blob, job) = {
+            let s = Store::open(&path).unwrap();
+            let blob = s.put_blob(b"hello").unwrap();
+            let job = s
+                .write(|w| {
+                    w.put_commit(&unit, &[2; 32], b"c2")?;
+                    w.put_commit(&unit, &[1; 32], b"c1")?;
+                    w.put_verified(&unit, &blob)?;
+                    let job = w.put_manifest(&m)?;
+                    w.put_job(&job, b"state")?;
+                    w.put_announce(&job, b"announce")?;
+                    Ok(job)
+                })
+                .unwrap();
+            (blob, job)
+        };
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.blob(&blob).unwrap().as_deref(), Some(&b"hello"[..]));
+        assert!(s.has_blob(&blob).unwrap());
+        assert!(!s.has_blob(&BlobId::of(b"other")).unwrap());
+        assert_eq!(s.blob_stats().unwrap(), (1, 5));
+        assert_eq!(s.manifest(&job).unwrap(), Some(m.clone()));
+        assert_eq!(s.manifests().unwrap(), vec![(job, m)]);
+        let c = s.commits_for(&unit).unwrap();
+        assert_eq!(c, vec![([1; 32], b"c1".to_vec()), ([2; 32], b"c2".to_vec())]);
+        assert_eq!(s.all_commits().unwrap().len(), 2);
+        assert!(s.commits_for(&UnitId([9; 32])).unwrap().is_empty());
+        assert_eq!(s.job(&job).unwrap().as_deref(), Some(&b"state"[..]));
+        assert_eq!(s.jobs().unwrap().len(), 1);
+        assert_eq!(s.verified(&unit).unwrap(), Some(blob));
+        assert_eq!(s.announces().unwrap(), vec![(job, b"announce".to_vec())]);
+    }
+
+    #[test]
+    fn refuses_mislabelled_blobs_and_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("s.redb")).unwrap();
+        let e = s.put_blob_checked(BlobId::of(b"a"), b"b").unwrap_err();
+        assert!(matches!(e, StoreError::HashMismatch { .. }));
+        // A failing transaction stores nothing of what it wrote before failing.
+        let r = s.write(|w| {
+            w.put_blob(b"first")?;
+            w.put_blob_checked(BlobId::of(b"x"), b"y")
+        });
+        assert!(r.is_err());
+        assert!(!s.has_blob(&BlobId::of(b"first")).unwrap());
+    }
+}
