@@ -1,7 +1,29 @@
-//! # ova-worker — what runs on a volunteer's machine
+//! # ova-worker — runs other people's WebAssembly, fast, safely and reproducibly
 //!
-//! Owns the `ova` command line ([`cli`]) and, as the worker grows, the wasm sandbox, the rayon
-//! executor, spare-CPU sensing and metrics. It depends on `ova-jobs` for the data model and
-//! (later) on the scheduler core and its network shell; nothing depends on it.
+//! This crate owns everything a worker peer does with a unit once it has it:
+//!
+//! - [`sandbox`]: one unit in a wasmtime sandbox — engine configuration for determinism and
+//!   speed, the WASI preview-1 world (stdin = input, stdout = output, fixed clocks, seeded
+//!   random, no files/env/sockets), memory/table/output limits, and the mapping of every way a
+//!   run can end to a typed [`ova_jobs::Outcome`].
+//! - [`compile_cache`]: compiled code on disk, keyed by (module hash, engine hash), only ever
+//!   our own.
+//! - [`executor`]: the [`Executor`] trait (what the scheduler needs; fakeable) and
+//!   [`PoolExecutor`], units on a dedicated `rayon::ThreadPool`, with an async API for tokio.
+//! - [`supervisor`]: [`SupervisedExecutor`], the production executor — a child process runs
+//!   units check-free at full speed; a unit past its deadline gets the child killed and
+//!   restarted (innocent in-flight units re-run) and its module is run with epoch checks from
+//!   then on.
+//! - [`ipc`]: the framed messages between the supervisor and its executor process.
+//! - [`cli`]: the `ova` command line (`ova job …`, `ova run`).
 
 pub mod cli;
+pub mod compile_cache;
+pub mod executor;
+pub mod ipc;
+pub mod sandbox;
+pub mod supervisor;
+
+pub use executor::{Completion, Executor, ExecutorExt, PoolExecutor};
+pub use sandbox::{ModuleSource, Sandbox, SandboxConfig, UnitRequest};
+pub use supervisor::{SupervisedExecutor, SupervisorConfig};

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod format;
 mod job;
+mod run;
 
 /// Ova: peer-to-peer volunteer computing on WebAssembly.
 ///
@@ -24,6 +25,8 @@ enum Command {
     /// Pack and inspect job bundles.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Run a bundle's units locally on this machine's cores.
+    Run(run::RunArgs),
 }
 
 /// Parses the command line, runs the command and maps errors to a non-zero exit code.
@@ -31,6 +34,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Job(cmd) => job::run(cmd),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,

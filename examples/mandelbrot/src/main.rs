@@ -1,0 +1,6 @@
+//! Work unit: renders tile `--tile I` of the default view; output is a postcard `Tile`.
+fn main() {
+    let index = mandelbrot::parse_args(&ova_guest::args())
+        .unwrap_or_else(|e| ova_guest::fail(ova_guest::EXIT_BAD_INPUT, &e));
+    ova_guest::output_typed(&mandelbrot::render_tile(&mandelbrot::DEFAULT_VIEW, index));
+}

@@ -1,0 +1,310 @@
+//! Executor benchmarks. Prints figures measured side by side in one run; asserts nothing.
+//!
+//! - P1: each example kernel as wasm under the production executor (supervised child, no
+//!   per-loop checks: deadline protection is the watchdog) vs the same kernel built natively,
+//!   on the same cores. Beside it: strict (NaN-canonical) mode, fuel metering, and in-process
+//!   epoch checks — the alternative deadline protection we did not choose.
+//! - P2: trivial units (64-byte echo) through the executor, on 1 core and on all cores, plain
+//!   vs epoch vs fuel, and in-process without supervision for reference.
+//!
+//! Run: `cargo bench -p ova-worker --bench executor` (after `scripts/build-examples.sh`).
+//! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads).
+//! The last two lines are exactly `P1 wasm/native geomean=<ratio>` and
+//! `P2 trivial units/s=<n>`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ova_jobs::{BlobId, Determinism, Limits, Outcome, UnitId};
+use ova_worker::{
+    Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, SupervisedExecutor,
+    SupervisorConfig, UnitRequest,
+};
+
+fn limits() -> Limits {
+    Limits {
+        memory_bytes: 256 << 20,
+        deadline_ms: 600_000,
+        fuel: None,
+        max_output_bytes: 16 << 20,
+        max_stderr_bytes: 4096,
+    }
+}
+
+fn example(name: &str) -> Arc<ModuleSource> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/wasm/{name}.wasm"));
+    ModuleSource::new(
+        std::fs::read(&p).unwrap_or_else(|e| {
+            panic!("{}: {e} — run scripts/build-examples.sh first", p.display())
+        }),
+    )
+}
+
+fn request(module: &Arc<ModuleSource>, input: &[u8], args: &[String]) -> UnitRequest {
+    UnitRequest {
+        unit: UnitId::derive(&module.id(), &BlobId::of(input), args),
+        module: module.clone(),
+        input: bytes::Bytes::copy_from_slice(input),
+        args: args.to_vec(),
+        limits: limits(),
+        determinism: Determinism::SameArch,
+        epoch_guard: false,
+    }
+}
+
+/// Runs all `reqs` through `exec` with at most `window` in flight; returns seconds.
+fn run_batch(exec: &dyn Executor, reqs: &[UnitRequest], window: usize) -> f64 {
+    let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+    let t0 = Instant::now();
+    let mut next = 0;
+    while next < reqs.len().min(window) {
+        let tx = tx.clone();
+        exec.submit(reqs[next].clone(), Box::new(move |r| drop(tx.send(r.outcome))));
+        next += 1;
+    }
+    for _ in 0..reqs.len() {
+        let o = rx.recv().expect("executor alive");
+        assert_eq!(o, Outcome::Success, "benchmark unit failed");
+        if next < reqs.len() {
+            let tx = tx.clone();
+            exec.submit(reqs[next].clone(), Box::new(move |r| drop(tx.send(r.outcome))));
+            next += 1;
+        }
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+fn supervised(cores: usize) -> SupervisedExecutor {
+    let mut c = SupervisorConfig::new(cores);
+    c.program = PathBuf::from(env!("CARGO_BIN_EXE_ova-executor"));
+    SupervisedExecutor::start(c).expect("starting ova-executor")
+}
+
+fn in_process(cores: usize) -> PoolExecutor {
+    let sb = Sandbox::new(SandboxConfig { slots: (cores as u32 * 2).max(8), ..Default::default() });
+    PoolExecutor::new(cores, Arc::new(sb.unwrap())).unwrap()
+}
+
+struct Kernel {
+    name: &'static str,
+    module: Arc<ModuleSource>,
+    units: Vec<(Vec<u8>, Vec<String>)>,
+    native: fn(&[u8], &[String]) -> Vec<u8>,
+}
+
+fn native_primes(input: &[u8], args: &[String]) -> Vec<u8> {
+    let (lo, hi) = primes::parse_unit(std::str::from_utf8(input).unwrap(), args).unwrap();
+    format!("{}\n", primes::count_primes(lo, hi)).into_bytes()
+}
+
+fn native_mandelbrot(_: &[u8], args: &[String]) -> Vec<u8> {
+    let i = mandelbrot::parse_args(args).unwrap();
+    ova_guest::encode(&mandelbrot::render_tile(&mandelbrot::DEFAULT_VIEW, i))
+}
+
+fn native_montecarlo(input: &[u8], args: &[String]) -> Vec<u8> {
+    let (seed, n) = montecarlo::parse_unit(std::str::from_utf8(input).unwrap(), args).unwrap();
+    ova_guest::encode(&montecarlo::simulate(seed, n))
+}
+
+fn native_batch(pool: &rayon::ThreadPool, k: &Kernel) -> f64 {
+    let t0 = Instant::now();
+    pool.install(|| {
+        use rayon::prelude::*;
+        let outs: Vec<Vec<u8>> = k.units.par_iter().map(|(i, a)| (k.native)(i, a)).collect();
+        std::hint::black_box(outs);
+    });
+    t0.elapsed().as_secs_f64()
+}
+
+fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
+    (0..n).map(|_| f()).fold(f64::INFINITY, f64::min)
+}
+
+fn geomean(v: &[f64]) -> f64 {
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}
+
+fn main() {
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores: usize =
+        std::env::var("OVA_BENCH_CORES").ok().and_then(|v| v.parse().ok()).unwrap_or(all);
+    let quick = std::env::var_os("OVA_BENCH_QUICK").is_some();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let scale = if quick { 1 } else { 4 };
+    println!(
+        "ova executor benchmarks: {cores} of {all} cores, RUST_BACKTRACE={} in this process \
+         (the executor child runs with RUST_LIB_BACKTRACE=0), {}",
+        std::env::var("RUST_BACKTRACE").unwrap_or_else(|_| "unset".into()),
+        if quick { "quick workloads" } else { "full workloads" }
+    );
+
+    let kernels = vec![
+        Kernel {
+            name: "primes (u64 sieve)",
+            module: example("primes"),
+            units: (0..8 * scale)
+                .map(|i| (i.to_string().into_bytes(), s(&["--span", "4000000"])))
+                .collect(),
+            native: native_primes,
+        },
+        Kernel {
+            name: "mandelbrot (f64 tiles)",
+            module: example("mandelbrot"),
+            units: (0..16 * scale)
+                .map(|i| (Vec::new(), s(&["--tile", &(i % 64).to_string()])))
+                .collect(),
+            native: native_mandelbrot,
+        },
+        Kernel {
+            name: "montecarlo (f64 + rng)",
+            module: example("montecarlo"),
+            units: (0..8 * scale)
+                .map(|i| (i.to_string().into_bytes(), s(&["--samples", "3000000"])))
+                .collect(),
+            native: native_montecarlo,
+        },
+    ];
+
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cores).build().unwrap();
+    let sup = supervised(cores);
+    let epoch = in_process(cores).guard_all(true);
+    let window = cores * 4;
+
+    println!("\nP1: native time / wasm time on {cores} cores (1.0 = native speed; best of 2)");
+    println!(
+        "{:26} {:>9} {:>11} {:>9} {:>9} {:>13}",
+        "kernel", "native s", "supervised", "strict", "fuel", "epoch (alt.)"
+    );
+    let mut plain_ratios = Vec::new();
+    let mut cols: [Vec<f64>; 3] = Default::default();
+    for k in &kernels {
+        let reqs: Vec<UnitRequest> =
+            k.units.iter().map(|(i, a)| request(&k.module, i, a)).collect();
+        let variant = |f: &dyn Fn(&mut UnitRequest)| {
+            reqs.iter()
+                .cloned()
+                .map(|mut r| {
+                    f(&mut r);
+                    r
+                })
+                .collect::<Vec<_>>()
+        };
+        let strict = variant(&|r| r.determinism = Determinism::Strict);
+        let fuel = variant(&|r| r.limits.fuel = Some(u64::MAX / 2));
+        // Warm up: compile every flavor once, outside the timings.
+        run_batch(&sup, &reqs[..1], 1);
+        run_batch(&sup, &strict[..1], 1);
+        run_batch(&sup, &fuel[..1], 1);
+        run_batch(&epoch, &reqs[..1], 1);
+        native_batch(&pool, &Kernel { units: k.units[..1].to_vec(), ..*k });
+
+        let mut n = f64::INFINITY;
+        let (mut p, mut st, mut fu, mut ep) = (n, n, n, n);
+        for _ in 0..2 {
+            // Interleaved, so that noise from other work on the machine hits all columns alike.
+            n = n.min(native_batch(&pool, k));
+            p = p.min(run_batch(&sup, &reqs, window));
+            st = st.min(run_batch(&sup, &strict, window));
+            fu = fu.min(run_batch(&sup, &fuel, window));
+            ep = ep.min(run_batch(&epoch, &reqs, window));
+        }
+        let r = [n / p, n / st, n / fu, n / ep];
+        println!(
+            "{:26} {:>9.3} {:>11.3} {:>9.3} {:>9.3} {:>13.3}",
+            k.name, n, r[0], r[1], r[2], r[3]
+        );
+        plain_ratios.push(r[0]);
+        cols[0].push(r[1]);
+        cols[1].push(r[2]);
+        cols[2].push(r[3]);
+    }
+    let p1 = geomean(&plain_ratios);
+    println!(
+        "{:26} {:>9} {:>11.3} {:>9.3} {:>9.3} {:>13.3}",
+        "geometric mean",
+        "",
+        p1,
+        geomean(&cols[0]),
+        geomean(&cols[1]),
+        geomean(&cols[2])
+    );
+
+    // P2: trivial units.
+    let echo = ModuleSource::new(
+        wat::parse_str(
+            r#"(module
+ (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+ (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 1)
+ (func (export "_start")
+   (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 1024))
+   (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+   (i32.store (i32.const 4) (i32.load (i32.const 8)))
+   (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        )
+        .unwrap(),
+    );
+    let n_units = if quick { 50_000 } else { 200_000 };
+    let payload = [7u8; 64];
+    let mut base = request(&echo, &payload, &[]);
+    base.limits = Limits { memory_bytes: 1 << 20, deadline_ms: 10_000, ..base.limits };
+    let reqs: Vec<UnitRequest> = (0..n_units)
+        .map(|i| {
+            let mut r = base.clone();
+            r.unit = UnitId::derive(&echo.id(), &BlobId::of(&payload), &[i.to_string()]);
+            r
+        })
+        .collect();
+    let flavored = |f: &dyn Fn(&mut UnitRequest)| {
+        reqs.iter()
+            .cloned()
+            .map(|mut r| {
+                f(&mut r);
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    let epoch_reqs = flavored(&|r| r.epoch_guard = true);
+    let fuel_reqs = flavored(&|r| r.limits.fuel = Some(1_000_000));
+
+    println!("\nP2: trivial units (64-byte echo), {n_units} units per figure, units/s (best of 2)");
+    println!(
+        "{:44} {:>12} {:>12} {:>10}",
+        "executor",
+        "1 core",
+        format!("{cores} cores"),
+        "per core"
+    );
+    let mut p2_all = 0.0;
+    let rate = |exec: &dyn Executor, reqs: &[UnitRequest]| {
+        run_batch(exec, &reqs[..1000.min(reqs.len())], 4096);
+        let secs = best_of(2, || run_batch(exec, reqs, 8192));
+        reqs.len() as f64 / secs
+    };
+    for (label, kind) in [
+        ("supervised, plain (production)", 0),
+        ("supervised, epoch checks", 1),
+        ("supervised, fuel", 2),
+        ("in process, no supervision (floor)", 3),
+    ] {
+        let rs = match kind {
+            1 => &epoch_reqs,
+            2 => &fuel_reqs,
+            _ => &reqs,
+        };
+        let mut figs = Vec::new();
+        for c in [1, cores] {
+            let r = if kind == 3 { rate(&in_process(c), rs) } else { rate(&supervised(c), rs) };
+            figs.push(r);
+        }
+        println!("{label:44} {:>12.0} {:>12.0} {:>10.0}", figs[0], figs[1], figs[1] / cores as f64);
+        if kind == 0 {
+            p2_all = figs[1];
+        }
+    }
+    println!();
+    println!("P1 wasm/native geomean={p1:.3}");
+    println!("P2 trivial units/s={p2_all:.0}");
+}

@@ -1,0 +1,98 @@
+//! Messages between the supervisor and its executor process: little-endian `u32` length, then
+//! postcard. The child's stdin carries [`ToChild`], its stdout [`FromChild`]; guests never
+//! touch either (their stdio is in-memory pipes).
+
+use std::io::{self, Read, Write};
+
+use ova_jobs::{Determinism, Limits, UnitId, UnitResult};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Largest frame accepted (a result may carry up to 1 GiB of output).
+pub const MAX_FRAME_BYTES: usize = (1 << 30) + (16 << 20);
+
+/// Supervisor → executor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToChild {
+    /// A module's bytes; later runs refer to it by id (the child re-hashes the bytes).
+    Module {
+        /// The wasm bytes.
+        bytes: Vec<u8>,
+    },
+    /// Run a unit.
+    Run {
+        /// The supervisor's sequence number for this attempt.
+        seq: u64,
+        /// The unit id.
+        unit: UnitId,
+        /// Module id (sent before in [`ToChild::Module`]).
+        module: ova_jobs::BlobId,
+        /// Stdin.
+        input: Vec<u8>,
+        /// Args.
+        args: Vec<String>,
+        /// Limits.
+        limits: Limits,
+        /// Determinism mode.
+        determinism: Determinism,
+        /// Run with epoch checks (the module has misbehaved before).
+        epoch_guard: bool,
+    },
+}
+
+/// Executor → supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromChild {
+    /// A thread picked the unit and must compile its module first (compile deadline starts).
+    Compiling {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// The unit is instantiating/running (run deadline starts).
+    Started {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// The unit is done.
+    Done {
+        /// Sequence number.
+        seq: u64,
+        /// Its result.
+        result: Box<UnitResult>,
+    },
+}
+
+/// Appends one frame holding `msg` to `out`.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, msg: &T) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    postcard::to_io(msg, &mut *out).expect("encoding into a Vec cannot fail");
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Writes one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
+    let mut buf = Vec::new();
+    encode_into(&mut buf, msg);
+    w.write_all(&buf)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame<R: Read, T: DeserializeOwned>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<T>> {
+    let mut len = [0; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes")));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    postcard::from_bytes(buf).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}

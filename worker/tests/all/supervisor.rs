@@ -1,0 +1,142 @@
+//! The supervised executor: runaway units are stopped by restarting the child, innocents are
+//! re-run, misbehaving modules get epoch checks, compiled code survives restarts.
+
+use std::time::Duration;
+
+use ova_jobs::{Outcome, Phase};
+use ova_worker::{Executor, ExecutorExt, Sandbox, SandboxConfig, SupervisedExecutor};
+
+use crate::common::*;
+
+#[test]
+fn a_runaway_unit_is_killed_and_innocent_units_in_flight_still_finish() {
+    let mut config = supervisor_config(2);
+    // Long grace: once guarded, a loop must be stopped by its epoch checks, not by a kill.
+    config.guard_grace = Duration::from_secs(120);
+    let exec = SupervisedExecutor::start(config).unwrap();
+    let spin = wat(r#"(module (func (export "_start") (loop br 0)))"#);
+    let primes = example("primes");
+    let mut loop_limits = small_limits();
+    loop_limits.deadline_ms = 200;
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = tx.clone();
+    exec.submit(
+        request(&spin, b"", &[], loop_limits),
+        Box::new(move |r| t.send((usize::MAX, r)).unwrap()),
+    );
+    for i in 0..20usize {
+        let t = tx.clone();
+        let req = request(&primes, i.to_string().as_bytes(), &["--span", "300000"], small_limits());
+        exec.submit(req, Box::new(move |r| t.send((i, r)).unwrap()));
+    }
+    drop(tx);
+    let mut ok = 0;
+    for (i, r) in rx {
+        if i == usize::MAX {
+            assert_eq!(r.outcome, Outcome::Timeout { phase: Phase::Run, deadline_ms: 200 });
+            assert!(r.result_hash.is_none(), "a timeout is never a result");
+        } else {
+            assert_eq!(r.outcome, Outcome::Success, "innocent unit {i}");
+            let want = primes::count_primes(i as u64 * 300_000, (i as u64 + 1) * 300_000);
+            assert_eq!(r.stdout, format!("{want}\n").into_bytes());
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 20);
+    assert_eq!(exec.restarts(), 1);
+    assert!(exec.is_misbehaved(&spin.id()));
+
+    // The module is now guarded: the next runaway unit stops on its own epoch deadline,
+    // without another restart.
+    let r = exec.run_blocking(request(&spin, b"again", &[], loop_limits));
+    assert_eq!(r.outcome, Outcome::Timeout { phase: Phase::Run, deadline_ms: 200 });
+    assert_eq!(exec.restarts(), 1);
+}
+
+#[test]
+fn async_callers_get_results_from_the_pool() {
+    let exec = supervised(2);
+    let primes = example("primes");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let results = rt.block_on(async {
+        let mut handles = Vec::new();
+        for i in 0..8u64 {
+            let fut = exec.run(request(
+                &primes,
+                format!("{} {}", i * 1000, i * 1000 + 1000).as_bytes(),
+                &[],
+                small_limits(),
+            ));
+            handles.push(tokio::spawn(fut));
+        }
+        let mut v = Vec::new();
+        for h in handles {
+            v.push(h.await.unwrap());
+        }
+        v
+    });
+    for (i, r) in results.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(
+            r.stdout,
+            format!("{}\n", primes::count_primes(i * 1000, i * 1000 + 1000)).into_bytes()
+        );
+    }
+}
+
+#[test]
+fn a_missing_executor_program_fails_units_clearly() {
+    let mut config = supervisor_config(1);
+    config.program = "/nonexistent/ova-executor".into();
+    assert!(SupervisedExecutor::start(config).is_err());
+}
+
+#[test]
+fn compiled_code_is_cached_on_disk_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let primes = example("primes");
+    let config = || SandboxConfig {
+        slots: 4,
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let req = request(&primes, b"0 1000", &[], small_limits());
+
+    let first = Sandbox::new(config()).unwrap();
+    let r = first.run(&req);
+    assert_eq!(r.stdout, b"168\n", "{r:?}");
+    let files: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(files.len(), 1, "one compiled artefact per (module, engine)");
+
+    // A fresh sandbox (a restarted peer) loads it.
+    let second = Sandbox::new(config()).unwrap();
+    assert_eq!(second.run(&req).stdout, b"168\n");
+
+    // A corrupted entry is discarded and the module recompiled, never loaded.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xff;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let third = Sandbox::new(config()).unwrap();
+    assert_eq!(third.run(&req).stdout, b"168\n");
+    std::fs::write(&files[0], &bytes[..n / 2]).unwrap();
+    let fourth = Sandbox::new(config()).unwrap();
+    assert_eq!(fourth.run(&req).stdout, b"168\n");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
