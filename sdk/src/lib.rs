@@ -19,6 +19,10 @@
 //! ```
 
 mod builder;
+pub mod client;
 
 pub use builder::{BuildError, JobBuilder};
+pub use client::{Client, ClientConfig, ClientError, Job, JobSummary, UnitStatus};
 pub use ova_jobs::{Bundle, Determinism, JobId, Limits, Manifest, Replication, UnitId};
+pub use ova_net::runtime::{JobEvent, VerifyReport};
+pub use ova_net::ticket::NodeTicket;

@@ -285,6 +285,7 @@ impl Runtime {
             running: HashMap::new(),
             first_result: HashMap::new(),
             done_jobs: std::collections::HashSet::new(),
+            pending_submits: Vec::new(),
         };
         let task = tokio::spawn(driver.run(net_events, cmd_rx));
         Ok(Self {
@@ -397,6 +398,9 @@ struct Driver {
     /// First result seen per unit with pending commits, to count mismatches (bounded).
     first_result: HashMap<UnitRef, BlobId>,
     done_jobs: std::collections::HashSet<JobId>,
+    /// Our jobs waiting for the first peer with spare cores to appear in the core's view: a
+    /// job announced into an empty view could not be placed on any architecture class.
+    pending_submits: Vec<ova_jobs::Manifest>,
 }
 
 const MAX_FIRST_RESULTS: usize = 1 << 17;
@@ -477,7 +481,7 @@ impl Driver {
             };
             jobs += 1;
             if info.submitter == me {
-                self.feed(Event::Submit(Box::new(info.manifest.clone())), done_tx);
+                self.submit_when_placeable(info.manifest.clone(), done_tx);
             } else {
                 let from = info.submitter;
                 self.feed(Event::Message { from, msg: Message::Announce(info) }, done_tx);
@@ -524,9 +528,37 @@ impl Driver {
         self.observer.job_submitted();
         self.done_jobs.remove(&job);
         info!(%job, units = manifest.units.len(), name = %manifest.name, "submitting job");
-        self.feed(Event::Submit(Box::new(manifest)), done_tx);
+        self.submit_when_placeable(manifest, done_tx);
         self.report_store();
         Ok(job)
+    }
+
+    /// Whether the core's view holds a peer that offers cores (so a job can be placed).
+    fn placeable(&self) -> bool {
+        let me = self.peer.id();
+        self.peer.view().members().any(|m| m.peer != me && m.weight > 0)
+            || self.peer.view().me().weight > 0
+    }
+
+    fn submit_when_placeable(
+        &mut self,
+        manifest: ova_jobs::Manifest,
+        done_tx: &mpsc::Sender<Done>,
+    ) {
+        if self.placeable() {
+            self.feed(Event::Submit(Box::new(manifest)), done_tx);
+        } else {
+            debug!("no peer with spare cores known yet; the job is announced when one appears");
+            self.pending_submits.push(manifest);
+        }
+    }
+
+    fn flush_pending_submits(&mut self, done_tx: &mpsc::Sender<Done>) {
+        if !self.pending_submits.is_empty() && self.placeable() {
+            for m in std::mem::take(&mut self.pending_submits) {
+                self.feed(Event::Submit(Box::new(m)), done_tx);
+            }
+        }
     }
 
     fn on_net(&mut self, ev: NetEvent, done_tx: &mpsc::Sender<Done>) {
@@ -591,7 +623,11 @@ impl Driver {
             }
             _ => {}
         }
+        let advert = matches!(msg, Message::Advert(_));
         self.feed(Event::Message { from, msg }, done_tx);
+        if advert {
+            self.flush_pending_submits(done_tx);
+        }
     }
 
     /// Persists a signed commit (checked first: the store keeps only verifiable records) and
