@@ -86,9 +86,12 @@ pub fn simulate(seed: u64, samples: u64) -> Estimate {
 
 /// Parses a unit: the seed on stdin (text), `--samples N` in the args.
 pub fn parse_unit(input: &str, args: &[String]) -> Result<(u64, u64), String> {
-    let seed = input.trim().parse().map_err(|_| format!("seed must be an integer, got {input:?}"))?;
+    let seed =
+        input.trim().parse().map_err(|_| format!("seed must be an integer, got {input:?}"))?;
     let samples = match args {
-        [flag, n] if flag == "--samples" => n.parse().map_err(|_| format!("bad sample count {n:?}"))?,
+        [flag, n] if flag == "--samples" => {
+            n.parse().map_err(|_| format!("bad sample count {n:?}"))?
+        }
         [] => 1_000_000,
         _ => return Err(format!("expected `--samples N`, got {args:?}")),
     };
