@@ -198,7 +198,10 @@ fn main() {
         run_batch(&sup, &strict[..1], 1);
         run_batch(&sup, &fuel[..1], 1);
         run_batch(&epoch, &reqs[..1], 1);
-        native_batch(&pool, &Kernel { units: k.units[..1].to_vec(), ..*k });
+        native_batch(
+            &pool,
+            &Kernel { units: k.units[..1].to_vec(), module: k.module.clone(), ..*k },
+        );
 
         let mut n = f64::INFINITY;
         let (mut p, mut st, mut fu, mut ep) = (n, n, n, n);

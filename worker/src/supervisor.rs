@@ -213,15 +213,12 @@ impl Executor for SupervisedExecutor {
             };
             return done(result_with(&req, t));
         }
-        if st.child.is_none() {
-            if let Err(e) = sh.spawn_child(&mut st) {
-                drop(st);
-                return done(failed(
-                    req.unit,
-                    req.determinism,
-                    &format!("cannot start executor: {e}"),
-                ));
-            }
+        if st.child.is_none()
+            && let Err(e) = sh.spawn_child(&mut st)
+        {
+            drop(st);
+            let msg = format!("cannot start executor: {e}");
+            return done(failed(req.unit, req.determinism, &msg));
         }
         req.epoch_guard |= st.misbehaved.contains(&module);
         let was_empty = st.outbox.is_empty();

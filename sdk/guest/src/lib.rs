@@ -4,10 +4,8 @@
 //! stdout, and may read its arguments. This crate wraps that so a unit is one function:
 //!
 //! ```no_run
-//! // Raw bytes in, bytes out:
-//! fn main() {
-//!     ova_guest::run(|input: &[u8]| input.to_ascii_uppercase());
-//! }
+//! // Raw bytes in, bytes out (the body of a unit's `main`):
+//! ova_guest::run(|input: &[u8]| input.to_ascii_uppercase());
 //! ```
 //!
 //! ```no_run
@@ -15,9 +13,7 @@
 //! #[derive(serde::Serialize, serde::Deserialize)]
 //! struct Range { lo: u64, hi: u64 }
 //!
-//! fn main() {
-//!     ova_guest::run_typed(|r: Range| r.hi - r.lo);
-//! }
+//! ova_guest::run_typed(|r: Range| r.hi - r.lo);
 //! ```
 //!
 //! The same crate builds natively, so a job's types and [`encode`]/[`decode`] can be shared by
