@@ -22,6 +22,7 @@ pub mod compile_cache;
 pub mod executor;
 pub mod ipc;
 pub mod sandbox;
+pub mod spare_cpu;
 pub mod supervisor;
 
 pub use executor::{Completion, Executor, ExecutorExt, PoolExecutor};

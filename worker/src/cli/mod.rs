@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod format;
 mod job;
+mod node;
+mod peers;
 mod run;
+mod worker;
 
 /// Ova: peer-to-peer volunteer computing on WebAssembly.
 ///
@@ -27,6 +30,13 @@ enum Command {
     Job(job::JobCommand),
     /// Run a bundle's units locally on this machine's cores.
     Run(run::RunArgs),
+    /// Run a worker node: join the network and offer this machine's spare CPU.
+    Worker(worker::WorkerArgs),
+    /// List the peers the running worker knows (spare cores, advert age, address).
+    Peers(peers::PeersArgs),
+    /// Show this node's id or a ticket others can join with.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 /// Parses the command line, runs the command and maps errors to a non-zero exit code.
@@ -35,6 +45,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Job(cmd) => job::run(cmd),
         Command::Run(args) => run::run(args),
+        Command::Worker(args) => worker::run(args),
+        Command::Peers(args) => peers::run(args),
+        Command::Node(cmd) => node::run(cmd),
     };
     match result {
         Ok(code) => code,
