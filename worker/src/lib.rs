@@ -21,6 +21,7 @@ pub mod cli;
 pub mod compile_cache;
 pub mod executor;
 pub mod ipc;
+pub mod runner;
 pub mod sandbox;
 pub mod spare_cpu;
 pub mod supervisor;

@@ -3,4 +3,5 @@
 mod common;
 mod determinism;
 mod hostile;
+mod network;
 mod supervisor;
