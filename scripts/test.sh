@@ -3,7 +3,8 @@
 #
 # 1. builds the example work units to wasm (installing the wasm toolchain if needed),
 # 2. checks formatting and lints (warnings are errors),
-# 3. runs every test of every crate.
+# 3. runs every test of every crate (with cargo-nextest when installed, which kills and
+#    reports a test that hangs; then the doctests).
 #
 # Set CARGO_TARGET_DIR to reuse a build directory between clones (CI does).
 set -euo pipefail
@@ -21,5 +22,11 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
-cargo test --workspace --locked
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    # nextest kills a hung test and reports it (.config/nextest.toml) instead of stalling.
+    cargo nextest run --workspace --locked --profile "${OVA_NEXTEST_PROFILE:-default}"
+    cargo test --workspace --locked --doc
+else
+    cargo test --workspace --locked
+fi

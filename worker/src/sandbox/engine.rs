@@ -104,6 +104,11 @@ pub fn build(flavor: Flavor, sizing: PoolSizing) -> wasmtime::Result<EngineSlot>
     // Wasm threads and shared memory are not compiled into this wasmtime build (no `threads`
     // feature), so they are off.
     config
+        // Compile each module's functions on the calling thread. Parallel compilation uses
+        // rayon's *current* pool: called from a unit running on our rayon executor, a worker
+        // waiting inside `Module::new` would steal another unit of the same module, which then
+        // waits on the very compile its own thread is doing (a deadlock seen in CI).
+        .parallel_compilation(false)
         .wasm_memory64(false)
         // No GC proposals: plain WASI commands do not need them, and this build has no
         // collector compiled in (the workspace's `gc` feature comes without one).
