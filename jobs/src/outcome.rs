@@ -172,6 +172,20 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [OutcomeKind; 10] = [
+        OutcomeKind::Success,
+        OutcomeKind::Exit,
+        OutcomeKind::Trap,
+        OutcomeKind::OutOfMemory,
+        OutcomeKind::OutOfFuel,
+        OutcomeKind::OutputTooLarge,
+        OutcomeKind::InvalidModule,
+        OutcomeKind::ForbiddenImport,
+        OutcomeKind::Timeout,
+        OutcomeKind::Failed,
+    ];
+
     /// A short snake_case label.
     pub fn label(self) -> &'static str {
         match self {

@@ -15,7 +15,7 @@ use ova_jobs::{Bundle, JobId, Manifest};
 use ova_net::endpoint::EndpointConfig;
 use ova_net::node::NodeConfig;
 use ova_net::runtime::{
-    JobEvent, NoObserver, Runtime, RuntimeConfig, VerifyReport, spawn_node, verify_job,
+    JobEvent, NoObserver, Observer, Runtime, RuntimeConfig, VerifyReport, spawn_node, verify_job,
 };
 use ova_net::store::Store;
 use ova_net::ticket::NodeTicket;
@@ -42,7 +42,7 @@ pub enum ClientError {
 }
 
 /// How a client joins.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Where the identity key and the store live.
     pub data_dir: PathBuf,
@@ -53,6 +53,22 @@ pub struct ClientConfig {
     pub endpoint: EndpointConfig,
     /// Name of the network to join.
     pub network: String,
+    /// Shared secret of a private network (`None`: an open network).
+    pub network_secret: Option<String>,
+    /// Where protocol events are reported (metrics); [`NoObserver`] by default.
+    pub observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("data_dir", &self.data_dir)
+            .field("bootstrap", &self.bootstrap)
+            .field("endpoint", &self.endpoint)
+            .field("network", &self.network)
+            .field("private", &self.network_secret.is_some())
+            .finish()
+    }
 }
 
 impl ClientConfig {
@@ -63,6 +79,8 @@ impl ClientConfig {
             bootstrap,
             endpoint: EndpointConfig::local(),
             network: "ova".into(),
+            network_secret: None,
+            observer: Arc::new(NoObserver),
         }
     }
 }
@@ -95,18 +113,19 @@ impl Client {
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let mut nc = NodeConfig::new(key, config.endpoint.clone());
         nc.network = config.network.clone();
+        nc.network_secret = config.network_secret.clone();
         nc.bootstrap = config.bootstrap.clone();
         nc.local_discovery = false;
         nc.capacity.spare_cores = 0;
         let store = Arc::new(store);
-        let node = spawn_node(nc, store.clone(), Arc::new(NoObserver))
+        let node = spawn_node(nc, store.clone(), config.observer.clone())
             .await
             .map_err(|e| ClientError::Net(e.to_string()))?;
         let runtime = Runtime::start(
             node,
             store,
             None,
-            Arc::new(NoObserver),
+            config.observer.clone(),
             RuntimeConfig { cores: 0, ..RuntimeConfig::default() },
         )
         .map_err(|e| ClientError::Net(e.to_string()))?;

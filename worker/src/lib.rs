@@ -15,15 +15,26 @@
 //!   restarted (innocent in-flight units re-run) and its module is run with epoch checks from
 //!   then on.
 //! - [`ipc`]: the framed messages between the supervisor and its executor process.
-//! - [`cli`]: the `ova` command line (`ova job …`, `ova run`).
+//! - [`runner`]: the seam to the network runtime — units the scheduler assigns run on an
+//!   [`Executor`] and come back as result records.
+//! - [`peer`]: [`peer::WorkerPeer`], a whole worker (store, network, executor, scheduler,
+//!   spare-CPU sensing, metrics) as one value; `ova worker` and `ova demo` run it.
+//! - [`spare_cpu`]: how many cores the owner's own work leaves free.
+//! - [`metrics`], [`status`], [`http`]: Prometheus metrics, the status page's data, and the
+//!   server for both.
+//! - [`cli`]: the `ova` command line (`ova job …`, `ova run`, `ova worker`, `ova demo`).
 
 pub mod cli;
 pub mod compile_cache;
 pub mod executor;
+pub mod http;
 pub mod ipc;
+pub mod metrics;
+pub mod peer;
 pub mod runner;
 pub mod sandbox;
 pub mod spare_cpu;
+pub mod status;
 pub mod supervisor;
 
 pub use executor::{Completion, Executor, ExecutorExt, PoolExecutor};

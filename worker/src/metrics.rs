@@ -205,6 +205,82 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Creates every labelled series at zero (each outcome kind, each drop reason, …), so
+    /// dashboards show a flat zero rather than "no data" before the first event of a kind.
+    pub fn init_label_values(&self) {
+        for k in ova_jobs::OutcomeKind::ALL {
+            let _ = self.units_finished.get_or_create(&KindLabel { kind: k.label() });
+        }
+        for r in ova_net::stats::DropReason::ALL {
+            let _ = self.frames_dropped.get_or_create(&KindLabel { kind: r.label() });
+        }
+        for kind in [
+            "send_failed",
+            "broadcast_failed",
+            "send_queue_full",
+            "bad_peer_id",
+            "too_large",
+            "empty",
+            "version",
+            "undecodable",
+            "trailing",
+        ] {
+            let _ = self.frames_dropped.get_or_create(&KindLabel { kind });
+        }
+        for kind in FAILURE_KINDS {
+            let _ = self.units_failed.get_or_create(&KindLabel { kind });
+        }
+        let _ = self.commits_rejected.get_or_create(&KindLabel { kind: "invalid" });
+    }
+}
+
+/// Why a unit fails verification (labels of `ova_units_failed_total`).
+pub const FAILURE_KINDS: [&str; 1] = ["no_quorum"];
+
+/// The runtime reports protocol events here.
+impl ova_net::runtime::Observer for Metrics {
+    fn commit_published(&self) {
+        self.commits_published.inc();
+    }
+    fn commit_received(&self) {
+        self.commits_received.inc();
+    }
+    fn result_mismatched(&self) {
+        self.results_mismatched.inc();
+    }
+    fn unit_verified(&self, mine: bool) {
+        // Counted once in the network: at the peer that submitted the job, so that summing
+        // over peers gives the network's verified units.
+        if mine {
+            self.results_verified.inc();
+        }
+    }
+    fn unit_failed(&self, mine: bool) {
+        if mine {
+            inc_kind(&self.units_failed, "no_quorum");
+        }
+    }
+    fn job_submitted(&self) {
+        self.jobs_submitted.inc();
+    }
+    fn job_completed(&self) {
+        self.jobs_completed.inc();
+    }
+    fn frame_dropped(&self, reason: &'static str) {
+        // Reasons are fixed strings in the runtime and the wire format: bounded cardinality.
+        inc_kind(&self.frames_dropped, reason);
+    }
+    fn blob_bytes(&self, sent: u64, received: u64) {
+        self.sent_bytes.inc_by(sent);
+        self.received_bytes.inc_by(received);
+    }
+    fn blobs_stored(&self, count: u64, bytes: u64) {
+        self.blobs_stored.set(count as i64);
+        self.blobs_stored_bytes.set(bytes as i64);
+    }
+}
+
 /// Counts by kind: shorthand for `family.get_or_create(&KindLabel { kind }).inc()`.
 pub fn inc_kind(family: &Family<KindLabel, Counter>, kind: &'static str) {
     family.get_or_create(&KindLabel { kind }).inc();

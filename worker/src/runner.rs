@@ -64,8 +64,13 @@ impl ExecutorRunner {
     }
 }
 
-impl UnitRunner for ExecutorRunner {
-    fn run(&self, req: RunRequest) -> BoxFuture<RunOutput> {
+impl ExecutorRunner {
+    /// Runs one unit like [`UnitRunner::run`], also calling `f` with its full result.
+    pub fn run_observed(
+        &self,
+        req: RunRequest,
+        f: impl FnOnce(&ova_jobs::UnitResult) + Send + 'static,
+    ) -> BoxFuture<RunOutput> {
         let module = self.module(req.module_id, &req.module);
         let unit = UnitRequest {
             unit: req.unit_id,
@@ -81,7 +86,14 @@ impl UnitRunner for ExecutorRunner {
         Box::pin(async move {
             let r = fut.await;
             report(&req, &r);
+            f(&r);
             RunOutput { record: ResultRecord::of_run(&r.outcome, &r.stdout) }
         })
+    }
+}
+
+impl UnitRunner for ExecutorRunner {
+    fn run(&self, req: RunRequest) -> BoxFuture<RunOutput> {
+        self.run_observed(req, |_| {})
     }
 }

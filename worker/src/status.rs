@@ -133,13 +133,14 @@ impl StatusBoard {
             let n = g.buckets.iter().find(|(i, _)| *i == b).map_or(0, |(_, n)| *n);
             let width = if b == current {
                 // The current bucket is partly elapsed.
-                let elapsed = now.saturating_duration_since(g.start).as_secs_f64()
-                    - (b * BUCKET_SECS) as f64;
+                let elapsed =
+                    now.saturating_duration_since(g.start).as_secs_f64() - (b * BUCKET_SECS) as f64;
                 elapsed.clamp(1.0, BUCKET_SECS as f64)
             } else {
                 BUCKET_SECS as f64
             };
-            points.push(RatePoint { ago_secs: (current - b) * BUCKET_SECS, rate: n as f64 / width });
+            points
+                .push(RatePoint { ago_secs: (current - b) * BUCKET_SECS, rate: n as f64 / width });
         }
         let window = Duration::from_secs(10);
         let since = Self::bucket_of(&g, now.checked_sub(window).unwrap_or(g.start));
@@ -154,7 +155,12 @@ mod tests {
     use super::*;
 
     fn unit(i: usize) -> RecentUnit {
-        RecentUnit { unit: format!("u{i}"), job: "j".into(), outcome: "success".into(), millis: 1.0 }
+        RecentUnit {
+            unit: format!("u{i}"),
+            job: "j".into(),
+            outcome: "success".into(),
+            millis: 1.0,
+        }
     }
 
     #[test]

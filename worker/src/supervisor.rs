@@ -179,6 +179,12 @@ impl SupervisedExecutor {
         self.shared.lock().restarts
     }
 
+    /// The process id of the current executor child, if one is running (spare-CPU sensing
+    /// counts its CPU time as Ova's own, not as the owner's work).
+    pub fn child_pid(&self) -> Option<u32> {
+        self.shared.lock().child.as_ref().map(Child::id)
+    }
+
     /// Whether `module` has timed out here and now runs with epoch checks.
     pub fn is_misbehaved(&self, module: &BlobId) -> bool {
         self.shared.lock().misbehaved.contains(module)

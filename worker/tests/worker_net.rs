@@ -5,59 +5,11 @@
 //! polled with a deadline.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-const OVA: &str = env!("CARGO_BIN_EXE_ova");
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Kills (SIGKILL) and reaps the child if the test did not stop it.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            self.0.kill().ok();
-            self.0.wait().ok();
-        }
-    }
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-/// Polls `cond` every 50 ms until it returns `Some`, or panics at the deadline.
-fn poll<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = cond() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `prefix` + command, e.g. `ip netns exec NS`.
-fn ova(prefix: &[&str]) -> Command {
-    let mut c = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(OVA);
-            c
-        }
-        None => Command::new(OVA),
-    };
-    c.env("RUST_LOG", "info,iroh=warn,iroh_gossip=warn,noq=warn");
-    c
-}
+#[path = "support/process.rs"]
+mod process;
+use process::{Proc, ok, ova, poll};
 
 fn spawn_worker(prefix: &[&str], dir: &Path, extra: &[&str]) -> Proc {
     let mut c = ova(prefix);

@@ -120,16 +120,15 @@ impl ProtocolHandler for BlobHandler {
 /// hash to `id`; the whole exchange is bounded by `timeout`.
 pub async fn fetch(
     endpoint: &Endpoint,
+    alpn: &[u8],
     peer: EndpointId,
     id: BlobId,
     max: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, FetchError> {
     let work = async {
-        let conn = endpoint
-            .connect(peer, BLOB_ALPN)
-            .await
-            .map_err(|e| FetchError::Connect(e.to_string()))?;
+        let conn =
+            endpoint.connect(peer, alpn).await.map_err(|e| FetchError::Connect(e.to_string()))?;
         let (mut send, mut recv) =
             conn.open_bi().await.map_err(|e| FetchError::Stream(e.to_string()))?;
         send.write_all(&id.0).await.map_err(|e| FetchError::Stream(e.to_string()))?;

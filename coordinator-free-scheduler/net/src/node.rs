@@ -49,6 +49,10 @@ pub struct NodeConfig {
     pub endpoint: EndpointConfig,
     /// Name of the Ova network: nodes with different names never see each other.
     pub network: String,
+    /// Shared secret of a private network. Every protocol's ALPN and the gossip topic are
+    /// derived from it, so a node without it cannot complete a connection to any of ours,
+    /// let alone join, advertise or submit.
+    pub network_secret: Option<String>,
     /// Nodes to join first.
     pub bootstrap: Vec<NodeTicket>,
     /// Whether to run local-network discovery (mDNS). Ignored in loopback mode.
@@ -98,6 +102,7 @@ impl NodeConfig {
             secret_key,
             endpoint,
             network: "ova".to_string(),
+            network_secret: None,
             bootstrap: vec![],
             local_discovery: true,
             advert_interval: Duration::from_secs(10),
@@ -122,8 +127,44 @@ impl NodeConfig {
 
     /// The gossip topic of this network.
     pub fn topic(&self) -> TopicId {
-        TopicId::from_bytes(blake3::derive_key("ova-net gossip topic v1", self.network.as_bytes()))
+        match &self.network_secret {
+            None => TopicId::from_bytes(blake3::derive_key(
+                "ova-net gossip topic v1",
+                self.network.as_bytes(),
+            )),
+            Some(secret) => TopicId::from_bytes(blake3::derive_key(
+                "ova-net private gossip topic v1",
+                &private_material(&self.network, secret),
+            )),
+        }
     }
+
+    /// The ALPN this node uses for protocol `base`: `base` itself on an open network, `base`
+    /// followed by a tag derived from the secret on a private one (TLS then refuses
+    /// connections from nodes that do not know the secret).
+    pub fn alpn(&self, base: &[u8]) -> Vec<u8> {
+        match &self.network_secret {
+            None => base.to_vec(),
+            Some(secret) => {
+                let key = blake3::derive_key(
+                    "ova-net private alpn v1",
+                    &private_material(&self.network, secret),
+                );
+                let mut out = base.to_vec();
+                out.push(b'/');
+                out.extend(key[..16].iter().flat_map(|b| format!("{b:02x}").into_bytes()));
+                out
+            }
+        }
+    }
+}
+
+fn private_material(network: &str, secret: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(network.len() + secret.len() + 9);
+    m.extend((network.len() as u64).to_le_bytes());
+    m.extend(network.as_bytes());
+    m.extend(secret.as_bytes());
+    m
 }
 
 /// What the node tells its driver.
@@ -280,11 +321,14 @@ impl Node {
         config: NodeConfig,
         protocols: Vec<(&'static [u8], Box<dyn iroh::protocol::DynProtocolHandler>)>,
     ) -> Result<Node, NetError> {
-        let mut alpns = vec![iroh_gossip::ALPN.to_vec(), FRAME_ALPN.to_vec()];
-        alpns.extend(protocols.iter().map(|(a, _)| a.to_vec()));
+        let gossip_alpn = config.alpn(iroh_gossip::ALPN);
+        let frame_alpn = config.alpn(FRAME_ALPN);
+        let mut alpns = vec![gossip_alpn.clone(), frame_alpn.clone()];
+        alpns.extend(protocols.iter().map(|(a, _)| config.alpn(a)));
         let (endpoint, memory) =
             endpoint::bind(&config.endpoint, config.secret_key.clone(), alpns).await?;
         let gossip = Gossip::builder()
+            .alpn(&gossip_alpn)
             .max_message_size(config.max_broadcast_bytes + GOSSIP_OVERHEAD)
             .spawn(endpoint.clone());
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
@@ -310,10 +354,10 @@ impl Node {
             config,
         });
         let mut router = Router::builder(endpoint.clone())
-            .accept(iroh_gossip::ALPN, gossip.clone())
-            .accept(FRAME_ALPN, FrameHandler(shared.clone()));
+            .accept(gossip_alpn, gossip.clone())
+            .accept(frame_alpn, FrameHandler(shared.clone()));
         for (alpn, handler) in protocols {
-            router = router.accept(alpn, handler);
+            router = router.accept(shared.config.alpn(alpn), handler);
         }
         let router = router.spawn();
 
@@ -438,8 +482,10 @@ impl Node {
         if sealed.len() > max {
             return Err(NetError::TooLarge { len: sealed.len(), max });
         }
+        let len = sealed.len();
         self.shared.gossip_broadcast(sealed).await?;
         self.shared.stats.broadcast_sent();
+        self.shared.stats.sent_bytes(len);
         Ok(())
     }
 
@@ -459,6 +505,7 @@ impl Node {
             match send_on(&conn, &frame).await {
                 Ok(()) => {
                     self.shared.stats.frame_sent();
+                    self.shared.stats.sent_bytes(frame.len());
                     return Ok(());
                 }
                 Err(e) => {
@@ -595,6 +642,7 @@ impl Shared {
     /// Handles one gossip message delivered by neighbour `via`.
     fn on_gossip(&self, bytes: &[u8], via: EndpointId) {
         self.stats.gossip_in();
+        self.stats.received_bytes(bytes.len());
         let (author, body) = match signed::open(bytes, self.config.max_broadcast_bytes) {
             Ok(x) => x,
             Err(r) => {
@@ -681,7 +729,8 @@ impl Shared {
         {
             return Ok(c.clone());
         }
-        let connecting = self.endpoint.connect(to, FRAME_ALPN);
+        let alpn = self.config.alpn(FRAME_ALPN);
+        let connecting = self.endpoint.connect(to, &alpn);
         let conn = tokio::select! {
             _ = self.cancel.cancelled() => return Err(NetError::Closed),
             r = tokio::time::timeout(self.config.connect_timeout, connecting) => match r {
@@ -847,6 +896,7 @@ impl ProtocolHandler for FrameHandler {
                     }
                     Ok(Ok(x)) => x,
                 };
+            shared.stats.received_bytes(bytes.len());
             match wire::decode::<DirectFrame>(&bytes, max) {
                 Ok(DirectFrame::App(payload)) => shared.emit(NetEvent::Direct {
                     from,

@@ -181,6 +181,9 @@ pub struct RuntimeConfig {
     pub send_queue: usize,
     /// Concurrent senders draining the queue.
     pub senders: usize,
+    /// How long a job of ours may wait for `quorum` distinct workers to be in the view before
+    /// its units fail with that reason (the network is too small for the job).
+    pub placement_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -201,6 +204,7 @@ impl Default for RuntimeConfig {
             allowed_submitters: None,
             send_queue: 8192,
             senders: 16,
+            placement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -286,6 +290,9 @@ impl Runtime {
             first_result: HashMap::new(),
             done_jobs: std::collections::HashSet::new(),
             pending_submits: Vec::new(),
+            unplaceable: HashMap::new(),
+            unit_ids: HashMap::new(),
+            mine: Default::default(),
         };
         let task = tokio::spawn(driver.run(net_events, cmd_rx));
         Ok(Self {
@@ -400,8 +407,17 @@ struct Driver {
     done_jobs: std::collections::HashSet<JobId>,
     /// Our jobs waiting for the first peer with spare cores to appear in the core's view: a
     /// job announced into an empty view could not be placed on any architecture class.
-    pending_submits: Vec<ova_jobs::Manifest>,
+    pending_submits: Vec<(ova_jobs::Manifest, Instant)>,
+    /// Our jobs that could not be placed at all: (units, failed) for progress queries.
+    unplaceable: HashMap<JobId, u32>,
+    /// Unit ids of the jobs seen, so verdicts need no store read (bounded: cleared when full).
+    unit_ids: HashMap<JobId, Arc<Vec<UnitId>>>,
+    /// Jobs this peer submitted.
+    mine: std::collections::HashSet<JobId>,
 }
+
+/// Most jobs whose unit ids are cached in the driver.
+const MAX_CACHED_JOBS: usize = 1024;
 
 const MAX_FIRST_RESULTS: usize = 1 << 17;
 
@@ -416,6 +432,8 @@ impl Driver {
             warn!("could not replay the store: {e}");
         }
         self.feed(Event::Online, &done_tx);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let sleep = match self.timer {
                 Some(at) => {
@@ -445,7 +463,7 @@ impl Driver {
                         reply.send(r).ok();
                     }
                     Some(Command::Progress(job, reply)) => {
-                        reply.send(self.peer.job_progress(&job)).ok();
+                        reply.send(self.progress(&job)).ok();
                     }
                     Some(Command::Capacity(c)) => {
                         if self.runner.is_some() {
@@ -465,6 +483,9 @@ impl Driver {
                     self.timer = None;
                     self.feed(Event::Timer, &done_tx);
                 }
+                _ = housekeeping.tick(), if !self.pending_submits.is_empty() => {
+                    self.flush_pending_submits(&done_tx);
+                }
             }
         }
     }
@@ -481,10 +502,19 @@ impl Driver {
             };
             jobs += 1;
             if info.submitter == me {
-                self.submit_when_placeable(info.manifest.clone(), done_tx);
-            } else {
-                let from = info.submitter;
-                self.feed(Event::Message { from, msg: Message::Announce(info) }, done_tx);
+                self.mine.insert(job);
+            }
+            let from = info.submitter;
+            self.feed(Event::Message { from, msg: Message::Announce(info) }, done_tx);
+        }
+        // Our jobs stopped before they were announced: submit them now.
+        for (job, state) in self.store.jobs()? {
+            self.mine.insert(job);
+            if state != b"done"
+                && self.peer.job_progress(&job).is_none()
+                && let Some(m) = self.store.manifest(&job)?
+            {
+                self.submit_when_placeable(m, done_tx);
             }
         }
         let commits = self.store.all_commits()?;
@@ -527,17 +557,24 @@ impl Driver {
         })?;
         self.observer.job_submitted();
         self.done_jobs.remove(&job);
+        self.mine.insert(job);
+        self.unplaceable.remove(&job);
         info!(%job, units = manifest.units.len(), name = %manifest.name, "submitting job");
         self.submit_when_placeable(manifest, done_tx);
         self.report_store();
         Ok(job)
     }
 
-    /// Whether the core's view holds a peer that offers cores (so a job can be placed).
-    fn placeable(&self) -> bool {
+    /// Distinct peers offering cores in the core's view (this one included).
+    fn workers_in_view(&self) -> usize {
         let me = self.peer.id();
-        self.peer.view().members().any(|m| m.peer != me && m.weight > 0)
-            || self.peer.view().me().weight > 0
+        self.peer.view().members().filter(|m| m.peer != me && m.weight > 0).count()
+            + usize::from(self.peer.view().me().weight > 0)
+    }
+
+    /// Whether a job asking for `quorum` can be placed: that many distinct workers are known.
+    fn placeable(&self, quorum: u8) -> bool {
+        self.workers_in_view() >= usize::from(quorum.max(1))
     }
 
     fn submit_when_placeable(
@@ -545,20 +582,75 @@ impl Driver {
         manifest: ova_jobs::Manifest,
         done_tx: &mpsc::Sender<Done>,
     ) {
-        if self.placeable() {
+        if self.placeable(manifest.replication.quorum) {
             self.feed(Event::Submit(Box::new(manifest)), done_tx);
         } else {
-            debug!("no peer with spare cores known yet; the job is announced when one appears");
-            self.pending_submits.push(manifest);
+            debug!(
+                quorum = manifest.replication.quorum,
+                workers = self.workers_in_view(),
+                "too few workers known yet; the job is announced when enough appear"
+            );
+            self.pending_submits.push((manifest, Instant::now()));
         }
     }
 
+    /// Submits the waiting jobs that can now be placed, and fails those that waited longer
+    /// than [`RuntimeConfig::placement_timeout`].
     fn flush_pending_submits(&mut self, done_tx: &mpsc::Sender<Done>) {
-        if !self.pending_submits.is_empty() && self.placeable() {
-            for m in std::mem::take(&mut self.pending_submits) {
+        if self.pending_submits.is_empty() {
+            return;
+        }
+        for (m, since) in std::mem::take(&mut self.pending_submits) {
+            let quorum = m.replication.quorum;
+            if self.placeable(quorum) {
                 self.feed(Event::Submit(Box::new(m)), done_tx);
+            } else if since.elapsed() >= self.config.placement_timeout {
+                self.fail_unplaceable(&m);
+            } else {
+                self.pending_submits.push((m, since));
             }
         }
+    }
+
+    /// Every unit of `m` fails: the network does not have `quorum` distinct workers.
+    fn fail_unplaceable(&mut self, m: &ova_jobs::Manifest) {
+        let job = m.job_id();
+        let quorum = m.replication.quorum;
+        let workers = self.workers_in_view();
+        let reason = format!(
+            "quorum {quorum} needs {quorum} distinct workers, but only {workers} offered cores \
+             within {} s",
+            self.config.placement_timeout.as_secs()
+        );
+        warn!(%job, "{reason}");
+        let n = m.units.len() as u32;
+        for index in 0..n {
+            self.observer.unit_failed(true);
+            self.events
+                .send(JobEvent::UnitFailed { unit: UnitRef { job, index }, reason: reason.clone() })
+                .ok();
+        }
+        self.unplaceable.insert(job, n);
+        self.done_jobs.insert(job);
+        self.observer.job_completed();
+        if let Err(e) = self.store.write(|w| w.put_job(&job, b"done")) {
+            warn!("store: {e}");
+        }
+        self.events.send(JobEvent::JobDone { job, verified: 0, failed: n }).ok();
+    }
+
+    /// (units, verified, failed) of a job of ours, including ones still waiting to be placed.
+    fn progress(&self, job: &JobId) -> Option<(u32, u32, u32)> {
+        if let Some(p) = self.peer.job_progress(job) {
+            return Some(p);
+        }
+        if let Some(n) = self.unplaceable.get(job) {
+            return Some((*n, 0, *n));
+        }
+        self.pending_submits
+            .iter()
+            .find(|(m, _)| m.job_id() == *job)
+            .map(|(m, _)| (m.units.len() as u32, 0, 0))
     }
 
     fn on_net(&mut self, ev: NetEvent, done_tx: &mpsc::Sender<Done>) {
@@ -686,6 +778,14 @@ impl Driver {
             }
             Action::Broadcast(msg) => {
                 let bytes = msg.encode();
+                if let Message::Announce(info) = &msg
+                    && info.submitter == self.peer.id()
+                {
+                    // Our own announcement: kept so a restarted submitter resumes the job as is.
+                    if let Err(e) = self.store.write(|w| w.put_announce(&info.job_id, &bytes)) {
+                        warn!("store: {e}");
+                    }
+                }
                 if bytes.len() + 1024 <= self.node.config().max_broadcast_bytes {
                     self.enqueue(Outgoing::Broadcast(bytes));
                 } else {
@@ -734,12 +834,18 @@ impl Driver {
     }
 
     fn is_mine(&self, job: &JobId) -> bool {
-        self.store.job(job).ok().flatten().is_some()
+        self.mine.contains(job)
     }
 
-    fn unit_id(&self, unit: &UnitRef) -> Option<UnitId> {
-        let m = self.store.manifest(&unit.job).ok().flatten()?;
-        (unit.index as usize).lt(&m.units.len()).then(|| m.unit_id(unit.index as usize))
+    fn unit_id(&mut self, unit: &UnitRef) -> Option<UnitId> {
+        if !self.unit_ids.contains_key(&unit.job) {
+            let m = self.store.manifest(&unit.job).ok().flatten()?;
+            if self.unit_ids.len() >= MAX_CACHED_JOBS {
+                self.unit_ids.clear();
+            }
+            self.unit_ids.insert(unit.job, Arc::new(m.unit_ids()));
+        }
+        self.unit_ids.get(&unit.job)?.get(unit.index as usize).copied()
     }
 
     fn check_done(&mut self, job: JobId) {
@@ -777,6 +883,7 @@ impl Driver {
         };
         let store = self.store.clone();
         let endpoint = self.node.endpoint().clone();
+        let alpn = self.node.config().alpn(blobs::BLOB_ALPN);
         let max = self.config.max_blob_bytes;
         let timeout = self.config.fetch_timeout;
         let done_tx = done_tx.clone();
@@ -784,7 +891,8 @@ impl Driver {
         tokio::spawn(async move {
             let mut ok = true;
             for id in wanted {
-                ok &= fetch_into(&store, &endpoint, &from, id, max, timeout, &*observer).await;
+                ok &= fetch_into(&store, (&endpoint, &alpn), &from, id, max, timeout, &*observer)
+                    .await;
             }
             done_tx.send(Done::Fetch(blob, purpose, ok)).await.ok();
         });
@@ -805,6 +913,7 @@ impl Driver {
         };
         let store = self.store.clone();
         let endpoint = self.node.endpoint().clone();
+        let alpn = self.node.config().alpn(blobs::BLOB_ALPN);
         let max = self.config.max_blob_bytes;
         let timeout = self.config.fetch_timeout;
         let observer = self.observer.clone();
@@ -820,7 +929,9 @@ impl Driver {
                 from.push(job.submitter);
             }
             for id in [m.module, spec.input] {
-                if !fetch_into(&store, &endpoint, &from, id, max, timeout, &*observer).await {
+                if !fetch_into(&store, (&endpoint, &alpn), &from, id, max, timeout, &*observer)
+                    .await
+                {
                     done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
                     return;
                 }
@@ -863,9 +974,10 @@ impl Driver {
 }
 
 /// Makes sure blob `id` is in the store, fetching it from the first of `from` that has it.
+/// `via` is our endpoint and the blob protocol's ALPN on this network.
 async fn fetch_into(
     store: &Arc<Store>,
-    endpoint: &iroh::Endpoint,
+    via: (&iroh::Endpoint, &[u8]),
     from: &[PeerId],
     id: BlobId,
     max: u64,
@@ -875,10 +987,11 @@ async fn fetch_into(
     if store.has_blob(&id).unwrap_or(false) {
         return true;
     }
+    let (endpoint, alpn) = via;
     let me = PeerId(*endpoint.id().as_bytes());
     for p in from.iter().filter(|p| **p != me) {
         let Some(peer) = endpoint_id(p) else { continue };
-        match blobs::fetch(endpoint, peer, id, max, timeout).await {
+        match blobs::fetch(endpoint, alpn, peer, id, max, timeout).await {
             Ok(bytes) => {
                 observer.blob_bytes(0, bytes.len() as u64);
                 let store = store.clone();
@@ -903,6 +1016,10 @@ pub struct VerifyReport {
     pub verified: usize,
     /// What is wrong, one line per problem (empty: the job checks out).
     pub problems: Vec<String>,
+    /// Peers that signed a result other than the one a quorum agreed on, with how many such
+    /// commits each: liars, or peers whose machine computes differently. Not a problem with
+    /// the job (the quorum outvoted them), but worth knowing.
+    pub dissenters: Vec<(PeerId, usize)>,
 }
 
 /// Re-checks job `job` from the store alone: every commit's signature, that `quorum` distinct
@@ -938,6 +1055,20 @@ pub fn verify_job(store: &Store, job: &JobId) -> Result<VerifyReport, RuntimeErr
             }
         }
         let best = by_result.iter().max_by_key(|(_, s)| s.len());
+        if let Some((agreed, signers)) = best
+            && signers.len() >= quorum
+        {
+            for (result, others) in &by_result {
+                if result != agreed {
+                    for p in others {
+                        match report.dissenters.iter_mut().find(|(d, _)| d == p) {
+                            Some((_, n)) => *n += 1,
+                            None => report.dissenters.push((*p, 1)),
+                        }
+                    }
+                }
+            }
+        }
         match best {
             Some((result, signers)) if signers.len() >= quorum => match store.blob(result)? {
                 Some(bytes) if BlobId::of(&bytes) == *result => report.verified += 1,

@@ -69,6 +69,8 @@ pub struct NetStats {
     adverts_sent: AtomicU64,
     broadcasts_sent: AtomicU64,
     frames_sent: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -91,6 +93,14 @@ impl NetStats {
     pub(crate) fn frame_sent(&self) {
         self.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
+    /// Payload bytes handed to the network (a broadcast counts once, whatever its fan-out).
+    pub(crate) fn sent_bytes(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Payload bytes received (gossip messages and direct frames, before any check).
+    pub(crate) fn received_bytes(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
 
     /// Counts and logs a dropped message.
     pub(crate) fn drop(&self, reason: DropReason, peer: &dyn std::fmt::Display, detail: &str) {
@@ -112,6 +122,8 @@ impl NetStats {
             adverts_sent: self.adverts_sent.load(Ordering::Relaxed),
             broadcasts_sent: self.broadcasts_sent.load(Ordering::Relaxed),
             frames_sent: self.frames_sent.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
             dropped: DropReason::ALL.iter().map(|r| (r.label().to_string(), get(*r))).collect(),
         }
     }
@@ -132,6 +144,12 @@ pub struct StatsSnapshot {
     pub broadcasts_sent: u64,
     /// Direct frames we sent.
     pub frames_sent: u64,
+    /// Payload bytes received by gossip and direct frames (blob transfer not included).
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Payload bytes sent by gossip (once per broadcast) and direct frames.
+    #[serde(default)]
+    pub bytes_out: u64,
     /// Dropped messages by [`DropReason::label`], every reason listed.
     pub dropped: Vec<(String, u64)>,
 }

@@ -1,4 +1,5 @@
-//! `ova job …`: packing and inspecting job bundles.
+//! `ova job …`: packing and inspecting job bundles, and jobs on the network (see
+//! [`super::submit`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use clap::Subcommand;
 use ova_jobs::{Bundle, Determinism};
 
 use super::format;
+use super::submit::{self, LocalArgs, ResultsArgs, StatusArgs, SubmitArgs};
 
 /// Job bundle commands.
 #[derive(Subcommand, Debug)]
@@ -33,6 +35,26 @@ pub enum JobCommand {
         #[arg(long)]
         units: bool,
     },
+    /// Submit a bundle to the network: peers run, replicate and verify its units.
+    ///
+    /// Without `--wait`, returns once a worker has fetched the bundle; the job goes on
+    /// without this machine, and `status` / `results` pick it up later.
+    Submit(SubmitArgs),
+    /// How far a submitted job has got.
+    Status(StatusArgs),
+    /// Fetch a job's verified results into a directory.
+    Results(ResultsArgs),
+    /// Re-check a job from the signed records held here: every signature, that a quorum of
+    /// distinct peers agree on each result, and that each result held hashes to it. Exits
+    /// non-zero on any problem.
+    Verify {
+        /// The job id.
+        job: ova_jobs::JobId,
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+    /// The jobs submitted from this machine.
+    List(LocalArgs),
 }
 
 /// Runs a `job` subcommand.
@@ -58,6 +80,11 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
             let bundle = Bundle::read_file(&path)?;
             print!("{}", describe(&bundle, units));
         }
+        JobCommand::Submit(args) => return submit::submit(args),
+        JobCommand::Status(args) => return submit::status(args),
+        JobCommand::Results(args) => return submit::results(args),
+        JobCommand::Verify { job, local } => return submit::verify(job, local),
+        JobCommand::List(args) => return submit::list(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod format;
 mod job;
+mod net;
 mod node;
 mod peers;
 mod run;
+mod submit;
 mod worker;
 
 /// Ova: peer-to-peer volunteer computing on WebAssembly.
@@ -25,7 +28,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Pack and inspect job bundles.
+    /// Pack and inspect job bundles; submit them to the network and fetch their results.
     #[command(subcommand)]
     Job(job::JobCommand),
     /// Run a bundle's units locally on this machine's cores.
@@ -37,6 +40,9 @@ enum Command {
     /// Show this node's id or a ticket others can join with.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Start a local network of workers on 127.0.0.1, submit a bundle to it, verify the
+    /// results by quorum, print throughput, and stop everything.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the command line, runs the command and maps errors to a non-zero exit code.
@@ -48,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::Worker(args) => worker::run(args),
         Command::Peers(args) => peers::run(args),
         Command::Node(cmd) => node::run(cmd),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,76 +1,62 @@
-//! `ova worker`: run a node — join the network, advertise spare CPU, serve the control API.
+//! `ova worker`: run a worker peer — join the network, offer spare CPU, run units.
 //!
-//! Network modes (`--net`): `local` (default; LAN only: direct addresses, `--bootstrap`
-//! tickets and mDNS; no relay or DNS server is contacted), `internet` (n0's public relays, or
-//! `--relay URL`, for NAT traversal, and DNS/pkarr address lookup, plus mDNS), and `loopback`
-//! (127.0.0.1 only, no discovery: tests and the demo). See `ova_net::endpoint`.
+//! The worker ([`crate::peer::WorkerPeer`]) keeps its identity and store in the data
+//! directory, runs the units the network places on it in the sandbox (a supervised
+//! `ova-executor` process), signs and publishes their results, keeps copies of results it is
+//! asked to hold, and checks others' results by quorum. Network modes: see [`super::net`].
 //!
-//! The worker samples CPU use every second and advertises
+//! It samples CPU use every second and advertises
 //! `spare = min(--cores, --cpu-limit share, cores not busy with other work)` (see
-//! [`crate::spare_cpu`]). It serves `GET /api/node` and `GET /api/peers` on a loopback control
-//! address written to `DATA_DIR/control.addr` (`ova peers` reads it), and stops cleanly on
-//! Ctrl-C or SIGTERM (telling the others it leaves).
-//!
-//! Seam to the scheduler: the loop in [`serve`] receives every [`NetEvent`]; driving
-//! `ova_scheduler::Peer` means feeding those to it and carrying its actions out with
-//! `Node::broadcast` / `Node::send` (mapping in `ova_net`'s crate docs). Until the executor
-//! and blob transfer are wired, the worker only logs them.
+//! [`crate::spare_cpu`]); `--dedicated` always offers the cap. It serves `GET /api/node` and
+//! `GET /api/peers` on a loopback control address written to `DATA_DIR/control.addr` (`ova
+//! peers` and `ova job submit` read it), `/metrics` and the status page on `--metrics`, and
+//! stops cleanly on Ctrl-C or SIGTERM (telling the others it leaves).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Args, ValueEnum};
-use iroh::RelayUrl;
+use clap::Args;
+use iroh::EndpointId;
 use ova_net::control::{self, ControlServer};
-use ova_net::{
-    Capacity, EndpointConfig, NetEvent, NetMode, Node, NodeConfig, NodeTicket, identity,
-};
-use tracing::{debug, info, warn};
+use tracing::info;
 
+use super::net::NetArgs;
 use super::node::DataDirArg;
-use crate::spare_cpu::{self, SpareCpu, SpareCpuConfig};
+use crate::peer::{ExecutorChoice, WorkerOptions, WorkerPeer};
+use crate::spare_cpu::SpareCpuConfig;
 
 /// Options of `ova worker`.
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     #[command(flatten)]
     data_dir: DataDirArg,
-    /// How to reach other peers.
-    #[arg(long, value_enum, default_value_t = NetArg::Local)]
-    net: NetArg,
-    /// UDP address to listen on [default: all interfaces, any port; 127.0.0.1 in loopback].
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    /// A peer to join through: a ticket (`ova node ticket`), NODE_ID@IP:PORT, or a NODE_ID
-    /// (needs mDNS or DNS to resolve). Repeatable.
-    #[arg(long = "bootstrap", short = 'b', value_name = "TICKET")]
-    bootstrap: Vec<NodeTicket>,
-    /// Relay server for `--net internet` (repeatable) [default: n0's public relays].
-    #[arg(long = "relay", value_name = "URL")]
-    relays: Vec<RelayUrl>,
-    /// Do not run local-network discovery (mDNS).
-    #[arg(long)]
-    no_mdns: bool,
-    /// Name of the Ova network to join (peers on other networks are invisible).
-    #[arg(long, default_value = "ova", value_name = "NAME")]
-    network: String,
+    #[command(flatten)]
+    net: NetArgs,
     /// Most cores to offer [default: all].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     cores: Option<u16>,
     /// Most share of the machine's CPU to use, in percent.
     #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     cpu_limit: Option<u8>,
     /// Offer cores only while the machine is otherwise idle.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dedicated")]
     idle_only: bool,
+    /// Always offer the cap (`--cores`, `--cpu-limit`), whatever else the machine is doing.
+    #[arg(long)]
+    dedicated: bool,
+    /// Only run jobs submitted by this node id (repeatable) [default: anyone's].
+    #[arg(long = "allow", value_name = "NODE_ID")]
+    allow: Vec<EndpointId>,
     /// Loopback address of the control API (`ova peers`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     control: SocketAddr,
-    /// Address for Prometheus metrics (reserved; served by a later release).
+    /// Serve Prometheus `/metrics` and the live status page `/` on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Run units in this process with epoch checks instead of a supervised executor process.
+    #[arg(long)]
+    in_process: bool,
     /// Seconds between capacity adverts.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     advert_interval: f64,
@@ -79,24 +65,13 @@ pub struct WorkerArgs {
     advert_ttl: Option<f64>,
 }
 
-/// `--net` values.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum NetArg {
-    /// 127.0.0.1 only: tests and demos. No discovery, relay or DNS.
-    Loopback,
-    /// The local network: direct addresses, tickets and mDNS. No relay or DNS.
-    Local,
-    /// The internet: relays and DNS address lookup (plus mDNS).
-    Internet,
-}
-
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
     anyhow::ensure!(s.is_finite() && s > 0.0 && s <= 86_400.0, "{what} must be in (0, 86400] s");
     Ok(Duration::from_secs_f64(s))
 }
 
-/// Runs `ova worker` until Ctrl-C or SIGTERM.
-pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+/// Sets up logging to stderr (`RUST_LOG` overrides the default filter).
+pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -104,6 +79,22 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Logging for the short client commands: warnings only, unless `RUST_LOG` says otherwise.
+pub fn init_logging_quiet() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,iroh=error,iroh_gossip=error,noq=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs `ova worker` until Ctrl-C or SIGTERM.
+pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args))?;
     Ok(ExitCode::SUCCESS)
@@ -112,95 +103,45 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 /// The worker's main loop.
 async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     let dir = args.data_dir.resolve()?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = identity::load_or_create(&dir)?;
-    let mode = match args.net {
-        NetArg::Loopback => NetMode::Loopback,
-        NetArg::Local => NetMode::Local,
-        NetArg::Internet => NetMode::Internet { relays: args.relays.clone() },
-    };
-    anyhow::ensure!(
-        args.relays.is_empty() || args.net == NetArg::Internet,
-        "--relay only applies to --net internet"
-    );
+    let mut opts = WorkerOptions::new(&dir, args.net.endpoint()?)?;
+    args.net.apply(&mut opts.node)?;
     let interval = secs(args.advert_interval, "--advert-interval")?;
     let ttl = match args.advert_ttl {
         Some(t) => secs(t, "--advert-ttl")?,
         None => interval.mul_f64(3.5),
     };
-    let mut config = NodeConfig::new(key, EndpointConfig { mode, listen: args.listen });
-    config.network = args.network.clone();
-    config.bootstrap = args.bootstrap.clone();
-    config.local_discovery = !args.no_mdns;
-    config.advert_interval = interval;
-    config.advert_ttl = ttl;
-    config.max_ttl = config.max_ttl.max(ttl);
-    let spare_config = SpareCpuConfig {
+    opts.node.advert_interval = interval;
+    opts.node.advert_ttl = ttl;
+    opts.node.max_ttl = opts.node.max_ttl.max(ttl);
+    opts.spare = SpareCpuConfig {
         cores: args.cores,
         cpu_limit_pct: args.cpu_limit,
         idle_only: args.idle_only,
         ..SpareCpuConfig::default()
     };
-    let mut spare = SpareCpu::new(spare_config, config.total_cores);
-    // Advertise nothing until the first measurement says what is free.
-    config.capacity = Capacity { spare_cores: 0, busy_cores: 0, queue_len: 0 };
-
-    let node = Node::spawn(config).await?;
-    if let Some(m) = args.metrics {
-        warn!(addr = %m, "--metrics is reserved: metrics are not served by this version yet");
+    opts.sense_load = !args.dedicated;
+    opts.allowed_submitters = (!args.allow.is_empty()).then(|| args.allow.clone());
+    opts.http = args.metrics;
+    if args.in_process {
+        opts.executor = ExecutorChoice::InProcess;
     }
+    let peer = WorkerPeer::start(opts).await?;
+    let node = peer.runtime().node().clone();
     let control =
         ControlServer::start(control::router(node.clone()), args.control, Some(&dir)).await?;
     println!("node id: {}", node.id());
     println!("ticket:  {}", node.ticket());
     println!("control: {}", control.addr());
-    info!(node = %node.id(), data_dir = %dir.display(), cap = spare.cap(), "worker running");
-
-    let mut events = node.take_events().context("events already taken")?;
-    let mut sample_tick = tokio::time::interval(Duration::from_secs(1));
-    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            sig = &mut shutdown => {
-                info!("{sig}: shutting down");
-                break;
-            }
-            _ = sample_tick.tick() => {
-                // Our own process; executor child processes join this list once wired.
-                match spare_cpu::read_sample(&[]) {
-                    Ok(s) => {
-                        if let Some(n) = spare.update(s) {
-                            info!(spare = n, other_busy = ?spare.other_busy(), "spare cores changed");
-                            let c = node.capacity();
-                            node.set_capacity(Capacity { spare_cores: n, ..c });
-                        }
-                    }
-                    Err(e) => debug!("cannot sample CPU use: {e}"),
-                }
-            }
-            ev = events.recv() => match ev {
-                Some(ev) => on_event(&ev),
-                None => break,
-            },
-        }
+    if let Some(m) = peer.http_addr() {
+        println!("metrics: http://{m}/metrics  status page: http://{m}/");
     }
+    println!("cores:   up to {}", peer.cap());
+
+    let sig = shutdown_signal().await;
+    info!("{sig}: shutting down");
     control.shutdown().await;
-    node.shutdown().await;
+    peer.shutdown().await;
     Ok(())
-}
-
-/// Where the scheduler core will be driven from (see the module docs).
-fn on_event(ev: &NetEvent) {
-    match ev {
-        NetEvent::Advert { from, advert, joined: true } => {
-            info!(peer = %from.fmt_short(), spare = advert.capacity.spare_cores, "peer joined")
-        }
-        NetEvent::PeerExpired(id) => info!(peer = %id.fmt_short(), "peer expired"),
-        NetEvent::PeerLeft(id) => info!(peer = %id.fmt_short(), "peer left"),
-        other => debug!(?other, "network event"),
-    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM, with the signal's name.

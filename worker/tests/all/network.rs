@@ -1,6 +1,12 @@
-//! The wasm executor on the peer network: 3 workers on 127.0.0.1 (in-process nodes) run a real
-//! example job submitted by a light peer; every unit is verified by quorum and every verified
-//! result equals running the same unit locally.
+//! The wasm executor on the peer network: workers on 127.0.0.1 (in-process [`WorkerPeer`]s, each
+//! with its own identity, store and executor) run real example jobs submitted by a light peer
+//! (the SDK client). Every loop is bounded.
+//!
+//! - every unit is verified by quorum and equals running the same unit locally;
+//! - a worker that lies is outvoted and named;
+//! - a submitter that leaves mid-job comes back to its results;
+//! - bad jobs (invalid module, a unit that always traps, a quorum larger than the network) end
+//!   with a reason instead of hanging.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,43 +16,124 @@ use ova_jobs::{
     BlobId, Bundle, Determinism, Limits, MANIFEST_VERSION, Manifest, Replication, UnitSpec,
 };
 use ova_net::endpoint::EndpointConfig;
-use ova_net::node::NodeConfig;
-use ova_net::runtime::{NoObserver, Runtime, RuntimeConfig, UnitRunner, spawn_node, verify_job};
-use ova_net::store::Store;
+use ova_net::runtime::JobEvent;
 use ova_net::ticket::NodeTicket;
-use ova_worker::runner::ExecutorRunner;
-use ova_worker::{ExecutorExt, ModuleSource, UnitRequest};
+use ova_sdk::{Client, ClientConfig, Job, UnitStatus};
+use ova_worker::peer::{ExecutorChoice, WorkerOptions, WorkerPeer};
+use ova_worker::spare_cpu::SpareCpuConfig;
+use ova_worker::{Completion, Executor, ExecutorExt, ModuleSource, UnitRequest};
 
-use crate::common::{example, pool};
+use crate::common::{example, pool, wat};
 
-async fn peer(
+/// A worker on 127.0.0.1 offering 2 cores, whatever the machine's load.
+async fn worker(
     dir: &std::path::Path,
     boot: Vec<NodeTicket>,
-    runner: Option<Arc<dyn UnitRunner>>,
-) -> Runtime {
-    let key = ova_net::identity::load_or_create(dir).unwrap();
-    let store = Arc::new(Store::open(dir.join("store.redb")).unwrap());
-    let mut cfg = NodeConfig::new(key, EndpointConfig::loopback());
-    cfg.bootstrap = boot;
-    cfg.local_discovery = false;
-    let node = spawn_node(cfg, store.clone(), Arc::new(NoObserver)).await.unwrap();
-    let rc = RuntimeConfig { cores: 2, ..Default::default() };
-    Runtime::start(node, store, runner, Arc::new(NoObserver), rc).unwrap()
+    exec: Arc<dyn Executor>,
+) -> WorkerPeer {
+    let mut o = WorkerOptions::new(dir, EndpointConfig::loopback()).unwrap();
+    o.node.bootstrap = boot;
+    o.node.local_discovery = false;
+    o.node.advert_interval = Duration::from_secs(1);
+    o.node.advert_ttl = Duration::from_secs(5);
+    o.spare = SpareCpuConfig { cores: Some(2), ..SpareCpuConfig::default() };
+    o.sense_load = false;
+    o.executor = ExecutorChoice::Given(exec);
+    WorkerPeer::start(o).await.unwrap()
+}
+
+/// Honest workers (in-process executors), one per directory, joined through the first.
+async fn workers(dirs: &[tempfile::TempDir]) -> Vec<WorkerPeer> {
+    let mut out: Vec<WorkerPeer> = Vec::new();
+    for d in dirs {
+        let boot = out.first().map(|w| vec![w.runtime().node().ticket()]).unwrap_or_default();
+        out.push(worker(d.path(), boot, Arc::new(pool(2))).await);
+    }
+    out
+}
+
+async fn client(dir: &std::path::Path, boot: &WorkerPeer) -> Client {
+    let config = ClientConfig {
+        endpoint: EndpointConfig::loopback(),
+        ..ClientConfig::new(dir, vec![boot.runtime().node().ticket()])
+    };
+    Client::connect(config).await.unwrap()
+}
+
+/// Waits until `client` sees `n` peers offering cores.
+async fn sees_workers(client: &Client, n: usize) {
+    let node = client.runtime().node();
+    let mut changed = node.watch_peers();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count() < n {
+            changed.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the submitter sees {n} workers within 30 s"));
+}
+
+async fn wait_all(job: &mut Job, secs: u64) -> ova_sdk::JobSummary {
+    match job.wait(Duration::from_secs(secs)).await {
+        Ok(s) => s,
+        Err(e) => panic!("{e}: progress {:?}", job.progress().await),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// What each unit of `bundle` gives when run locally.
+fn local_results(bundle: &Bundle, module: &Arc<ModuleSource>) -> Vec<ResultRecord> {
+    let local = pool(2);
+    (0..bundle.manifest().units.len())
+        .map(|i| {
+            let r = local.run_blocking(UnitRequest::from_bundle(bundle, i, module));
+            ResultRecord::of_run(&r.outcome, &r.stdout).unwrap()
+        })
+        .collect()
+}
+
+fn records(job: &Job) -> Vec<ResultRecord> {
+    job.statuses()
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            UnitStatus::Verified(r) => r,
+            other => panic!("unit {i} is {other:?}"),
+        })
+        .collect()
 }
 
 fn primes_job(module: &Arc<ModuleSource>, units: usize) -> Bundle {
+    job_of(module, "primes", units, &["--span", "20000"], 2)
+}
+
+fn job_of(
+    module: &Arc<ModuleSource>,
+    name: &str,
+    units: usize,
+    args: &[&str],
+    quorum: u8,
+) -> Bundle {
     let bytes = module.bytes().to_vec();
     let inputs: Vec<Vec<u8>> = (0..units).map(|i| i.to_string().into_bytes()).collect();
-    let args = vec!["--span".to_string(), "20000".to_string()];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let m = Manifest {
         version: MANIFEST_VERSION,
-        name: "primes".into(),
+        name: name.into(),
         module: BlobId::of(&bytes),
         units: inputs
             .iter()
             .map(|i| UnitSpec { input: BlobId::of(i), args: args.clone() })
             .collect(),
-        replication: Replication { quorum: 2, max_replicas: 4, result_copies: 1 },
+        replication: Replication { quorum, max_replicas: quorum.max(2) + 2, result_copies: 1 },
         limits: Limits { memory_bytes: 64 << 20, deadline_ms: 60_000, ..Limits::default() },
         determinism: Determinism::SameArch,
         priority: 0,
@@ -58,70 +145,173 @@ fn primes_job(module: &Arc<ModuleSource>, units: usize) -> Bundle {
 fn three_workers_run_an_example_job_by_quorum() {
     let module = example("primes");
     let bundle = primes_job(&module, 100);
-    // What each unit gives when run locally.
-    let local = pool(2);
-    let expected: Vec<ResultRecord> = (0..100)
-        .map(|i| {
-            let r = local.run_blocking(UnitRequest::from_bundle(&bundle, i, &module));
-            assert!(r.outcome.is_success(), "unit {i}: {}", r.outcome);
-            ResultRecord::of_run(&r.outcome, &r.stdout).unwrap()
-        })
-        .collect();
-
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
+    let expected = local_results(&bundle, &module);
+    assert!(expected.iter().all(|r| r.outcome.is_success()));
+    runtime().block_on(async {
         let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut workers = Vec::new();
-        let mut boot = vec![];
-        for d in &dirs[..3] {
-            let runner: Arc<dyn UnitRunner> = Arc::new(ExecutorRunner::new(Arc::new(pool(2))));
-            let w = peer(d.path(), boot.clone(), Some(runner)).await;
-            boot = vec![w.node().ticket()];
-            workers.push(w);
-        }
-        let client = peer(dirs[3].path(), boot, None).await;
-        let mut seen = client.node().watch_peers();
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while client.node().peers().len() < 3 {
-                seen.changed().await.unwrap();
-            }
-        })
-        .await
-        .expect("the submitter sees the three workers");
-
-        let job = client.submit(bundle.clone()).await.unwrap();
-        let mut events = client.subscribe();
-        let ids = bundle.manifest().unit_ids();
-        // Done when every unit is verified and its record is held by the submitter; wakes on
-        // each event, and re-checks at least every 500 ms (records arrive without an event).
-        tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                let s = client.store();
-                let held = ids
-                    .iter()
-                    .filter(|u| s.verified(u).unwrap().and_then(|r| s.blob(&r).unwrap()).is_some())
-                    .count();
-                if held == ids.len() {
-                    break;
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
-            }
-        })
-        .await
-        .expect("every unit verified and fetched within 120 s");
-
-        for (i, u) in ids.iter().enumerate() {
-            let s = client.store();
-            let r = s.verified(u).unwrap().unwrap();
-            let got = ResultRecord::decode(&s.blob(&r).unwrap().unwrap()).unwrap();
-            assert_eq!(got, expected[i], "unit {i} differs from the local run");
-        }
-        let report = verify_job(client.store(), &job).unwrap();
+        let ws = workers(&dirs[..3]).await;
+        let client = client(dirs[3].path(), &ws[0]).await;
+        sees_workers(&client, 3).await;
+        let mut job = client.submit(bundle.clone()).await.unwrap();
+        let summary = wait_all(&mut job, 120).await;
+        assert_eq!((summary.units, summary.verified, summary.failed), (100, 100, 0));
+        assert_eq!(records(&job), expected, "network results equal the local run");
+        let report = job.verify().unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.verified, 100);
+        assert!(report.dissenters.is_empty());
+        let ran: u64 = ws.iter().map(|w| w.metrics().units_started.get()).sum();
+        assert!(ran >= 200, "each unit ran on at least 2 workers: {ran}");
         client.shutdown().await;
-        for w in workers {
+        for w in ws {
+            w.shutdown().await;
+        }
+    });
+}
+
+/// An executor that runs units honestly, then replaces every output with a wrong one.
+struct Liar(ova_worker::PoolExecutor);
+
+impl Executor for Liar {
+    fn submit(&self, req: UnitRequest, done: Completion) {
+        self.0.submit(
+            req,
+            Box::new(move |mut r| {
+                r.stdout = b"42\n".to_vec();
+                done(r)
+            }),
+        );
+    }
+    fn cores(&self) -> usize {
+        self.0.cores()
+    }
+}
+
+#[test]
+fn a_lying_worker_is_outvoted_and_named() {
+    let module = example("primes");
+    // A short deadline: a unit whose replicas disagree may wait for a lease to lapse before its
+    // extra replica runs (leases last the deadline plus slack).
+    let mut bundle = primes_job(&module, 60);
+    let (mut m, blobs) = bundle.into_parts();
+    m.limits.deadline_ms = 10_000;
+    bundle = Bundle::new(m, blobs.into_values()).unwrap();
+    let expected = local_results(&bundle, &module);
+    runtime().block_on(async {
+        let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut ws = workers(&dirs[..3]).await;
+        let boot = vec![ws[0].runtime().node().ticket()];
+        let liar = worker(dirs[3].path(), boot, Arc::new(Liar(pool(2)))).await;
+        let liar_id = liar.runtime().peer_id();
+        ws.push(liar);
+        let client = client(dirs[4].path(), &ws[0]).await;
+        sees_workers(&client, 4).await;
+        let mut job = client.submit(bundle).await.unwrap();
+        let summary = wait_all(&mut job, 120).await;
+        assert_eq!((summary.verified, summary.failed), (60, 0));
+        assert_eq!(records(&job), expected, "no lie was accepted");
+        let report = job.verify().unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert!(ws[3].metrics().units_started.get() > 0, "the liar was given work");
+        assert_eq!(report.dissenters.len(), 1, "{:?}", report.dissenters);
+        assert_eq!(report.dissenters[0].0, liar_id, "the liar is named");
+        client.shutdown().await;
+        for w in ws {
+            w.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn a_submitter_that_leaves_mid_job_comes_back_to_its_results() {
+    let module = example("primes");
+    let bundle = job_of(&module, "primes-away", 80, &["--span", "60000"], 2);
+    let expected = local_results(&bundle, &module);
+    runtime().block_on(async {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let ws = workers(&dirs[..3]).await;
+        let mut events = ws[1].runtime().subscribe();
+        let c = client(dirs[3].path(), &ws[0]).await;
+        sees_workers(&c, 3).await;
+        let mut job = c.submit(bundle).await.unwrap();
+        let id = job.id();
+        // Leave once the workers are at it.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !matches!(job.next_event().await, Some(JobEvent::UnitCommitted { .. })) {}
+        })
+        .await
+        .expect("a first result within 60 s");
+        let before = job.progress().await.unwrap();
+        c.shutdown().await;
+        drop(job);
+        drop(c);
+        // The job goes on without the submitter: more results are signed meanwhile.
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let mut n = 0;
+            while n < 10 {
+                if let Ok(JobEvent::UnitCommitted { .. }) = events.recv().await {
+                    n += 1;
+                }
+            }
+        })
+        .await
+        .expect("work continues while the submitter is away");
+
+        let c = client(dirs[3].path(), &ws[0]).await;
+        let mut job = c.job(id).unwrap();
+        let summary = wait_all(&mut job, 120).await;
+        assert!(before.verified < 80, "it left before the end ({before:?})");
+        assert_eq!((summary.verified, summary.failed), (80, 0));
+        assert_eq!(records(&job), expected);
+        assert!(job.verify().unwrap().problems.is_empty());
+        c.shutdown().await;
+        for w in ws {
+            w.shutdown().await;
+        }
+    });
+}
+
+#[test]
+fn bad_jobs_end_with_a_reason() {
+    let invalid = ModuleSource::new(b"\0asm\x01\0\0\0 this is not a module".to_vec());
+    let trapping = wat(r#"(module (memory (export "memory") 1)
+        (func (export "_start") unreachable))"#);
+    runtime().block_on(async {
+        let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+        let ws = workers(&dirs[..3]).await;
+        let c = client(dirs[3].path(), &ws[0]).await;
+        sees_workers(&c, 3).await;
+
+        let mut job = c.submit(job_of(&invalid, "invalid", 5, &[], 2)).await.unwrap();
+        wait_all(&mut job, 60).await;
+        for r in records(&job) {
+            assert_eq!(r.outcome.kind(), ova_jobs::OutcomeKind::InvalidModule, "{:?}", r.outcome);
+        }
+
+        let mut job = c.submit(job_of(&trapping, "trapping", 5, &[], 2)).await.unwrap();
+        wait_all(&mut job, 60).await;
+        for r in records(&job) {
+            assert_eq!(r.outcome.kind(), ova_jobs::OutcomeKind::Trap, "{:?}", r.outcome);
+        }
+
+        // Quorum 4 with 3 workers: no unit can be verified; each fails with a reason.
+        let module = example("primes");
+        let mut job = c.submit(job_of(&module, "too-few", 3, &["--span", "100"], 4)).await.unwrap();
+        let mut reasons = Vec::new();
+        let waited = tokio::time::timeout(Duration::from_secs(90), async {
+            while reasons.len() < 3 {
+                match job.next_event().await {
+                    Some(JobEvent::UnitFailed { reason, .. }) => reasons.push(reason),
+                    Some(_) => {}
+                    None => panic!("client stopped"),
+                }
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "units fail within 90 s; {reasons:?}, {:?}", job.progress().await);
+        assert!(reasons.iter().all(|r| r.contains("quorum")), "{reasons:?}");
+        c.shutdown().await;
+        for w in ws {
             w.shutdown().await;
         }
     });

@@ -1,0 +1,586 @@
+//! `ova job submit|status|results|verify|list`: jobs on the peer network.
+//!
+//! These commands act through a light peer (the SDK's [`Client`]) whose identity and store
+//! live in `DATA_DIR/client`, so a submitter's jobs, the commits it received and the results
+//! it holds survive its going offline: `status`, `results` and `verify` pick them up later.
+//! It joins through `--bootstrap`, else through the worker running on this data directory
+//! (its control API), else through the peers it joined last time.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use ova_jobs::{Bundle, JobId, OutcomeKind};
+use ova_net::control::{self, NodeStatus};
+use ova_net::runtime::{JobEvent, Observer};
+use ova_net::store::Store;
+use ova_net::{NodeTicket, runtime};
+use ova_sdk::{Client, ClientConfig, Job, UnitStatus};
+
+use super::net::NetArgs;
+use super::node::DataDirArg;
+use crate::metrics::Metrics;
+
+/// File in the client directory listing the peers last joined through.
+const BOOTSTRAP_FILE: &str = "bootstrap";
+
+/// Options of the commands that join the network as a client.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Serve this client's Prometheus `/metrics` on this address while it runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+}
+
+/// Options of `ova job submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The job bundle (made by `ova job pack`).
+    bundle: PathBuf,
+    /// Distinct peers that must agree on each result (overrides the manifest; changes the
+    /// job id).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    quorum: Option<u8>,
+    /// Peers besides the executors and this one that keep each verified result (overrides
+    /// the manifest).
+    #[arg(long, value_name = "R")]
+    replicas: Option<u8>,
+    /// Stay until every unit is verified or failed, with a progress bar.
+    #[arg(long)]
+    wait: bool,
+    /// With `--wait`: write the results to this directory.
+    #[arg(short = 'o', long = "out", value_name = "DIR", requires = "wait")]
+    out: Option<PathBuf>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    timeout: u64,
+    /// Hide the progress bar.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Options of `ova job status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The job id (printed by `submit`; `ova job list` shows them).
+    job: JobId,
+    /// Seconds to spend catching up with the network before answering.
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    sync: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Options of `ova job results`.
+#[derive(Args, Debug)]
+pub struct ResultsArgs {
+    /// The job id.
+    job: JobId,
+    /// Directory to write `unit-NNNNN.out` files and `summary.tsv` to.
+    #[arg(short = 'o', long = "out", value_name = "DIR")]
+    out: PathBuf,
+    /// Seconds to wait for results still missing here.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Options of `ova job verify` and `ova job list` (no network needed).
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+}
+
+fn client_dir(d: &DataDirArg) -> anyhow::Result<PathBuf> {
+    Ok(d.resolve()?.join("client"))
+}
+
+/// The peers to join through (see the module docs).
+async fn bootstrap(args: &ClientArgs, dir: &Path) -> anyhow::Result<Vec<NodeTicket>> {
+    let saved = dir.join(BOOTSTRAP_FILE);
+    let tickets = if !args.net.bootstrap.is_empty() {
+        args.net.bootstrap.clone()
+    } else if let Ok(addr) = control::read_control_addr(&args.data_dir.resolve()?) {
+        let status: NodeStatus = control::get_json(addr, "/api/node")
+            .await
+            .with_context(|| format!("asking the local worker at {addr} for its ticket"))?;
+        vec![status.ticket.parse().context("the local worker's ticket")?]
+    } else if let Ok(text) = std::fs::read_to_string(&saved) {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().parse::<NodeTicket>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("reading {}", saved.display()))?
+    } else {
+        bail!(
+            "no peer to join through: pass --bootstrap TICKET (`ova node ticket` on a worker \
+             prints one) or start `ova worker` with this data directory"
+        );
+    };
+    std::fs::create_dir_all(dir)?;
+    let text: String = tickets.iter().map(|t| format!("{t}\n")).collect();
+    std::fs::write(&saved, text).with_context(|| format!("writing {}", saved.display()))?;
+    Ok(tickets)
+}
+
+/// A connected client, with the metrics server when asked for.
+struct Session {
+    client: Client,
+    metrics: Arc<Metrics>,
+    sent: Arc<AtomicU64>,
+    http: Option<crate::http::HttpServer>,
+}
+
+/// Counts blob bytes sent (so `submit` knows when a copy of the bundle has left) and feeds
+/// the metrics.
+struct ClientObserver {
+    metrics: Arc<Metrics>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Observer for ClientObserver {
+    fn commit_published(&self) {
+        self.metrics.commit_published();
+    }
+    fn commit_received(&self) {
+        self.metrics.commit_received();
+    }
+    fn result_mismatched(&self) {
+        self.metrics.result_mismatched();
+    }
+    fn unit_verified(&self, mine: bool) {
+        self.metrics.unit_verified(mine);
+    }
+    fn unit_failed(&self, mine: bool) {
+        self.metrics.unit_failed(mine);
+    }
+    fn job_submitted(&self) {
+        self.metrics.job_submitted();
+    }
+    fn job_completed(&self) {
+        self.metrics.job_completed();
+    }
+    fn frame_dropped(&self, reason: &'static str) {
+        self.metrics.frame_dropped(reason);
+    }
+    fn blob_bytes(&self, sent: u64, received: u64) {
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.metrics.blob_bytes(sent, received);
+    }
+    fn blobs_stored(&self, count: u64, bytes: u64) {
+        self.metrics.blobs_stored(count, bytes);
+    }
+}
+
+impl Session {
+    async fn connect(args: &ClientArgs) -> anyhow::Result<Self> {
+        let dir = client_dir(&args.data_dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tickets = bootstrap(args, &dir).await?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.init_label_values();
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut config = ClientConfig::new(&dir, tickets);
+        config.endpoint = args.net.endpoint()?;
+        config.network = args.net.network.clone();
+        config.network_secret = args.net.network_secret.clone();
+        config.observer = Arc::new(ClientObserver { metrics: metrics.clone(), sent: sent.clone() });
+        let client = Client::connect(config).await.context("joining the network")?;
+        metrics.set_node_id(client.runtime().node().id().to_string());
+        let http = match args.metrics {
+            Some(addr) => {
+                let source = crate::http::StatusSource {
+                    runtime: client.runtime().clone(),
+                    metrics: metrics.clone(),
+                    status: Arc::new(crate::status::StatusBoard::new(Instant::now())),
+                    busy: Arc::default(),
+                };
+                let h = crate::http::HttpServer::start(addr, source).await?;
+                eprintln!("metrics: http://{}/metrics", h.addr());
+                Some(h)
+            }
+            None => None,
+        };
+        Ok(Self { client, metrics, sent, http })
+    }
+
+    /// Waits (at most `limit`) until some peer offering cores is known.
+    async fn wait_for_workers(&self, limit: Duration) -> anyhow::Result<usize> {
+        let node = self.client.runtime().node();
+        let mut changed = node.watch_peers();
+        let workers = || node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count();
+        let found = tokio::time::timeout(limit, async {
+            loop {
+                let n = workers();
+                if n > 0 {
+                    return n;
+                }
+                if changed.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        })
+        .await
+        .unwrap_or(0);
+        anyhow::ensure!(
+            found > 0,
+            "no worker with spare cores answered within {} s (joined through {} peers)",
+            limit.as_secs(),
+            node.peers().len()
+        );
+        Ok(found)
+    }
+
+    async fn close(self) {
+        let _ = &self.metrics;
+        if let Some(h) = self.http {
+            h.shutdown().await;
+        }
+        self.client.shutdown().await;
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    super::worker::init_logging_quiet();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    Ok(rt.block_on(f))
+}
+
+/// `ova job submit`.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let mut bundle = Bundle::read_file(&args.bundle)
+        .with_context(|| format!("reading {}", args.bundle.display()))?;
+    if args.quorum.is_some() || args.replicas.is_some() {
+        let (mut m, blobs) = bundle.into_parts();
+        if let Some(q) = args.quorum {
+            m.replication.quorum = q;
+            m.replication.max_replicas = m.replication.max_replicas.max(q.saturating_add(1));
+        }
+        if let Some(r) = args.replicas {
+            m.replication.result_copies = r;
+        }
+        bundle = Bundle::new(m, blobs.into_values()).context("the overridden replication")?;
+    }
+    block_on(submit_async(args, bundle))?
+}
+
+async fn submit_async(args: SubmitArgs, bundle: Bundle) -> anyhow::Result<ExitCode> {
+    let session = Session::connect(&args.client).await?;
+    let m = bundle.manifest().clone();
+    let blob_bytes = bundle.blob_bytes();
+    let workers = session.wait_for_workers(Duration::from_secs(30)).await?;
+    let t0 = Instant::now();
+    let mut job = session.client.submit(bundle).await.context("submitting")?;
+    let id = job.id();
+    println!(
+        "submitted job {} ({}): {} units, quorum {}, {} workers known",
+        id,
+        m.name,
+        m.units.len(),
+        m.replication.quorum,
+        workers
+    );
+    let code = if args.wait {
+        let deadline = Duration::from_secs(args.timeout);
+        let done = follow(&mut job, &session.client, deadline, args.quiet).await;
+        let summary = match done {
+            Ok(s) => s,
+            Err(e) => {
+                session.close().await;
+                return Err(e);
+            }
+        };
+        let wall = t0.elapsed().as_secs_f64();
+        println!(
+            "{} units in {wall:.2} s: {:.1} verified units/s",
+            summary.units,
+            f64::from(summary.verified) / wall.max(1e-9)
+        );
+        let code = report(&job, args.out.as_deref())?;
+        println!("job id: {id}  (ova job status|results|verify {id})");
+        code
+    } else {
+        // Stay until a full copy of the bundle has left this peer (or a result came back), so
+        // the job can go on without us.
+        let left = tokio::time::timeout(Duration::from_secs(args.timeout), async {
+            loop {
+                if session.sent.load(Ordering::Relaxed) >= blob_bytes {
+                    return;
+                }
+                match tokio::time::timeout(Duration::from_millis(200), job.next_event()).await {
+                    Ok(Some(JobEvent::UnitCommitted { .. } | JobEvent::JobDone { .. })) => return,
+                    Ok(None) => return,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        if left.is_err() {
+            eprintln!("warning: no worker fetched the bundle yet; it is kept here for later");
+        }
+        println!(
+            "job id: {id}\nfollow it with `ova job status {id}`; fetch with `ova job results {id} -o DIR`"
+        );
+        ExitCode::SUCCESS
+    };
+    session.close().await;
+    Ok(code)
+}
+
+/// Follows `job` with a progress bar until every unit has ended.
+pub(super) async fn follow(
+    job: &mut Job,
+    client: &Client,
+    deadline: Duration,
+    quiet: bool,
+) -> anyhow::Result<ova_sdk::JobSummary> {
+    let units = job.manifest().units.len() as u64;
+    let bar =
+        if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(units) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} verified  {per_sec}  {msg}  eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let mut recent: VecDeque<(Instant, [u8; 32])> = VecDeque::new();
+    let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+    let start = Instant::now();
+    let id = job.id();
+    let result = async {
+        loop {
+            let p = job.progress().await?;
+            bar.set_position(u64::from(p.verified + p.failed));
+            while recent.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10)) {
+                recent.pop_front();
+            }
+            let mut working: Vec<[u8; 32]> = recent.iter().map(|(_, p)| *p).collect();
+            working.sort_unstable();
+            working.dedup();
+            let failed =
+                if p.failed > 0 { format!(" · {} failed", p.failed) } else { String::new() };
+            bar.set_message(format!(
+                "{} peers working · {} known{failed}",
+                working.len(),
+                client.runtime().node().peers().len()
+            ));
+            if p.verified + p.failed >= p.units {
+                // Every unit ended; wait for the verified results to arrive here.
+                let left = deadline.saturating_sub(start.elapsed());
+                return Ok::<_, anyhow::Error>(job.wait(left).await?);
+            }
+            anyhow::ensure!(
+                start.elapsed() < deadline,
+                ova_sdk::ClientError::Timeout(deadline, id)
+            );
+            match tokio::time::timeout(Duration::from_millis(500), job.next_event()).await {
+                Ok(Some(JobEvent::UnitCommitted { by, .. })) => {
+                    recent.push_back((Instant::now(), by.0))
+                }
+                Ok(Some(JobEvent::UnitFailed { reason, .. })) => {
+                    *failures.entry(reason).or_default() += 1;
+                }
+                Ok(None) => bail!("the client stopped"),
+                _ => {}
+            }
+        }
+    }
+    .await;
+    bar.finish_and_clear();
+    for (reason, n) in &failures {
+        eprintln!("{n} units failed: {reason}");
+    }
+    result
+}
+
+/// Prints how each unit ended and writes results to `out`; non-zero exit if any unit did not
+/// succeed.
+pub(super) fn report(job: &Job, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let statuses = job.statuses()?;
+    let unit_ids = job.manifest().unit_ids();
+    let mut kinds: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut first_error: Option<(usize, String)> = None;
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut rows = Vec::with_capacity(statuses.len());
+    for (i, s) in statuses.iter().enumerate() {
+        let (kind, message) = match s {
+            UnitStatus::Verified(r) => {
+                if !r.outcome.is_success() && first_error.is_none() {
+                    first_error = Some((i, r.outcome.to_string()));
+                }
+                if let Some(dir) = out
+                    && !r.stdout.is_empty()
+                {
+                    std::fs::write(dir.join(format!("unit-{i:05}.out")), &r.stdout)?;
+                }
+                (r.outcome.kind().label(), r.outcome.to_string())
+            }
+            UnitStatus::VerifiedPending => ("result_not_held", String::new()),
+            UnitStatus::Pending => ("not_verified", String::new()),
+        };
+        *kinds.entry(kind).or_default() += 1;
+        rows.push(format!("{i}\t{}\t{kind}\t{message}", unit_ids[i]));
+    }
+    if let Some(dir) = out {
+        let mut f = std::fs::File::create(dir.join("summary.tsv"))?;
+        writeln!(f, "index\tunit\toutcome\tmessage")?;
+        for r in rows {
+            writeln!(f, "{r}")?;
+        }
+        println!("results in {}", dir.display());
+    }
+    let by_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    println!("outcomes: {}", by_kind.join(", "));
+    if let Some((i, msg)) = first_error {
+        eprintln!("unit {i} (and maybe others) ended in error: {msg}");
+    }
+    let ok = kinds.iter().all(|(k, _)| *k == OutcomeKind::Success.label());
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `ova job status`.
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let session = Session::connect(&args.client).await?;
+        let job = session.client.job(args.job)?;
+        // Let the network catch us up, ending early once the job is complete here.
+        let until = Instant::now() + Duration::from_secs(args.sync);
+        let mut job = job;
+        while Instant::now() < until {
+            let p = job.progress().await?;
+            if p.verified + p.failed >= p.units {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), job.next_event()).await;
+        }
+        let p = job.progress().await?;
+        let m = job.manifest();
+        let held = job.statuses()?.iter().filter(|s| matches!(s, UnitStatus::Verified(_))).count();
+        println!("job {} ({})", job.id(), m.name);
+        println!(
+            "units: {}  verified: {}  failed: {}  pending: {}  results held here: {held}",
+            p.units,
+            p.verified,
+            p.failed,
+            p.units - p.verified - p.failed
+        );
+        println!(
+            "quorum {} of at most {} replicas, {} extra result copies",
+            m.replication.quorum, m.replication.max_replicas, m.replication.result_copies
+        );
+        let state = if p.verified + p.failed < p.units {
+            "running"
+        } else if p.failed > 0 {
+            "done, with failures"
+        } else {
+            "done"
+        };
+        println!("state: {state}");
+        session.close().await;
+        Ok(ExitCode::SUCCESS)
+    })?
+}
+
+/// `ova job results`.
+pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
+    block_on(async move {
+        let session = Session::connect(&args.client).await?;
+        let mut job = session.client.job(args.job)?;
+        let waited = job.wait(Duration::from_secs(args.timeout)).await;
+        if let Err(e) = &waited {
+            eprintln!("warning: {e}; writing the results held so far");
+        }
+        let code = report(&job, Some(&args.out));
+        session.close().await;
+        match (code, waited) {
+            (Ok(_), Err(_)) => Ok(ExitCode::FAILURE),
+            (code, _) => code,
+        }
+    })?
+}
+
+/// Names the peers a quorum outvoted (see [`runtime::VerifyReport::dissenters`]).
+pub(super) fn print_dissenters(report: &runtime::VerifyReport) {
+    for (peer, n) in &report.dissenters {
+        let id = iroh::EndpointId::from_bytes(&peer.0)
+            .map_or_else(|_| "an unknown peer".to_string(), |e| e.to_string());
+        println!("outvoted: {id} signed {n} result(s) the quorum disagreed with");
+    }
+}
+
+fn open_store(d: &DataDirArg) -> anyhow::Result<Store> {
+    let dir = client_dir(d)?;
+    let path = dir.join("store.redb");
+    anyhow::ensure!(
+        path.exists(),
+        "no jobs were submitted with {} (no store there)",
+        dir.display()
+    );
+    Store::open(&path).with_context(|| {
+        format!("opening {} (is another `ova job` command using it?)", path.display())
+    })
+}
+
+/// `ova job verify`: re-checks a job from the signed records held here, without the network.
+pub fn verify(job: JobId, args: LocalArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args.data_dir)?;
+    let report = runtime::verify_job(&store, &job)?;
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    print_dissenters(&report);
+    println!(
+        "job {job}: {} of {} units verified from signed records; {} problems",
+        report.verified,
+        report.units,
+        report.problems.len()
+    );
+    Ok(if report.problems.is_empty() && report.verified == report.units {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `ova job list`: the jobs submitted with this data directory.
+pub fn list(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    let store = open_store(&args.data_dir)?;
+    let mut rows = Vec::new();
+    for (id, state) in store.jobs()? {
+        let Some(m) = store.manifest(&id)? else { continue };
+        let mut verified = 0;
+        for u in m.unit_ids() {
+            if store.verified(&u)?.is_some() {
+                verified += 1;
+            }
+        }
+        let state = if state == b"done" { "done" } else { "running" };
+        rows.push((id, m.name.clone(), m.units.len(), verified, state));
+    }
+    if rows.is_empty() {
+        println!("no jobs");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<64}  {:<20} {:>8} {:>9}  state", "job id", "name", "units", "verified");
+    for (id, name, units, verified, state) in rows {
+        println!("{id:<64}  {name:<20} {units:>8} {verified:>9}  {state}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
