@@ -1,5 +1,11 @@
 //! Claims as leases: a peer that starts a unit claims it until `until`; if no commit from it
 //! arrives by then, the lease has lapsed and the next-ranked peer takes over.
+//!
+//! A lapse alone is weak evidence under churn: the holder may just be slow or still have the
+//! unit queued. So a watcher may *extend* a lapsed lease a bounded number of times while the
+//! holder is still in its membership view ([`Leases::extend_lapsed`]), and re-places the unit
+//! at once when the holder is known gone ([`Leases::holder_gone`]). Implicit leases (handed by
+//! a watcher to a peer that has not claimed yet) and given-up claims are never extended.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +13,15 @@ use crate::types::{Millis, PeerId};
 
 /// Most leases remembered per unit; when full, the earliest-expiring one is replaced.
 pub const MAX_LEASES_PER_UNIT: usize = 8;
+
+/// Most times a lapsed lease is extended while its holder is still alive in the view.
+pub const MAX_EXTENSIONS: u8 = 2;
+
+/// Flag value: the lease may never be extended (implicit, given up, or holder gone).
+const FINAL: u8 = u8::MAX;
+/// Flag value: the holder handed the unit over; later claims from it are stale (a claim sent
+/// just before the hand-over can arrive after it) and are ignored.
+const HANDED: u8 = u8::MAX - 1;
 
 /// One claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,42 +35,128 @@ pub struct Lease {
 /// The leases known for one unit.
 #[derive(Clone, Debug, Default)]
 pub struct Leases {
-    v: Vec<Lease>,
+    v: Vec<(Lease, u8)>,
 }
 
 impl Leases {
-    /// Records or extends a claim (a lease never shrinks).
-    pub fn claim(&mut self, holder: PeerId, until: Millis) {
-        if let Some(l) = self.v.iter_mut().find(|l| l.holder == holder) {
-            l.until = l.until.max(until);
+    fn put(&mut self, holder: PeerId, until: Millis, flag: u8) {
+        if let Some((l, f)) = self.v.iter_mut().find(|(l, _)| l.holder == holder) {
+            if *f == HANDED {
+                return;
+            }
+            if until > l.until {
+                l.until = until;
+                // A real claim turns an implicit lease into an extendable one.
+                if flag != FINAL {
+                    *f = flag;
+                }
+            }
             return;
         }
         if self.v.len() >= MAX_LEASES_PER_UNIT
-            && let Some(i) = (0..self.v.len()).min_by_key(|&i| self.v[i].until)
+            && let Some(i) = (0..self.v.len()).min_by_key(|&i| self.v[i].0.until)
         {
             self.v.swap_remove(i);
         }
-        self.v.push(Lease { holder, until });
+        self.v.push((Lease { holder, until }, flag));
+    }
+
+    /// Records or extends a claim (a lease never shrinks).
+    pub fn claim(&mut self, holder: PeerId, until: Millis) {
+        self.put(holder, until, 0);
+    }
+
+    /// Applies a claim from the holder itself. The holder is authoritative about its own
+    /// intent: a claim that ends *earlier* than its live lease is a hand-over (it gave the
+    /// unit to someone else) and shortens the lease, which is then never extended.
+    pub fn claim_from_holder(&mut self, holder: PeerId, until: Millis, now: Millis) {
+        if let Some((l, f)) = self.v.iter_mut().find(|(l, _)| l.holder == holder && l.until > now)
+            && until < l.until
+        {
+            l.until = until;
+            *f = HANDED;
+            return;
+        }
+        self.put(holder, until, 0);
+    }
+
+    /// Records an implicit lease: `holder` is expected to run the unit but has not claimed it.
+    /// It is never extended when it lapses.
+    pub fn claim_implicit(&mut self, holder: PeerId, until: Millis) {
+        self.put(holder, until, FINAL);
+    }
+
+    /// Records that we handed the unit over (see [`Leases::claim_from_holder`]).
+    pub fn hand_over(&mut self, holder: PeerId, until: Millis) {
+        self.release(&holder);
+        self.put(holder, until, HANDED);
+    }
+
+    /// `holder` gave the unit up (or is gone): its lease ends at `now` and is never extended.
+    pub fn give_up(&mut self, holder: &PeerId, now: Millis) {
+        self.release(holder);
+        self.v.push((Lease { holder: *holder, until: now }, FINAL));
+        if self.v.len() > MAX_LEASES_PER_UNIT {
+            self.v.remove(0);
+        }
+    }
+
+    /// Ends every live lease held by `holder` at `now` (it left the network). Returns whether
+    /// there was one.
+    pub fn holder_gone(&mut self, holder: &PeerId, now: Millis) -> bool {
+        let mut hit = false;
+        for (l, f) in &mut self.v {
+            if l.holder == *holder && l.until > now {
+                l.until = now;
+                *f = FINAL;
+                hit = true;
+            }
+        }
+        hit
+    }
+
+    /// Extends by `by` every lapsed, extendable lease whose holder `alive` says is still
+    /// around, at most [`MAX_EXTENSIONS`] times each. Returns the earliest new expiry.
+    pub fn extend_lapsed(
+        &mut self,
+        now: Millis,
+        by: Millis,
+        mut alive: impl FnMut(&PeerId) -> bool,
+    ) -> Option<Millis> {
+        let mut next: Option<Millis> = None;
+        for (l, f) in &mut self.v {
+            if l.until <= now && *f < MAX_EXTENSIONS && alive(&l.holder) {
+                *f += 1;
+                l.until = now + by;
+                next = Some(next.map_or(l.until, |n: Millis| n.min(l.until)));
+            }
+        }
+        next
     }
 
     /// Drops `holder`'s claim (it committed, or gave the unit away).
     pub fn release(&mut self, holder: &PeerId) {
-        self.v.retain(|l| l.holder != *holder);
+        self.v.retain(|(l, _)| l.holder != *holder);
     }
 
     /// Whether `holder` holds a live lease at `now`.
     pub fn is_live(&self, holder: &PeerId, now: Millis) -> bool {
-        self.v.iter().any(|l| l.holder == *holder && l.until > now)
+        self.v.iter().any(|(l, _)| l.holder == *holder && l.until > now)
     }
 
     /// Whether `holder` held a lease that lapsed.
     pub fn lapsed(&self, holder: &PeerId, now: Millis) -> bool {
-        self.v.iter().any(|l| l.holder == *holder && l.until <= now)
+        self.v.iter().any(|(l, _)| l.holder == *holder && l.until <= now)
+    }
+
+    /// Whether any lease has lapsed (or was given up) at `now`.
+    pub fn any_lapsed(&self, now: Millis) -> bool {
+        self.v.iter().any(|(l, _)| l.until <= now)
     }
 
     /// Live leases at `now`.
     pub fn live(&self, now: Millis) -> impl Iterator<Item = &Lease> {
-        self.v.iter().filter(move |l| l.until > now)
+        self.v.iter().map(|(l, _)| l).filter(move |l| l.until > now)
     }
 
     /// The next moment a live lease lapses.
@@ -64,8 +165,13 @@ impl Leases {
     }
 
     /// All leases.
-    pub fn all(&self) -> &[Lease] {
-        &self.v
+    pub fn all(&self) -> Vec<Lease> {
+        self.v.iter().map(|(l, _)| *l).collect()
+    }
+
+    /// Whether no lease is known.
+    pub fn is_empty(&self) -> bool {
+        self.v.is_empty()
     }
 }
 
@@ -88,5 +194,22 @@ mod tests {
         assert_eq!(l.all().len(), MAX_LEASES_PER_UNIT);
         l.release(&PeerId([29; 32]));
         assert_eq!(l.all().len(), MAX_LEASES_PER_UNIT - 1);
+    }
+
+    #[test]
+    fn extensions_are_bounded_and_skip_implicit_and_gone() {
+        let mut l = Leases::default();
+        let (a, b, c) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
+        l.claim(a, 100);
+        l.claim_implicit(b, 100);
+        l.claim(c, 100);
+        assert!(l.holder_gone(&c, 50));
+        assert_eq!(l.extend_lapsed(100, 50, |_| true), Some(150));
+        assert!(l.is_live(&a, 120) && !l.is_live(&b, 120) && !l.is_live(&c, 120));
+        assert_eq!(l.extend_lapsed(150, 50, |_| true), Some(200));
+        assert_eq!(l.extend_lapsed(200, 50, |_| true), None, "bounded");
+        // A real claim after an implicit lease makes it a normal lease.
+        l.claim(b, 300);
+        assert_eq!(l.extend_lapsed(300, 10, |p| *p == b), Some(310));
     }
 }

@@ -247,11 +247,17 @@ impl View {
     /// Drops members whose adverts expired by `now`. Returns whether one of them was within
     /// `near` ring positions of us (so rankings in our region may have changed).
     pub fn expire(&mut self, now: Millis, near: usize) -> bool {
-        let gone: Vec<PeerId> =
+        self.expire_gone(now, near).0
+    }
+
+    /// Like [`View::expire`], and also returns the members that expired (sorted).
+    pub fn expire_gone(&mut self, now: Millis, near: usize) -> (bool, Vec<PeerId>) {
+        let mut gone: Vec<PeerId> =
             self.members.values().filter(|m| m.expires <= now).map(|m| m.peer).collect();
         if gone.is_empty() {
-            return false;
+            return (false, gone);
         }
+        gone.sort_unstable();
         let close = gone.iter().any(|p| {
             self.distance(p, false).is_some_and(|d| d <= near)
                 || self.distance(p, true).is_some_and(|d| d <= near)
@@ -260,7 +266,7 @@ impl View {
             self.members.remove(p);
         }
         self.rebuild();
-        close
+        (close, gone)
     }
 
     /// Keeps the `side` nearest members each way in both rings; evicts the rest.

@@ -132,6 +132,15 @@ pub enum Message {
         /// Lease end.
         until: Millis,
     },
+    /// The sender handed the unit to another peer (a steal): its reservation ends at `until`
+    /// and any claim from it for this unit that arrives later is stale (direct, to the
+    /// unit's ranking).
+    Release {
+        /// The unit.
+        unit: UnitRef,
+        /// End of the sender's reservation.
+        until: Millis,
+    },
     /// A signed result (direct, to the unit's ranking and the submitter).
     Commit(SignedCommit),
     /// Asks what the receiver knows about a unit before taking it over (direct).
@@ -144,6 +153,10 @@ pub enum Message {
         commits: Vec<SignedCommit>,
         /// Leases known (hearsay: only used to wait, never to accept a result).
         leases: Vec<Lease>,
+        /// The replier saw the unit resolved but no longer keeps its commits (it did not run
+        /// it). Hearsay: a prober that hears this from two peers skips the unit; the peers
+        /// that still track it place it again if that was a lie.
+        done: bool,
     },
     /// An idle peer asks a busy one for up to `max` queued units (direct).
     StealRequest {
@@ -182,6 +195,7 @@ impl Message {
             Message::GetJob(_) => "get_job",
             Message::HaveBundle(_) => "have_bundle",
             Message::Claim { .. } => "claim",
+            Message::Release { .. } => "release",
             Message::Commit(_) => "commit",
             Message::Probe(_) => "probe",
             Message::ProbeReply { .. } => "probe_reply",

@@ -27,6 +27,20 @@
 //! 5. When the view changes (a neighbour joins or expires), a peer rescans its region; units it
 //!    newly ranks high for are first probed ([`Message::Probe`]) so finished work is not redone.
 //! 6. An idle peer with nothing left to scan asks the busiest neighbour for queued units.
+//!
+//! ## Churn without duplicate work
+//! - A claim made when a unit is *queued* reserves it for the wait behind the queue plus the
+//!   run; watchers accept reservations up to that bound, so an honest queue wait never looks
+//!   like a lapse.
+//! - A lapsed lease whose holder is still in the watcher's view is extended (at most
+//!   [`crate::lease::MAX_EXTENSIONS`] times) instead of re-placing the unit; when the holder
+//!   *leaves* the view (graceful leave, or its adverts expire) its leases end at once and the
+//!   unit is re-placed without waiting for the lapse.
+//! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
+//!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
+//!   round trip.
+//! - Resolved units shrink to a key in a bounded set (executors keep their tally to answer
+//!   probes and sync requests), so per-peer state follows the units in flight, not the job.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -76,6 +90,10 @@ pub struct Config {
     pub max_dissent_records: usize,
     /// Peers besides the submitter asked to keep a job's bundle.
     pub bundle_copies: usize,
+    /// After coming online, how long a peer waits before scanning a job it learned late
+    /// (from an advert), so its ring view fills first and it does not rank units against a
+    /// near-empty view (which makes it run units others already hold).
+    pub warmup_ms: Millis,
 }
 
 impl Default for Config {
@@ -95,6 +113,7 @@ impl Default for Config {
             max_timers: 1 << 22,
             max_dissent_records: 1 << 16,
             bundle_copies: 3,
+            warmup_ms: 5_000,
         }
     }
 }
@@ -260,9 +279,59 @@ pub struct Stats {
     pub queued_rule: u64,
     /// Units queued from steal grants.
     pub queued_steal: u64,
+    /// Units started because the region scan found us in the top `quorum`.
+    pub started_scan: u64,
+    /// Units started after probing (rescan after a view change, job learned late).
+    pub started_probe: u64,
+    /// Units started to replace a replica whose lease lapsed or whose holder left.
+    pub started_lapse: u64,
+    /// Units started as an extra replica because the commits so far disagree.
+    pub started_extra: u64,
+    /// Units started by the placement rule for any other reason (a replica never claimed).
+    pub started_rule: u64,
+    /// Units started from steal grants.
+    pub started_steal: u64,
+    /// Lapsed leases extended because their holder was still in the view.
+    pub lease_extensions: u64,
+    /// Leases ended early because their holder left the view.
+    pub leases_gone: u64,
+}
+
+/// Why a unit was queued here (for the waste breakdown in the simulator's report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunCause {
+    /// The region scan: we are among the top `quorum` in our view.
+    Scan,
+    /// A probe after a rescan found the unit still needs us.
+    Probe,
+    /// A replica's lease lapsed or its holder left.
+    Lapse,
+    /// The commits so far disagree: an extra replica.
+    Extra,
+    /// The placement rule, any other reason (a replica was never claimed).
+    Rule,
+    /// Handed to us by a steal grant.
+    Steal,
+}
+
+impl RunCause {
+    /// A short label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RunCause::Scan => "scan",
+            RunCause::Probe => "probe",
+            RunCause::Lapse => "lapse",
+            RunCause::Extra => "extra",
+            RunCause::Rule => "rule",
+            RunCause::Steal => "steal",
+        }
+    }
 }
 
 type UKey = (u32, u32);
+
+/// Granularity of lease-check timers.
+const TIMER_TICK_MS: Millis = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mine {
@@ -289,6 +358,9 @@ enum Outcome {
 #[derive(Debug)]
 struct UnitState {
     mine: Mine,
+    cause: RunCause,
+    /// Probe replies saying "resolved, commits not kept".
+    done_hints: u8,
     tally: Tally,
     leases: Leases,
     outcome: Option<Outcome>,
@@ -296,7 +368,14 @@ struct UnitState {
 
 impl UnitState {
     fn new() -> Self {
-        Self { mine: Mine::None, tally: Tally::default(), leases: Leases::default(), outcome: None }
+        Self {
+            mine: Mine::None,
+            cause: RunCause::Rule,
+            done_hints: 0,
+            tally: Tally::default(),
+            leases: Leases::default(),
+            outcome: None,
+        }
     }
 }
 
@@ -310,6 +389,8 @@ struct JobState {
     probe: bool,
     /// Peers that serve the bundle.
     sources: Vec<PeerId>,
+    /// Do not scan before this time (warm-up after learning the job late).
+    scan_after: Millis,
     mine: bool,
     verified: u32,
     failed: u32,
@@ -321,6 +402,7 @@ enum TimerKind {
     Expire,
     Unit(u32, u32),
     Probe(u32, u32),
+    Scan,
 }
 
 /// One peer's protocol state.
@@ -338,6 +420,10 @@ pub struct Peer {
     job_slot: FxHashMap<JobId, u32>,
     requested: FxHashSet<JobId>,
     units: FxHashMap<UKey, UnitState>,
+    /// Units resolved here that we did not sign: only the key is kept (bounded by
+    /// `max_tracked_units`), so late claims and commits for them are ignored cheaply.
+    done: FxHashSet<UKey>,
+    online_at: Millis,
     ready: VecDeque<UKey>,
     running: u32,
     timers: BTreeSet<(Millis, TimerKind)>,
@@ -384,6 +470,8 @@ impl Peer {
             job_slot: FxHashMap::default(),
             requested: FxHashSet::default(),
             units: FxHashMap::default(),
+            done: FxHashSet::default(),
+            online_at: 0,
             ready: VecDeque::new(),
             running: 0,
             timers: BTreeSet::new(),
@@ -425,6 +513,17 @@ impl Peer {
     /// Units tracked right now.
     pub fn tracked_units(&self) -> usize {
         self.units.len()
+    }
+
+    /// Units remembered only as resolved (key only).
+    pub fn done_units(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Why this peer queued `unit`, if it is tracking it.
+    pub fn run_cause(&self, unit: &UnitRef) -> Option<RunCause> {
+        let s = *self.job_slot.get(&unit.job)?;
+        self.units.get(&(s, unit.index)).map(|u| u.cause)
     }
 
     /// For a job this peer submitted: (units, verified, failed).
@@ -473,6 +572,7 @@ impl Peer {
                 if self.view.remove(&p) {
                     self.rescan_all();
                 }
+                self.holders_gone(&[p]);
             }
             Event::Capacity(c) => {
                 self.cores = c;
@@ -493,6 +593,12 @@ impl Peer {
             self.stats.table_full += 1;
             return;
         }
+        // Unit timers (lease checks) are rounded up to a coarse tick, so the many leases that
+        // end close together cost one wake-up, not one each.
+        let at = match k {
+            TimerKind::Unit(..) => at.div_ceil(TIMER_TICK_MS) * TIMER_TICK_MS,
+            _ => at,
+        };
         self.timers.insert((at, k));
     }
 
@@ -519,12 +625,15 @@ impl Peer {
                     self.add_timer(self.now + self.cfg.advert_interval_ms, TimerKind::Advert);
                 }
                 TimerKind::Expire => {
-                    if self.view.expire(self.now, self.cfg.window) {
+                    let (near, gone) = self.view.expire_gone(self.now, self.cfg.window);
+                    if near {
                         self.rescan_all();
                     }
+                    self.holders_gone(&gone);
                     self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
                 }
                 TimerKind::Unit(s, i) => self.evaluate((s, i)),
+                TimerKind::Scan => {}
                 TimerKind::Probe(s, i) => {
                     if let Some(u) = self.units.get_mut(&(s, i))
                         && u.mine == Mine::Probing
@@ -541,6 +650,7 @@ impl Peer {
 
     fn on_online(&mut self) {
         self.wake = None;
+        self.online_at = self.now;
         self.timers.retain(|(_, k)| !matches!(k, TimerKind::Advert | TimerKind::Expire));
         let jitter = self.rng.below(self.cfg.advert_interval_ms.max(1));
         self.advertise();
@@ -555,7 +665,14 @@ impl Peer {
 
     fn advertise(&mut self) {
         self.advert_seq += 1;
-        let ad = Advert {
+        let ad = self.my_advert();
+        self.view.set_my_capacity(self.cores, self.ready.len() as u32);
+        self.out.push(Action::Broadcast(Message::Advert(ad)));
+    }
+
+    /// Our advert at the current sequence number (a repeat is ignored by those who have it).
+    fn my_advert(&self) -> Advert {
+        Advert {
             peer: self.id,
             arch: self.arch,
             spare_cores: self.cores,
@@ -563,9 +680,34 @@ impl Peer {
             seq: self.advert_seq,
             ttl_ms: self.cfg.advert_ttl_ms,
             jobs: self.jobs.iter().rev().take(MAX_ADVERT_JOBS).map(|j| j.info.job_id).collect(),
-        };
-        self.view.set_my_capacity(self.cores, self.ready.len() as u32);
-        self.out.push(Action::Broadcast(Message::Advert(ad)));
+        }
+    }
+
+    /// Peers in `gone` left (graceful leave, or their adverts expired): their live leases end
+    /// now and the units they held are re-placed at once instead of waiting for a lapse.
+    fn holders_gone(&mut self, gone: &[PeerId]) {
+        if gone.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let mut hit = Vec::new();
+        for (k, u) in self.units.iter_mut() {
+            if u.outcome.is_some() || u.leases.is_empty() {
+                continue;
+            }
+            let mut any = false;
+            for p in gone {
+                any |= !u.tally.has(p) && u.leases.holder_gone(p, now);
+            }
+            if any {
+                hit.push(*k);
+            }
+        }
+        hit.sort_unstable();
+        self.stats.leases_gone += hit.len() as u64;
+        for k in hit {
+            self.evaluate(k);
+        }
     }
 
     fn rescan_all(&mut self) {
@@ -607,6 +749,13 @@ impl Peer {
                     return;
                 }
                 if self.view.apply(&ad, self.now) == AdvertEffect::Joined {
+                    // Tell the newcomer about us right away (at our current sequence number,
+                    // so peers that already know us ignore it and the exchange stops): a
+                    // joining peer's view fills in one round trip, not one advert interval.
+                    if self.advert_seq > 0 {
+                        let mine = self.my_advert();
+                        self.out.push(Action::Send { to: from, msg: Message::Advert(mine) });
+                    }
                     // Only a newcomer within a window of us changes rankings in our region.
                     let w = self.cfg.window;
                     let near =
@@ -641,16 +790,23 @@ impl Peer {
             }
             Message::Claim { unit, until } => {
                 let Some(key) = self.resolve(&unit, true) else { return };
-                let lease_max = self.lease_len(key.0);
+                let lease_max = self.reserve_max(key.0);
                 let u = self.units.get_mut(&key).expect("resolved");
                 if until <= self.now {
-                    u.leases.release(&from);
-                    u.leases.claim(from, self.now);
+                    u.leases.give_up(&from, self.now);
                 } else {
                     let until = until.min(self.now + lease_max);
-                    u.leases.claim(from, until);
+                    u.leases.claim_from_holder(from, until, self.now);
                     self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 }
+                self.evaluate(key);
+            }
+            Message::Release { unit, until } => {
+                let Some(key) = self.resolve(&unit, true) else { return };
+                let until = until.min(self.now + self.cfg.claim_grace_ms);
+                let u = self.units.get_mut(&key).expect("resolved");
+                u.leases.hand_over(from, until);
+                self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 self.evaluate(key);
             }
             Message::Commit(c) => self.on_commit(c),
@@ -663,17 +819,26 @@ impl Peer {
                     ),
                     None => (Vec::new(), Vec::new()),
                 };
+                let done = self.done.contains(&key);
                 self.out.push(Action::Send {
                     to: from,
-                    msg: Message::ProbeReply { unit, commits, leases },
+                    msg: Message::ProbeReply { unit, commits, leases, done },
                 });
             }
-            Message::ProbeReply { unit, commits, leases } => {
+            Message::ProbeReply { unit, commits, leases, done } => {
                 let Some(key) = self.resolve(&unit, false) else { return };
-                if !self.units.contains_key(&key) {
-                    return;
+                let Some(u) = self.units.get_mut(&key) else { return };
+                if done && matches!(u.mine, Mine::Probing | Mine::None) && u.outcome.is_none() {
+                    u.done_hints = u.done_hints.saturating_add(1);
+                    if u.done_hints >= 2 {
+                        self.units.remove(&key);
+                        if self.done.len() < self.cfg.max_tracked_units {
+                            self.done.insert(key);
+                        }
+                        return;
+                    }
                 }
-                let lease_max = self.lease_len(key.0);
+                let lease_max = self.reserve_max(key.0);
                 for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
                     if until > self.now
                         && let Some(u) = self.units.get_mut(&key)
@@ -693,10 +858,23 @@ impl Peer {
             Message::StealRequest { max } => self.on_steal_request(from, max),
             Message::StealGrant(units) => {
                 for unit in units.into_iter().take(MAX_BATCH) {
-                    let Some(key) = self.resolve(&unit, true) else { continue };
+                    let done = self
+                        .job_slot
+                        .get(&unit.job)
+                        .is_some_and(|&s| self.done.contains(&(s, unit.index)));
+                    let key = if done { None } else { self.resolve(&unit, true) };
+                    let Some(key) = key else {
+                        if done {
+                            self.out.push(Action::Send {
+                                to: from,
+                                msg: Message::Claim { unit, until: 0 },
+                            });
+                        }
+                        continue;
+                    };
                     let u = self.units.get_mut(&key).expect("resolved");
                     if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
-                        self.enqueue(key);
+                        self.enqueue(key, RunCause::Steal);
                         self.stats.stolen += 1;
                         self.stats.queued_steal += 1;
                     } else {
@@ -747,6 +925,12 @@ impl Peer {
         self.jobs[slot as usize].info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms
     }
 
+    /// The longest reservation a claim may carry: a run plus the wait behind a full ready
+    /// queue (see [`Peer::enqueue`]). Watchers cap received claims at this.
+    fn reserve_max(&self, slot: u32) -> Millis {
+        self.lease_len(slot) * (self.cfg.queue_per_core as Millis + 2)
+    }
+
     /// Maps a unit reference to our key, checking the job and index; creates the unit's entry
     /// if `create` (and the table has room).
     fn resolve(&mut self, unit: &UnitRef, create: bool) -> Option<UKey> {
@@ -760,6 +944,9 @@ impl Peer {
         }
         let key = (s, unit.index);
         if create && !self.units.contains_key(&key) {
+            if self.done.contains(&key) {
+                return None;
+            }
             if self.units.len() >= self.cfg.max_tracked_units {
                 self.stats.table_full += 1;
                 return None;
@@ -791,6 +978,7 @@ impl Peer {
             d,
             scan: Vec::new(),
             probe: late,
+            scan_after: if late { self.online_at + self.cfg.warmup_ms } else { 0 },
             sources: {
                 sources.retain(|p| *p != self.id);
                 sources
@@ -799,6 +987,9 @@ impl Peer {
             failed: 0,
         });
         self.job_slot.insert(info.job_id, slot);
+        if late && self.now < self.online_at + self.cfg.warmup_ms {
+            self.add_timer(self.online_at + self.cfg.warmup_ms, TimerKind::Scan);
+        }
         if hold {
             self.out.push(Action::FetchBlob {
                 blob: info.manifest.module,
@@ -928,6 +1119,7 @@ impl Peer {
                     });
                 }
                 self.out.push(Action::UnitVerified { unit, result, signers });
+                self.retire(key);
             }
             Verdict::Failed(reason) => {
                 u.outcome = Some(Outcome::Failed);
@@ -942,6 +1134,25 @@ impl Peer {
                     j.failed += 1;
                 }
                 self.out.push(Action::UnitFailed { unit, reason });
+                self.retire(key);
+            }
+        }
+    }
+
+    /// A resolved unit: executors keep their tally (to answer probes and sync requests), with
+    /// the leases dropped; everyone else keeps only the key.
+    fn retire(&mut self, key: UKey) {
+        let Some(u) = self.units.get_mut(&key) else { return };
+        match u.mine {
+            Mine::Committed => u.leases = Leases::default(),
+            Mine::Running => {}
+            _ => {
+                self.units.remove(&key);
+                if self.done.len() < self.cfg.max_tracked_units {
+                    self.done.insert(key);
+                } else {
+                    self.stats.table_full += 1;
+                }
             }
         }
     }
@@ -978,6 +1189,23 @@ impl Peer {
         let point = unit_point(&j.d.unit_ids[key.1 as usize]);
         let strict = j.info.strict();
         let now = self.now;
+        let lease_len = self.lease_len(key.0);
+        // A lapsed lease whose holder is still in our view (its adverts keep arriving) is
+        // most likely a slow or busy peer, not a lost one: extend it (a bounded number of
+        // times) rather than run the unit a second time.
+        let (me, view) = (self.id, &self.view);
+        let u = self.units.get_mut(&key).expect("tracked");
+        if u.leases.any_lapsed(now) {
+            let tally = &u.tally;
+            let ext = u.leases.extend_lapsed(now, lease_len, |p| {
+                *p != me && !tally.has(p) && view.get(p).is_some()
+            });
+            if let Some(t) = ext {
+                self.stats.lease_extensions += 1;
+                self.add_timer(t, TimerKind::Unit(key.0, key.1));
+            }
+        }
+        let u = &self.units[&key];
         let live = u.leases.live(now).filter(|l| !u.tally.has(&l.holder)).count();
         let used = u.tally.commits().len() + live;
         let room = (rep.max_replicas as usize).saturating_sub(used);
@@ -1019,15 +1247,28 @@ impl Peer {
             }
         }
         if run {
+            let cause = if u.cause == RunCause::Probe {
+                RunCause::Probe
+            } else if u
+                .tally
+                .leader(same_arch)
+                .is_some_and(|(_, n)| (n as usize) < u.tally.commits().len())
+            {
+                RunCause::Extra
+            } else if u.leases.any_lapsed(now) {
+                RunCause::Lapse
+            } else {
+                RunCause::Rule
+            };
             self.stats.queued_rule += 1;
-            self.enqueue(key);
+            self.enqueue(key, cause);
         } else if n_expected > 0 {
             // The peers ahead of us may not know they are needed (they missed a commit, or
             // they are gone but still in our view): give them an implicit lease, and take over
             // if it lapses without a claim or commit from them.
             let until = now + self.cfg.claim_grace_ms;
             for p in &expected[..n_expected] {
-                u.leases.claim(*p, until);
+                u.leases.claim_implicit(*p, until);
             }
             self.add_timer(until, TimerKind::Unit(key.0, key.1));
         }
@@ -1037,13 +1278,15 @@ impl Peer {
 
     /// Queues a unit and reserves it: the claim goes out now (not at start), so peers
     /// watching the unit know we will run it even while it waits in our queue.
-    fn enqueue(&mut self, key: UKey) {
+    fn enqueue(&mut self, key: UKey, cause: RunCause) {
         // The reservation covers the wait behind what is already queued (at most one deadline
-        // per queued unit per core) plus our own run.
+        // per queued unit per core) plus our own run; watchers accept up to `reserve_max`.
         let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as u64;
+        let waits = waits.min(self.cfg.queue_per_core as u64 + 2);
         let until = self.now + waits * self.lease_len(key.0);
         let Some(u) = self.units.get_mut(&key) else { return };
         u.mine = Mine::Queued;
+        u.cause = cause;
         u.leases.claim(self.id, until);
         self.ready.push_back(key);
         let j = &self.jobs[key.0 as usize];
@@ -1079,6 +1322,14 @@ impl Peer {
             u.leases.claim(self.id, until);
             self.running += 1;
             self.stats.started += 1;
+            match u.cause {
+                RunCause::Scan => self.stats.started_scan += 1,
+                RunCause::Probe => self.stats.started_probe += 1,
+                RunCause::Lapse => self.stats.started_lapse += 1,
+                RunCause::Extra => self.stats.started_extra += 1,
+                RunCause::Rule => self.stats.started_rule += 1,
+                RunCause::Steal => self.stats.started_steal += 1,
+            }
             let j = &self.jobs[key.0 as usize];
             let unit = UnitRef { job: j.info.job_id, index: key.1 };
             let unit_id = j.d.unit_ids[key.1 as usize];
@@ -1102,9 +1353,15 @@ impl Peer {
     /// Advances the region scans until the ready queue is full.
     fn fill(&mut self) {
         let want = self.cores as usize * self.cfg.queue_per_core;
+        if self.ready.len() >= want {
+            return;
+        }
         let mut order: Vec<usize> = (0..self.jobs.len()).collect();
         order.sort_by_key(|&s| std::cmp::Reverse(self.jobs[s].info.manifest.priority));
         for s in order {
+            if self.now < self.jobs[s].scan_after {
+                continue;
+            }
             while self.ready.len() < want {
                 let j = &mut self.jobs[s];
                 let Some(r) = j.scan.first_mut() else { break };
@@ -1126,7 +1383,7 @@ impl Peer {
         let key = (slot, idx);
         // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
         // only looks for units we do not know yet.
-        if self.units.contains_key(&key) {
+        if self.units.contains_key(&key) || self.done.contains(&key) {
             return;
         }
         let j = &self.jobs[slot as usize];
@@ -1149,6 +1406,7 @@ impl Peer {
         let mut u = UnitState::new();
         if probe {
             u.mine = Mine::Probing;
+            u.cause = RunCause::Probe;
             self.units.insert(key, u);
             self.stats.probes += 1;
             for to in self.watchers(key) {
@@ -1158,7 +1416,7 @@ impl Peer {
         } else {
             self.units.insert(key, u);
             self.stats.queued_scan += 1;
-            self.enqueue(key);
+            self.enqueue(key, RunCause::Scan);
         }
     }
 
@@ -1175,8 +1433,7 @@ impl Peer {
         match result {
             Err(_) => {
                 u.mine = Mine::Gave;
-                u.leases.release(&self.id);
-                u.leases.claim(self.id, self.now);
+                u.leases.give_up(&self.id, self.now);
                 for to in watchers {
                     self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
                 }
@@ -1236,6 +1493,7 @@ impl Peer {
     fn on_steal_request(&mut self, thief: PeerId, max: u32) {
         let give = (max as usize).min(self.ready.len() / 2).min(MAX_BATCH);
         let mut granted = Vec::new();
+        let mut handed = Vec::new();
         let mut keep = VecDeque::new();
         let thief_arch = self.view.get(&thief).map(|m| m.arch);
         while let Some(key) = self.ready.pop_back() {
@@ -1254,18 +1512,26 @@ impl Peer {
             // Only units whose window holds the thief (so its view ranks them correctly and its
             // claims reach the same watchers), and where it is not already a primary.
             let thief_ok = position(&self.scratch, &thief).is_some_and(|p| p >= q);
-            let u = self.units.get_mut(&key).expect("queued units are tracked");
+            // Resolved while queued (retired): drop it from the queue.
+            let Some(u) = self.units.get_mut(&key) else { continue };
             if ok_arch
                 && thief_ok
                 && u.mine == Mine::Queued
+                && u.cause != RunCause::Steal
                 && u.outcome.is_none()
                 && !u.tally.has(&thief)
                 && !u.leases.is_live(&thief, self.now)
             {
                 u.mine = Mine::None;
                 u.leases.claim(thief, self.now + lease);
+                // Our reservation shrinks to a short hand-over grace (never extended): by then
+                // the thief's own claim has reached the watchers. Without this the watchers
+                // would count our stale reservation as a live replica for minutes.
+                let handover = self.now + self.cfg.claim_grace_ms.min(lease);
+                u.leases.hand_over(self.id, handover);
                 self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
                 granted.push(unit);
+                handed.push((key, unit, handover));
             } else {
                 keep.push_front(key);
             }
@@ -1273,6 +1539,13 @@ impl Peer {
         self.ready = keep;
         if !granted.is_empty() {
             self.out.push(Action::Send { to: thief, msg: Message::StealGrant(granted) });
+        }
+        for (key, unit, until) in handed {
+            for to in self.watchers(key) {
+                if to != thief {
+                    self.out.push(Action::Send { to, msg: Message::Release { unit, until } });
+                }
+            }
         }
     }
 }

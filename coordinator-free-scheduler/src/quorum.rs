@@ -68,7 +68,12 @@ pub enum Added {
     Equivocation,
 }
 
-/// The commits received for one unit (at most one per executor).
+/// Most commits kept per unit. A unit fails once `max_replicas` (a `u8`) disagree, so honest
+/// runs never come near this; it only stops a flood of signed commits from growing the tally.
+pub const MAX_COMMITS_PER_UNIT: usize = 64;
+
+/// The commits received for one unit (at most one per executor, at most
+/// [`MAX_COMMITS_PER_UNIT`]).
 #[derive(Clone, Debug, Default)]
 pub struct Tally {
     commits: Vec<SignedCommit>,
@@ -83,6 +88,9 @@ impl Tally {
             } else {
                 Added::Equivocation
             };
+        }
+        if self.commits.len() >= MAX_COMMITS_PER_UNIT {
+            return Added::Duplicate;
         }
         self.commits.push(c);
         Added::New

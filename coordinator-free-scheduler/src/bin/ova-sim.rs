@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             }
         }
         ("bench", _) => {
+            // Defaults: the P5 figures (10,000 peers, 1,000,000 units, churn).
             let mut cfg = (scenario("bench").expect("bench scenario").config)(seed);
             if let Some(p) = peers {
                 cfg.peers = p;
@@ -85,8 +86,18 @@ fn main() -> ExitCode {
             if let Some(c) = churn {
                 cfg.churn_events = c;
             }
+            println!(
+                "bench: peers={} units={} jobs={} churn_events={} quorum={} max_replicas={} seed={seed}",
+                cfg.peers,
+                cfg.units,
+                cfg.jobs,
+                cfg.churn_events,
+                cfg.replication.quorum,
+                cfg.replication.max_replicas
+            );
             let t0 = Instant::now();
             let mut sim = Sim::new(cfg);
+            sim.time_handle = true;
             let setup = t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             let r = sim.run("bench");
@@ -96,12 +107,23 @@ fn main() -> ExitCode {
             if std::env::var_os("OVA_SIM_DEBUG").is_some() {
                 print!("{}", sim.describe_unresolved(3));
             }
+            let (tracked, done) = sim.tracked_totals();
             println!(
-                "  wall: setup={setup:.1}s run={run:.1}s events/s={:.0} handle_calls={} cpu_per_unit={:.1}us (whole simulator incl. network model, per unit)",
+                "  simulator: setup={setup:.1}s run={run:.1}s events={} events/s={:.0} handle_calls={} peak_rss={}",
+                r.events,
                 r.events as f64 / run.max(1e-9),
                 sim.handle_calls,
-                run * 1e6 / r.units.max(1) as f64
+                peak_rss().unwrap_or_else(|| "n/a".into())
             );
+            if let Some(h) = sim.handle_seconds() {
+                println!(
+                    "  scheduler: cpu_in_Peer::handle={h:.1}s (sampled 1/8) per_unit={:.1}us per_call={:.2}us; \
+                     whole simulator per unit={:.1}us; state at end: tracked={tracked} done_keys={done}",
+                    h * 1e6 / r.units.max(1) as f64,
+                    h * 1e6 / sim.handle_calls.max(1) as f64,
+                    run * 1e6 / r.units.max(1) as f64
+                );
+            }
             println!(
                 "P5 peers={} units={} verified={} wrong_accepted={} waste={:.4} seconds={:.1}",
                 r.peers, r.units, r.verified, r.wrong_accepted, r.waste, secs
@@ -121,4 +143,12 @@ fn main() -> ExitCode {
         _ => return usage(),
     }
     ExitCode::SUCCESS
+}
+
+/// Peak resident set size of this process (Linux), e.g. "2.1GB".
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(format!("{:.2}GB", kb / (1024.0 * 1024.0)))
 }

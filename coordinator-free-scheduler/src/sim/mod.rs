@@ -35,7 +35,7 @@ use ova_jobs::{
 
 use crate::commit::SimKeys;
 use crate::message::Message;
-use crate::peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer};
+use crate::peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer, RunCause};
 use crate::quorum::FailReason;
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 use crate::util::{FxHashMap, Rng, mix64};
@@ -169,6 +169,11 @@ pub struct Report {
     pub ideal_ms: u64,
     /// Executed work above `quorum` replicas, as a fraction of the quorum's work.
     pub waste: f64,
+    /// Where the waste came from, as fractions of the quorum's work: partial runs lost to
+    /// crashes and departures, partial runs cancelled once the unit was verified elsewhere,
+    /// and whole runs that finished after the unit already had `quorum` finished runs, by
+    /// why they were queued.
+    pub waste_breakdown: String,
     /// Messages sent (each recipient of a broadcast counts once).
     pub messages: u64,
     /// Events processed.
@@ -215,6 +220,7 @@ impl Report {
             self.makespan_ms as f64 / self.ideal_ms.max(1) as f64,
             self.waste
         );
+        let _ = writeln!(s, "  waste_by_cause: {}", self.waste_breakdown);
         let _ = writeln!(
             s,
             "  messages={} per_unit={:.1} per_peer={:.1} events={} dropped_commits={} submitter_verified={}",
@@ -242,10 +248,33 @@ impl Report {
 }
 
 enum Ev {
-    Deliver { to: u32, from: u32, msg: Box<Message> },
-    Timer { peer: u32, at: Millis },
-    Finish { peer: u32, unit: UnitRef, exec: u64 },
-    Fetched { peer: u32, blob: BlobId, purpose: FetchPurpose, ok: bool },
+    Deliver {
+        to: u32,
+        from: u32,
+        msg: Box<Message>,
+    },
+    /// One message to several peers at once (a broadcast, or the same claim or commit sent to
+    /// a unit's watchers): one queue entry, delivered to each target in order.
+    Multi {
+        to: Vec<u32>,
+        from: u32,
+        msg: Box<Message>,
+    },
+    Timer {
+        peer: u32,
+        at: Millis,
+    },
+    Finish {
+        peer: u32,
+        unit: UnitRef,
+        exec: u64,
+    },
+    Fetched {
+        peer: u32,
+        blob: BlobId,
+        purpose: FetchPurpose,
+        ok: bool,
+    },
     Submit,
     Churn,
     Crash(u32),
@@ -277,6 +306,7 @@ impl Ord for Queued {
 }
 
 struct Running {
+    cause: RunCause,
     exec: u64,
     started: Millis,
     cost: u64,
@@ -296,11 +326,15 @@ struct SimPeer {
     group: u8,
     timer_at: Option<Millis>,
     running: FxHashMap<UnitRef, Running>,
+    /// Units that were running when the peer went offline: reported as cancelled when it
+    /// comes back (a shell must report every unit it started).
+    interrupted: Vec<UnitRef>,
     has_bundle: bool,
 }
 
 #[derive(Clone, Copy, Default)]
 struct UnitTruth {
+    runs: u8,
     cost: u64,
     float: bool,
     verified: Option<BlobId>,
@@ -327,6 +361,10 @@ pub struct Sim {
     partitioned: bool,
     exec_seq: u64,
     work_done: u128,
+    /// Whole runs finished beyond `quorum` per unit, by cause (indexed by `cause_ix`).
+    work_extra: [u128; 6],
+    work_cancelled: u128,
+    work_lost: u128,
     messages: u64,
     events: u64,
     trace: u64,
@@ -337,8 +375,14 @@ pub struct Sim {
     holders: Vec<u32>,
     next_fresh: usize,
     by_kind: std::collections::BTreeMap<&'static str, u64>,
-    /// Wall-clock-free CPU accounting is the caller's job; this counts handle() calls.
+    /// `Peer::handle` calls so far.
     pub handle_calls: u64,
+    /// When set, every 8th `Peer::handle` call is timed with the wall clock (for the
+    /// benchmark's scheduler-CPU figure). Off by default: the simulation itself never reads a
+    /// clock, and timing does not change the run.
+    pub time_handle: bool,
+    handle_sampled: u64,
+    handle_nanos: u128,
 }
 
 fn result_of(
@@ -389,6 +433,9 @@ impl Sim {
             partitioned: false,
             exec_seq: 0,
             work_done: 0,
+            work_extra: [0; 6],
+            work_cancelled: 0,
+            work_lost: 0,
             messages: 0,
             events: 0,
             trace: 0,
@@ -400,6 +447,9 @@ impl Sim {
             by_kind: Default::default(),
             next_fresh: 0,
             handle_calls: 0,
+            time_handle: false,
+            handle_sampled: 0,
+            handle_nanos: 0,
             cfg,
         };
         // Identities first, so the key registry is complete before peers are built.
@@ -530,6 +580,7 @@ impl Sim {
             group: 0,
             timer_at: None,
             running: FxHashMap::default(),
+            interrupted: Vec::new(),
             has_bundle: i == 0,
         });
     }
@@ -593,6 +644,29 @@ impl Sim {
         self.push(t, Ev::Deliver { to, from, msg: Box::new(msg) });
     }
 
+    /// Sends `msg` to every peer in `to` with one link delay for all (a stated simplification:
+    /// the copies of one multicast arrive together). Loss is still drawn per recipient.
+    fn multicast(&mut self, from: u32, mut to: Vec<u32>, msg: Message) {
+        self.messages += to.len() as u64;
+        *self.by_kind.entry(msg.kind()).or_default() += to.len() as u64;
+        if self.cfg.loss > 0.0 {
+            let loss = self.cfg.loss;
+            let rng = &mut self.rng;
+            to.retain(|_| !rng.chance(loss));
+        }
+        match to.len() {
+            0 => {}
+            1 => {
+                let t = self.now + self.link_delay(from, to[0]);
+                self.push(t, Ev::Deliver { to: to[0], from, msg: Box::new(msg) });
+            }
+            _ => {
+                let t = self.now + self.link_delay(from, to[0]);
+                self.push(t, Ev::Multi { to, from, msg: Box::new(msg) });
+            }
+        }
+    }
+
     fn reachable(&self, a: u32, b: u32) -> bool {
         let (pa, pb) = (&self.peers[a as usize], &self.peers[b as usize]);
         pb.alive && pb.online && pa.alive && (!self.partitioned || pa.group == pb.group)
@@ -602,9 +676,38 @@ impl Sim {
         self.handle_calls += 1;
         let now = self.now;
         let mut buf = std::mem::take(&mut self.buf);
-        buf.extend(self.peers[i as usize].peer.handle(ev, now));
+        if self.time_handle && self.handle_calls.is_multiple_of(8) {
+            let t = std::time::Instant::now();
+            buf.extend(self.peers[i as usize].peer.handle(ev, now));
+            self.handle_nanos += t.elapsed().as_nanos();
+            self.handle_sampled += 1;
+        } else {
+            buf.extend(self.peers[i as usize].peer.handle(ev, now));
+        }
+        // Consecutive sends of the same claim, commit or probe (to a unit's watchers) travel
+        // as one multicast.
+        let mut group: Option<(Message, Vec<u32>)> = None;
         for a in buf.drain(..) {
+            if let Action::Send { to, msg } = a {
+                let Some(&t) = self.index.get(&to) else { continue };
+                match &mut group {
+                    Some((m, tos)) if same_message(m, &msg) => tos.push(t),
+                    _ => {
+                        if let Some((m, tos)) = group.take() {
+                            self.multicast(i, tos, m);
+                        }
+                        group = Some((msg, vec![t]));
+                    }
+                }
+                continue;
+            }
+            if let Some((m, tos)) = group.take() {
+                self.multicast(i, tos, m);
+            }
             self.perform(i, a);
+        }
+        if let Some((m, tos)) = group.take() {
+            self.multicast(i, tos, m);
         }
         self.buf = buf;
     }
@@ -644,11 +747,8 @@ impl Sim {
                 } else {
                     targets.extend(self.ring_any.iter().map(|e| e.1));
                 }
-                for t in targets {
-                    if t != i {
-                        self.send(i, t, msg.clone());
-                    }
-                }
+                targets.retain(|&t| t != i);
+                self.multicast(i, targets, msg);
             }
             Action::SetTimer(at) => {
                 let p = &mut self.peers[i as usize];
@@ -678,15 +778,18 @@ impl Sim {
                     return;
                 }
                 let duration = (cost as f64 / p.speed) as u64 + 2 * p.delay;
+                let cause = p.peer.run_cause(&unit).unwrap_or(RunCause::Rule);
                 let p = &mut self.peers[i as usize];
-                p.running.insert(unit, Running { exec, started: self.now, cost, duration });
+                p.running.insert(unit, Running { cause, exec, started: self.now, cost, duration });
                 self.push(self.now + duration, Ev::Finish { peer: i, unit, exec });
             }
             Action::CancelUnit(unit) => {
                 let p = &mut self.peers[i as usize];
                 if let Some(r) = p.running.remove(&unit) {
                     let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
-                    self.work_done += (r.cost as f64 * frac.min(1.0)) as u128;
+                    let w = (r.cost as f64 * frac.min(1.0)) as u128;
+                    self.work_done += w;
+                    self.work_cancelled += w;
                 }
             }
             Action::StoreBlob(_) => {}
@@ -774,6 +877,15 @@ impl Sim {
                     let fromid = self.peers[from as usize].id;
                     self.call(to, Event::Message { from: fromid, msg: *msg });
                 }
+                Ev::Multi { to, from, msg } => {
+                    let fromid = self.peers[from as usize].id;
+                    for t in to {
+                        self.trace_mix(q.at, t as u64);
+                        if self.reachable(from, t) {
+                            self.call(t, Event::Message { from: fromid, msg: (*msg).clone() });
+                        }
+                    }
+                }
                 Ev::Timer { peer, at } => {
                     let p = &mut self.peers[peer as usize];
                     if p.timer_at != Some(at) || !p.alive || !p.online {
@@ -797,6 +909,11 @@ impl Sim {
                                 self.work_done += r.cost as u128;
                                 let Some(&ji) = self.job_index.get(&unit.job) else { continue };
                                 let g = self.jobs[ji].2 + unit.index as usize;
+                                let t = &mut self.truth[g];
+                                if t.runs >= self.cfg.replication.quorum {
+                                    self.work_extra[cause_ix(r.cause)] += r.cost as u128;
+                                }
+                                t.runs = t.runs.saturating_add(1);
                                 let strict = self.jobs[ji].1.determinism == Determinism::Strict;
                                 let uid = {
                                     let u = &self.jobs[ji].1.units[unit.index as usize];
@@ -866,16 +983,20 @@ impl Sim {
                     if off {
                         p.online = false;
                         p.timer_at = None;
-                        let lost: Vec<Running> = p.running.drain().map(|(_, r)| r).collect();
-                        for r in lost {
-                            let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
-                            self.work_done += (r.cost as f64 * frac.min(1.0)) as u128;
-                        }
+                        let mut lost: Vec<(UnitRef, Running)> = p.running.drain().collect();
+                        lost.sort_unstable_by_key(|(u, _)| *u);
+                        p.interrupted = lost.iter().map(|(u, _)| *u).collect();
+                        self.lose(lost.into_iter().map(|(_, r)| r).collect());
                         self.ring_remove(i);
                     } else {
                         p.online = true;
+                        let interrupted = std::mem::take(&mut p.interrupted);
                         self.ring_insert(i);
                         self.call(i, Event::Online);
+                        for unit in interrupted {
+                            let result = Err(LocalFailure::Cancelled);
+                            self.call(i, Event::UnitFinished { unit, result });
+                        }
                     }
                 }
             }
@@ -889,10 +1010,7 @@ impl Sim {
         p.online = false;
         p.has_bundle = false;
         let lost: Vec<Running> = p.running.drain().map(|(_, r)| r).collect();
-        for r in lost {
-            let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
-            self.work_done += (r.cost as f64 * frac.min(1.0)) as u128;
-        }
+        self.lose(lost);
         self.ring_remove(i);
         if graceful {
             let id = self.peers[i as usize].id;
@@ -905,6 +1023,15 @@ impl Sim {
                     self.call(t, Event::PeerLeft(id));
                 }
             }
+        }
+    }
+
+    fn lose(&mut self, lost: Vec<Running>) {
+        for r in lost {
+            let frac = (self.now - r.started) as f64 / r.duration.max(1) as f64;
+            let w = (r.cost as f64 * frac.min(1.0)) as u128;
+            self.work_done += w;
+            self.work_lost += w;
         }
     }
 
@@ -972,6 +1099,24 @@ impl Sim {
         let quorum_work: u128 = self.truth.iter().map(|t| t.cost as u128).sum::<u128>()
             * self.cfg.replication.quorum as u128;
         r.waste = (self.work_done as f64 - quorum_work as f64) / quorum_work.max(1) as f64;
+        let q = quorum_work.max(1) as f64;
+        let mut b = format!(
+            "lost_to_churn={:.4} cancelled={:.4}",
+            self.work_lost as f64 / q,
+            self.work_cancelled as f64 / q
+        );
+        for c in [
+            RunCause::Scan,
+            RunCause::Probe,
+            RunCause::Lapse,
+            RunCause::Extra,
+            RunCause::Rule,
+            RunCause::Steal,
+        ] {
+            let _ =
+                write!(b, " extra_{}={:.4}", c.label(), self.work_extra[cause_ix(c)] as f64 / q);
+        }
+        r.waste_breakdown = b;
         r.submitter_verified = self
             .jobs
             .iter()
@@ -983,11 +1128,20 @@ impl Sim {
             self.peers.iter().map(|p| f(p.peer.stats())).sum()
         };
         r.by_kind.push_str(&format!(
-            " | queued_scan={} queued_rule={} queued_steal={} started={}",
+            " | queued_scan={} queued_rule={} queued_steal={} started={} (scan={} probe={} \
+             lapse={} extra={} rule={} steal={}) lease_extensions={} leases_gone={}",
             st(|s| s.queued_scan),
             st(|s| s.queued_rule),
             st(|s| s.queued_steal),
-            st(|s| s.started)
+            st(|s| s.started),
+            st(|s| s.started_scan),
+            st(|s| s.started_probe),
+            st(|s| s.started_lapse),
+            st(|s| s.started_extra),
+            st(|s| s.started_rule),
+            st(|s| s.started_steal),
+            st(|s| s.lease_extensions),
+            st(|s| s.leases_gone),
         ));
         r.dropped_commits = self
             .peers
@@ -1035,9 +1189,50 @@ impl Sim {
         self.events
     }
 
+    /// Estimated wall time spent inside `Peer::handle` (seconds), from the timed sample (see
+    /// [`Sim::time_handle`]); `None` when nothing was timed.
+    pub fn handle_seconds(&self) -> Option<f64> {
+        (self.handle_sampled > 0).then(|| {
+            self.handle_nanos as f64 / self.handle_sampled as f64 * self.handle_calls as f64 / 1e9
+        })
+    }
+
+    /// Units tracked, and units remembered only as resolved, summed over all peers.
+    pub fn tracked_totals(&self) -> (usize, usize) {
+        self.peers
+            .iter()
+            .fold((0, 0), |(a, b), p| (a + p.peer.tracked_units(), b + p.peer.done_units()))
+    }
+
     /// Injects a raw frame into peer `to` as if sent by peer `from` (for abuse tests).
     pub fn inject_frame(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
         let from = self.peers[from].id;
         self.call(to as u32, Event::Frame { from, bytes });
+    }
+}
+
+fn cause_ix(c: RunCause) -> usize {
+    match c {
+        RunCause::Scan => 0,
+        RunCause::Probe => 1,
+        RunCause::Lapse => 2,
+        RunCause::Extra => 3,
+        RunCause::Rule => 4,
+        RunCause::Steal => 5,
+    }
+}
+
+/// Whether two messages are the same claim, commit or probe (cheap, for multicast grouping).
+fn same_message(a: &Message, b: &Message) -> bool {
+    match (a, b) {
+        (Message::Claim { unit: u1, until: t1 }, Message::Claim { unit: u2, until: t2 }) => {
+            u1 == u2 && t1 == t2
+        }
+        (Message::Release { unit: u1, until: t1 }, Message::Release { unit: u2, until: t2 }) => {
+            u1 == u2 && t1 == t2
+        }
+        (Message::Commit(c1), Message::Commit(c2)) => c1 == c2,
+        (Message::Probe(u1), Message::Probe(u2)) => u1 == u2,
+        _ => false,
     }
 }
