@@ -429,6 +429,7 @@ pub struct Peer {
     timers: BTreeSet<(Millis, TimerKind)>,
     wake: Option<Millis>,
     last_steal: Option<Millis>,
+    sweeps: u64,
     dissent: DissentBook,
     stats: Stats,
     out: Vec<Action>,
@@ -477,6 +478,7 @@ impl Peer {
             timers: BTreeSet::new(),
             wake: None,
             last_steal: None,
+            sweeps: 0,
             dissent,
             stats: Stats::default(),
             out: Vec::new(),
@@ -630,6 +632,10 @@ impl Peer {
                         self.rescan_all();
                     }
                     self.holders_gone(&gone);
+                    self.sweeps += 1;
+                    if self.sweeps.is_multiple_of(4) {
+                        self.sweep();
+                    }
                     self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
                 }
                 TimerKind::Unit(s, i) => self.evaluate((s, i)),
@@ -707,6 +713,38 @@ impl Peer {
         self.stats.leases_gone += hit.len() as u64;
         for k in hit {
             self.evaluate(k);
+        }
+    }
+
+    /// Liveness backstop (every fourth expiry tick): a pending unit that nobody holds a live
+    /// lease on is driven again — re-evaluated, or, if we already committed to it, our commit
+    /// is re-sent to its current ranking so the peers now responsible take it up.
+    fn sweep(&mut self) {
+        let now = self.now;
+        let mut stuck: Vec<UKey> = self
+            .units
+            .iter()
+            .filter(|(_, u)| {
+                u.outcome.is_none()
+                    && matches!(u.mine, Mine::None | Mine::Committed)
+                    && u.leases.next_expiry(now).is_none()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        stuck.sort_unstable();
+        for key in stuck {
+            let Some(u) = self.units.get(&key) else { continue };
+            if u.mine == Mine::None {
+                self.evaluate(key);
+                continue;
+            }
+            let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == self.id).copied()
+            else {
+                continue;
+            };
+            for to in self.watchers(key) {
+                self.out.push(Action::Send { to, msg: Message::Commit(c) });
+            }
         }
     }
 
@@ -1230,7 +1268,11 @@ impl Peer {
         let mut expected = [PeerId([0; 32]); 4];
         let mut n_expected = 0;
         for (_, p) in &self.scratch {
-            if u.tally.has(p) || u.leases.is_live(p, now) || u.leases.lapsed(p, now) {
+            // Our own lease here is hearsay (an implicit lease others gave us): we are not
+            // running the unit (`mine` is None), so it never rules us out.
+            if u.tally.has(p)
+                || (*p != self.id && (u.leases.is_live(p, now) || u.leases.lapsed(p, now)))
+            {
                 continue;
             }
             if *p == self.id {
