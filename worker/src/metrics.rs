@@ -48,6 +48,8 @@ pub struct Metrics {
     pub node_info: Family<NodeLabels, Gauge>,
     /// Units handed to the sandbox.
     pub units_started: Counter,
+    /// Units answered from an earlier verified result of the same computation, not run.
+    pub units_memoised: Counter,
     /// Units that ended, by outcome kind.
     pub units_finished: Family<KindLabel, Counter>,
     /// Wall-clock time of each unit run.
@@ -115,6 +117,7 @@ impl Metrics {
         let m = Self {
             node_info: Family::default(),
             units_started: Counter::default(),
+            units_memoised: Counter::default(),
             units_finished: Family::default(),
             unit_duration: Histogram::new(exponential_buckets(0.0005, 2.5, 16)),
             unit_cpu_seconds: Counter::default(),
@@ -141,6 +144,11 @@ impl Metrics {
         };
         r.register("node_info", "Node id of this peer (always 1)", m.node_info.clone());
         r.register("units_started", "Units handed to the sandbox", m.units_started.clone());
+        r.register(
+            "units_memoised",
+            "Units answered from an earlier verified result, not run",
+            m.units_memoised.clone(),
+        );
         r.register("units_finished", "Units that ended, by outcome", m.units_finished.clone());
         r.register_with_unit(
             "unit_duration",
@@ -260,6 +268,9 @@ impl ova_net::runtime::Observer for Metrics {
         if mine {
             inc_kind(&self.units_failed, "no_quorum");
         }
+    }
+    fn unit_memoised(&self) {
+        self.units_memoised.inc();
     }
     fn job_submitted(&self) {
         self.jobs_submitted.inc();

@@ -95,6 +95,8 @@ pub trait Observer: Send + Sync + 'static {
     fn job_submitted(&self) {}
     /// A job this peer submitted ended (every unit verified or failed).
     fn job_completed(&self) {}
+    /// A unit assigned here was answered from an earlier verified result, without running.
+    fn unit_memoised(&self) {}
     /// A frame was dropped before reaching the core.
     fn frame_dropped(&self, _reason: &'static str) {}
     /// Bytes moved by blob transfer (sent by us, received by us).
@@ -174,7 +176,8 @@ pub struct RuntimeConfig {
     pub max_blob_bytes: u64,
     /// Time allowed for one blob fetch.
     pub fetch_timeout: Duration,
-    /// Only run jobs submitted by these peers (`None`: anyone's).
+    /// Only spend CPU on jobs submitted by these peers (`None`: anyone's); units of other
+    /// jobs are handed back to the network at once.
     pub allowed_submitters: Option<Vec<PeerId>>,
     /// Depth of the outgoing message queue (full: messages are dropped and counted; the
     /// protocol recovers lost messages through leases, probes and re-advertising).
@@ -290,6 +293,7 @@ impl Runtime {
             first_result: HashMap::new(),
             done_jobs: std::collections::HashSet::new(),
             pending_submits: Vec::new(),
+            outbox: Vec::new(),
             unplaceable: HashMap::new(),
             unit_ids: HashMap::new(),
             mine: Default::default(),
@@ -408,6 +412,8 @@ struct Driver {
     /// Our jobs waiting for the first peer with spare cores to appear in the core's view: a
     /// job announced into an empty view could not be placed on any architecture class.
     pending_submits: Vec<(ova_jobs::Manifest, Instant)>,
+    /// Messages of the current loop turn, sent by [`Driver::flush`].
+    outbox: Vec<Outgoing>,
     /// Our jobs that could not be placed at all: (units, failed) for progress queries.
     unplaceable: HashMap<JobId, u32>,
     /// Unit ids of the jobs seen, so verdicts need no store read (bounded: cleared when full).
@@ -432,6 +438,7 @@ impl Driver {
             warn!("could not replay the store: {e}");
         }
         self.feed(Event::Online, &done_tx);
+        self.flush();
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -487,6 +494,11 @@ impl Driver {
                     self.flush_pending_submits(&done_tx);
                 }
             }
+            self.flush();
+        }
+        self.flush();
+        if let Err(e) = self.store.sync() {
+            warn!("store: {e}");
         }
     }
 
@@ -682,16 +694,9 @@ impl Driver {
         let from = peer_id(&from);
         match &msg {
             Message::Announce(info) => {
-                if let Some(allowed) = &self.config.allowed_submitters
-                    && !allowed.contains(&info.submitter)
-                    && info.submitter != self.peer.id()
-                {
-                    debug!(job = %info.job_id, "job from a submitter not on the allow-list; ignored");
-                    return;
-                }
                 if info.derived().is_some() {
                     let bytes = Message::Announce(info.clone()).encode();
-                    if let Err(e) = self.store.write(|w| {
+                    if let Err(e) = self.store.write_deferred(|w| {
                         w.put_manifest(&info.manifest)?;
                         w.put_announce(&info.job_id, &bytes)
                     }) {
@@ -740,7 +745,8 @@ impl Driver {
             }
         }
         if let Ok(bytes) = postcard::to_stdvec(c)
-            && let Err(e) = self.store.write(|w| w.put_commit(&b.unit_id, &b.executor.0, &bytes))
+            && let Err(e) =
+                self.store.write_deferred(|w| w.put_commit(&b.unit_id, &b.executor.0, &bytes))
         {
             warn!("store: {e}");
         }
@@ -757,9 +763,29 @@ impl Driver {
         }
     }
 
-    fn enqueue(&self, out: Outgoing) {
-        if self.send_tx.try_send(out).is_err() {
-            self.observer.frame_dropped("send_queue_full");
+    /// Queues a message; it leaves at the end of this turn of the loop, after the store is
+    /// synced (see [`Driver::flush`]).
+    fn enqueue(&mut self, out: Outgoing) {
+        self.outbox.push(out);
+    }
+
+    /// Group commit: makes this turn's writes durable with one fsync, then releases the
+    /// messages that acknowledge them (commits, announcements). A peer killed at any point
+    /// has therefore never told anyone about a result it could lose.
+    fn flush(&mut self) {
+        if self.outbox.is_empty() {
+            // Nothing acknowledges the writes yet; they become durable with a later turn.
+            return;
+        }
+        if let Err(e) = self.store.sync() {
+            warn!("store: {e}; messages of this turn are not sent");
+            self.outbox.clear();
+            return;
+        }
+        for out in self.outbox.drain(..) {
+            if self.send_tx.try_send(out).is_err() {
+                self.observer.frame_dropped("send_queue_full");
+            }
         }
     }
 
@@ -782,7 +808,9 @@ impl Driver {
                     && info.submitter == self.peer.id()
                 {
                     // Our own announcement: kept so a restarted submitter resumes the job as is.
-                    if let Err(e) = self.store.write(|w| w.put_announce(&info.job_id, &bytes)) {
+                    if let Err(e) =
+                        self.store.write_deferred(|w| w.put_announce(&info.job_id, &bytes))
+                    {
                         warn!("store: {e}");
                     }
                 }
@@ -816,7 +844,7 @@ impl Driver {
                 self.observer.unit_verified(mine);
                 self.first_result.remove(&unit);
                 if let Some(unit_id) = self.unit_id(&unit)
-                    && let Err(e) = self.store.write(|w| w.put_verified(&unit_id, &result))
+                    && let Err(e) = self.store.write_deferred(|w| w.put_verified(&unit_id, &result))
                 {
                     warn!("store: {e}");
                 }
@@ -911,6 +939,33 @@ impl Driver {
             done_tx.try_send(Done::Unit(unit, Err(LocalFailure::Cancelled))).ok();
             return;
         };
+        // The allow-list guards this machine's CPU: a unit of a job from anyone else is handed
+        // straight back (the network places it elsewhere at once), though the job is still
+        // followed and its results checked like any other.
+        if let Some(allowed) = &self.config.allowed_submitters
+            && !allowed.contains(&job.submitter)
+            && job.submitter != self.peer.id()
+        {
+            debug!(job = %job.job_id, "submitter not on the allow-list; unit declined");
+            let task = tokio::spawn(async move {
+                done_tx.send(Done::Unit(unit, Err(LocalFailure::Cancelled))).await.ok();
+            });
+            self.running.insert(unit, task);
+            return;
+        }
+        // Memoisation: the same computation (a unit id names module, input and arguments) was
+        // verified by a quorum before and its record is held here — reuse it, run nothing.
+        if let Ok(Some(result)) = self.store.verified(&unit_id)
+            && self.store.has_blob(&result).unwrap_or(false)
+        {
+            debug!(%unit_id, "verified before; reusing the result");
+            self.observer.unit_memoised();
+            let task = tokio::spawn(async move {
+                done_tx.send(Done::Unit(unit, Ok(result))).await.ok();
+            });
+            self.running.insert(unit, task);
+            return;
+        }
         let store = self.store.clone();
         let endpoint = self.node.endpoint().clone();
         let alpn = self.node.config().alpn(blobs::BLOB_ALPN);
@@ -957,7 +1012,7 @@ impl Driver {
             let result = match out.record {
                 Some(record) => {
                     let bytes = record.encode();
-                    match store.put_blob(&bytes) {
+                    match store.write_deferred(|w| w.put_blob(&bytes)) {
                         Ok(id) => Ok(id),
                         Err(e) => {
                             warn!("store: {e}");
@@ -995,8 +1050,10 @@ async fn fetch_into(
             Ok(bytes) => {
                 observer.blob_bytes(0, bytes.len() as u64);
                 let store = store.clone();
-                let stored =
-                    tokio::task::spawn_blocking(move || store.put_blob_checked(id, &bytes)).await;
+                let stored = tokio::task::spawn_blocking(move || {
+                    store.write_deferred(|w| w.put_blob_checked(id, &bytes))
+                })
+                .await;
                 if matches!(stored, Ok(Ok(()))) {
                     return true;
                 }

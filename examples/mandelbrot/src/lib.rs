@@ -95,6 +95,31 @@ pub fn render_tile(view: &View, index: u32) -> Tile {
     Tile { index, x0, y0, iters }
 }
 
+/// Parses a unit's arguments, `--tile I [--tile-size PX]`, into the view (the default one,
+/// cut into tiles of `PX` pixels — a divisor of 1024 from 16 up; 128 when not given) and the
+/// tile index.
+pub fn parse_unit(args: &[String]) -> Result<(View, u32), String> {
+    let (index_args, size) = match args {
+        [_, _, flag, px] if flag == "--tile-size" => {
+            let px: u32 = px.parse().map_err(|_| format!("bad tile size {px:?}"))?;
+            (&args[..2], Some(px))
+        }
+        _ => (args, None),
+    };
+    let index = parse_args(index_args)?;
+    let mut view = DEFAULT_VIEW;
+    if let Some(px) = size {
+        if px < 16 || view.width % px != 0 || view.height % px != 0 {
+            return Err(format!("tile size {px} must divide {} and be at least 16", view.width));
+        }
+        view.tile = px;
+    }
+    if index >= view.tiles() {
+        return Err(format!("tile {index} is out of range (the view has {})", view.tiles()));
+    }
+    Ok((view, index))
+}
+
 /// Parses a unit's arguments: `--tile I`.
 pub fn parse_args(args: &[String]) -> Result<u32, String> {
     match args {
@@ -190,6 +215,17 @@ mod png {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_arguments() {
+        let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(parse_unit(&a("--tile 3")), Ok((DEFAULT_VIEW, 3)));
+        let (v, i) = parse_unit(&a("--tile 255 --tile-size 64")).unwrap();
+        assert_eq!((v.tile, v.tiles(), i), (64, 256, 255));
+        assert!(parse_unit(&a("--tile 256 --tile-size 64")).unwrap_err().contains("out of range"));
+        assert!(parse_unit(&a("--tile 1 --tile-size 100")).is_err());
+        assert!(parse_unit(&a("--tile 64")).is_err());
+    }
 
     #[test]
     fn tiles_cover_the_image_and_png_is_well_formed() {

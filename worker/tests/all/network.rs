@@ -25,21 +25,13 @@ use ova_worker::{Completion, Executor, ExecutorExt, ModuleSource, UnitRequest};
 
 use crate::common::{example, pool, wat};
 
-/// A worker on 127.0.0.1 offering 2 cores, whatever the machine's load.
+/// A worker on 127.0.0.1 offering 2 cores whatever the machine's load, running units on `exec`.
 async fn worker(
     dir: &std::path::Path,
     boot: Vec<NodeTicket>,
     exec: Arc<dyn Executor>,
 ) -> WorkerPeer {
-    let mut o = WorkerOptions::new(dir, EndpointConfig::loopback()).unwrap();
-    o.node.bootstrap = boot;
-    o.node.local_discovery = false;
-    o.node.advert_interval = Duration::from_secs(1);
-    o.node.advert_ttl = Duration::from_secs(5);
-    o.spare = SpareCpuConfig { cores: Some(2), ..SpareCpuConfig::default() };
-    o.sense_load = false;
-    o.executor = ExecutorChoice::Given(exec);
-    WorkerPeer::start(o).await.unwrap()
+    worker_with(dir, boot, |o| o.executor = ExecutorChoice::Given(exec)).await
 }
 
 /// Honest workers (in-process executors), one per directory, joined through the first.
@@ -162,6 +154,19 @@ fn three_workers_run_an_example_job_by_quorum() {
         assert!(report.dissenters.is_empty());
         let ran: u64 = ws.iter().map(|w| w.metrics().units_started.get()).sum();
         assert!(ran >= 200, "each unit ran on at least 2 workers: {ran}");
+
+        // The same computations in another job: answered from the verified results, not run.
+        let (mut m, blobs) = bundle.into_parts();
+        m.name = "primes-again".into();
+        let again = Bundle::new(m, blobs.into_values()).unwrap();
+        let mut job = client.submit(again).await.unwrap();
+        let summary = wait_all(&mut job, 120).await;
+        assert_eq!((summary.verified, summary.failed), (100, 0));
+        assert_eq!(records(&job), expected);
+        let ran_again: u64 = ws.iter().map(|w| w.metrics().units_started.get()).sum();
+        let memoised: u64 = ws.iter().map(|w| w.metrics().units_memoised.get()).sum();
+        assert_eq!(ran_again, ran, "no unit ran a second time");
+        assert!(memoised >= 200, "every replica reused a verified result: {memoised}");
         client.shutdown().await;
         for w in ws {
             w.shutdown().await;
@@ -314,5 +319,87 @@ fn bad_jobs_end_with_a_reason() {
         for w in ws {
             w.shutdown().await;
         }
+    });
+}
+
+/// A worker on 127.0.0.1 offering 2 cores whatever the machine's load (an in-process pool),
+/// with options changed by `f`.
+async fn worker_with(
+    dir: &std::path::Path,
+    boot: Vec<NodeTicket>,
+    f: impl FnOnce(&mut WorkerOptions),
+) -> WorkerPeer {
+    let mut o = WorkerOptions::new(dir, EndpointConfig::loopback()).unwrap();
+    o.node.bootstrap = boot;
+    o.node.local_discovery = false;
+    o.node.advert_interval = Duration::from_secs(1);
+    o.node.advert_ttl = Duration::from_secs(5);
+    o.spare = SpareCpuConfig { cores: Some(2), ..SpareCpuConfig::default() };
+    o.sense_load = false;
+    o.executor = ExecutorChoice::Given(Arc::new(pool(2)));
+    f(&mut o);
+    WorkerPeer::start(o).await.unwrap()
+}
+
+#[test]
+fn private_networks_keep_outsiders_out_and_allow_lists_pick_submitters() {
+    const SECRET: &str = "correct horse battery staple";
+    let module = example("primes");
+    runtime().block_on(async {
+        let dirs: Vec<_> = (0..7).map(|_| tempfile::tempdir().unwrap()).collect();
+        let private = |o: &mut WorkerOptions| o.node.network_secret = Some(SECRET.into());
+        let a = worker_with(dirs[0].path(), vec![], private).await;
+        let boot = vec![a.runtime().node().ticket()];
+        let b = worker_with(dirs[1].path(), boot.clone(), private).await;
+
+        // An outsider (no secret) bootstrapping through `a` never sees a peer: every protocol's
+        // ALPN differs, so its connections are refused.
+        let outsider = client(dirs[2].path(), &a).await;
+        let mut changed = outsider.runtime().node().watch_peers();
+        let joined = tokio::time::timeout(Duration::from_secs(3), async {
+            while outsider.runtime().node().peers().is_empty() {
+                changed.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(joined.is_err(), "an outsider joined a private network");
+        assert!(a.runtime().node().peers().iter().all(|p| p.id != outsider.runtime().node().id()));
+        outsider.shutdown().await;
+
+        // A member with the secret runs a job on it.
+        let config = ClientConfig {
+            endpoint: EndpointConfig::loopback(),
+            network_secret: Some(SECRET.into()),
+            ..ClientConfig::new(dirs[3].path(), boot)
+        };
+        let member = Client::connect(config).await.unwrap();
+        sees_workers(&member, 2).await;
+        let mut job = member.submit(primes_job(&module, 10)).await.unwrap();
+        assert_eq!(wait_all(&mut job, 60).await.verified, 10);
+        member.shutdown().await;
+        a.shutdown().await;
+        b.shutdown().await;
+
+        // Open network: `picky` runs only jobs from a submitter it allows (not this one).
+        let open = worker_with(dirs[4].path(), vec![], |_| {}).await;
+        let someone_else = iroh::SecretKey::generate().public();
+        let boot = vec![open.runtime().node().ticket()];
+        let picky = worker_with(dirs[5].path(), boot, |o| {
+            o.allowed_submitters = Some(vec![someone_else]);
+        })
+        .await;
+        let c = client(dirs[6].path(), &open).await;
+        sees_workers(&c, 2).await;
+        let mut bundle = job_of(&module, "not-for-picky", 10, &["--span", "1000"], 1);
+        let (mut m, blobs) = bundle.into_parts();
+        m.limits.deadline_ms = 5_000;
+        bundle = Bundle::new(m, blobs.into_values()).unwrap();
+        let mut job = c.submit(bundle).await.unwrap();
+        assert_eq!(wait_all(&mut job, 120).await.verified, 10);
+        assert_eq!(picky.metrics().units_started.get(), 0, "picky ran a job it does not allow");
+        assert!(open.metrics().units_started.get() >= 10);
+        c.shutdown().await;
+        open.shutdown().await;
+        picky.shutdown().await;
     });
 }

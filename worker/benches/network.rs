@@ -1,0 +1,164 @@
+//! Network benchmarks, measured side by side in one run on this machine:
+//!
+//! - **P3**: the Mandelbrot example cut into 256 tiles, rendered (a) natively with rayon on all
+//!   cores and (b) as wasm units on 3 local workers (in-process peers on 127.0.0.1, each with
+//!   its supervised executor process), submitted by a light peer and verified at quorum 1 and
+//!   at quorum 2. Ratios are network throughput ÷ native throughput; at quorum 2 every tile
+//!   runs twice, so 0.5 is the ceiling.
+//! - **P4**: tiny units (a 64-byte echo) verified end to end per second on 3 local workers at
+//!   quorum 2.
+//!
+//! Each measurement starts a fresh network (fresh stores, so no result is reused from an
+//! earlier run). `OVA_BENCH_QUICK=1` runs smaller jobs. Needs the example modules:
+//! `scripts/build-examples.sh`. Run: `cargo bench -p ova-worker --bench network`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ova_jobs::Bundle;
+use ova_net::endpoint::EndpointConfig;
+use ova_sdk::{Client, ClientConfig, JobBuilder};
+use ova_worker::peer::{WorkerOptions, WorkerPeer};
+use ova_worker::spare_cpu::SpareCpuConfig;
+use rayon::prelude::*;
+
+const WORKERS: usize = 3;
+
+fn quick() -> bool {
+    std::env::var_os("OVA_BENCH_QUICK").is_some()
+}
+
+fn machine_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts `WORKERS` workers and a client on 127.0.0.1, runs `bundle`, and returns the seconds
+/// from submission until every unit is verified and held by the submitter.
+async fn run_on_network(bundle: Bundle, cores_each: u16) -> f64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut workers: Vec<WorkerPeer> = Vec::new();
+    for i in 0..WORKERS {
+        let mut o =
+            WorkerOptions::new(tmp.path().join(format!("w{i}")), EndpointConfig::loopback())
+                .unwrap();
+        o.node.local_discovery = false;
+        if let Some(first) = workers.first() {
+            o.node.bootstrap = vec![first.runtime().node().ticket()];
+        }
+        o.spare = SpareCpuConfig { cores: Some(cores_each), ..SpareCpuConfig::default() };
+        o.sense_load = false;
+        o.cache_dir = Some(tmp.path().join("compiled"));
+        workers.push(WorkerPeer::start(o).await.unwrap());
+    }
+    let config = ClientConfig {
+        endpoint: EndpointConfig::loopback(),
+        ..ClientConfig::new(tmp.path().join("client"), vec![workers[0].runtime().node().ticket()])
+    };
+    let client = Client::connect(config).await.unwrap();
+    let node = client.runtime().node();
+    let mut changed = node.watch_peers();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count() < WORKERS {
+            changed.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("workers join");
+    let n = bundle.manifest().units.len() as u32;
+    let t0 = Instant::now();
+    let mut job = client.submit(bundle).await.unwrap();
+    let s = job.wait(Duration::from_secs(1800)).await.unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!((s.verified, s.failed), (n, 0), "every unit verified");
+    client.shutdown().await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    secs
+}
+
+fn mandelbrot_job(module: &[u8], tiles: u32, tile_px: u32, quorum: u8) -> Bundle {
+    let mut b = JobBuilder::new(format!("mandelbrot-q{quorum}"), module.to_vec())
+        .quorum(quorum)
+        .max_replicas(quorum + 1)
+        .result_copies(0)
+        .deadline_secs(120.0);
+    for i in 0..tiles {
+        b = b.unit_with_args(
+            Vec::new(),
+            ["--tile", &i.to_string(), "--tile-size", &tile_px.to_string()],
+        );
+    }
+    b.build().unwrap()
+}
+
+/// A module that copies stdin to stdout (64-byte inputs).
+fn echo_module() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const 256))
+            (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+            (i32.store (i32.const 4) (i32.load (i32.const 16)))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#,
+    )
+    .unwrap()
+}
+
+fn main() {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm/mandelbrot.wasm");
+    let module = std::fs::read(&wasm)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-examples.sh)", wasm.display()));
+    let cores = machine_cores();
+    let cores_each = (cores / WORKERS).max(1) as u16;
+    let (tiles, tile_px) = if quick() { (64, 128) } else { (256, 64) };
+    let mut view = mandelbrot::DEFAULT_VIEW;
+    view.tile = tile_px;
+    assert_eq!(view.tiles(), tiles);
+
+    // Native: the same kernel with rayon on every core.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(cores).build().unwrap();
+    let t0 = Instant::now();
+    let native: Vec<_> = pool.install(|| {
+        (0..tiles).into_par_iter().map(|i| mandelbrot::render_tile(&view, i)).collect()
+    });
+    let native_secs = t0.elapsed().as_secs_f64();
+    assert_eq!(native.len(), tiles as usize);
+    let native_rate = f64::from(tiles) / native_secs;
+    println!(
+        "P3 native: {tiles} tiles in {native_secs:.2} s on {cores} cores = {native_rate:.1} tiles/s"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut ratios = Vec::new();
+    for quorum in [1u8, 2] {
+        let secs = rt
+            .block_on(run_on_network(mandelbrot_job(&module, tiles, tile_px, quorum), cores_each));
+        let rate = f64::from(tiles) / secs;
+        println!(
+            "P3 network quorum {quorum}: {tiles} tiles verified in {secs:.2} s on {WORKERS} workers \
+             × {cores_each} core(s) = {rate:.1} tiles/s"
+        );
+        ratios.push(rate / native_rate);
+    }
+
+    let n: usize = if quick() { 500 } else { 5_000 };
+    let echo = echo_module();
+    let mut b = JobBuilder::new("echo", echo).quorum(2).max_replicas(3).result_copies(0);
+    for i in 0..n {
+        let mut input = format!("{i:064}").into_bytes();
+        input.truncate(64);
+        b = b.unit(input);
+    }
+    let secs = rt.block_on(run_on_network(b.build().unwrap(), cores_each));
+    let p4 = n as f64 / secs;
+    println!("P4 network: {n} tiny units verified (quorum 2) in {secs:.2} s on {WORKERS} workers");
+
+    println!("P3 q1 network/native={:.3}", ratios[0]);
+    println!("P3 q2 network/native={:.3}", ratios[1]);
+    println!("P4 verified units/s={p4:.0}");
+}
