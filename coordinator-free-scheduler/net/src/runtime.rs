@@ -693,15 +693,13 @@ impl Driver {
         drop(payload);
         let from = peer_id(&from);
         match &msg {
-            Message::Announce(info) => {
-                if info.derived().is_some() {
-                    let bytes = Message::Announce(info.clone()).encode();
-                    if let Err(e) = self.store.write_deferred(|w| {
-                        w.put_manifest(&info.manifest)?;
-                        w.put_announce(&info.job_id, &bytes)
-                    }) {
-                        warn!("store: {e}");
-                    }
+            Message::Announce(info) if info.derived().is_some() => {
+                let bytes = Message::Announce(info.clone()).encode();
+                if let Err(e) = self.store.write_deferred(|w| {
+                    w.put_manifest(&info.manifest)?;
+                    w.put_announce(&info.job_id, &bytes)
+                }) {
+                    warn!("store: {e}");
                 }
             }
             Message::Commit(c) => {
