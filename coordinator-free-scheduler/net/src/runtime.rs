@@ -422,6 +422,9 @@ struct Driver {
     mine: std::collections::HashSet<JobId>,
 }
 
+/// Most events taken in one turn of the driver's loop (between two group commits).
+const MAX_BATCH_EVENTS: usize = 256;
+
 /// Most jobs whose unit ids are cached in the driver.
 const MAX_CACHED_JOBS: usize = 1024;
 
@@ -454,16 +457,7 @@ impl Driver {
                     Some(ev) => self.on_net(ev, &done_tx),
                     None => break,
                 },
-                Some(done) = done_rx.recv() => match done {
-                    Done::Unit(unit, result) => {
-                        self.running.remove(&unit);
-                        self.feed(Event::UnitFinished { unit, result }, &done_tx);
-                    }
-                    Done::Fetch(blob, purpose, ok) => {
-                        self.feed(Event::BlobFetched { blob, purpose, ok }, &done_tx);
-                        self.report_store();
-                    }
-                },
+                Some(done) = done_rx.recv() => self.on_done(done, &done_tx),
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Submit(bundle, reply)) => {
                         let r = self.submit(*bundle, &done_tx);
@@ -494,11 +488,35 @@ impl Driver {
                     self.flush_pending_submits(&done_tx);
                 }
             }
+            // Take in whatever else is already waiting (bounded), so one fsync in `flush`
+            // covers a whole batch of results and messages.
+            for _ in 0..MAX_BATCH_EVENTS {
+                if let Ok(done) = done_rx.try_recv() {
+                    self.on_done(done, &done_tx);
+                } else if let Ok(ev) = net.try_recv() {
+                    self.on_net(ev, &done_tx);
+                } else {
+                    break;
+                }
+            }
             self.flush();
         }
         self.flush();
         if let Err(e) = self.store.sync() {
             warn!("store: {e}");
+        }
+    }
+
+    fn on_done(&mut self, done: Done, done_tx: &mpsc::Sender<Done>) {
+        match done {
+            Done::Unit(unit, result) => {
+                self.running.remove(&unit);
+                self.feed(Event::UnitFinished { unit, result }, done_tx);
+            }
+            Done::Fetch(blob, purpose, ok) => {
+                self.feed(Event::BlobFetched { blob, purpose, ok }, done_tx);
+                self.report_store();
+            }
         }
     }
 
@@ -977,9 +995,14 @@ impl Driver {
                 done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
                 return;
             };
+            // Peers known to hold the bundle first, then the submitter, then the peers chosen
+            // to keep copies (they fetch it at announcement): a job goes on while its
+            // submitter is away.
             let mut from = sources.clone();
-            if !from.contains(&job.submitter) {
-                from.push(job.submitter);
+            for p in std::iter::once(&job.submitter).chain(&job.holders) {
+                if !from.contains(p) {
+                    from.push(*p);
+                }
             }
             for id in [m.module, spec.input] {
                 if !fetch_into(&store, (&endpoint, &alpn), &from, id, max, timeout, &*observer)

@@ -238,14 +238,23 @@ fn a_submitter_that_leaves_mid_job_comes_back_to_its_results() {
         let mut events = ws[1].runtime().subscribe();
         let c = client(dirs[3].path(), &ws[0]).await;
         sees_workers(&c, 3).await;
+        let blobs = bundle.manifest().blob_ids();
         let mut job = c.submit(bundle).await.unwrap();
         let id = job.id();
-        // Leave once the workers are at it.
+        // Leave once the workers are at it and a copy of the bundle is held by a worker (the
+        // job can then go on without us; `ova job submit` waits for the same).
+        let replicated =
+            || ws.iter().any(|w| blobs.iter().all(|b| w.runtime().store().has_blob(b).unwrap()));
         tokio::time::timeout(Duration::from_secs(60), async {
-            while !matches!(job.next_event().await, Some(JobEvent::UnitCommitted { .. })) {}
+            let mut committed = false;
+            while !(committed && replicated()) {
+                // Wakes on each event, and re-checks the stores at least every 100 ms.
+                let ev = tokio::time::timeout(Duration::from_millis(100), job.next_event()).await;
+                committed |= matches!(ev, Ok(Some(JobEvent::UnitCommitted { .. })));
+            }
         })
         .await
-        .expect("a first result within 60 s");
+        .expect("a first result and a replicated bundle within 60 s");
         let before = job.progress().await.unwrap();
         c.shutdown().await;
         drop(job);
