@@ -5,20 +5,25 @@
 //!   on the same cores. Beside it: strict (NaN-canonical) mode, fuel metering, and in-process
 //!   epoch checks — the alternative deadline protection we did not choose.
 //! - P2: trivial units (64-byte echo) through the executor, on 1 core and on all cores, plain
-//!   vs epoch vs fuel, and in-process without supervision for reference.
+//!   vs epoch vs fuel, and in-process without supervision for reference; submitted in batches
+//!   ([`Executor::submit_batch`]). Beside them, the ceiling: bare wasmtime (same pooling
+//!   engine) instantiating and running an empty module, with no WASI and no executor.
 //!
 //! Run: `cargo bench -p ova-worker --bench executor` (after `scripts/build-examples.sh`).
-//! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads).
-//! The last two lines are exactly `P1 wasm/native geomean=<ratio>` and
-//! `P2 trivial units/s=<n>`.
+//! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads, well
+//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare` (one part, e.g. under a profiler; the parts
+//! left out print as NaN).
+//! The last three lines are `P2 reference: bare wasmtime instantiate+run units/s=<n>`,
+//! `P1 wasm/native geomean=<ratio>` and `P2 trivial units/s=<n>`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ova_jobs::{BlobId, Determinism, Limits, Outcome, UnitId};
+use ova_worker::sandbox::{Flavor, engine};
 use ova_worker::{
-    Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, SupervisedExecutor,
+    Completion, Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, SupervisedExecutor,
     SupervisorConfig, UnitRequest,
 };
 
@@ -53,26 +58,97 @@ fn request(module: &Arc<ModuleSource>, input: &[u8], args: &[String]) -> UnitReq
     }
 }
 
-/// Runs all `reqs` through `exec` with at most `window` in flight; returns seconds.
+/// Runs all `reqs` through `exec` with at most `window` in flight, submitted in batches of up
+/// to `window / 4` ([`Executor::submit_batch`]); returns seconds.
 fn run_batch(exec: &dyn Executor, reqs: &[UnitRequest], window: usize) -> f64 {
     let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+    let chunk = (window / 4).max(1);
+    let submit = |from: usize, to: usize| {
+        let batch: Vec<(UnitRequest, Completion)> = reqs[from..to]
+            .iter()
+            .map(|r| {
+                let tx = tx.clone();
+                let done: Completion = Box::new(move |r| drop(tx.send(r.outcome)));
+                (r.clone(), done)
+            })
+            .collect();
+        exec.submit_batch(batch);
+    };
     let t0 = Instant::now();
-    let mut next = 0;
-    while next < reqs.len().min(window) {
-        let tx = tx.clone();
-        exec.submit(reqs[next].clone(), Box::new(move |r| drop(tx.send(r.outcome))));
-        next += 1;
-    }
-    for _ in 0..reqs.len() {
+    let mut next = reqs.len().min(window);
+    submit(0, next);
+    for finished in 1..=reqs.len() {
         let o = rx.recv().expect("executor alive");
         assert_eq!(o, Outcome::Success, "benchmark unit failed");
-        if next < reqs.len() {
-            let tx = tx.clone();
-            exec.submit(reqs[next].clone(), Box::new(move |r| drop(tx.send(r.outcome))));
-            next += 1;
+        let in_flight = next - finished;
+        if next < reqs.len() && in_flight + chunk <= window {
+            let to = (next + chunk).min(reqs.len());
+            submit(next, to);
+            next = to;
         }
     }
     t0.elapsed().as_secs_f64()
+}
+
+/// The ceiling for P2: our pooling engine (plain flavor) instantiating an empty module and
+/// calling its `_start`, a fresh store each time, on `threads` threads; units/s.
+fn bare_wasmtime(threads: usize, n: usize) -> f64 {
+    use wasmtime::{Linker, Module, Store};
+    let sizing =
+        engine::PoolSizing { slots: (threads as u32 * 2).max(8), max_table_elements: 1000 };
+    let slot = engine::build(Flavor::PLAIN, sizing).expect("engine");
+    let module = Module::new(
+        &slot.engine,
+        wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#)
+            .unwrap(),
+    )
+    .unwrap();
+    let pre = Linker::<()>::new(&slot.engine).instantiate_pre(&module).unwrap();
+    let run = |n: usize| {
+        for _ in 0..n {
+            let mut store = Store::new(&slot.engine, ());
+            let i = pre.instantiate(&mut store).unwrap();
+            i.get_typed_func::<(), ()>(&mut store, "_start").unwrap().call(&mut store, ()).unwrap();
+        }
+    };
+    run(1000);
+    let secs = best_of(2, || {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| run(n / threads));
+            }
+        });
+        t0.elapsed().as_secs_f64()
+    });
+    (n / threads * threads) as f64 / secs
+}
+
+/// [`Sandbox::run`] called directly in a loop on `threads` threads (WASI and our per-unit
+/// work, no executor); units/s.
+fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> f64 {
+    let sb =
+        Sandbox::new(SandboxConfig { slots: (threads as u32 * 2).max(8), ..Default::default() })
+            .unwrap();
+    for r in &reqs[..1000.min(reqs.len())] {
+        assert_eq!(sb.run(r).outcome, Outcome::Success);
+    }
+    let per = reqs.len() / threads;
+    let secs = best_of(2, || {
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for c in reqs.chunks(per).take(threads) {
+                let sb = &sb;
+                s.spawn(move || {
+                    for r in c {
+                        std::hint::black_box(sb.run(r));
+                    }
+                });
+            }
+        });
+        t0.elapsed().as_secs_f64()
+    });
+    (per * threads) as f64 / secs
 }
 
 fn supervised(cores: usize) -> SupervisedExecutor {
@@ -140,7 +216,14 @@ fn main() {
         if quick { "quick workloads" } else { "full workloads" }
     );
 
-    let kernels = vec![
+    let only = std::env::var("OVA_BENCH_ONLY").unwrap_or_default();
+    let part = |p: &str| only.is_empty() || only == p;
+    if only == "bare" {
+        let n = if quick { 200_000 } else { 1_000_000 };
+        println!("bare wasmtime instantiate+run units/s={:.0}", bare_wasmtime(cores, n));
+        return;
+    }
+    let mut kernels = vec![
         Kernel {
             name: "primes (u64 sieve)",
             module: example("primes"),
@@ -167,6 +250,9 @@ fn main() {
         },
     ];
 
+    if !part("p1") {
+        kernels.clear();
+    }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(cores).build().unwrap();
     let sup = supervised(cores);
     let epoch = in_process(cores).guard_all(true);
@@ -249,7 +335,16 @@ fn main() {
         )
         .unwrap(),
     );
-    let n_units = if quick { 50_000 } else { 200_000 };
+    let n_units = match (part("p2"), quick) {
+        (false, _) => 0,
+        (true, true) => 20_000,
+        (true, false) => 200_000,
+    };
+    if n_units == 0 {
+        println!("\nP1 wasm/native geomean={p1:.3}");
+        println!("P2 trivial units/s=NaN");
+        return;
+    }
     let payload = [7u8; 64];
     let mut base = request(&echo, &payload, &[]);
     base.limits = Limits { memory_bytes: 1 << 20, deadline_ms: 10_000, ..base.limits };
@@ -286,28 +381,38 @@ fn main() {
         let secs = best_of(2, || run_batch(exec, reqs, 8192));
         reqs.len() as f64 / secs
     };
+    let row = |label: &str, figs: [f64; 2]| {
+        println!("{label:44} {:>12.0} {:>12.0} {:>10.0}", figs[0], figs[1], figs[1] / cores as f64);
+    };
     for (label, kind) in [
         ("supervised, plain (production)", 0),
         ("supervised, epoch checks", 1),
         ("supervised, fuel", 2),
-        ("in process, no supervision (floor)", 3),
+        ("in process, no supervision", 3),
+        ("in process, epoch checks (PoolExecutor)", 4),
     ] {
         let rs = match kind {
-            1 => &epoch_reqs,
+            1 | 4 => &epoch_reqs,
             2 => &fuel_reqs,
             _ => &reqs,
         };
-        let mut figs = Vec::new();
-        for c in [1, cores] {
-            let r = if kind == 3 { rate(&in_process(c), rs) } else { rate(&supervised(c), rs) };
-            figs.push(r);
+        let mut figs = [0.0; 2];
+        for (f, c) in figs.iter_mut().zip([1, cores]) {
+            *f = if kind >= 3 { rate(&in_process(c), rs) } else { rate(&supervised(c), rs) };
         }
-        println!("{label:44} {:>12.0} {:>12.0} {:>10.0}", figs[0], figs[1], figs[1] / cores as f64);
+        row(label, figs);
         if kind == 0 {
             p2_all = figs[1];
         }
     }
+    row(
+        "Sandbox::run in a loop, no executor",
+        [sandbox_direct(1, &reqs), sandbox_direct(cores, &reqs)],
+    );
+    let bare = [bare_wasmtime(1, n_units), bare_wasmtime(cores, n_units)];
+    row("bare wasmtime: empty module, no WASI", bare);
     println!();
+    println!("P2 reference: bare wasmtime instantiate+run units/s={:.0}", bare[1]);
     println!("P1 wasm/native geomean={p1:.3}");
     println!("P2 trivial units/s={p2_all:.0}");
 }

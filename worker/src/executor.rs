@@ -32,6 +32,15 @@ pub trait Executor: Send + Sync {
     /// dropped first, in which case `done` is dropped uncalled).
     fn submit(&self, req: UnitRequest, done: Completion);
 
+    /// Queues many units at once; each `done` is called exactly once with its unit's result,
+    /// as for [`Executor::submit`]. Executors override it to take their locks, wake their
+    /// threads and write to their child process once per batch rather than once per unit.
+    fn submit_batch(&self, batch: Vec<(UnitRequest, Completion)>) {
+        for (req, done) in batch {
+            self.submit(req, done);
+        }
+    }
+
     /// How many units run at once.
     fn cores(&self) -> usize;
 }
@@ -63,6 +72,36 @@ pub trait ExecutorExt: Executor {
             }),
         );
         rx.recv().unwrap_or_else(|_| failed(unit, det, "executor shut down"))
+    }
+
+    /// Runs all of `reqs` as one batch ([`Executor::submit_batch`]) and blocks the calling
+    /// thread until they are all done; results are in the order of `reqs`.
+    fn run_batch_blocking(&self, reqs: Vec<UnitRequest>) -> Vec<UnitResult> {
+        let n = reqs.len();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, UnitResult)>();
+        let mut ids = Vec::with_capacity(n);
+        let batch = reqs
+            .into_iter()
+            .enumerate()
+            .map(|(i, req)| {
+                ids.push((req.unit, req.determinism));
+                let tx = tx.clone();
+                let done: Completion = Box::new(move |r| {
+                    let _ = tx.send((i, r));
+                });
+                (req, done)
+            })
+            .collect();
+        drop(tx);
+        self.submit_batch(batch);
+        let mut out: Vec<Option<UnitResult>> = (0..n).map(|_| None).collect();
+        for (i, r) in rx {
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .zip(ids)
+            .map(|(r, (unit, det))| r.unwrap_or_else(|| failed(unit, det, "executor shut down")))
+            .collect()
     }
 }
 
@@ -125,6 +164,28 @@ impl Executor for PoolExecutor {
         req.epoch_guard |= self.guard_all;
         let sandbox = self.sandbox.clone();
         self.pool.spawn(move || done(run_caught(&sandbox, &req)));
+    }
+
+    fn submit_batch(&self, mut batch: Vec<(UnitRequest, Completion)>) {
+        if batch.len() <= 1 {
+            if let Some((req, done)) = batch.pop() {
+                self.submit(req, done);
+            }
+            return;
+        }
+        for (req, _) in &mut batch {
+            req.epoch_guard |= self.guard_all;
+        }
+        let sandbox = self.sandbox.clone();
+        // One job for the whole batch; rayon splits it down to single units, so an idle
+        // thread can always steal the next unit from a busy one.
+        self.pool.spawn(move || {
+            use rayon::prelude::*;
+            batch
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|(req, done)| done(run_caught(&sandbox, &req)));
+        });
     }
 
     fn cores(&self) -> usize {

@@ -2,6 +2,7 @@
 //! postcard. The child's stdin carries [`ToChild`], its stdout [`FromChild`]; guests never
 //! touch either (their stdio is in-memory pipes).
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
 use ova_jobs::{Determinism, Limits, UnitId, UnitResult};
@@ -10,13 +11,14 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 /// Largest frame accepted (a result may carry up to 1 GiB of output).
 pub const MAX_FRAME_BYTES: usize = (1 << 30) + (16 << 20);
 
-/// Supervisor → executor.
+/// Supervisor → executor. Borrowed fields (`Cow`) let the supervisor encode a request without
+/// copying its input and args; decoding always yields owned values.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToChild {
+pub enum ToChild<'a> {
     /// A module's bytes; later runs refer to it by id (the child re-hashes the bytes).
     Module {
         /// The wasm bytes.
-        bytes: Vec<u8>,
+        bytes: Cow<'a, [u8]>,
     },
     /// Run a unit.
     Run {
@@ -27,9 +29,9 @@ pub enum ToChild {
         /// Module id (sent before in [`ToChild::Module`]).
         module: ova_jobs::BlobId,
         /// Stdin.
-        input: Vec<u8>,
+        input: Cow<'a, [u8]>,
         /// Args.
-        args: Vec<String>,
+        args: Cow<'a, [String]>,
         /// Limits.
         limits: Limits,
         /// Determinism mode.
@@ -47,10 +49,15 @@ pub enum FromChild {
         /// Sequence number.
         seq: u64,
     },
-    /// The unit is instantiating/running (run deadline starts).
+    /// The unit is instantiating/running (run deadline starts). The executor sends this
+    /// only if the unit is still running when its writer gets to it: a unit whose `Done` is
+    /// already queued by then needs no deadline, and its `Started` is left out.
     Started {
         /// Sequence number.
         seq: u64,
+        /// How long the unit had been running when this was written, in microseconds (the
+        /// supervisor backdates the deadline by this much).
+        running_us: u64,
     },
     /// The unit is done.
     Done {

@@ -26,10 +26,14 @@
 //! are retried up to [`SupervisorConfig::max_crashes`] times, then fail with
 //! [`Outcome::Failed`].
 //!
-//! Cost on well-behaved units: two small frames per unit over pipes, batched (the writer and
-//! reader flush whatever has accumulated), measured by the P2 benchmark.
+//! Cost on well-behaved units: one small frame each way per unit over pipes, batched (the
+//! writers flush whatever has accumulated; a unit that is already done when the child's writer
+//! gets to its `Started` frame needs no deadline and is reported by its `Done` alone; the child
+//! runs a batch of requests as one rayon job), measured by the P2 benchmark.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -114,14 +118,41 @@ enum Outgoing {
     Run(u64),
 }
 
+/// A cheap hasher for keys that are already uniformly distributed: sequence numbers and
+/// content hashes ([`BlobId`]s are BLAKE3 digests), looked up several times per unit.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        // A multiplicative finaliser, so that sequential numbers spread over the buckets.
+        (self.0 ^ (self.0 >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type Fast = BuildHasherDefault<FoldHasher>;
+
 struct State {
     generation: u64,
     child: Option<Child>,
     outbox: Vec<Outgoing>,
-    inflight: HashMap<u64, Inflight>,
-    sent_modules: HashSet<BlobId>,
-    misbehaved: HashSet<BlobId>,
-    uncompilable: HashSet<BlobId>,
+    inflight: HashMap<u64, Inflight, Fast>,
+    sent_modules: HashSet<BlobId, Fast>,
+    misbehaved: HashSet<BlobId, Fast>,
+    uncompilable: HashSet<BlobId, Fast>,
     next_seq: u64,
     /// When the watchdog will next wake on its own (`None`: only when notified).
     watchdog_wakes: Option<Instant>,
@@ -153,10 +184,10 @@ impl SupervisedExecutor {
                 generation: 0,
                 child: None,
                 outbox: Vec::new(),
-                inflight: HashMap::new(),
-                sent_modules: HashSet::new(),
-                misbehaved: HashSet::new(),
-                uncompilable: HashSet::new(),
+                inflight: HashMap::default(),
+                sent_modules: HashSet::default(),
+                misbehaved: HashSet::default(),
+                uncompilable: HashSet::default(),
                 next_seq: 0,
                 watchdog_wakes: None,
                 shutdown: false,
@@ -207,38 +238,26 @@ impl Drop for SupervisedExecutor {
 }
 
 impl Executor for SupervisedExecutor {
-    fn submit(&self, mut req: UnitRequest, done: Completion) {
+    fn submit(&self, req: UnitRequest, done: Completion) {
+        self.submit_batch(vec![(req, done)]);
+    }
+
+    fn submit_batch(&self, batch: Vec<(UnitRequest, Completion)>) {
         let sh = &self.shared;
+        let mut refused: Finished = Vec::new();
         let mut st = sh.lock();
-        let module = req.module.id();
-        if st.uncompilable.contains(&module) {
-            drop(st);
-            let t = Outcome::Timeout {
-                phase: Phase::Compile,
-                deadline_ms: sh.config.compile_timeout.as_millis() as u64,
-            };
-            return done(result_with(&req, t));
-        }
-        if st.child.is_none()
-            && let Err(e) = sh.spawn_child(&mut st)
-        {
-            drop(st);
-            let msg = format!("cannot start executor: {e}");
-            return done(failed(req.unit, req.determinism, &msg));
-        }
-        req.epoch_guard |= st.misbehaved.contains(&module);
         let was_empty = st.outbox.is_empty();
-        if st.sent_modules.insert(module) {
-            st.outbox.push(Outgoing::Module(req.module.clone()));
+        for (req, done) in batch {
+            if let Err(r) = sh.enqueue(&mut st, req, done) {
+                refused.push(*r);
+            }
         }
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.inflight.insert(seq, Inflight { req, done, phase: UnitPhase::Queued, crashes: 0 });
-        st.outbox.push(Outgoing::Run(seq));
+        let wake = was_empty && !st.outbox.is_empty();
         drop(st);
-        if was_empty {
+        if wake {
             sh.outbox_cv.notify_all();
         }
+        finish(refused);
     }
 
     fn cores(&self) -> usize {
@@ -262,6 +281,39 @@ fn finish(done: Finished) {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one unit for the child, or hands it back with the result it gets at once.
+    fn enqueue(
+        self: &Arc<Self>,
+        st: &mut State,
+        mut req: UnitRequest,
+        done: Completion,
+    ) -> Result<(), Box<(Completion, UnitResult)>> {
+        let module = req.module.id();
+        if st.uncompilable.contains(&module) {
+            let t = Outcome::Timeout {
+                phase: Phase::Compile,
+                deadline_ms: self.config.compile_timeout.as_millis() as u64,
+            };
+            let r = result_with(&req, t);
+            return Err(Box::new((done, r)));
+        }
+        if st.child.is_none()
+            && let Err(e) = self.spawn_child(st)
+        {
+            let msg = format!("cannot start executor: {e}");
+            return Err(Box::new((done, failed(req.unit, req.determinism, &msg))));
+        }
+        req.epoch_guard |= st.misbehaved.contains(&module);
+        if st.sent_modules.insert(module) {
+            st.outbox.push(Outgoing::Module(req.module.clone()));
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.inflight.insert(seq, Inflight { req, done, phase: UnitPhase::Queued, crashes: 0 });
+        st.outbox.push(Outgoing::Run(seq));
+        Ok(())
     }
 
     /// Starts a child for a new generation, with reader and writer threads, and queues every
@@ -323,11 +375,13 @@ impl Shared {
                 return;
             }
             buf.clear();
-            for item in std::mem::take(&mut st.outbox) {
+            let mut outbox = std::mem::take(&mut st.outbox);
+            for item in outbox.drain(..) {
                 match item {
-                    Outgoing::Module(m) => {
-                        ipc::encode_into(&mut buf, &ToChild::Module { bytes: m.bytes().to_vec() })
-                    }
+                    Outgoing::Module(m) => ipc::encode_into(
+                        &mut buf,
+                        &ToChild::Module { bytes: Cow::Borrowed(m.bytes()) },
+                    ),
                     Outgoing::Run(seq) => {
                         let Some(inf) = st.inflight.get(&seq) else { continue };
                         let r = &inf.req;
@@ -337,8 +391,8 @@ impl Shared {
                                 seq,
                                 unit: r.unit,
                                 module: r.module.id(),
-                                input: r.input.to_vec(),
-                                args: r.args.clone(),
+                                input: Cow::Borrowed(&r.input),
+                                args: Cow::Borrowed(&r.args),
                                 limits: r.limits,
                                 determinism: r.determinism,
                                 epoch_guard: r.epoch_guard,
@@ -346,6 +400,10 @@ impl Shared {
                         );
                     }
                 }
+            }
+            // Hand the (now empty) vector back, keeping its capacity for the next batch.
+            if st.outbox.is_empty() {
+                st.outbox = outbox;
             }
             drop(st);
             if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
@@ -357,50 +415,69 @@ impl Shared {
     fn reader(self: Arc<Self>, generation: u64, stdout: ChildStdout) {
         let mut input = BufReader::with_capacity(1 << 16, stdout);
         let mut buf = Vec::new();
+        let mut msgs = Vec::new();
+        let mut done: Finished = Vec::new();
         loop {
-            let msg = ipc::read_frame::<_, FromChild>(&mut input, &mut buf);
+            // Decode every frame already received (at least one), then take the lock once.
+            let mut ended = false;
+            loop {
+                match ipc::read_frame::<_, FromChild>(&mut input, &mut buf) {
+                    Ok(Some(m)) => msgs.push(m),
+                    Ok(None) | Err(_) => {
+                        ended = true;
+                        break;
+                    }
+                }
+                if input.buffer().is_empty() || msgs.len() >= 1024 {
+                    break;
+                }
+            }
             let mut st = self.lock();
             if st.generation != generation || st.shutdown {
                 return;
             }
-            let msg = match msg {
-                Ok(Some(m)) => m,
-                Ok(None) | Err(_) => {
-                    let done = self.child_crashed(&mut st);
-                    drop(st);
-                    finish(done);
-                    return;
-                }
-            };
-            match msg {
-                FromChild::Compiling { seq } | FromChild::Started { seq } => {
-                    let compiling = matches!(msg, FromChild::Compiling { .. });
-                    if let Some(inf) = st.inflight.get_mut(&seq) {
-                        let now = Instant::now();
-                        inf.phase = if compiling {
-                            UnitPhase::Compiling(now)
-                        } else {
-                            UnitPhase::Running(now)
-                        };
-                        // Wake the watchdog if this deadline comes before its next wake-up.
-                        let due = self.deadline_of(inf).map(|(at, _)| at);
-                        if let Some(due) = due
-                            && st.watchdog_wakes.is_none_or(|w| due < w)
-                        {
-                            st.watchdog_wakes = Some(due);
-                            self.watch_cv.notify_all();
+            let now = Instant::now();
+            for msg in msgs.drain(..) {
+                match msg {
+                    FromChild::Compiling { seq } => {
+                        self.phase_changed(&mut st, seq, UnitPhase::Compiling(now))
+                    }
+                    FromChild::Started { seq, running_us } => {
+                        let since =
+                            now.checked_sub(Duration::from_micros(running_us)).unwrap_or(now);
+                        self.phase_changed(&mut st, seq, UnitPhase::Running(since));
+                    }
+                    FromChild::Done { seq, result } => {
+                        if let Some(inf) = st.inflight.remove(&seq) {
+                            if matches!(result.outcome, Outcome::Timeout { .. }) {
+                                st.misbehaved.insert(inf.req.module.id());
+                            }
+                            done.push((inf.done, *result));
                         }
                     }
                 }
-                FromChild::Done { seq, result } => {
-                    if let Some(inf) = st.inflight.remove(&seq) {
-                        if matches!(result.outcome, Outcome::Timeout { .. }) {
-                            st.misbehaved.insert(inf.req.module.id());
-                        }
-                        drop(st);
-                        (inf.done)(*result);
-                    }
-                }
+            }
+            if ended {
+                done.extend(self.child_crashed(&mut st));
+            }
+            drop(st);
+            finish(std::mem::take(&mut done));
+            if ended {
+                return;
+            }
+        }
+    }
+
+    fn phase_changed(&self, st: &mut State, seq: u64, phase: UnitPhase) {
+        if let Some(inf) = st.inflight.get_mut(&seq) {
+            inf.phase = phase;
+            // Wake the watchdog if this deadline comes before its next wake-up.
+            let due = self.deadline_of(inf).map(|(at, _)| at);
+            if let Some(due) = due
+                && st.watchdog_wakes.is_none_or(|w| due < w)
+            {
+                st.watchdog_wakes = Some(due);
+                self.watch_cv.notify_all();
             }
         }
     }
@@ -547,7 +624,7 @@ impl Shared {
 /// The `ova-executor` process: reads [`ToChild`] frames on stdin, runs units on a rayon pool,
 /// writes [`FromChild`] frames on stdout. Arguments: `--threads N`, `--cache-dir DIR`.
 pub fn child_main() -> std::io::Result<()> {
-    use crate::executor::{POOL_STACK_BYTES, run_caught};
+    use crate::executor::POOL_STACK_BYTES;
     use crate::sandbox::{Sandbox, SandboxConfig};
 
     let mut threads = 1usize;
@@ -574,70 +651,184 @@ pub fn child_main() -> std::io::Result<()> {
         .build()
         .map_err(std::io::Error::other)?;
 
-    let (tx, rx) = std::sync::mpsc::channel::<FromChild>();
-    let writer = std::thread::spawn(move || {
-        let stdout = std::io::stdout();
-        let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-        let mut buf = Vec::new();
-        while let Ok(m) = rx.recv() {
-            buf.clear();
-            ipc::encode_into(&mut buf, &m);
-            // Batch whatever else is ready, then flush once.
-            while let Ok(m) = rx.try_recv() {
-                ipc::encode_into(&mut buf, &m);
-                if buf.len() > 1 << 20 {
-                    break;
-                }
-            }
-            if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
-                return;
-            }
-        }
-    });
+    let out = Arc::new(ChildOut::default());
+    let o = out.clone();
+    let writer = std::thread::Builder::new()
+        .name("ova-child-writer".into())
+        .spawn(move || o.write_loop(std::io::stdout().lock()))?;
 
-    let mut modules: HashMap<BlobId, Arc<ModuleSource>> = HashMap::new();
+    let mut modules: HashMap<BlobId, Arc<ModuleSource>, Fast> = HashMap::default();
     let stdin = std::io::stdin();
     let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
     let mut buf = Vec::new();
+    let mut batch: Vec<(u64, UnitRequest)> = Vec::new();
     while let Some(msg) = ipc::read_frame::<_, ToChild>(&mut input, &mut buf)? {
         match msg {
             ToChild::Module { bytes } => {
-                let m = ModuleSource::new(bytes);
+                let m = ModuleSource::new(bytes.into_owned());
                 modules.insert(m.id(), m);
             }
             ToChild::Run { seq, unit, module, input, args, limits, determinism, epoch_guard } => {
-                let Some(module) = modules.get(&module).cloned() else {
-                    let r = failed(unit, determinism, "module was not sent to the executor");
-                    let _ = tx.send(FromChild::Done { seq, result: Box::new(r) });
-                    continue;
-                };
-                let req = UnitRequest {
-                    unit,
-                    module,
-                    input: input.into(),
-                    args,
-                    limits,
-                    determinism,
-                    epoch_guard,
-                };
-                let (tx, sandbox) = (tx.clone(), sandbox.clone());
-                pool.spawn(move || {
-                    if !sandbox.is_prepared(&req.module.id(), req.flavor()) {
-                        let _ = tx.send(FromChild::Compiling { seq });
-                        let _ = sandbox.prepare(&req.module, req.flavor());
+                match modules.get(&module) {
+                    None => {
+                        let r = failed(unit, determinism, "module was not sent to the executor");
+                        out.done(seq, r);
                     }
-                    let _ = tx.send(FromChild::Started { seq });
-                    let result = Box::new(run_caught(&sandbox, &req));
-                    let _ = tx.send(FromChild::Done { seq, result });
-                });
+                    Some(module) => batch.push((
+                        seq,
+                        UnitRequest {
+                            unit,
+                            module: module.clone(),
+                            input: input.into_owned().into(),
+                            args: args.into_owned(),
+                            limits,
+                            determinism,
+                            epoch_guard,
+                        },
+                    )),
+                }
+            }
+        }
+        // Everything the supervisor wrote in one go goes to the pool as one job; rayon splits
+        // it down to single units, so an idle thread always steals the next unit.
+        if input.buffer().is_empty() || batch.len() >= 4096 {
+            let (units, sandbox, out) = (std::mem::take(&mut batch), sandbox.clone(), out.clone());
+            match units.len() {
+                0 => {}
+                1 => pool.spawn(move || {
+                    for (seq, req) in units {
+                        run_one(&sandbox, &out, seq, &req);
+                    }
+                }),
+                _ => pool.spawn(move || {
+                    use rayon::prelude::*;
+                    units
+                        .into_par_iter()
+                        .with_max_len(1)
+                        .for_each(|(seq, req)| run_one(&sandbox, &out, seq, &req));
+                }),
             }
         }
     }
     // The supervisor closed our stdin: it is shutting down.
-    drop(tx);
     drop(pool);
+    out.close();
     let _ = writer.join();
     Ok(())
+}
+
+fn run_one(sandbox: &crate::sandbox::Sandbox, out: &ChildOut, seq: u64, req: &UnitRequest) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sandbox.run_notify(req, || out.compiling(seq), || out.started(seq))
+    }))
+    .unwrap_or_else(|_| failed(req.unit, req.determinism, "the executor panicked on this unit"));
+    out.done(seq, result);
+}
+
+/// The child's outgoing frames, shared by the pool threads and the writer thread.
+#[derive(Default)]
+struct ChildOut {
+    state: Mutex<ChildOutState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct ChildOutState {
+    /// Encoded frames not yet written.
+    frames: Vec<u8>,
+    /// Units that started running and whose `Started` frame is not written yet.
+    started: Vec<(u64, Instant)>,
+    closed: bool,
+}
+
+impl ChildOutState {
+    fn idle(&self) -> bool {
+        self.frames.is_empty() && self.started.is_empty()
+    }
+}
+
+thread_local! {
+    static ENCODE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ChildOut {
+    fn lock(&self) -> MutexGuard<'_, ChildOutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn compiling(&self, seq: u64) {
+        let mut st = self.lock();
+        let wake = st.idle();
+        ipc::encode_into(&mut st.frames, &FromChild::Compiling { seq });
+        drop(st);
+        if wake {
+            self.cv.notify_one();
+        }
+    }
+
+    fn started(&self, seq: u64) {
+        let mut st = self.lock();
+        let wake = st.idle();
+        st.started.push((seq, Instant::now()));
+        drop(st);
+        if wake {
+            self.cv.notify_one();
+        }
+    }
+
+    fn done(&self, seq: u64, result: UnitResult) {
+        // Encode outside the lock (a result may be large), then append.
+        ENCODE_BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            ipc::encode_into(buf, &FromChild::Done { seq, result: Box::new(result) });
+            let mut st = self.lock();
+            let wake = st.idle();
+            // Not written yet: the unit is done, so nobody needs to know it started.
+            if let Some(i) = st.started.iter().position(|(s, _)| *s == seq) {
+                st.started.swap_remove(i);
+            }
+            st.frames.extend_from_slice(buf);
+            drop(st);
+            if wake {
+                self.cv.notify_one();
+            }
+            buf.truncate(1 << 16);
+            buf.shrink_to(1 << 16);
+        });
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_one();
+    }
+
+    fn write_loop(&self, stdout: impl Write) {
+        let mut out = BufWriter::with_capacity(1 << 16, stdout);
+        let mut buf = Vec::new();
+        loop {
+            let mut st = self.lock();
+            while st.idle() && !st.closed {
+                st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.idle() && st.closed {
+                return;
+            }
+            buf.clear();
+            std::mem::swap(&mut buf, &mut st.frames);
+            let now = Instant::now();
+            for (seq, at) in st.started.drain(..) {
+                let running_us = now.saturating_duration_since(at).as_micros() as u64;
+                ipc::encode_into(&mut buf, &FromChild::Started { seq, running_us });
+            }
+            drop(st);
+            if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
+                return;
+            }
+            if buf.capacity() > 4 << 20 {
+                buf = Vec::new();
+            }
+        }
+    }
 }
 
 /// Whether `path` looks like a usable executor program.

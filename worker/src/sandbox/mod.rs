@@ -17,10 +17,11 @@ pub mod outcome_map;
 pub mod state;
 pub mod wasi;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ova_jobs::{
@@ -144,8 +145,26 @@ pub struct Prepared {
 
 type Slot = Arc<OnceLock<Result<Arc<Prepared>, Outcome>>>;
 
+/// Gives every sandbox a distinct id, so per-thread caches never confuse two sandboxes.
+static NEXT_SANDBOX_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How many prepared modules each thread remembers (most recent first).
+const THREAD_CACHE_ENTRIES: usize = 8;
+
+/// (sandbox id, module, flavor, prepared module).
+type CachedPrepared = (u64, BlobId, Flavor, Weak<Prepared>);
+
+thread_local! {
+    /// A per-thread shortcut past [`Sandbox::prepare`]'s lock and hash map: (sandbox id,
+    /// module, flavor) → the prepared module. Weak, so a dropped sandbox's engine (and its
+    /// pool's address space) is not kept alive by a thread that outlives it.
+    static PREPARED: RefCell<Vec<CachedPrepared>> =
+        const { RefCell::new(Vec::new()) };
+}
+
 /// Runs units in process. Cheap to share (`Arc`) between threads.
 pub struct Sandbox {
+    id: u64,
     config: SandboxConfig,
     engines: [OnceLock<Result<engine::EngineSlot, String>>; 8],
     modules: Mutex<HashMap<(BlobId, Flavor), Slot>>,
@@ -176,6 +195,7 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> std::io::Result<Self> {
         let cache = config.cache_dir.as_ref().map(CompileCache::open).transpose()?;
         Ok(Self {
+            id: NEXT_SANDBOX_ID.fetch_add(1, Ordering::Relaxed),
             config,
             engines: Default::default(),
             modules: Mutex::new(HashMap::new()),
@@ -231,17 +251,42 @@ impl Sandbox {
     /// compiled at most once per sandbox; concurrent callers wait for the first. Failures are
     /// cached too: an invalid module is an outcome, not something to retry.
     pub fn prepare(&self, module: &ModuleSource, flavor: Flavor) -> Result<Arc<Prepared>, Outcome> {
+        if let Some(p) = self.thread_cached(&module.id, flavor) {
+            return Ok(p);
+        }
         let slot = {
             let mut map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
             map.entry((module.id, flavor)).or_default().clone()
         };
-        slot.get_or_init(|| self.compile(module, flavor).map(Arc::new)).clone()
+        let p = slot.get_or_init(|| self.compile(module, flavor).map(Arc::new)).clone()?;
+        self.remember(&module.id, flavor, &p);
+        Ok(p)
     }
 
     /// Whether `module` is already prepared for `flavor` (no compile needed).
     pub fn is_prepared(&self, module: &BlobId, flavor: Flavor) -> bool {
-        let map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(*module, flavor)).is_some_and(|s| s.get().is_some())
+        self.thread_cached(module, flavor).is_some() || {
+            let map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&(*module, flavor)).is_some_and(|s| s.get().is_some())
+        }
+    }
+
+    fn thread_cached(&self, module: &BlobId, flavor: Flavor) -> Option<Arc<Prepared>> {
+        PREPARED.with_borrow(|v| {
+            v.iter()
+                .find(|(s, m, f, _)| *s == self.id && m == module && *f == flavor)
+                .and_then(|(.., p)| p.upgrade())
+        })
+    }
+
+    fn remember(&self, module: &BlobId, flavor: Flavor, p: &Arc<Prepared>) {
+        PREPARED.with_borrow_mut(|v| {
+            v.retain(|(s, m, f, p)| {
+                !(*s == self.id && m == module && *f == flavor) && p.strong_count() > 0
+            });
+            v.insert(0, (self.id, *module, flavor, Arc::downgrade(p)));
+            v.truncate(THREAD_CACHE_ENTRIES);
+        });
     }
 
     fn compile(&self, src: &ModuleSource, flavor: Flavor) -> Result<Prepared, Outcome> {
@@ -298,6 +343,18 @@ impl Sandbox {
 
     /// Runs one unit to completion and describes how it ended.
     pub fn run(&self, req: &UnitRequest) -> UnitResult {
+        self.run_notify(req, || {}, || {})
+    }
+
+    /// [`Sandbox::run`], calling `compiling` before the module has to be compiled (not called
+    /// when it is already prepared) and `started` just before the unit is instantiated and run
+    /// (not called when it cannot be prepared): the supervisor's deadlines start there.
+    pub fn run_notify(
+        &self,
+        req: &UnitRequest,
+        compiling: impl FnOnce(),
+        started: impl FnOnce(),
+    ) -> UnitResult {
         let t0 = Instant::now();
         let provenance = Provenance {
             determinism: req.determinism,
@@ -305,11 +362,22 @@ impl Sandbox {
             engine: ENGINE_NAME.to_string(),
         };
         let flavor = req.flavor();
-        let (outcome, stdout, stderr, truncated, fuel_used) =
-            match self.prepare(&req.module, flavor) {
-                Err(o) => (o, Vec::new(), Vec::new(), false, None),
-                Ok(p) => self.execute(&p, req, flavor),
-            };
+        let prepared = match self.thread_cached(&req.module.id, flavor) {
+            Some(p) => Ok(p),
+            None => {
+                if !self.is_prepared(&req.module.id, flavor) {
+                    compiling();
+                }
+                self.prepare(&req.module, flavor)
+            }
+        };
+        let (outcome, stdout, stderr, truncated, fuel_used) = match prepared {
+            Err(o) => (o, Vec::new(), Vec::new(), false, None),
+            Ok(p) => {
+                started();
+                self.execute(&p, req, flavor)
+            }
+        };
         let result_hash = ResultHash::compute(&outcome, &stdout);
         UnitResult {
             unit: req.unit,

@@ -86,6 +86,41 @@ fn async_callers_get_results_from_the_pool() {
 }
 
 #[test]
+fn batches_run_in_order_with_a_runaway_among_them() {
+    // A batch mixing ordinary units with one runaway: every result comes back, in order, equal
+    // to the in-process run; the runaway times out and the child is restarted once.
+    let exec = supervised(2);
+    let primes = example("primes");
+    let spin = wat(&wasi_module("(loop $l (br $l))"));
+    let mut reqs = Vec::new();
+    for i in 0..300u64 {
+        let input = format!("{} {}", i * 100, i * 100 + 100);
+        reqs.push(request(&primes, input.as_bytes(), &[], small_limits()));
+        if i == 150 {
+            let mut limits = small_limits();
+            limits.deadline_ms = 300;
+            reqs.push(request(&spin, b"", &[], limits));
+        }
+    }
+    let results = exec.run_batch_blocking(reqs.clone());
+    // The reference runs in process without the runaway (nothing would stop it there).
+    let ordinary: Vec<_> = reqs.iter().filter(|q| q.module.id() != spin.id()).cloned().collect();
+    let mut reference = pool(2).run_batch_blocking(ordinary).into_iter();
+    assert_eq!(results.len(), reqs.len());
+    for (r, q) in results.iter().zip(&reqs) {
+        assert_eq!(r.unit, q.unit);
+        if q.module.id() == spin.id() {
+            assert!(matches!(r.outcome, Outcome::Timeout { phase: Phase::Run, .. }), "{r:?}");
+        } else {
+            let want = reference.next().unwrap();
+            assert_eq!(r.outcome, Outcome::Success);
+            assert_eq!((&r.stdout, r.result_hash), (&want.stdout, want.result_hash));
+        }
+    }
+    assert_eq!(exec.restarts(), 1);
+}
+
+#[test]
 fn a_missing_executor_program_fails_units_clearly() {
     let mut config = supervisor_config(1);
     config.program = "/nonexistent/ova-executor".into();
