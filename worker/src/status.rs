@@ -175,13 +175,15 @@ mod tests {
         assert_eq!(total, 200);
         assert_eq!(recent.len(), RECENT_UNITS);
         assert_eq!(recent[0].unit, "u199");
-        assert_eq!(points.len(), BUCKETS);
+        // The history covers the time since start: buckets 0, 1 and the current one.
+        assert_eq!(points.len(), 3);
         assert!((rate - 20.0).abs() < 2.5, "rate {rate}");
         let full: Vec<_> = points.iter().filter(|p| p.rate > 0.0).collect();
         assert_eq!(full.len(), 2, "{full:?}");
         assert!(full.iter().all(|p| (p.rate - 20.0).abs() < 0.01));
         // An hour later everything has scrolled out of the chart but the total remains.
         let (points, rate, _, total) = board.view(now + Duration::from_secs(3600));
+        assert_eq!(points.len(), BUCKETS, "never more than the last {BUCKETS} buckets");
         assert!(points.iter().all(|p| p.rate == 0.0));
         assert_eq!(rate, 0.0);
         assert_eq!(total, 200);

@@ -441,7 +441,7 @@ impl Driver {
             warn!("could not replay the store: {e}");
         }
         self.feed(Event::Online, &done_tx);
-        self.flush();
+        self.flush().await;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -499,9 +499,9 @@ impl Driver {
                     break;
                 }
             }
-            self.flush();
+            self.flush().await;
         }
-        self.flush();
+        self.flush().await;
         if let Err(e) = self.store.sync() {
             warn!("store: {e}");
         }
@@ -788,12 +788,18 @@ impl Driver {
     /// Group commit: makes this turn's writes durable with one fsync, then releases the
     /// messages that acknowledge them (commits, announcements). A peer killed at any point
     /// has therefore never told anyone about a result it could lose.
-    fn flush(&mut self) {
+    async fn flush(&mut self) {
         if self.outbox.is_empty() {
             // Nothing acknowledges the writes yet; they become durable with a later turn.
             return;
         }
-        if let Err(e) = self.store.sync() {
+        // The fsync runs off the async threads; events arriving meanwhile wait in their
+        // channels and are taken in by the next turn, to share the next fsync.
+        let store = self.store.clone();
+        let synced = tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(format!("sync task: {e}"))));
+        if let Err(e) = synced {
             warn!("store: {e}; messages of this turn are not sent");
             self.outbox.clear();
             return;
