@@ -273,10 +273,16 @@ impl Runtime {
             Arc::new(Ed25519Verifier),
             u64::from_le_bytes(secret[..8].try_into().unwrap_or([0; 8])) ^ 0x006f_7661,
         );
-        let (send_tx, send_rx) = mpsc::channel::<Outgoing>(config.send_queue.max(1));
-        let send_rx = Arc::new(tokio::sync::Mutex::new(send_rx));
-        for _ in 0..config.senders.max(1) {
-            tokio::spawn(sender_task(node.clone(), send_rx.clone(), observer.clone()));
+        // One queue per sender; a peer's messages always go through the same one, so they
+        // arrive in the order the core emitted them (a claim before its give-up, a claim
+        // before its commit).
+        let senders = config.senders.max(1);
+        let per_sender = (config.send_queue / senders).max(16);
+        let mut send_tx = Vec::with_capacity(senders);
+        for _ in 0..senders {
+            let (tx, rx) = mpsc::channel::<Outgoing>(per_sender);
+            send_tx.push(tx);
+            tokio::spawn(sender_task(node.clone(), rx, observer.clone()));
         }
         let driver = Driver {
             peer,
@@ -369,14 +375,9 @@ enum Outgoing {
     Broadcast(Vec<u8>),
 }
 
-async fn sender_task(
-    node: Node,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Outgoing>>>,
-    observer: Arc<dyn Observer>,
-) {
+async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc<dyn Observer>) {
     loop {
-        let next = rx.lock().await.recv().await;
-        let Some(out) = next else { return };
+        let Some(out) = rx.recv().await else { return };
         match out {
             Outgoing::Send(to, bytes) => {
                 if let Err(e) = node.send(to, bytes).await {
@@ -404,7 +405,8 @@ struct Driver {
     config: RuntimeConfig,
     epoch: Instant,
     timer: Option<Millis>,
-    send_tx: mpsc::Sender<Outgoing>,
+    /// The senders' queues (see [`Runtime::start`]).
+    send_tx: Vec<mpsc::Sender<Outgoing>>,
     running: HashMap<UnitRef, JoinHandle<()>>,
     /// First result seen per unit with pending commits, to count mismatches (bounded).
     first_result: HashMap<UnitRef, BlobId>,
@@ -805,7 +807,14 @@ impl Driver {
             return;
         }
         for out in self.outbox.drain(..) {
-            if self.send_tx.try_send(out).is_err() {
+            let i = match &out {
+                Outgoing::Send(to, _) => {
+                    let b = to.as_bytes();
+                    u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])) as usize
+                }
+                Outgoing::Broadcast(_) => 0,
+            } % self.send_tx.len();
+            if self.send_tx[i].try_send(out).is_err() {
                 self.observer.frame_dropped("send_queue_full");
             }
         }
