@@ -25,7 +25,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest kills a hung test and reports it (.config/nextest.toml) instead of stalling.
-    cargo nextest run --workspace --locked --profile "${OVA_NEXTEST_PROFILE:-default}"
+    cargo nextest run --workspace --locked --profile ci
     cargo test --workspace --locked --doc
 else
     cargo test --workspace --locked

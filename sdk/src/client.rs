@@ -36,6 +36,16 @@ pub enum ClientError {
     /// Waiting ran out of time.
     #[error("timed out after {0:?} waiting for job {1}")]
     Timeout(Duration, JobId),
+    /// Too few peers offering cores appeared in time.
+    #[error("{found} of the {wanted} workers wanted (peers offering cores) known after {after:?}")]
+    NoWorkers {
+        /// Workers asked for.
+        wanted: usize,
+        /// Workers known at the end.
+        found: usize,
+        /// How long it waited.
+        after: Duration,
+    },
     /// The local peer stopped.
     #[error("the client has stopped")]
     Stopped,
@@ -130,6 +140,28 @@ impl Client {
         )
         .map_err(|e| ClientError::Net(e.to_string()))?;
         Ok(Self { runtime })
+    }
+
+    /// Waits until at least `n` peers offering cores are known (at most `limit`); returns how
+    /// many are.
+    pub async fn wait_for_workers(&self, n: usize, limit: Duration) -> Result<usize, ClientError> {
+        let node = self.runtime.node();
+        let workers = || node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count();
+        let mut changed = node.watch_peers();
+        let reached = tokio::time::timeout(limit, async {
+            while workers() < n {
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(workers()),
+            Ok(false) => Err(ClientError::Stopped),
+            Err(_) => Err(ClientError::NoWorkers { wanted: n, found: workers(), after: limit }),
+        }
     }
 
     /// The local peer (node id, ticket, store).

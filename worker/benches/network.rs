@@ -19,7 +19,6 @@ use ova_jobs::Bundle;
 use ova_net::endpoint::EndpointConfig;
 use ova_sdk::{Client, ClientConfig, JobBuilder};
 use ova_worker::peer::{WorkerOptions, WorkerPeer};
-use ova_worker::spare_cpu::SpareCpuConfig;
 use rayon::prelude::*;
 
 const WORKERS: usize = 3;
@@ -38,15 +37,10 @@ async fn run_on_network(bundle: Bundle, cores_each: u16) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let mut workers: Vec<WorkerPeer> = Vec::new();
     for i in 0..WORKERS {
-        let mut o =
-            WorkerOptions::new(tmp.path().join(format!("w{i}")), EndpointConfig::loopback())
-                .unwrap();
-        o.node.local_discovery = false;
+        let mut o = WorkerOptions::loopback(tmp.path().join(format!("w{i}")), cores_each).unwrap();
         if let Some(first) = workers.first() {
             o.node.bootstrap = vec![first.runtime().node().ticket()];
         }
-        o.spare = SpareCpuConfig { cores: Some(cores_each), ..SpareCpuConfig::default() };
-        o.sense_load = false;
         o.cache_dir = Some(tmp.path().join("compiled"));
         workers.push(WorkerPeer::start(o).await.unwrap());
     }
@@ -55,15 +49,7 @@ async fn run_on_network(bundle: Bundle, cores_each: u16) -> f64 {
         ..ClientConfig::new(tmp.path().join("client"), vec![workers[0].runtime().node().ticket()])
     };
     let client = Client::connect(config).await.unwrap();
-    let node = client.runtime().node();
-    let mut changed = node.watch_peers();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count() < WORKERS {
-            changed.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("workers join");
+    client.wait_for_workers(WORKERS, Duration::from_secs(60)).await.expect("workers join");
     let n = bundle.manifest().units.len() as u32;
     let t0 = Instant::now();
     let mut job = client.submit(bundle).await.unwrap();

@@ -106,6 +106,20 @@ impl WorkerOptions {
     }
 }
 
+impl WorkerOptions {
+    /// A worker on 127.0.0.1 only (no discovery), offering `cores` whatever the machine's
+    /// load, re-advertising every second: the demo, benchmarks and tests.
+    pub fn loopback(data_dir: impl Into<PathBuf>, cores: u16) -> anyhow::Result<Self> {
+        let mut o = Self::new(data_dir, EndpointConfig::loopback())?;
+        o.node.local_discovery = false;
+        o.node.advert_interval = Duration::from_secs(1);
+        o.node.advert_ttl = Duration::from_secs(5);
+        o.spare = SpareCpuConfig { cores: Some(cores), ..SpareCpuConfig::default() };
+        o.sense_load = false;
+        Ok(o)
+    }
+}
+
 /// The compiled-code cache: `$XDG_CACHE_HOME/ova/compiled`, else `~/.cache/ova/compiled`.
 pub fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")

@@ -26,7 +26,6 @@ use ova_sdk::{Client, ClientConfig, Job, JobSummary};
 use ova_worker::http::{HttpServer, StatusSource};
 use ova_worker::metrics::Metrics;
 use ova_worker::peer::{ExecutorChoice, WorkerOptions, WorkerPeer};
-use ova_worker::spare_cpu::SpareCpuConfig;
 use ova_worker::status::StatusBoard;
 use ova_worker::{PoolExecutor, Sandbox, SandboxConfig};
 use serde_json::Value;
@@ -175,13 +174,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// status page and its JSON on a free port of 127.0.0.1.
 async fn worker(dir: &Path, boot: Vec<NodeTicket>) -> WorkerPeer {
     let sandbox = Sandbox::new(SandboxConfig { slots: 8, ..SandboxConfig::default() }).unwrap();
-    let mut o = WorkerOptions::new(dir, EndpointConfig::loopback()).unwrap();
+    let mut o = WorkerOptions::loopback(dir, 2).unwrap();
     o.node.bootstrap = boot;
-    o.node.local_discovery = false;
-    o.node.advert_interval = Duration::from_secs(1);
-    o.node.advert_ttl = Duration::from_secs(5);
-    o.spare = SpareCpuConfig { cores: Some(2), ..SpareCpuConfig::default() };
-    o.sense_load = false;
     o.executor = ExecutorChoice::Given(Arc::new(PoolExecutor::new(2, Arc::new(sandbox)).unwrap()));
     o.http = Some("127.0.0.1:0".parse().unwrap());
     WorkerPeer::start(o).await.unwrap()
@@ -222,15 +216,9 @@ async fn network(dirs: &[tempfile::TempDir], n: usize) -> (Vec<WorkerPeer>, Subm
         ws.push(worker(d.path(), boot).await);
     }
     let sub = submitter(dirs[n].path(), &ws[0]).await;
-    let node = sub.client.runtime().node();
-    let mut changed = node.watch_peers();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count() < n {
-            changed.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the submitter sees {n} workers within 30 s"));
+    if let Err(e) = sub.client.wait_for_workers(n, Duration::from_secs(30)).await {
+        panic!("the submitter sees {n} workers within 30 s: {e}");
+    }
     (ws, sub)
 }
 

@@ -18,7 +18,6 @@ use ova_sdk::{Client, ClientConfig};
 
 use super::submit;
 use crate::peer::{WorkerOptions, WorkerPeer};
-use crate::spare_cpu::SpareCpuConfig;
 
 /// Options of `ova demo`.
 #[derive(Args, Debug)]
@@ -81,18 +80,10 @@ async fn demo(args: DemoArgs, bundle: Bundle) -> anyhow::Result<ExitCode> {
     let mut workers: Vec<WorkerPeer> = Vec::new();
     let result = async {
         for i in 0..args.workers {
-            let mut opts = WorkerOptions::new(
-                tmp.path().join(format!("worker-{i}")),
-                EndpointConfig::loopback(),
-            )?;
-            opts.node.local_discovery = false;
-            opts.node.advert_interval = Duration::from_secs(2);
-            opts.node.advert_ttl = Duration::from_secs(8);
+            let mut opts = WorkerOptions::loopback(tmp.path().join(format!("worker-{i}")), cores)?;
             if let Some(first) = workers.first() {
                 opts.node.bootstrap = vec![first.runtime().node().ticket()];
             }
-            opts.spare = SpareCpuConfig { cores: Some(cores), ..SpareCpuConfig::default() };
-            opts.sense_load = false;
             opts.http = args.metrics_port.map(|p| {
                 let port = if p == 0 { 0 } else { p.saturating_add(i) };
                 std::net::SocketAddr::from(([127, 0, 0, 1], port))
@@ -131,18 +122,10 @@ async fn run_job(
     bundle: Bundle,
     workers: usize,
 ) -> anyhow::Result<ExitCode> {
-    // Wait (bounded) until the submitter sees every worker.
-    let node = client.runtime().node();
-    let mut changed = node.watch_peers();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count() < workers {
-            if changed.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .context("the workers did not all join within 30 s")?;
+    client
+        .wait_for_workers(workers, Duration::from_secs(30))
+        .await
+        .context("the workers did not all join")?;
 
     let m = bundle.manifest().clone();
     println!(

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::peer::default_cache_dir;
 use crate::supervisor::{executor_available, find_executor};
 use crate::{
     Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, SupervisedExecutor,
@@ -40,13 +41,6 @@ pub struct RunArgs {
     /// Hide the progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-}
-
-fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ova").join("compiled"))
 }
 
 /// Runs `ova run`.

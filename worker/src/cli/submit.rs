@@ -12,14 +12,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
 use ova_jobs::{Bundle, JobId, OutcomeKind};
 use ova_net::control::{self, NodeStatus};
-use ova_net::runtime::{JobEvent, Observer};
+use ova_net::runtime::JobEvent;
 use ova_net::store::Store;
 use ova_net::{NodeTicket, runtime};
 use ova_sdk::{Client, ClientConfig, Job, UnitStatus};
@@ -141,50 +140,10 @@ async fn bootstrap(args: &ClientArgs, dir: &Path) -> anyhow::Result<Vec<NodeTick
 /// A connected client, with the metrics server when asked for.
 struct Session {
     client: Client,
+    /// Fed by the client's runtime; `sent_bytes` counts blob bytes served (a client sends
+    /// nothing else through the observer), which `submit` watches.
     metrics: Arc<Metrics>,
-    sent: Arc<AtomicU64>,
     http: Option<crate::http::HttpServer>,
-}
-
-/// Counts blob bytes sent (so `submit` knows when a copy of the bundle has left) and feeds
-/// the metrics.
-struct ClientObserver {
-    metrics: Arc<Metrics>,
-    sent: Arc<AtomicU64>,
-}
-
-impl Observer for ClientObserver {
-    fn commit_published(&self) {
-        self.metrics.commit_published();
-    }
-    fn commit_received(&self) {
-        self.metrics.commit_received();
-    }
-    fn result_mismatched(&self) {
-        self.metrics.result_mismatched();
-    }
-    fn unit_verified(&self, mine: bool) {
-        self.metrics.unit_verified(mine);
-    }
-    fn unit_failed(&self, mine: bool) {
-        self.metrics.unit_failed(mine);
-    }
-    fn job_submitted(&self) {
-        self.metrics.job_submitted();
-    }
-    fn job_completed(&self) {
-        self.metrics.job_completed();
-    }
-    fn frame_dropped(&self, reason: &'static str) {
-        self.metrics.frame_dropped(reason);
-    }
-    fn blob_bytes(&self, sent: u64, received: u64) {
-        self.sent.fetch_add(sent, Ordering::Relaxed);
-        self.metrics.blob_bytes(sent, received);
-    }
-    fn blobs_stored(&self, count: u64, bytes: u64) {
-        self.metrics.blobs_stored(count, bytes);
-    }
 }
 
 impl Session {
@@ -194,12 +153,11 @@ impl Session {
         let tickets = bootstrap(args, &dir).await?;
         let metrics = Arc::new(Metrics::new());
         metrics.init_label_values();
-        let sent = Arc::new(AtomicU64::new(0));
         let mut config = ClientConfig::new(&dir, tickets);
         config.endpoint = args.net.endpoint()?;
         config.network = args.net.network.clone();
         config.network_secret = args.net.network_secret.clone();
-        config.observer = Arc::new(ClientObserver { metrics: metrics.clone(), sent: sent.clone() });
+        config.observer = metrics.clone();
         let client = Client::connect(config).await.context("joining the network")?;
         metrics.set_node_id(client.runtime().node().id().to_string());
         let http = match args.metrics {
@@ -216,38 +174,10 @@ impl Session {
             }
             None => None,
         };
-        Ok(Self { client, metrics, sent, http })
-    }
-
-    /// Waits (at most `limit`) until some peer offering cores is known.
-    async fn wait_for_workers(&self, limit: Duration) -> anyhow::Result<usize> {
-        let node = self.client.runtime().node();
-        let mut changed = node.watch_peers();
-        let workers = || node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count();
-        let found = tokio::time::timeout(limit, async {
-            loop {
-                let n = workers();
-                if n > 0 {
-                    return n;
-                }
-                if changed.changed().await.is_err() {
-                    return 0;
-                }
-            }
-        })
-        .await
-        .unwrap_or(0);
-        anyhow::ensure!(
-            found > 0,
-            "no worker with spare cores answered within {} s (joined through {} peers)",
-            limit.as_secs(),
-            node.peers().len()
-        );
-        Ok(found)
+        Ok(Self { client, metrics, http })
     }
 
     async fn close(self) {
-        let _ = &self.metrics;
         if let Some(h) = self.http {
             h.shutdown().await;
         }
@@ -283,7 +213,7 @@ async fn submit_async(args: SubmitArgs, bundle: Bundle) -> anyhow::Result<ExitCo
     let session = Session::connect(&args.client).await?;
     let m = bundle.manifest().clone();
     let blob_bytes = bundle.blob_bytes();
-    let workers = session.wait_for_workers(Duration::from_secs(30)).await?;
+    let workers = session.client.wait_for_workers(1, Duration::from_secs(30)).await?;
     let t0 = Instant::now();
     let mut job = session.client.submit(bundle).await.context("submitting")?;
     let id = job.id();
@@ -319,7 +249,7 @@ async fn submit_async(args: SubmitArgs, bundle: Bundle) -> anyhow::Result<ExitCo
         // the job can go on without us.
         let left = tokio::time::timeout(Duration::from_secs(args.timeout), async {
             loop {
-                if session.sent.load(Ordering::Relaxed) >= blob_bytes {
+                if session.metrics.sent_bytes.get() >= blob_bytes {
                     return;
                 }
                 match tokio::time::timeout(Duration::from_millis(200), job.next_event()).await {

@@ -70,31 +70,25 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// Sets up logging to stderr (`RUST_LOG` overrides the default filter).
-pub fn init_logging() {
+/// Sets up logging to stderr: `default` unless `RUST_LOG` says otherwise.
+fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,iroh=warn,iroh_gossip=warn,noq=warn".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// Logging for the short client commands: warnings only, unless `RUST_LOG` says otherwise.
+/// Logging for the short client commands: warnings only.
 pub fn init_logging_quiet() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,iroh=error,iroh_gossip=error,noq=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logging("warn,iroh=error,iroh_gossip=error,noq=error");
 }
 
 /// Runs `ova worker` until Ctrl-C or SIGTERM.
 pub fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    init_logging("info,iroh=warn,iroh_gossip=warn,noq=warn");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args))?;
     Ok(ExitCode::SUCCESS)

@@ -20,7 +20,6 @@ use ova_net::runtime::JobEvent;
 use ova_net::ticket::NodeTicket;
 use ova_sdk::{Client, ClientConfig, Job, UnitStatus};
 use ova_worker::peer::{ExecutorChoice, WorkerOptions, WorkerPeer};
-use ova_worker::spare_cpu::SpareCpuConfig;
 use ova_worker::{Completion, Executor, ExecutorExt, ModuleSource, UnitRequest};
 
 use crate::common::{example, pool, wat};
@@ -54,15 +53,9 @@ async fn client(dir: &std::path::Path, boot: &WorkerPeer) -> Client {
 
 /// Waits until `client` sees `n` peers offering cores.
 async fn sees_workers(client: &Client, n: usize) {
-    let node = client.runtime().node();
-    let mut changed = node.watch_peers();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while node.peers().iter().filter(|p| p.capacity.spare_cores > 0).count() < n {
-            changed.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the submitter sees {n} workers within 30 s"));
+    if let Err(e) = client.wait_for_workers(n, Duration::from_secs(30)).await {
+        panic!("the submitter sees {n} workers within 30 s: {e}");
+    }
 }
 
 async fn wait_all(job: &mut Job, secs: u64) -> ova_sdk::JobSummary {
@@ -337,13 +330,8 @@ async fn worker_with(
     boot: Vec<NodeTicket>,
     f: impl FnOnce(&mut WorkerOptions),
 ) -> WorkerPeer {
-    let mut o = WorkerOptions::new(dir, EndpointConfig::loopback()).unwrap();
+    let mut o = WorkerOptions::loopback(dir, 2).unwrap();
     o.node.bootstrap = boot;
-    o.node.local_discovery = false;
-    o.node.advert_interval = Duration::from_secs(1);
-    o.node.advert_ttl = Duration::from_secs(5);
-    o.spare = SpareCpuConfig { cores: Some(2), ..SpareCpuConfig::default() };
-    o.sense_load = false;
     o.executor = ExecutorChoice::Given(Arc::new(pool(2)));
     f(&mut o);
     WorkerPeer::start(o).await.unwrap()
