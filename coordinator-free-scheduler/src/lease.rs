@@ -22,6 +22,9 @@ const FINAL: u8 = u8::MAX;
 /// Flag value: the holder handed the unit over; later claims from it are stale (a claim sent
 /// just before the hand-over can arrive after it) and are ignored.
 const HANDED: u8 = u8::MAX - 1;
+/// Flag value: the holder gave the unit up (it could not run it). It never runs this unit
+/// again, so a claim from it that arrives later was sent before the give-up and is stale.
+const GAVE: u8 = u8::MAX - 2;
 
 /// One claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +44,7 @@ pub struct Leases {
 impl Leases {
     fn put(&mut self, holder: PeerId, until: Millis, flag: u8) {
         if let Some((l, f)) = self.v.iter_mut().find(|(l, _)| l.holder == holder) {
-            if *f == HANDED {
+            if *f == HANDED || *f == GAVE {
                 return;
             }
             if until > l.until {
@@ -72,6 +75,7 @@ impl Leases {
     pub fn claim_from_holder(&mut self, holder: PeerId, until: Millis, now: Millis) {
         if let Some((l, f)) = self.v.iter_mut().find(|(l, _)| l.holder == holder && l.until > now)
             && until < l.until
+            && *f != GAVE
         {
             l.until = until;
             *f = HANDED;
@@ -92,10 +96,11 @@ impl Leases {
         self.put(holder, until, HANDED);
     }
 
-    /// `holder` gave the unit up (or is gone): its lease ends at `now` and is never extended.
+    /// `holder` gave the unit up: its lease ends at `now`, is never extended, and later claims
+    /// from it (sent before the give-up, arriving after it) are ignored.
     pub fn give_up(&mut self, holder: &PeerId, now: Millis) {
         self.release(holder);
-        self.v.push((Lease { holder: *holder, until: now }, FINAL));
+        self.v.push((Lease { holder: *holder, until: now }, GAVE));
         if self.v.len() > MAX_LEASES_PER_UNIT {
             self.v.remove(0);
         }
@@ -147,6 +152,11 @@ impl Leases {
     /// Whether `holder` held a lease that lapsed.
     pub fn lapsed(&self, holder: &PeerId, now: Millis) -> bool {
         self.v.iter().any(|(l, _)| l.holder == *holder && l.until <= now)
+    }
+
+    /// Whether `holder` gave the unit up.
+    pub fn gave_up(&self, holder: &PeerId) -> bool {
+        self.v.iter().any(|(l, f)| l.holder == *holder && *f == GAVE)
     }
 
     /// Whether any lease has lapsed (or was given up) at `now`.
@@ -211,5 +221,18 @@ mod tests {
         // A real claim after an implicit lease makes it a normal lease.
         l.claim(b, 300);
         assert_eq!(l.extend_lapsed(300, 10, |p| *p == b), Some(310));
+    }
+
+    #[test]
+    fn a_give_up_is_final_even_against_an_older_claim_arriving_late() {
+        let mut l = Leases::default();
+        let a = PeerId([1; 32]);
+        l.claim(a, 500);
+        l.give_up(&a, 100);
+        assert!(l.gave_up(&a) && !l.is_live(&a, 100));
+        l.claim_from_holder(a, 500, 110);
+        l.claim(a, 600);
+        assert!(!l.is_live(&a, 120), "a stale claim does not revive a given-up lease");
+        assert_eq!(l.extend_lapsed(200, 50, |_| true), None);
     }
 }

@@ -419,6 +419,8 @@ pub struct Peer {
     jobs: Vec<JobState>,
     job_slot: FxHashMap<JobId, u32>,
     requested: FxHashSet<JobId>,
+    /// Jobs asked for because a claim about them arrived before their announcement.
+    asked: FxHashSet<JobId>,
     units: FxHashMap<UKey, UnitState>,
     /// Units resolved here that we did not sign: only the key is kept (bounded by
     /// `max_tracked_units`), so late claims and commits for them are ignored cheaply.
@@ -429,6 +431,9 @@ pub struct Peer {
     timers: BTreeSet<(Millis, TimerKind)>,
     wake: Option<Millis>,
     last_steal: Option<Millis>,
+    /// Who granted us each stolen unit still queued or running here: if we cannot run it, the
+    /// victim hears so directly (it may rank too low to be among our watchers).
+    stolen_from: FxHashMap<UKey, PeerId>,
     sweeps: u64,
     dissent: DissentBook,
     stats: Stats,
@@ -470,6 +475,7 @@ impl Peer {
             jobs: Vec::new(),
             job_slot: FxHashMap::default(),
             requested: FxHashSet::default(),
+            asked: FxHashSet::default(),
             units: FxHashMap::default(),
             done: FxHashSet::default(),
             online_at: 0,
@@ -478,6 +484,7 @@ impl Peer {
             timers: BTreeSet::new(),
             wake: None,
             last_steal: None,
+            stolen_from: FxHashMap::default(),
             sweeps: 0,
             dissent,
             stats: Stats::default(),
@@ -717,8 +724,9 @@ impl Peer {
     }
 
     /// Liveness backstop (every fourth expiry tick): a pending unit that nobody holds a live
-    /// lease on is driven again — re-evaluated, or, if we already committed to it, our commit
-    /// is re-sent to its current ranking so the peers now responsible take it up.
+    /// lease on is driven again — re-evaluated; if we already committed to it, our commit is
+    /// re-sent to its current ranking so the peers now responsible take it up; if we handed it
+    /// back, the hand-back is repeated (it may have been lost).
     fn sweep(&mut self) {
         let now = self.now;
         let mut stuck: Vec<UKey> = self
@@ -726,7 +734,7 @@ impl Peer {
             .iter()
             .filter(|(_, u)| {
                 u.outcome.is_none()
-                    && matches!(u.mine, Mine::None | Mine::Committed)
+                    && matches!(u.mine, Mine::None | Mine::Committed | Mine::Gave)
                     && u.leases.next_expiry(now).is_none()
             })
             .map(|(k, _)| *k)
@@ -736,6 +744,13 @@ impl Peer {
             let Some(u) = self.units.get(&key) else { continue };
             if u.mine == Mine::None {
                 self.evaluate(key);
+                continue;
+            }
+            if u.mine == Mine::Gave {
+                let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
+                for to in self.watchers(key) {
+                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
+                }
                 continue;
             }
             let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == self.id).copied()
@@ -816,6 +831,22 @@ impl Peer {
                 if let Some(&s) = self.job_slot.get(&job) {
                     let info = self.jobs[s as usize].info.clone();
                     self.out.push(Action::Send { to: from, msg: Message::Announce(info) });
+                    // The asker may have dropped our hand-backs because they arrived before
+                    // it knew the job: repeat them, after the announcement.
+                    let mut gave: Vec<u32> = self
+                        .units
+                        .iter()
+                        .filter(|(k, u)| k.0 == s && u.mine == Mine::Gave && u.outcome.is_none())
+                        .map(|(k, _)| k.1)
+                        .collect();
+                    gave.sort_unstable();
+                    for index in gave {
+                        let unit = UnitRef { job, index };
+                        self.out.push(Action::Send {
+                            to: from,
+                            msg: Message::Claim { unit, until: 0 },
+                        });
+                    }
                 }
             }
             Message::HaveBundle(job) => {
@@ -827,6 +858,7 @@ impl Peer {
                 }
             }
             Message::Claim { unit, until } => {
+                self.ask_if_unknown(from, unit.job);
                 let Some(key) = self.resolve(&unit, true) else { return };
                 let lease_max = self.reserve_max(key.0);
                 let u = self.units.get_mut(&key).expect("resolved");
@@ -840,6 +872,7 @@ impl Peer {
                 self.evaluate(key);
             }
             Message::Release { unit, until } => {
+                self.ask_if_unknown(from, unit.job);
                 let Some(key) = self.resolve(&unit, true) else { return };
                 let until = until.min(self.now + self.cfg.claim_grace_ms);
                 let u = self.units.get_mut(&key).expect("resolved");
@@ -912,16 +945,26 @@ impl Peer {
                     };
                     let u = self.units.get_mut(&key).expect("resolved");
                     if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
+                        self.stolen_from.insert(key, from);
                         self.enqueue(key, RunCause::Steal);
                         self.stats.stolen += 1;
                         self.stats.queued_steal += 1;
                     } else {
-                        // Already ours or done: hand it straight back by releasing the lease
-                        // the victim recorded for us.
-                        self.out.push(Action::Send {
-                            to: from,
-                            msg: Message::Claim { unit, until: 0 },
-                        });
+                        // Already ours or done: hand it straight back. If we hold it, the
+                        // victim gets our own lease (a give-up would be final there);
+                        // otherwise the lease the victim recorded for us is released.
+                        let until = match u.mine {
+                            Mine::Queued | Mine::Running => u
+                                .leases
+                                .live(self.now)
+                                .filter(|l| l.holder == self.id)
+                                .map(|l| l.until)
+                                .max()
+                                .unwrap_or(0),
+                            _ => 0,
+                        };
+                        self.out
+                            .push(Action::Send { to: from, msg: Message::Claim { unit, until } });
                     }
                 }
             }
@@ -956,6 +999,19 @@ impl Peer {
                     self.on_commit(c);
                 }
             }
+        }
+    }
+
+    /// A claim arrived for a job we do not know (its announcement is still on its way, or was
+    /// lost): ask the claimant for it, once. Its reply repeats the hand-backs we are dropping
+    /// now, so a unit given up before we knew its job is not stranded.
+    fn ask_if_unknown(&mut self, from: PeerId, job: JobId) {
+        if !self.job_slot.contains_key(&job)
+            && !self.requested.contains(&job)
+            && self.asked.len() < self.cfg.max_jobs * 4
+            && self.asked.insert(job)
+        {
+            self.out.push(Action::Send { to: from, msg: Message::GetJob(job) });
         }
     }
 
@@ -1180,6 +1236,7 @@ impl Peer {
     /// A resolved unit: executors keep their tally (to answer probes and sync requests), with
     /// the leases dropped; everyone else keeps only the key.
     fn retire(&mut self, key: UKey) {
+        self.stolen_from.remove(&key);
         let Some(u) = self.units.get_mut(&key) else { return };
         match u.mine {
             Mine::Committed => u.leases = Leases::default(),
@@ -1244,7 +1301,11 @@ impl Peer {
             }
         }
         let u = &self.units[&key];
-        let live = u.leases.live(now).filter(|l| !u.tally.has(&l.holder)).count();
+        // Our own lease never counts as a live replica here: `mine` is None, so we are not
+        // running the unit. It is an implicit lease others gave us, or the short reservation
+        // we kept after handing the unit to a thief — and if that thief hands it back (an
+        // allow-list declined it), waiting for it to lapse would stall the unit.
+        let live = u.leases.live(now).filter(|l| l.holder != me && !u.tally.has(&l.holder)).count();
         let used = u.tally.commits().len() + live;
         let room = (rep.max_replicas as usize).saturating_sub(used);
         let shortfall = need.saturating_sub(live).min(room);
@@ -1338,12 +1399,21 @@ impl Peer {
         }
     }
 
+    /// The peers told about a unit's claims, commits and hand-backs: the best-ranked
+    /// `max_replicas + 1` in our view, leaving out ourselves and peers that gave the unit up
+    /// (so a hand-back reaches further down the ranking, to a peer that can run it).
     fn watchers(&mut self, key: UKey) -> Vec<PeerId> {
         let j = &self.jobs[key.0 as usize];
         let n = (j.info.manifest.replication.max_replicas as usize + 1).min(self.cfg.window);
         let point = unit_point(&j.d.unit_ids[key.1 as usize]);
         rank(self.view.ring(j.info.strict()), point, self.cfg.window, &mut self.scratch);
-        self.scratch.iter().map(|(_, p)| *p).filter(|p| *p != self.id).take(n).collect()
+        let leases = self.units.get(&key).map(|u| &u.leases);
+        self.scratch
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| *p != self.id && !leases.is_some_and(|l| l.gave_up(p)))
+            .take(n)
+            .collect()
     }
 
     fn pump(&mut self) {
@@ -1470,12 +1540,18 @@ impl Peer {
             return;
         }
         self.running = self.running.saturating_sub(1);
-        let watchers = self.watchers(key);
+        let mut watchers = self.watchers(key);
+        let victim = self.stolen_from.remove(&key);
         let u = self.units.get_mut(&key).expect("tracked");
         match result {
             Err(_) => {
                 u.mine = Mine::Gave;
                 u.leases.give_up(&self.id, self.now);
+                if let Some(v) = victim
+                    && !watchers.contains(&v)
+                {
+                    watchers.push(v);
+                }
                 for to in watchers {
                     self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
                 }
@@ -1563,6 +1639,9 @@ impl Peer {
                 && u.outcome.is_none()
                 && !u.tally.has(&thief)
                 && !u.leases.is_live(&thief, self.now)
+                // A thief that already gave this unit up (declined it, or let its lease
+                // lapse) does not get it again: it would only hand it back.
+                && !u.leases.lapsed(&thief, self.now)
             {
                 u.mine = Mine::None;
                 u.leases.claim(thief, self.now + lease);

@@ -172,3 +172,336 @@ fn messages_round_trip_through_the_wire_envelope() {
         assert_eq!(back.kind(), msg.kind());
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// A timed harness: a few peers driven by hand with per-link delays, real timers and units that
+// take time, so the tests below can assert bounds in simulated time.
+
+/// What a peer's executor does with a unit it is asked to run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    /// Runs every unit for this long and returns the true result.
+    Run(u64),
+    /// Declines every unit at once (an allow-list that excludes the submitter): the shell
+    /// reports `LocalFailure::Cancelled` right after `StartUnit`.
+    Decline,
+    /// Runs every unit for this long and returns a wrong result.
+    Lie(u64),
+}
+
+enum Ev {
+    Event(usize, Event),
+    Timer(usize, u64),
+    Finish(usize, UnitRef, u64),
+}
+
+/// Something a test wants to know about, with its time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// A peer was asked to start a unit.
+    Start(usize, u32),
+    /// A peer's executor declined (or could not run) a unit.
+    Declined(usize, u32),
+    /// A peer reserved a unit (a claim with a lease in the future).
+    Claimed(usize, u32),
+    /// A peer finished a unit with a result (true: the right one).
+    Finished(usize, u32, bool),
+    /// The submitter saw a unit verified.
+    Verified(u32),
+}
+
+struct Net {
+    ps: Vec<Peer>,
+    exec: Vec<Exec>,
+    /// One-way delay between two peers (ms).
+    delay: Vec<Vec<u64>>,
+    queue: std::collections::BTreeMap<(u64, u64), Ev>,
+    seq: u64,
+    now: u64,
+    timer: Vec<Option<u64>>,
+    running: std::collections::BTreeMap<(usize, UnitRef), u64>,
+    runs: u64,
+    log: Vec<(u64, Seen)>,
+}
+
+impl Net {
+    /// Peer 0 is the submitter (no cores); the others have `cores` and `exec`.
+    fn new(cfg: Config, workers: &[(u16, Exec)], seed: u8) -> Self {
+        let n = workers.len() + 1;
+        let id = |i: usize| PeerId([seed.wrapping_mul(31).wrapping_add(i as u8 + 1); 32]);
+        let mut keys = SimKeys::default();
+        for i in 0..n {
+            keys.register(id(i));
+        }
+        let keys = Arc::new(keys);
+        let mut ps = Vec::new();
+        let mut exec = Vec::new();
+        for i in 0..n {
+            let (cores, e) = if i == 0 { (0, Exec::Run(1)) } else { workers[i - 1] };
+            let signer = Box::new(SimSigner(id(i)));
+            ps.push(Peer::new(
+                cfg.clone(),
+                ArchClass::X86_64,
+                cores,
+                signer,
+                keys.clone(),
+                i as u64,
+            ));
+            exec.push(e);
+        }
+        let delay =
+            (0..n).map(|i| (0..n).map(|j| 3 + ((i * 7 + j * 13) % 5) as u64).collect()).collect();
+        let mut net = Net {
+            ps,
+            exec,
+            delay,
+            queue: Default::default(),
+            seq: 0,
+            now: 0,
+            timer: vec![None; n],
+            running: Default::default(),
+            runs: 0,
+            log: Vec::new(),
+        };
+        for i in 0..n {
+            net.push(0, Ev::Event(i, Event::Online));
+        }
+        net
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn idx(&self, id: PeerId) -> Option<usize> {
+        self.ps.iter().position(|p| p.id() == id)
+    }
+
+    fn call(&mut self, i: usize, ev: Event) {
+        let now = self.now;
+        let from = self.ps[i].id();
+        let acts: Vec<Action> = self.ps[i].handle(ev, now).collect();
+        for a in acts {
+            match a {
+                Action::Send { to, msg } => {
+                    if let Message::Claim { unit, until } = &msg
+                        && *until > now
+                        && self.log.last() != Some(&(now, Seen::Claimed(i, unit.index)))
+                    {
+                        self.log.push((now, Seen::Claimed(i, unit.index)));
+                    }
+                    if let Some(j) = self.idx(to) {
+                        let at = now + self.delay[i][j];
+                        self.push(at, Ev::Event(j, Event::Message { from, msg }));
+                    }
+                }
+                Action::Broadcast(msg) => {
+                    for j in 0..self.ps.len() {
+                        if j != i {
+                            let at = now + self.delay[i][j];
+                            self.push(at, Ev::Event(j, Event::Message { from, msg: msg.clone() }));
+                        }
+                    }
+                }
+                Action::SetTimer(at) => {
+                    self.timer[i] = Some(at);
+                    self.push(at, Ev::Timer(i, at));
+                }
+                Action::StartUnit { unit, .. } => {
+                    self.log.push((now, Seen::Start(i, unit.index)));
+                    self.runs += 1;
+                    let run = self.runs;
+                    let took = match self.exec[i] {
+                        Exec::Run(ms) | Exec::Lie(ms) => ms,
+                        Exec::Decline => 0,
+                    };
+                    self.running.insert((i, unit), run);
+                    self.push(now + took, Ev::Finish(i, unit, run));
+                }
+                Action::CancelUnit(unit) => {
+                    self.running.remove(&(i, unit));
+                }
+                Action::UnitVerified { unit, result, .. } if i == 0 => {
+                    assert_eq!(result, BlobId([unit.index as u8; 32]), "a wrong result won");
+                    self.log.push((now, Seen::Verified(unit.index)));
+                }
+                Action::UnitFailed { unit, reason } => panic!("unit {unit:?} failed: {reason}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs until `until` (simulated ms).
+    fn run_until(&mut self, until: u64) {
+        while let Some((&(at, _), _)) = self.queue.first_key_value() {
+            if at > until {
+                break;
+            }
+            let (_, ev) = self.queue.pop_first().expect("non-empty");
+            self.now = at;
+            match ev {
+                Ev::Event(i, e) => self.call(i, e),
+                Ev::Timer(i, t) => {
+                    if self.timer[i] == Some(t) {
+                        self.timer[i] = None;
+                        self.call(i, Event::Timer);
+                    }
+                }
+                Ev::Finish(i, unit, run) => {
+                    if self.running.get(&(i, unit)) != Some(&run) {
+                        continue;
+                    }
+                    self.running.remove(&(i, unit));
+                    let result = match self.exec[i] {
+                        Exec::Run(_) => {
+                            self.log.push((at, Seen::Finished(i, unit.index, true)));
+                            Ok(BlobId([unit.index as u8; 32]))
+                        }
+                        Exec::Lie(_) => {
+                            self.log.push((at, Seen::Finished(i, unit.index, false)));
+                            Ok(BlobId([unit.index as u8 ^ 0x80; 32]))
+                        }
+                        Exec::Decline => {
+                            self.log.push((at, Seen::Declined(i, unit.index)));
+                            Err(ova_scheduler::LocalFailure::Cancelled)
+                        }
+                    };
+                    self.call(i, Event::UnitFinished { unit, result });
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    fn verified(&self) -> Vec<(u64, u32)> {
+        self.log
+            .iter()
+            .filter_map(|(t, s)| if let Seen::Verified(u) = s { Some((*t, *u)) } else { None })
+            .collect()
+    }
+}
+
+/// The real network shell's timing (ova-net's `RuntimeConfig::default`).
+fn shell_config() -> Config {
+    Config {
+        advert_interval_ms: 5_000,
+        advert_ttl_ms: 20_000,
+        probe_wait_ms: 500,
+        steal_cooldown_ms: 1_000,
+        lease_slack_ms: 5_000,
+        ..Config::default()
+    }
+}
+
+fn small_job(units: usize, quorum: u8, deadline_ms: u64) -> Manifest {
+    let mut m = manifest(units);
+    m.replication = Replication { quorum, max_replicas: quorum.max(2) + 2, result_copies: 1 };
+    m.limits.deadline_ms = deadline_ms;
+    m
+}
+
+/// Issue #6: a worker whose allow-list excludes the submitter declines every unit it is given
+/// (the shell answers `StartUnit` with `Cancelled` at once). The open worker must take each
+/// declined unit within about one steal cooldown — not after the decliner's lease (or the
+/// open worker's own handed-over reservation) lapses.
+#[test]
+fn declined_units_are_taken_by_another_peer_promptly() {
+    let cfg = shell_config();
+    let bound = cfg.steal_cooldown_ms + cfg.probe_wait_ms;
+    for seed in 0..24u8 {
+        for open_cores in [1u16, 2] {
+            let run_ms = 150 + 40 * (seed as u64 % 5);
+            let mut net =
+                Net::new(cfg.clone(), &[(open_cores, Exec::Run(run_ms)), (2, Exec::Decline)], seed);
+            if seed % 3 == 2 {
+                // The announcement reaches the open worker only after the decliner has handed
+                // its units back: the hand-backs arrive for a job it does not know yet.
+                net.delay[0][1] = 400;
+            }
+            net.run_until(3_000);
+            let m = small_job(10, 1, 5_000);
+            let submit_at = net.now;
+            net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(m))));
+            net.run_until(submit_at + 120_000);
+            let v = net.verified();
+            assert_eq!(v.len(), 10, "seed {seed} cores {open_cores}: {:?}", net.log);
+            // Every declined unit is started by the open worker within the bound, plus the time
+            // it spent on the units it started meanwhile (it is never idle while one waits).
+            for (t, s) in &net.log {
+                let Seen::Declined(_, u) = s else { continue };
+                let started = net.log.iter().find_map(|(t2, s2)| match s2 {
+                    Seen::Start(1, u2) if u2 == u && t2 >= t => Some(*t2),
+                    _ => None,
+                });
+                let Some(started) = started else {
+                    panic!("seed {seed} cores {open_cores}: unit {u} never started: {:?}", net.log)
+                };
+                let busy = net
+                    .log
+                    .iter()
+                    .filter(|(t2, s2)| *t2 > *t && *t2 < started && matches!(s2, Seen::Start(1, _)))
+                    .count() as u64;
+                assert!(
+                    started - t <= bound + busy * run_ms,
+                    "seed {seed} cores {open_cores}: unit {u} declined at {t} ms was started by \
+                     the open worker only at {started} ms: {:?}",
+                    net.log
+                );
+            }
+            // And the whole job finishes in about the open worker's own run time.
+            let last = v.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
+            let work = 10 * run_ms / open_cores as u64;
+            assert!(
+                last <= work + 4 * bound,
+                "seed {seed} cores {open_cores}: took {last} ms for {work} ms of work: {:?}",
+                net.log
+            );
+        }
+    }
+}
+
+/// Two replicas disagree: the extra replica that breaks the tie is reserved as soon as the
+/// second (disagreeing) commit is known — not after some lease lapses.
+#[test]
+fn mismatched_replicas_get_their_extra_replica_promptly() {
+    let cfg = shell_config();
+    let bound = cfg.probe_wait_ms;
+    let mut mismatches = 0;
+    for seed in 0..12u8 {
+        let workers = [(2, Exec::Run(200)), (2, Exec::Lie(150)), (2, Exec::Run(250))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(small_job(12, 2, 5_000)))));
+        net.run_until(submit_at + 120_000);
+        assert_eq!(net.verified().len(), 12, "seed {seed}: {:?}", net.log);
+        for u in 0..12u32 {
+            let fin: Vec<(u64, usize, bool)> = net
+                .log
+                .iter()
+                .filter_map(|(t, s)| match s {
+                    Seen::Finished(i, v, ok) if *v == u => Some((*t, *i, *ok)),
+                    _ => None,
+                })
+                .collect();
+            if fin.len() < 2 || fin[0].2 == fin[1].2 {
+                continue;
+            }
+            mismatches += 1;
+            let (t2, pair) = (fin[1].0, [fin[0].1, fin[1].1]);
+            let extra = net.log.iter().any(|(t, s)| {
+                *t <= t2 + bound
+                    && matches!(s, Seen::Claimed(k, v) | Seen::Start(k, v)
+                        if *v == u && !pair.contains(k))
+            });
+            assert!(
+                extra,
+                "seed {seed}: unit {u} mismatched at {t2} ms, no extra replica within {bound} ms: \
+                 {:?}",
+                net.log
+            );
+        }
+    }
+    assert!(mismatches >= 20, "the liar should cause mismatches ({mismatches})");
+}

@@ -111,3 +111,14 @@ fn failed_units_always_carry_a_reason() {
     assert_eq!(r.wrong_accepted, 0);
     assert_eq!(r.unresolved, 0, "{}", r.render());
 }
+
+#[test]
+fn units_declined_by_allow_lists_are_placed_elsewhere() {
+    // A quarter of the peers decline every unit (their allow-lists exclude the submitter).
+    // Every unit must still be verified, in a makespan close to a network without those
+    // peers — not held up by lease lapses (the stall of issue #6 left units unresolved here).
+    let r = run("allow-lists", 8);
+    all_verified(&r);
+    let ratio = r.makespan_ms as f64 / r.ideal_ms.max(1) as f64;
+    assert!(ratio < 5.0, "makespan {ratio:.2}x ideal: {}", r.render());
+}

@@ -49,6 +49,9 @@ pub enum Fault {
     Liar,
     /// Returns the same wrong result as every other colluder.
     Colluder,
+    /// Honest, but declines every unit at once (an allow-list that excludes the submitter):
+    /// reports [`LocalFailure::Cancelled`] right after the unit is started.
+    Decliner,
 }
 
 /// Parameters of one simulated run.
@@ -88,6 +91,8 @@ pub struct SimConfig {
     pub liars: f64,
     /// Fraction of colluding liars.
     pub colluders: f64,
+    /// Fraction of peers that decline every unit (see [`Fault::Decliner`]).
+    pub decliners: f64,
     /// Fraction of peers that crash-stop at a random time during the run.
     pub crash_stop: f64,
     /// Churn: this many leave-or-crash events, each followed by a fresh peer joining.
@@ -126,6 +131,7 @@ impl Default for SimConfig {
             deadline_ms: 120_000,
             liars: 0.0,
             colluders: 0.0,
+            decliners: 0.0,
             crash_stop: 0.0,
             churn_events: 0,
             churn_window: (0, 0),
@@ -403,6 +409,7 @@ fn result_of(
             BlobId(*h.finalize().as_bytes())
         }
         Fault::Liar => BlobId(rng.bytes32()),
+        Fault::Decliner => BlobId([0; 32]),
         Fault::Colluder => {
             let mut h = blake3::Hasher::new();
             h.update(b"collude");
@@ -462,7 +469,7 @@ impl Sim {
             ids.push(id);
         }
         sim.keys = Arc::new(keys);
-        let (mut liars, mut colluders) = (0usize, 0usize);
+        let (mut liars, mut colluders, mut decliners) = (0usize, 0usize, 0usize);
         for (i, id) in ids.into_iter().enumerate() {
             let fault = if i == 0 || i >= sim.cfg.peers {
                 Fault::Honest
@@ -472,6 +479,9 @@ impl Sim {
             } else if (colluders as f64) < sim.cfg.colluders * sim.cfg.peers as f64 && i % 2 == 0 {
                 colluders += 1;
                 Fault::Colluder
+            } else if (decliners as f64) < sim.cfg.decliners * sim.cfg.peers as f64 {
+                decliners += 1;
+                Fault::Decliner
             } else {
                 Fault::Honest
             };
@@ -773,6 +783,10 @@ impl Sim {
                 let _ = (unit_id, job);
                 self.exec_seq += 1;
                 let exec = self.exec_seq;
+                if p.fault == Fault::Decliner {
+                    self.push(self.now + 1, Ev::Finish { peer: i, unit, exec: DECLINED });
+                    return;
+                }
                 if !bundle_ok {
                     self.push(self.now + 1000, Ev::Finish { peer: i, unit, exec: 0 });
                     return;
@@ -808,7 +822,7 @@ impl Sim {
                 self.push(self.now + delay + 1, Ev::Fetched { peer: i, blob, purpose, ok });
             }
             Action::UnitVerified { unit, result, .. } => {
-                if self.peers[i as usize].fault != Fault::Honest {
+                if matches!(self.peers[i as usize].fault, Fault::Liar | Fault::Colluder) {
                     return;
                 }
                 let Some(&ji) = self.job_index.get(&unit.job) else { return };
@@ -823,7 +837,7 @@ impl Sim {
                 }
             }
             Action::UnitFailed { unit, reason } => {
-                if self.peers[i as usize].fault != Fault::Honest {
+                if matches!(self.peers[i as usize].fault, Fault::Liar | Fault::Colluder) {
                     return;
                 }
                 let Some(&ji) = self.job_index.get(&unit.job) else { return };
@@ -902,6 +916,8 @@ impl Sim {
                     }
                     let result = if exec == 0 {
                         Err(LocalFailure::InputsUnavailable)
+                    } else if exec == DECLINED {
+                        Err(LocalFailure::Cancelled)
                     } else {
                         match p.running.get(&unit) {
                             Some(r) if r.exec == exec => {
@@ -1210,6 +1226,9 @@ impl Sim {
         self.call(to as u32, Event::Frame { from, bytes });
     }
 }
+
+/// `Ev::Finish::exec` of a unit a [`Fault::Decliner`] declined.
+const DECLINED: u64 = u64::MAX;
 
 fn cause_ix(c: RunCause) -> usize {
     match c {

@@ -109,6 +109,11 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "allow-lists",
+        about: "a quarter of the peers decline every unit (allow-lists without the submitter)",
+        config: |s| SimConfig { peers: 150, units: 3000, decliners: 0.25, ..base(s) },
+    },
+    Scenario {
         name: "bench",
         about: "P5: 10,000 peers, 1,000,000 units (4 jobs), churn",
         config: |s| SimConfig {
