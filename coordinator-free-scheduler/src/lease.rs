@@ -2,10 +2,13 @@
 //! arrives by then, the lease has lapsed and the next-ranked peer takes over.
 //!
 //! A lapse alone is weak evidence under churn: the holder may just be slow or still have the
-//! unit queued. So a watcher may *extend* a lapsed lease a bounded number of times while the
-//! holder is still in its membership view ([`Leases::extend_lapsed`]), and re-places the unit
+//! unit queued. So a watcher *extends* a lapsed lease briefly, a bounded number of times, while
+//! the holder is still in its membership view, and asks the holder ([`Leases::extend_lapsed`]):
+//! a holder that still has the unit answers with a fresh lease, one that finished answers with
+//! its commit, and silence means take-over. It re-places the unit
 //! at once when the holder is known gone ([`Leases::holder_gone`]). Implicit leases (handed by
-//! a watcher to a peer that has not claimed yet) and given-up claims are never extended.
+//! a watcher to a peer that has not claimed yet) are extended once, to ask their holder;
+//! handed-over and given-up claims are never extended.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +20,10 @@ pub const MAX_LEASES_PER_UNIT: usize = 8;
 /// Most times a lapsed lease is extended while its holder is still alive in the view.
 pub const MAX_EXTENSIONS: u8 = 2;
 
-/// Flag value: the lease may never be extended (implicit, given up, or holder gone).
+/// Flag value: the lease may never be extended (holder gone).
 const FINAL: u8 = u8::MAX;
+/// Flag value of an implicit lease: one extension left (its holder is asked once).
+const IMPLICIT: u8 = MAX_EXTENSIONS - 1;
 /// Flag value: the holder handed the unit over; later claims from it are stale (a claim sent
 /// just before the hand-over can arrive after it) and are ignored.
 const HANDED: u8 = u8::MAX - 1;
@@ -85,9 +90,17 @@ impl Leases {
     }
 
     /// Records an implicit lease: `holder` is expected to run the unit but has not claimed it.
-    /// It is never extended when it lapses.
+    /// When it lapses it is extended once, while the holder is asked about the unit (it may
+    /// have finished it long ago, before we knew the unit). A lease the holder claimed itself
+    /// keeps its kind; only its end may move later.
     pub fn claim_implicit(&mut self, holder: PeerId, until: Millis) {
-        self.put(holder, until, FINAL);
+        if let Some((l, f)) = self.v.iter_mut().find(|(l, _)| l.holder == holder) {
+            if *f != HANDED && *f != GAVE && until > l.until {
+                l.until = until;
+            }
+            return;
+        }
+        self.put(holder, until, IMPLICIT);
     }
 
     /// Records that we handed the unit over (see [`Leases::claim_from_holder`]).
@@ -121,18 +134,22 @@ impl Leases {
     }
 
     /// Extends by `by` every lapsed, extendable lease whose holder `alive` says is still
-    /// around, at most [`MAX_EXTENSIONS`] times each. Returns the earliest new expiry.
+    /// around, at most [`MAX_EXTENSIONS`] times each, and calls `extended` with each such
+    /// holder (the watcher asks it whether it still holds the unit). Returns the earliest new
+    /// expiry.
     pub fn extend_lapsed(
         &mut self,
         now: Millis,
         by: Millis,
         mut alive: impl FnMut(&PeerId) -> bool,
+        mut extended: impl FnMut(&PeerId),
     ) -> Option<Millis> {
         let mut next: Option<Millis> = None;
         for (l, f) in &mut self.v {
             if l.until <= now && *f < MAX_EXTENSIONS && alive(&l.holder) {
                 *f += 1;
                 l.until = now + by;
+                extended(&l.holder);
                 next = Some(next.map_or(l.until, |n: Millis| n.min(l.until)));
             }
         }
@@ -207,20 +224,22 @@ mod tests {
     }
 
     #[test]
-    fn extensions_are_bounded_and_skip_implicit_and_gone() {
+    fn extensions_are_bounded_implicit_once_and_gone_never() {
         let mut l = Leases::default();
         let (a, b, c) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]));
         l.claim(a, 100);
         l.claim_implicit(b, 100);
         l.claim(c, 100);
         assert!(l.holder_gone(&c, 50));
-        assert_eq!(l.extend_lapsed(100, 50, |_| true), Some(150));
-        assert!(l.is_live(&a, 120) && !l.is_live(&b, 120) && !l.is_live(&c, 120));
-        assert_eq!(l.extend_lapsed(150, 50, |_| true), Some(200));
-        assert_eq!(l.extend_lapsed(200, 50, |_| true), None, "bounded");
+        assert_eq!(l.extend_lapsed(100, 50, |_| true, |_| {}), Some(150));
+        assert!(l.is_live(&a, 120) && l.is_live(&b, 120) && !l.is_live(&c, 120));
+        let mut asked = Vec::new();
+        assert_eq!(l.extend_lapsed(150, 50, |_| true, |p| asked.push(*p)), Some(200));
+        assert_eq!(asked, vec![a], "an implicit lease is extended once");
+        assert_eq!(l.extend_lapsed(200, 50, |_| true, |_| {}), None, "bounded");
         // A real claim after an implicit lease makes it a normal lease.
         l.claim(b, 300);
-        assert_eq!(l.extend_lapsed(300, 10, |p| *p == b), Some(310));
+        assert_eq!(l.extend_lapsed(300, 10, |p| *p == b, |_| {}), Some(310));
     }
 
     #[test]
@@ -233,6 +252,6 @@ mod tests {
         l.claim_from_holder(a, 500, 110);
         l.claim(a, 600);
         assert!(!l.is_live(&a, 120), "a stale claim does not revive a given-up lease");
-        assert_eq!(l.extend_lapsed(200, 50, |_| true), None);
+        assert_eq!(l.extend_lapsed(200, 50, |_| true, |_| {}), None);
     }
 }

@@ -149,7 +149,9 @@ impl View {
     }
 
     /// The ring used for a job: our own class's peers (same-arch) or everyone (strict),
-    /// sorted by ring point, ourselves included.
+    /// sorted by ring point, ourselves included. Its entries carry the placement fields
+    /// (peer, point, arch, weight) as of the last membership change; for the latest queue
+    /// length, sequence and expiry use [`View::members`] or [`View::get`].
     pub fn ring(&self, strict: bool) -> &[Member] {
         if strict { &self.any } else { &self.own }
     }
@@ -172,13 +174,6 @@ impl View {
             m.arch = ad.arch;
             if reweight {
                 self.rebuild();
-            } else {
-                let m = *m;
-                for r in [&mut self.own, &mut self.any] {
-                    if let Some(e) = r.iter_mut().find(|e| e.peer == m.peer) {
-                        *e = m;
-                    }
-                }
             }
             return AdvertEffect::Refreshed;
         }

@@ -295,6 +295,10 @@ pub struct Stats {
     pub lease_extensions: u64,
     /// Leases ended early because their holder left the view.
     pub leases_gone: u64,
+    /// Commit messages re-sent by the liveness sweep.
+    pub commits_resent: u64,
+    /// Units the liveness sweep drove again (re-evaluated, commit or hand-back re-sent).
+    pub swept: u64,
 }
 
 /// Why a unit was queued here (for the waste breakdown in the simulator's report).
@@ -740,6 +744,7 @@ impl Peer {
             .map(|(k, _)| *k)
             .collect();
         stuck.sort_unstable();
+        self.stats.swept += stuck.len() as u64;
         for key in stuck {
             let Some(u) = self.units.get(&key) else { continue };
             if u.mine == Mine::None {
@@ -758,6 +763,7 @@ impl Peer {
                 continue;
             };
             for to in self.watchers(key) {
+                self.stats.commits_resent += 1;
                 self.out.push(Action::Send { to, msg: Message::Commit(c) });
             }
         }
@@ -883,6 +889,7 @@ impl Peer {
             Message::Commit(c) => self.on_commit(c),
             Message::Probe(unit) => {
                 let Some(key) = self.resolve(&unit, false) else { return };
+                self.renew_own_lease(key);
                 let (commits, leases) = match self.units.get(&key) {
                     Some(u) => (
                         u.tally.commits().iter().take(MAX_BATCH).copied().collect(),
@@ -1000,6 +1007,23 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// Someone asks about a unit we have queued or running (a watcher saw our lease lapse):
+    /// our lease is renewed to cover what is left, so the probe reply carries it and the
+    /// watcher does not hand our unit to another peer. A heartbeat on demand.
+    fn renew_own_lease(&mut self, key: UKey) {
+        let lease_len = self.lease_len(key.0);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        let until = match u.mine {
+            Mine::Running => self.now + lease_len,
+            Mine::Queued => {
+                let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as u64;
+                self.now + waits.min(self.cfg.queue_per_core as u64 + 2) * lease_len
+            }
+            _ => return,
+        };
+        u.leases.claim(self.id, until);
     }
 
     /// A claim arrived for a job we do not know (its announcement is still on its way, or was
@@ -1291,10 +1315,19 @@ impl Peer {
         let (me, view) = (self.id, &self.view);
         let u = self.units.get_mut(&key).expect("tracked");
         if u.leases.any_lapsed(now) {
+            // Not a blind extension: a short grace while we ask the holder. If it still has
+            // the unit (slow, or queued behind others) it answers with a fresh lease; if it
+            // finished, with its commit; silence after the last grace means take-over.
             let tally = &u.tally;
-            let ext = u.leases.extend_lapsed(now, lease_len, |p| {
-                *p != me && !tally.has(p) && view.get(p).is_some()
-            });
+            let grace = 2 * self.cfg.probe_wait_ms.max(1);
+            let unit = UnitRef { job: j.info.job_id, index: key.1 };
+            let out = &mut self.out;
+            let ext = u.leases.extend_lapsed(
+                now,
+                grace.min(lease_len),
+                |p| *p != me && !tally.has(p) && view.get(p).is_some(),
+                |p| out.push(Action::Send { to: *p, msg: Message::Probe(unit) }),
+            );
             if let Some(t) = ext {
                 self.stats.lease_extensions += 1;
                 self.add_timer(t, TimerKind::Unit(key.0, key.1));
@@ -1465,7 +1498,7 @@ impl Peer {
     /// Advances the region scans until the ready queue is full.
     fn fill(&mut self) {
         let want = self.cores as usize * self.cfg.queue_per_core;
-        if self.ready.len() >= want {
+        if self.ready.len() >= want || self.jobs.iter().all(|j| j.scan.is_empty()) {
             return;
         }
         let mut order: Vec<usize> = (0..self.jobs.len()).collect();
@@ -1592,19 +1625,27 @@ impl Peer {
         if self.last_steal.is_some_and(|t| self.now < t + self.cfg.steal_cooldown_ms) {
             return;
         }
-        let victim = self
-            .view
-            .members()
-            .filter(|m| {
-                m.queue_len > 0
-                    && m.arch == self.arch
-                    && self.view.distance(&m.peer, false).is_some_and(|d| d < self.cfg.window)
-            })
-            .max_by_key(|m| (m.queue_len, m.peer));
-        if let Some(v) = victim {
-            self.last_steal = Some(self.now);
+        // One look for a victim per cooldown, found or not: an idle peer is handed every
+        // advert and message, and scanning its view on each would dominate its CPU.
+        self.last_steal = Some(self.now);
+        let ring = self.view.ring(false);
+        let me = ring.iter().position(|m| m.peer == self.id).unwrap_or(0);
+        let n = ring.len();
+        let mut victim: Option<(u32, PeerId)> = None;
+        for d in 1..self.cfg.window.min(n.div_ceil(2) + 1) {
+            for i in [(me + d) % n, (me + n - d) % n] {
+                let Some(m) = self.view.get(&ring[i].peer) else { continue };
+                if m.queue_len > 0
+                    && m.peer != self.id
+                    && victim.is_none_or(|v| (m.queue_len, m.peer) > v)
+                {
+                    victim = Some((m.queue_len, m.peer));
+                }
+            }
+        }
+        if let Some((_, v)) = victim {
             let max = (self.cores as u32).saturating_sub(self.running).max(1);
-            self.out.push(Action::Send { to: v.peer, msg: Message::StealRequest { max } });
+            self.out.push(Action::Send { to: v, msg: Message::StealRequest { max } });
         }
     }
 

@@ -1145,7 +1145,8 @@ impl Sim {
         };
         r.by_kind.push_str(&format!(
             " | queued_scan={} queued_rule={} queued_steal={} started={} (scan={} probe={} \
-             lapse={} extra={} rule={} steal={}) lease_extensions={} leases_gone={}",
+             lapse={} extra={} rule={} steal={}) lease_extensions={} leases_gone={} swept={} \
+             commits_resent={}",
             st(|s| s.queued_scan),
             st(|s| s.queued_rule),
             st(|s| s.queued_steal),
@@ -1158,6 +1159,8 @@ impl Sim {
             st(|s| s.started_steal),
             st(|s| s.lease_extensions),
             st(|s| s.leases_gone),
+            st(|s| s.swept),
+            st(|s| s.commits_resent),
         ));
         r.dropped_commits = self
             .peers
