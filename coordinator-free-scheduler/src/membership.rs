@@ -200,24 +200,23 @@ impl View {
     }
 
     /// Whether a newcomer at `point` would be among the `side` nearest on either side of us in
-    /// either ring (cheap pre-check, so far-away adverts cost no rebuild).
+    /// either ring (cheap pre-check, so far-away adverts cost no rebuild). Each ring already
+    /// holds the `side` nearest members each way, so counting its entries between us and the
+    /// newcomer (two binary searches) answers it.
     fn would_keep(&self, point: u64, arch: ArchClass) -> bool {
-        let me = self.me.point;
-        let (d_cw, d_ccw) = (cw(me, point), cw(point, me));
-        let mut closer = [0usize; 4];
-        for m in self.members.values() {
-            let a = usize::from(cw(me, m.point) < d_cw);
-            let b = usize::from(cw(m.point, me) < d_ccw);
-            closer[0] += a;
-            closer[1] += b;
-            if m.arch == self.me.arch {
-                closer[2] += a;
-                closer[3] += b;
-            }
-        }
-        closer[0] < self.side
-            || closer[1] < self.side
-            || (arch == self.me.arch && (closer[2] < self.side || closer[3] < self.side))
+        let near = |ring: &[Member]| {
+            let n = ring.len();
+            let Ok(i) =
+                ring.binary_search_by(|m| (m.point, m.peer).cmp(&(self.me.point, self.me.peer)))
+            else {
+                return true;
+            };
+            let k = ring.partition_point(|m| m.point < point);
+            let closer_cw = (k + n - i - 1) % n;
+            let closer_ccw = (n - 1) - closer_cw;
+            closer_cw < self.side || closer_ccw < self.side
+        };
+        near(&self.any) || (arch == self.me.arch && near(&self.own))
     }
 
     /// How many ring positions separate `peer` from us (the nearer way), in the ring that

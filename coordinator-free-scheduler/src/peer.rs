@@ -334,6 +334,9 @@ impl RunCause {
 
 type UKey = (u32, u32);
 
+/// Most peers one commit is sent to (watchers plus the unit's other executors).
+const MAX_WATCHERS: usize = 16;
+
 /// Granularity of lease-check timers.
 const TIMER_TICK_MS: Millis = 1_000;
 
@@ -365,6 +368,8 @@ struct UnitState {
     cause: RunCause,
     /// Probe replies saying "resolved, commits not kept".
     done_hints: u8,
+    /// Liveness sweeps that found the unit pending with no live lease (re-sends back off).
+    swept: u8,
     tally: Tally,
     leases: Leases,
     outcome: Option<Outcome>,
@@ -376,6 +381,7 @@ impl UnitState {
             mine: Mine::None,
             cause: RunCause::Rule,
             done_hints: 0,
+            swept: 0,
             tally: Tally::default(),
             leases: Leases::default(),
             outcome: None,
@@ -433,6 +439,8 @@ pub struct Peer {
     ready: VecDeque<UKey>,
     running: u32,
     timers: BTreeSet<(Millis, TimerKind)>,
+    /// The earliest entry of `timers` (kept alongside: `arm` runs on every event).
+    first_timer: Option<Millis>,
     wake: Option<Millis>,
     last_steal: Option<Millis>,
     /// Who granted us each stolen unit still queued or running here: if we cannot run it, the
@@ -486,6 +494,7 @@ impl Peer {
             ready: VecDeque::new(),
             running: 0,
             timers: BTreeSet::new(),
+            first_timer: None,
             wake: None,
             last_steal: None,
             stolen_from: FxHashMap::default(),
@@ -613,10 +622,13 @@ impl Peer {
             _ => at,
         };
         self.timers.insert((at, k));
+        if self.first_timer.is_none_or(|t| at < t) {
+            self.first_timer = Some(at);
+        }
     }
 
     fn arm(&mut self) {
-        if let Some(&(at, _)) = self.timers.first() {
+        if let Some(at) = self.first_timer {
             let at = at.max(self.now);
             if self.wake.is_none_or(|w| at < w || w < self.now) {
                 self.wake = Some(at);
@@ -632,6 +644,7 @@ impl Peer {
                 break;
             }
             self.timers.pop_first();
+            self.first_timer = self.timers.first().map(|t| t.0);
             match k {
                 TimerKind::Advert => {
                     self.advertise();
@@ -669,6 +682,7 @@ impl Peer {
         self.wake = None;
         self.online_at = self.now;
         self.timers.retain(|(_, k)| !matches!(k, TimerKind::Advert | TimerKind::Expire));
+        self.first_timer = self.timers.first().map(|t| t.0);
         let jitter = self.rng.below(self.cfg.advert_interval_ms.max(1));
         self.advertise();
         self.add_timer(self.now + jitter + 1, TimerKind::Advert);
@@ -730,7 +744,10 @@ impl Peer {
     /// Liveness backstop (every fourth expiry tick): a pending unit that nobody holds a live
     /// lease on is driven again — re-evaluated; if we already committed to it, our commit is
     /// re-sent to its current ranking so the peers now responsible take it up; if we handed it
-    /// back, the hand-back is repeated (it may have been lost).
+    /// back, the hand-back is repeated (it may have been lost). Re-sends back off
+    /// exponentially per unit (sweeps 1, 2, 4, 8, ...): a unit that stays pending here is
+    /// usually one whose verdict never reached us, and re-sending every sweep was most of the
+    /// simulator's commit traffic.
     fn sweep(&mut self) {
         let now = self.now;
         let mut stuck: Vec<UKey> = self
@@ -751,6 +768,12 @@ impl Peer {
                 self.evaluate(key);
                 continue;
             }
+            let Some(u) = self.units.get_mut(&key) else { continue };
+            u.swept = u.swept.saturating_add(1);
+            if !u.swept.is_power_of_two() {
+                continue;
+            }
+            let u = &self.units[&key];
             if u.mine == Mine::Gave {
                 let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
                 for to in self.watchers(key) {
@@ -1591,6 +1614,21 @@ impl Peer {
             }
             Ok(result) => {
                 u.mine = Mine::Committed;
+                // The other replicas' executors hear our commit even when our view ranks
+                // them outside the watchers: they need it for their verdict, and without it
+                // they would keep re-sending their own commit.
+                let me = self.id;
+                for p in u
+                    .tally
+                    .commits()
+                    .iter()
+                    .map(|c| c.body.executor)
+                    .chain(u.leases.live(self.now).map(|l| l.holder))
+                {
+                    if p != me && !watchers.contains(&p) && watchers.len() < MAX_WATCHERS {
+                        watchers.push(p);
+                    }
+                }
                 let j = &self.jobs[s as usize];
                 let body = CommitBody {
                     unit,
