@@ -32,10 +32,17 @@
 //! - A claim made when a unit is *queued* reserves it for the wait behind the queue plus the
 //!   run; watchers accept reservations up to that bound, so an honest queue wait never looks
 //!   like a lapse.
-//! - A lapsed lease whose holder is still in the watcher's view is extended (at most
-//!   [`crate::lease::MAX_EXTENSIONS`] times) instead of re-placing the unit; when the holder
-//!   *leaves* the view (graceful leave, or its adverts expire) its leases end at once and the
-//!   unit is re-placed without waiting for the lapse.
+//! - A lapsed lease whose holder is still in the watcher's view is extended briefly (at most
+//!   [`crate::lease::MAX_EXTENSIONS`] times) while the watcher probes the holder: a holder
+//!   that still has the unit renews its lease in the reply, one that finished replies with its
+//!   commit, and only silence re-places the unit. Implicit leases (peers ranked ahead that
+//!   never claimed) get one such probe. When the holder *leaves* the view (graceful leave, or
+//!   its adverts expire) its leases end at once and the unit is re-placed without waiting.
+//! - A peer that cannot run a unit (its shell declined it: an allow-list, missing inputs)
+//!   hands it back with a claim ending at 0. The give-up is final at the watchers (later
+//!   claims from that peer for the unit are stale), they leave that peer out of the unit's
+//!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
+//!   takes the unit at once.
 //! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
 //!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
 //!   round trip.
@@ -1172,6 +1179,15 @@ impl Peer {
     // ---------------------------------------------------------------- commits and verdicts
 
     fn on_commit(&mut self, c: SignedCommit) {
+        // The very same signed commit again (a re-send, or one relayed in a probe or sync
+        // reply): it was verified when it arrived first, so skip the signature check (an
+        // ed25519 verification in production).
+        if let Some(&s) = self.job_slot.get(&c.body.unit.job)
+            && let Some(u) = self.units.get(&(s, c.body.unit.index))
+            && u.tally.commits().contains(&c)
+        {
+            return;
+        }
         match commit::verify(&*self.verifier, &c) {
             Ok(()) => {}
             Err(CommitError::BadSignature) => {
