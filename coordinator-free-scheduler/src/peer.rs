@@ -427,6 +427,8 @@ pub struct Peer {
     id: PeerId,
     arch: ArchClass,
     cores: u16,
+    /// Units started at once per core (see [`Peer::set_run_slots_per_core`]).
+    slots_per_core: u32,
     cfg: Config,
     signer: Box<dyn Signer>,
     verifier: Arc<dyn Verifier>,
@@ -485,6 +487,7 @@ impl Peer {
             id,
             arch,
             cores,
+            slots_per_core: 1,
             cfg,
             signer,
             verifier,
@@ -512,6 +515,20 @@ impl Peer {
             scratch: Vec::new(),
             now: 0,
         }
+    }
+
+    /// How many units to start at once per offered core (default 1). A shell whose units
+    /// spend time outside the CPU — fetching inputs, waiting for the store's group commit,
+    /// messages in flight — raises it so the executor always has the next unit queued; the
+    /// executor still runs them on the offered cores. Advertised capacity (placement weight)
+    /// stays the number of cores. Takes effect with the next event.
+    pub fn set_run_slots_per_core(&mut self, n: u32) {
+        self.slots_per_core = n.max(1);
+    }
+
+    /// Units this peer runs at once: its cores times the run slots per core.
+    fn run_slots(&self) -> u32 {
+        u32::from(self.cores) * self.slots_per_core
     }
 
     /// This peer's id.
@@ -1509,7 +1526,7 @@ impl Peer {
 
     fn pump(&mut self) {
         self.fill();
-        while self.running < self.cores as u32 {
+        while self.running < self.run_slots() {
             let Some(key) = self.ready.pop_front() else { break };
             let Some(u) = self.units.get_mut(&key) else { continue };
             if u.mine != Mine::Queued || u.outcome.is_some() {
@@ -1544,18 +1561,18 @@ impl Peer {
                 }
             }
             self.out.push(Action::StartUnit { unit, unit_id, job, sources });
-            if self.ready.len() < self.cores as usize {
+            if self.ready.len() < self.run_slots() as usize {
                 self.fill();
             }
         }
-        if self.running < self.cores as u32 && self.ready.is_empty() {
+        if self.running < self.run_slots() && self.ready.is_empty() {
             self.try_steal();
         }
     }
 
     /// Advances the region scans until the ready queue is full.
     fn fill(&mut self) {
-        let want = self.cores as usize * self.cfg.queue_per_core;
+        let want = self.run_slots() as usize * self.cfg.queue_per_core;
         if self.ready.len() >= want || self.jobs.iter().all(|j| j.scan.is_empty()) {
             return;
         }
@@ -1717,7 +1734,7 @@ impl Peer {
             }
         }
         if let Some((_, v)) = victim {
-            let max = (self.cores as u32).saturating_sub(self.running).max(1);
+            let max = self.run_slots().saturating_sub(self.running).max(1);
             self.out.push(Action::Send { to: v, msg: Message::StealRequest { max } });
         }
     }
