@@ -933,26 +933,7 @@ impl Peer {
                 self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 self.evaluate(key);
             }
-            Message::Commit(c) => {
-                // An executor re-sending a commit we already hold, for a unit we saw verified:
-                // it never heard the verdict (its liveness sweep keeps re-sending). Answer
-                // with the verified tally, so it can check the verdict itself and stop.
-                if c.body.executor == from
-                    && let Some(&s) = self.job_slot.get(&c.body.unit.job)
-                    && let Some(u) = self.units.get(&(s, c.body.unit.index))
-                    && u.outcome.is_some()
-                    && u.tally.commits().contains(&c)
-                {
-                    let commits = u.tally.commits().iter().take(MAX_BATCH).copied().collect();
-                    let unit = c.body.unit;
-                    self.out.push(Action::Send {
-                        to: from,
-                        msg: Message::ProbeReply { unit, commits, leases: Vec::new(), done: false },
-                    });
-                    return;
-                }
-                self.on_commit(c)
-            }
+            Message::Commit(c) => self.on_commit(c),
             Message::Probe(unit) => {
                 let Some(key) = self.resolve(&unit, false) else { return };
                 self.renew_own_lease(key);
