@@ -27,6 +27,12 @@ fn quick() -> bool {
     std::env::var_os("OVA_BENCH_QUICK").is_some()
 }
 
+/// `OVA_BENCH_ONLY=P3` or `P4` runs one part (for profiling); the summary lines then show
+/// only what was measured.
+fn wanted(part: &str) -> bool {
+    std::env::var("OVA_BENCH_ONLY").map_or(true, |only| only.eq_ignore_ascii_case(part))
+}
+
 fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -96,11 +102,31 @@ fn echo_module() -> Vec<u8> {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let cores = machine_cores();
+    let cores_each = (cores / WORKERS).max(1) as u16;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let p3 = wanted("P3").then(|| p3(&rt, cores, cores_each));
+    let p4 = wanted("P4").then(|| p4(&rt, cores_each));
+    if let Some((q1, q2)) = p3 {
+        println!("P3 q1 network/native={q1:.3}");
+        println!("P3 q2 network/native={q2:.3}");
+    }
+    if let Some(p4) = p4 {
+        println!("P4 verified units/s={p4:.0}");
+    }
+}
+
+/// Mandelbrot tiles natively, then at quorum 1 and 2 on the network: the two ratios.
+fn p3(rt: &tokio::runtime::Runtime, cores: usize, cores_each: u16) -> (f64, f64) {
     let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/wasm/mandelbrot.wasm");
     let module = std::fs::read(&wasm)
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-examples.sh)", wasm.display()));
-    let cores = machine_cores();
-    let cores_each = (cores / WORKERS).max(1) as u16;
     let (tiles, tile_px) = if quick() { (64, 128) } else { (256, 64) };
     let mut view = mandelbrot::DEFAULT_VIEW;
     view.tile = tile_px;
@@ -119,7 +145,6 @@ fn main() {
         "P3 native: {tiles} tiles in {native_secs:.2} s on {cores} cores = {native_rate:.1} tiles/s"
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut ratios = Vec::new();
     for quorum in [1u8, 2] {
         let secs = rt
@@ -131,7 +156,11 @@ fn main() {
         );
         ratios.push(rate / native_rate);
     }
+    (ratios[0], ratios[1])
+}
 
+/// Tiny echo units verified end to end per second.
+fn p4(rt: &tokio::runtime::Runtime, cores_each: u16) -> f64 {
     let n: usize = if quick() { 500 } else { 5_000 };
     let echo = echo_module();
     let mut b = JobBuilder::new("echo", echo).quorum(2).max_replicas(3).result_copies(0);
@@ -141,10 +170,6 @@ fn main() {
         b = b.unit(input);
     }
     let secs = rt.block_on(run_on_network(b.build().unwrap(), cores_each));
-    let p4 = n as f64 / secs;
     println!("P4 network: {n} tiny units verified (quorum 2) in {secs:.2} s on {WORKERS} workers");
-
-    println!("P3 q1 network/native={:.3}", ratios[0]);
-    println!("P3 q2 network/native={:.3}", ratios[1]);
-    println!("P4 verified units/s={p4:.0}");
+    n as f64 / secs
 }

@@ -14,7 +14,8 @@
 //! iroh-blobs: our blobs are whole values of at most tens of MiB that are verified once on
 //! arrival, and this keeps one store — the peer's redb — as the single source of truth.)
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::endpoint::Connection;
@@ -116,41 +117,131 @@ impl ProtocolHandler for BlobHandler {
     }
 }
 
-/// Fetches blob `id` from `peer`, refusing more than `max` bytes and anything that does not
-/// hash to `id`; the whole exchange is bounded by `timeout`.
-pub async fn fetch(
-    endpoint: &Endpoint,
-    alpn: &[u8],
-    peer: EndpointId,
-    id: BlobId,
-    max: u64,
-    timeout: Duration,
-) -> Result<Vec<u8>, FetchError> {
-    let work = async {
-        let conn =
-            endpoint.connect(peer, alpn).await.map_err(|e| FetchError::Connect(e.to_string()))?;
-        let (mut send, mut recv) =
-            conn.open_bi().await.map_err(|e| FetchError::Stream(e.to_string()))?;
-        send.write_all(&id.0).await.map_err(|e| FetchError::Stream(e.to_string()))?;
-        send.finish().ok();
-        let mut head = [0u8; 9];
-        recv.read_exact(&mut head).await.map_err(|e| FetchError::Stream(e.to_string()))?;
-        if head[0] != 0 {
-            return Err(FetchError::NotFound(id));
+/// Most cached connections of a [`BlobClient`]; past this the oldest-looking one is closed.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Fetches blobs from peers over cached connections: one QUIC handshake per peer, then one
+/// stream per blob (a connection per blob cost a key exchange per tiny input).
+#[derive(Clone)]
+pub struct BlobClient {
+    endpoint: Endpoint,
+    alpn: Arc<[u8]>,
+    conns: Arc<Mutex<HashMap<EndpointId, Connection>>>,
+}
+
+impl std::fmt::Debug for BlobClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobClient").field("alpn", &String::from_utf8_lossy(&self.alpn)).finish()
+    }
+}
+
+impl BlobClient {
+    /// Fetches through `endpoint` with ALPN `alpn` (see [`crate::node::NodeConfig::alpn`]).
+    pub fn new(endpoint: Endpoint, alpn: &[u8]) -> Self {
+        Self { endpoint, alpn: alpn.into(), conns: Default::default() }
+    }
+
+    /// This client's endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Fetches blob `id` from `peer`, refusing more than `max` bytes and anything that does
+    /// not hash to `id`; the whole exchange (connecting included) is bounded by `timeout`.
+    /// A cached connection that turns out dead is replaced once.
+    pub async fn fetch(
+        &self,
+        peer: EndpointId,
+        id: BlobId,
+        max: u64,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, FetchError> {
+        let work = async {
+            let mut fresh = false;
+            loop {
+                let conn = match self.cached(&peer) {
+                    Some(c) => c,
+                    None => {
+                        fresh = true;
+                        self.connect(peer).await?
+                    }
+                };
+                match exchange(&conn, id, max).await {
+                    Err(FetchError::Stream(e)) if !fresh => {
+                        // Probably a connection the peer closed (restart, idle timeout).
+                        tracing::debug!(peer = %peer.fmt_short(), "blob stream failed ({e}); reconnecting");
+                        self.forget(&peer, &conn);
+                    }
+                    r => return r,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| FetchError::Stream(format!("timed out after {timeout:?}")))?
+    }
+
+    fn cached(&self, peer: &EndpointId) -> Option<Connection> {
+        let conns = lock(&self.conns);
+        conns.get(peer).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    fn forget(&self, peer: &EndpointId, conn: &Connection) {
+        let mut conns = lock(&self.conns);
+        if conns.get(peer).is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            conns.remove(peer);
         }
-        let len = u64::from_be_bytes(head[1..].try_into().unwrap_or([0; 8]));
-        if len > max {
-            return Err(FetchError::TooLarge { len, max });
+    }
+
+    async fn connect(&self, peer: EndpointId) -> Result<Connection, FetchError> {
+        let conn = self
+            .endpoint
+            .connect(peer, &self.alpn)
+            .await
+            .map_err(|e| FetchError::Connect(e.to_string()))?;
+        let mut conns = lock(&self.conns);
+        conns.retain(|_, c| c.close_reason().is_none());
+        if conns.len() >= MAX_CONNECTIONS
+            && let Some(victim) = conns.keys().next().copied()
+            && let Some(c) = conns.remove(&victim)
+        {
+            c.close(0u32.into(), b"evicted");
         }
-        let mut buf = vec![0u8; len as usize];
-        recv.read_exact(&mut buf).await.map_err(|e| FetchError::Stream(e.to_string()))?;
-        conn.close(0u32.into(), b"done");
-        if BlobId::of(&buf) != id {
-            return Err(FetchError::Corrupt(id));
+        conns.insert(peer, conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes every cached connection.
+    pub fn close(&self) {
+        for (_, c) in lock(&self.conns).drain() {
+            c.close(0u32.into(), b"done");
         }
-        Ok(buf)
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| FetchError::Stream(format!("timed out after {timeout:?}")))?
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One request on `conn`: asks for `id`, reads at most `max` bytes, checks the hash.
+async fn exchange(conn: &Connection, id: BlobId, max: u64) -> Result<Vec<u8>, FetchError> {
+    let (mut send, mut recv) =
+        conn.open_bi().await.map_err(|e| FetchError::Stream(e.to_string()))?;
+    send.write_all(&id.0).await.map_err(|e| FetchError::Stream(e.to_string()))?;
+    send.finish().ok();
+    let mut head = [0u8; 9];
+    recv.read_exact(&mut head).await.map_err(|e| FetchError::Stream(e.to_string()))?;
+    if head[0] != 0 {
+        return Err(FetchError::NotFound(id));
+    }
+    let len = u64::from_be_bytes(head[1..].try_into().unwrap_or([0; 8]));
+    if len > max {
+        return Err(FetchError::TooLarge { len, max });
+    }
+    let mut buf = vec![0u8; len as usize];
+    recv.read_exact(&mut buf).await.map_err(|e| FetchError::Stream(e.to_string()))?;
+    if BlobId::of(&buf) != id {
+        return Err(FetchError::Corrupt(id));
+    }
+    Ok(buf)
 }

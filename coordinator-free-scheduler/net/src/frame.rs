@@ -29,6 +29,9 @@ const BUDGET_UNIT: usize = 1024;
 pub enum DirectFrame {
     /// An application (scheduler) message, opaque to ova-net.
     App(Vec<u8>),
+    /// Several application messages for the same peer, in order: one stream, one length
+    /// check and one budget grant for a whole turn's worth of small messages.
+    Batch(Vec<Vec<u8>>),
 }
 
 /// A frame could not be sent or received.

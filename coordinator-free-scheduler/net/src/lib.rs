@@ -54,6 +54,7 @@ pub mod identity;
 pub mod membership;
 pub mod node;
 pub mod runtime;
+pub mod signatures;
 pub mod signed;
 pub mod stats;
 pub mod store;

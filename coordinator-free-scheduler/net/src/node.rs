@@ -203,7 +203,8 @@ pub enum NetEvent {
 #[derive(Debug)]
 pub struct Payload {
     bytes: Vec<u8>,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Shared by the messages of one batch frame: the budget returns when the last is dropped.
+    _permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Payload {
@@ -494,7 +495,11 @@ impl Node {
     /// Uses a cached connection when there is one; otherwise connects using the addresses
     /// learned from bootstrap tickets, adverts, gossip and discovery.
     pub async fn send(&self, to: EndpointId, payload: Vec<u8>) -> Result<(), NetError> {
-        let frame = wire::encode(&DirectFrame::App(payload));
+        self.send_frame(to, &DirectFrame::App(payload)).await
+    }
+
+    async fn send_frame(&self, to: EndpointId, frame: &DirectFrame) -> Result<(), NetError> {
+        let frame = wire::encode(frame);
         let max = self.shared.config.max_frame_bytes;
         if frame.len() > max {
             return Err(NetError::TooLarge { len: frame.len(), max });
@@ -516,6 +521,35 @@ impl Node {
             }
         }
         Err(NetError::Send { peer: to, reason: last.map(|e| e.to_string()).unwrap_or_default() })
+    }
+
+    /// Sends several application payloads to one peer, in order, packed into as few direct
+    /// frames as the frame cap allows (a payload too large for a frame on its own is refused
+    /// and the rest still sent).
+    pub async fn send_batch(&self, to: EndpointId, payloads: Vec<Vec<u8>>) -> Result<(), NetError> {
+        let max = self.shared.config.max_frame_bytes;
+        // Frame overhead: the enum tag and a varint length per payload (at most 5 bytes
+        // each), plus the sequence length.
+        let cost = |p: &Vec<u8>| p.len() + 5;
+        let mut chunk: Vec<Vec<u8>> = Vec::new();
+        let mut size = 16;
+        let mut result = Ok(());
+        for p in payloads {
+            if size + cost(&p) > max && !chunk.is_empty() {
+                let full = DirectFrame::Batch(std::mem::take(&mut chunk));
+                result = result.and(self.send_frame(to, &full).await);
+                size = 16;
+            }
+            size += cost(&p);
+            chunk.push(p);
+        }
+        if chunk.len() == 1 {
+            let p = chunk.pop().unwrap_or_default();
+            result = result.and(self.send_frame(to, &DirectFrame::App(p)).await);
+        } else if !chunk.is_empty() {
+            result = result.and(self.send_frame(to, &DirectFrame::Batch(chunk)).await);
+        }
+        result
     }
 
     /// Stops cleanly: tells the others we leave, then closes every connection and task.
@@ -671,7 +705,7 @@ impl Shared {
                 };
                 self.emit(NetEvent::Broadcast {
                     from: author,
-                    payload: Payload { bytes: payload, _permit: Some(permit) },
+                    payload: Payload { bytes: payload, _permit: Some(Arc::new(permit)) },
                 });
             }
         }
@@ -900,8 +934,17 @@ impl ProtocolHandler for FrameHandler {
             match wire::decode::<DirectFrame>(&bytes, max) {
                 Ok(DirectFrame::App(payload)) => shared.emit(NetEvent::Direct {
                     from,
-                    payload: Payload { bytes: payload, _permit: Some(permit) },
+                    payload: Payload { bytes: payload, _permit: Some(Arc::new(permit)) },
                 }),
+                Ok(DirectFrame::Batch(payloads)) => {
+                    let permit = Arc::new(permit);
+                    for payload in payloads {
+                        shared.emit(NetEvent::Direct {
+                            from,
+                            payload: Payload { bytes: payload, _permit: Some(permit.clone()) },
+                        });
+                    }
+                }
                 Err(e) => shared.stats.drop(DropReason::Undecodable, &peer, &e.to_string()),
             }
         }

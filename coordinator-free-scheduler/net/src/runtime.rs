@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | `Send` / `Broadcast` | a bounded send queue drained by a few sender tasks ([`Node::send`], [`Node::broadcast`]; announcements too large for gossip go directly to every known peer) |
 //! | `StartUnit` | a task that fetches missing blobs from the job's holders, runs the unit on the [`UnitRunner`] and stores the result record |
-//! | `FetchBlob` | a task fetching from the listed peers ([`crate::blobs::fetch`]), verified before storing |
+//! | `FetchBlob` | a task fetching from the listed peers ([`crate::blobs::BlobClient`]), verified before storing |
 //! | `SetTimer` | the loop's sleep deadline |
 //! | `UnitVerified` / `UnitFailed` | the store (verified results), subscribers ([`JobEvent`]) and the [`Observer`] |
 //!
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::blobs;
 use crate::node::{NetEvent, Node};
+use crate::signatures::CachingVerifier;
 use crate::store::{Store, StoreError};
 
 /// A boxed future, as [`UnitRunner::run`] returns.
@@ -184,6 +185,10 @@ pub struct RuntimeConfig {
     pub send_queue: usize,
     /// Concurrent senders draining the queue.
     pub senders: usize,
+    /// Most units kept in flight per offered core (1: one at a time). The driver adapts the
+    /// depth between 1 and this to how long units take, so short units overlap their input
+    /// fetch, commit and messages with execution.
+    pub max_run_slots_per_core: u16,
     /// How long a job of ours may wait for `quorum` distinct workers to be in the view before
     /// its units fail with that reason (the network is too small for the job).
     pub placement_timeout: Duration,
@@ -208,6 +213,7 @@ impl Default for RuntimeConfig {
             send_queue: 8192,
             senders: 16,
             placement_timeout: Duration::from_secs(30),
+            max_run_slots_per_core: 32,
         }
     }
 }
@@ -220,8 +226,12 @@ enum Command {
 }
 
 enum Done {
-    Unit(UnitRef, Result<BlobId, LocalFailure>),
-    Fetch(BlobId, FetchPurpose, bool),
+    /// A unit ended: its result record's id, with the record's bytes when they are new here
+    /// (the driver stores them with its next group commit), or why it has no result.
+    Unit(UnitRef, Result<(BlobId, Option<Vec<u8>>), LocalFailure>, Option<Duration>),
+    /// A fetch ended; a single fetched result record comes with its bytes, to be stored with
+    /// the next group commit (bundle copies are stored by the fetch itself).
+    Fetch(BlobId, FetchPurpose, Result<Option<Vec<u8>>, ()>),
 }
 
 /// A running peer: the scheduler core driven over the network, with its store.
@@ -265,14 +275,17 @@ impl Runtime {
         let (events, _) = broadcast::channel(4096);
         let secret = node.config().secret_key.to_bytes();
         let cores = if runner.is_some() { config.cores } else { 0 };
-        let peer = Peer::new(
+        let verifier = Arc::new(CachingVerifier::new());
+        let mut peer = Peer::new(
             config.core.clone(),
             ova_scheduler::ArchClass(node.config().arch.0),
             cores,
             Box::new(Ed25519Signer::from_seed(secret)),
-            Arc::new(Ed25519Verifier),
+            verifier.clone(),
             u64::from_le_bytes(secret[..8].try_into().unwrap_or([0; 8])) ^ 0x006f_7661,
         );
+        let run_slots = 2.min(u32::from(config.max_run_slots_per_core.max(1)));
+        peer.set_run_slots_per_core(run_slots);
         // One queue per sender; a peer's messages always go through the same one, so they
         // arrive in the order the core emitted them (a claim before its give-up, a claim
         // before its commit).
@@ -303,6 +316,20 @@ impl Runtime {
             unplaceable: HashMap::new(),
             unit_ids: HashMap::new(),
             mine: Default::default(),
+            modules: ModuleCache::default(),
+            last_state_log: Instant::now(),
+            pending: Vec::new(),
+            blobs_changed: false,
+            verifier,
+            load: Load::default(),
+            committing: Vec::new(),
+            commit_started: Instant::now(),
+            run_slots,
+            unit_latency: None,
+            blobs: blobs::BlobClient::new(
+                node.endpoint().clone(),
+                &node.config().alpn(blobs::BLOB_ALPN),
+            ),
         };
         let task = tokio::spawn(driver.run(net_events, cmd_rx));
         Ok(Self {
@@ -375,21 +402,37 @@ enum Outgoing {
     Broadcast(Vec<u8>),
 }
 
+/// Most queued messages a sender packs into one round of frames.
+const MAX_SENDER_BATCH: usize = 4096;
+
+/// Drains one send queue: whatever has piled up while the last frames were on the wire is
+/// packed per destination, in order, into as few frames as possible ([`Node::send_batch`]).
 async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc<dyn Observer>) {
+    let mut taken = Vec::new();
     loop {
-        let Some(out) = rx.recv().await else { return };
-        match out {
-            Outgoing::Send(to, bytes) => {
-                if let Err(e) = node.send(to, bytes).await {
-                    debug!(peer = %to.fmt_short(), "send failed: {e}");
-                    observer.frame_dropped("send_failed");
+        if rx.recv_many(&mut taken, MAX_SENDER_BATCH).await == 0 {
+            return;
+        }
+        let mut per_peer: Vec<(EndpointId, Vec<Vec<u8>>)> = Vec::new();
+        for out in taken.drain(..) {
+            match out {
+                Outgoing::Send(to, bytes) => match per_peer.iter_mut().find(|(p, _)| *p == to) {
+                    Some((_, list)) => list.push(bytes),
+                    None => per_peer.push((to, vec![bytes])),
+                },
+                Outgoing::Broadcast(bytes) => {
+                    if let Err(e) = node.broadcast(bytes).await {
+                        debug!("broadcast failed: {e}");
+                        observer.frame_dropped("broadcast_failed");
+                    }
                 }
             }
-            Outgoing::Broadcast(bytes) => {
-                if let Err(e) = node.broadcast(bytes).await {
-                    debug!("broadcast failed: {e}");
-                    observer.frame_dropped("broadcast_failed");
-                }
+        }
+        for (to, list) in per_peer {
+            let n = list.len();
+            if let Err(e) = node.send_batch(to, list).await {
+                debug!(peer = %to.fmt_short(), messages = n, "send failed: {e}");
+                observer.frame_dropped("send_failed");
             }
         }
     }
@@ -422,10 +465,53 @@ struct Driver {
     unit_ids: HashMap<JobId, Arc<Vec<UnitId>>>,
     /// Jobs this peer submitted.
     mine: std::collections::HashSet<JobId>,
+    /// Fetches blobs over connections kept per peer.
+    blobs: blobs::BlobClient,
+    /// Modules of the jobs running here, read from the store once rather than per unit.
+    modules: ModuleCache,
+    /// When [`Driver::log_state`] last logged.
+    last_state_log: Instant,
+    /// Writes of this turn, made by [`Driver::flush`] in one transaction.
+    pending: Vec<Pending>,
+    /// Blobs were added since the store's size was last reported.
+    blobs_changed: bool,
+    /// Checks commit signatures, each distinct one once (shared with the core).
+    verifier: Arc<CachingVerifier>,
+    /// Where the driver's time goes (logged by [`Driver::log_state`]).
+    load: Load,
+    /// Messages waiting for the group commit in flight.
+    committing: Vec<Outgoing>,
+    /// When that commit started.
+    commit_started: Instant,
+    /// Units in flight per core (see [`Driver::tune_run_slots`]).
+    run_slots: u32,
+    /// Average seconds from hand-over to result since `run_slots` last changed.
+    unit_latency: Option<f64>,
+}
+
+/// Counters of the driver's own work.
+#[derive(Debug, Default)]
+struct Load {
+    /// Events fed to the core.
+    events: u64,
+    /// Time spent in the core and carrying out its actions.
+    event_time: Duration,
+    /// Group commits.
+    commits: u64,
+    /// Time they took (the loop goes on meanwhile).
+    commit_time: Duration,
 }
 
 /// Most events taken in one turn of the driver's loop (between two group commits).
 const MAX_BATCH_EVENTS: usize = 256;
+
+/// Units taking less than this from hand-over to result deepen the pipeline.
+const FAST_UNIT_SECS: f64 = 0.05;
+/// Units taking more than this make it shallower.
+const SLOW_UNIT_SECS: f64 = 0.5;
+
+/// How often [`Driver::log_state`] logs.
+const STATE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Most jobs whose unit ids are cached in the driver.
 const MAX_CACHED_JOBS: usize = 1024;
@@ -444,6 +530,8 @@ impl Driver {
         }
         self.feed(Event::Online, &done_tx);
         self.flush().await;
+        // The group commit in flight, if any (see `start_commit`).
+        let mut commit: Option<JoinHandle<Result<(), StoreError>>> = None;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -486,12 +574,25 @@ impl Driver {
                     self.timer = None;
                     self.feed(Event::Timer, &done_tx);
                 }
-                _ = housekeeping.tick(), if !self.pending_submits.is_empty() => {
+                Some(r) = async {
+                    match commit.as_mut() {
+                        Some(h) => Some(h.await),
+                        None => None,
+                    }
+                }, if commit.is_some() => {
+                    commit = None;
+                    self.finish_commit(r);
+                }
+                _ = housekeeping.tick() => {
                     self.flush_pending_submits(&done_tx);
+                    if std::mem::take(&mut self.blobs_changed) {
+                        self.report_store();
+                    }
+                    self.log_state();
                 }
             }
-            // Take in whatever else is already waiting (bounded), so one fsync in `flush`
-            // covers a whole batch of results and messages.
+            // Take in whatever else is already waiting (bounded), so one group commit covers
+            // a whole batch of results and messages.
             for _ in 0..MAX_BATCH_EVENTS {
                 if let Ok(done) = done_rx.try_recv() {
                     self.on_done(done, &done_tx);
@@ -501,23 +602,93 @@ impl Driver {
                     break;
                 }
             }
-            self.flush().await;
+            if commit.is_none() {
+                commit = self.start_commit();
+            }
+        }
+        if let Some(h) = commit {
+            self.finish_commit(h.await);
         }
         self.flush().await;
+        self.blobs.close();
         if let Err(e) = self.store.sync() {
             warn!("store: {e}");
         }
     }
 
+    /// Every few seconds, at debug level: what the core tracks and does (for diagnosing a
+    /// stuck or slow peer).
+    fn log_state(&mut self) {
+        if self.last_state_log.elapsed() < STATE_LOG_INTERVAL {
+            return;
+        }
+        self.last_state_log = Instant::now();
+        let s = self.peer.stats();
+        debug!(
+            tracked = self.peer.tracked_units(),
+            done = self.peer.done_units(),
+            running = self.running.len(),
+            started = s.started,
+            committed = s.committed,
+            verified = s.verified,
+            failed = s.failed,
+            probes = s.probes,
+            stolen = s.stolen,
+            messages_in = s.messages_in,
+            events = self.load.events,
+            event_ms = self.load.event_time.as_millis() as u64,
+            commits = self.load.commits,
+            commit_ms = self.load.commit_time.as_millis() as u64,
+            "core state"
+        );
+    }
+
+    /// Adapts the units kept in flight per core to how long units take from hand-over to
+    /// result: short units get a deep pipeline (their input fetches, commits and messages
+    /// overlap with execution), long ones at most two in flight per core, so a unit never
+    /// waits in the executor's queue long enough for its lease to lapse.
+    fn tune_run_slots(&mut self, took: Duration) {
+        let s = took.as_secs_f64();
+        let ewma = self.unit_latency.map_or(s, |e| 0.9 * e + 0.1 * s);
+        self.unit_latency = Some(ewma);
+        let max = u32::from(self.config.max_run_slots_per_core.max(1));
+        let next = if ewma > SLOW_UNIT_SECS && self.run_slots > 1 {
+            self.run_slots / 2
+        } else if ewma < FAST_UNIT_SECS && self.run_slots < max {
+            (self.run_slots * 2).min(max)
+        } else {
+            self.run_slots
+        };
+        if next != self.run_slots {
+            debug!(from = self.run_slots, to = next, unit_secs = ewma, "run slots per core");
+            self.run_slots = next;
+            self.unit_latency = None;
+            self.peer.set_run_slots_per_core(next);
+        }
+    }
+
     fn on_done(&mut self, done: Done, done_tx: &mpsc::Sender<Done>) {
         match done {
-            Done::Unit(unit, result) => {
+            Done::Unit(unit, result, took) => {
                 self.running.remove(&unit);
+                if let Some(took) = took {
+                    self.tune_run_slots(took);
+                }
+                let result = result.map(|(id, bytes)| {
+                    if let Some(bytes) = bytes {
+                        self.pending.push(Pending::Blob(id, bytes));
+                    }
+                    id
+                });
                 self.feed(Event::UnitFinished { unit, result }, done_tx);
             }
-            Done::Fetch(blob, purpose, ok) => {
+            Done::Fetch(blob, purpose, fetched) => {
+                let ok = fetched.is_ok();
+                if let Ok(Some(bytes)) = fetched {
+                    self.pending.push(Pending::Blob(blob, bytes));
+                }
                 self.feed(Event::BlobFetched { blob, purpose, ok }, done_tx);
-                self.report_store();
+                self.blobs_changed = true;
             }
         }
     }
@@ -748,7 +919,7 @@ impl Driver {
     /// Persists a signed commit (checked first: the store keeps only verifiable records) and
     /// tells subscribers.
     fn note_commit(&mut self, c: &SignedCommit) {
-        if ova_scheduler::commit::verify(&Ed25519Verifier, c).is_err() {
+        if ova_scheduler::commit::verify(&*self.verifier, c).is_err() {
             return;
         }
         let b = &c.body;
@@ -762,11 +933,8 @@ impl Driver {
                 self.first_result.insert(b.unit, b.result);
             }
         }
-        if let Ok(bytes) = postcard::to_stdvec(c)
-            && let Err(e) =
-                self.store.write_deferred(|w| w.put_commit(&b.unit_id, &b.executor.0, &bytes))
-        {
-            warn!("store: {e}");
+        if let Ok(bytes) = postcard::to_stdvec(c) {
+            self.pending.push(Pending::Commit { unit_id: b.unit_id, signer: b.executor.0, bytes });
         }
         self.events
             .send(JobEvent::UnitCommitted { unit: b.unit, by: b.executor, result: b.result })
@@ -774,11 +942,14 @@ impl Driver {
     }
 
     fn feed(&mut self, event: Event, done_tx: &mpsc::Sender<Done>) {
+        let t0 = Instant::now();
         let now = self.now();
         let actions: Vec<Action> = self.peer.handle(event, now).collect();
         for a in actions {
             self.perform(a, done_tx);
         }
+        self.load.events += 1;
+        self.load.event_time += t0.elapsed();
     }
 
     /// Queues a message; it leaves at the end of this turn of the loop, after the store is
@@ -791,22 +962,40 @@ impl Driver {
     /// messages that acknowledge them (commits, announcements). A peer killed at any point
     /// has therefore never told anyone about a result it could lose.
     async fn flush(&mut self) {
-        if self.outbox.is_empty() {
-            // Nothing acknowledges the writes yet; they become durable with a later turn.
-            return;
+        while let Some(h) = self.start_commit() {
+            self.finish_commit(h.await);
         }
-        // The fsync runs off the async threads; events arriving meanwhile wait in their
-        // channels and are taken in by the next turn, to share the next fsync.
+    }
+
+    /// Starts the group commit of everything this turn (and any turn since the last commit)
+    /// wrote and wants to send: one write transaction, durable (one fsync) when messages
+    /// wait on it; with nothing to acknowledge yet it becomes durable with a later commit. It
+    /// runs off the async threads while the loop goes on taking in events; their writes and
+    /// messages wait for the next commit. `None`: nothing to commit.
+    fn start_commit(&mut self) -> Option<JoinHandle<Result<(), StoreError>>> {
+        if self.outbox.is_empty() && self.pending.is_empty() {
+            return None;
+        }
         let store = self.store.clone();
-        let synced = tokio::task::spawn_blocking(move || store.sync())
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Db(format!("sync task: {e}"))));
+        let writes = std::mem::take(&mut self.pending);
+        let durable = !self.outbox.is_empty();
+        self.committing = std::mem::take(&mut self.outbox);
+        self.commit_started = Instant::now();
+        Some(tokio::task::spawn_blocking(move || persist(&store, &writes, durable)))
+    }
+
+    /// The group commit ended: its messages leave now (all of them acknowledge writes that
+    /// are durable), or are dropped if the store failed.
+    fn finish_commit(&mut self, r: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+        self.load.commits += 1;
+        self.load.commit_time += self.commit_started.elapsed();
+        let synced = r.unwrap_or_else(|e| Err(StoreError::Db(format!("store task: {e}"))));
         if let Err(e) = synced {
-            warn!("store: {e}; messages of this turn are not sent");
-            self.outbox.clear();
+            warn!("store: {e}; {} messages are not sent", self.committing.len());
+            self.committing.clear();
             return;
         }
-        for out in self.outbox.drain(..) {
+        for out in std::mem::take(&mut self.committing) {
             let i = match &out {
                 Outgoing::Send(to, _) => {
                     let b = to.as_bytes();
@@ -864,7 +1053,9 @@ impl Driver {
                 }
             }
             Action::StoreBlob(blob) => {
-                if !self.store.has_blob(&blob).unwrap_or(false) {
+                let pending =
+                    self.pending.iter().any(|p| matches!(p, Pending::Blob(b, _) if *b == blob));
+                if !pending && !self.store.has_blob(&blob).unwrap_or(false) {
                     warn!(%blob, "core asked to keep a result this peer does not hold");
                 }
             }
@@ -874,10 +1065,8 @@ impl Driver {
                 let mine = self.is_mine(&unit.job);
                 self.observer.unit_verified(mine);
                 self.first_result.remove(&unit);
-                if let Some(unit_id) = self.unit_id(&unit)
-                    && let Err(e) = self.store.write_deferred(|w| w.put_verified(&unit_id, &result))
-                {
-                    warn!("store: {e}");
+                if let Some(unit_id) = self.unit_id(&unit) {
+                    self.pending.push(Pending::Verified { unit_id, result });
                 }
                 self.events.send(JobEvent::UnitVerified { unit, result, signers }).ok();
                 self.check_done(unit.job);
@@ -925,6 +1114,16 @@ impl Driver {
         }
     }
 
+    fn fetcher(&self) -> Fetcher {
+        Fetcher {
+            client: self.blobs.clone(),
+            store: self.store.clone(),
+            max: self.config.max_blob_bytes,
+            timeout: self.config.fetch_timeout,
+            observer: self.observer.clone(),
+        }
+    }
+
     fn fetch(
         &mut self,
         blob: BlobId,
@@ -940,20 +1139,23 @@ impl Driver {
             },
             FetchPurpose::Result(_) => vec![blob],
         };
-        let store = self.store.clone();
-        let endpoint = self.node.endpoint().clone();
-        let alpn = self.node.config().alpn(blobs::BLOB_ALPN);
-        let max = self.config.max_blob_bytes;
-        let timeout = self.config.fetch_timeout;
+        let fetcher = self.fetcher();
         let done_tx = done_tx.clone();
-        let observer = self.observer.clone();
         tokio::spawn(async move {
-            let mut ok = true;
-            for id in wanted {
-                ok &= fetch_into(&store, (&endpoint, &alpn), &from, id, max, timeout, &*observer)
-                    .await;
-            }
-            done_tx.send(Done::Fetch(blob, purpose, ok)).await.ok();
+            let fetched = if let FetchPurpose::Result(_) = purpose {
+                match fetcher.fetch_bytes(&from, blob).await {
+                    Some((bytes, false)) => Ok(Some(bytes)),
+                    Some((_, true)) => Ok(None),
+                    None => Err(()),
+                }
+            } else {
+                let mut ok = true;
+                for id in wanted {
+                    ok &= fetcher.fetch_into(&from, id).await;
+                }
+                if ok { Ok(None) } else { Err(()) }
+            };
+            done_tx.send(Done::Fetch(blob, purpose, fetched)).await.ok();
         });
     }
 
@@ -967,7 +1169,7 @@ impl Driver {
     ) {
         let done_tx = done_tx.clone();
         let Some(runner) = self.runner.clone() else {
-            done_tx.try_send(Done::Unit(unit, Err(LocalFailure::Cancelled))).ok();
+            done_tx.try_send(Done::Unit(unit, Err(LocalFailure::Cancelled), None)).ok();
             return;
         };
         // The allow-list guards this machine's CPU: a unit of a job from anyone else is handed
@@ -979,7 +1181,7 @@ impl Driver {
         {
             debug!(job = %job.job_id, "submitter not on the allow-list; unit declined");
             let task = tokio::spawn(async move {
-                done_tx.send(Done::Unit(unit, Err(LocalFailure::Cancelled))).await.ok();
+                done_tx.send(Done::Unit(unit, Err(LocalFailure::Cancelled), None)).await.ok();
             });
             self.running.insert(unit, task);
             return;
@@ -992,22 +1194,22 @@ impl Driver {
             debug!(%unit_id, "verified before; reusing the result");
             self.observer.unit_memoised();
             let task = tokio::spawn(async move {
-                done_tx.send(Done::Unit(unit, Ok(result))).await.ok();
+                done_tx.send(Done::Unit(unit, Ok((result, None)), None)).await.ok();
             });
             self.running.insert(unit, task);
             return;
         }
         let store = self.store.clone();
-        let endpoint = self.node.endpoint().clone();
-        let alpn = self.node.config().alpn(blobs::BLOB_ALPN);
-        let max = self.config.max_blob_bytes;
-        let timeout = self.config.fetch_timeout;
-        let observer = self.observer.clone();
+        let fetcher = self.fetcher();
+        let modules = self.modules.clone();
         self.events.send(JobEvent::UnitStarted { unit }).ok();
         let task = tokio::spawn(async move {
             let m = &job.manifest;
             let Some(spec) = m.units.get(unit.index as usize) else {
-                done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
+                done_tx
+                    .send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable), None))
+                    .await
+                    .ok();
                 return;
             };
             // Peers known to hold the bundle first, then the submitter, then the peers chosen
@@ -1019,18 +1221,19 @@ impl Driver {
                     from.push(*p);
                 }
             }
-            for id in [m.module, spec.input] {
-                if !fetch_into(&store, (&endpoint, &alpn), &from, id, max, timeout, &*observer)
+            // The module is kept (every unit of the job needs it); a unit's input is used
+            // once, so it is not stored here unless this peer keeps a copy of the bundle.
+            let module = match modules.get(&store, m.module) {
+                Some(m) => Some(m),
+                None if fetcher.fetch_into(&from, m.module).await => modules.get(&store, m.module),
+                None => None,
+            };
+            let input = fetcher.fetch_bytes(&from, spec.input).await;
+            let (Some(module), Some((input, _))) = (module, input) else {
+                done_tx
+                    .send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable), None))
                     .await
-                {
-                    done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
-                    return;
-                }
-            }
-            let (Ok(Some(module)), Ok(Some(input))) =
-                (store.blob(&m.module), store.blob(&spec.input))
-            else {
-                done_tx.send(Done::Unit(unit, Err(LocalFailure::InputsUnavailable))).await.ok();
+                    .ok();
                 return;
             };
             let req = RunRequest {
@@ -1038,66 +1241,134 @@ impl Driver {
                 unit_id,
                 job_name: m.name.clone(),
                 module_id: m.module,
-                module: Arc::new(module),
+                module,
                 input,
                 args: spec.args.clone(),
                 limits: m.limits,
                 determinism: m.determinism,
             };
+            let t0 = Instant::now();
             let out = runner.run(req).await;
+            let took = t0.elapsed();
             let result = match out.record {
                 Some(record) => {
                     let bytes = record.encode();
-                    match store.write_deferred(|w| w.put_blob(&bytes)) {
-                        Ok(id) => Ok(id),
-                        Err(e) => {
-                            warn!("store: {e}");
-                            Err(LocalFailure::Cancelled)
-                        }
-                    }
+                    Ok((BlobId::of(&bytes), Some(bytes)))
                 }
                 None => Err(LocalFailure::Cancelled),
             };
-            done_tx.send(Done::Unit(unit, result)).await.ok();
+            done_tx.send(Done::Unit(unit, result, Some(took))).await.ok();
         });
         self.running.insert(unit, task);
     }
 }
 
-/// Makes sure blob `id` is in the store, fetching it from the first of `from` that has it.
-/// `via` is our endpoint and the blob protocol's ALPN on this network.
-async fn fetch_into(
-    store: &Arc<Store>,
-    via: (&iroh::Endpoint, &[u8]),
-    from: &[PeerId],
-    id: BlobId,
+/// Most modules kept in memory by [`ModuleCache`].
+const MAX_CACHED_MODULES: usize = 8;
+
+/// The bytes of recently used modules, shared by the units that run them.
+#[derive(Clone, Default)]
+struct ModuleCache(Arc<std::sync::Mutex<Vec<CachedModule>>>);
+
+/// A module's id and bytes.
+type CachedModule = (BlobId, Arc<Vec<u8>>);
+
+impl ModuleCache {
+    /// Module `id` from memory, else from `store` (then kept, evicting the oldest).
+    fn get(&self, store: &Store, id: BlobId) -> Option<Arc<Vec<u8>>> {
+        let cached = {
+            let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            c.iter().find(|(m, _)| *m == id).map(|(_, b)| b.clone())
+        };
+        if cached.is_some() {
+            return cached;
+        }
+        let bytes = Arc::new(store.blob(&id).ok().flatten()?);
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= MAX_CACHED_MODULES {
+            c.remove(0);
+        }
+        c.push((id, bytes.clone()));
+        Some(bytes)
+    }
+}
+
+/// A write the driver makes with its next group commit ([`Driver::flush`]).
+enum Pending {
+    /// A verified signed commit (opaque bytes) for a unit, by its signer.
+    Commit { unit_id: UnitId, signer: [u8; 32], bytes: Vec<u8> },
+    /// A unit reached quorum on this result.
+    Verified { unit_id: UnitId, result: BlobId },
+    /// A result record (its id was computed from these bytes).
+    Blob(BlobId, Vec<u8>),
+}
+
+/// Applies a turn's writes in one transaction; `durable`: fsync it (and everything before).
+fn persist(store: &Store, writes: &[Pending], durable: bool) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return if durable { store.sync() } else { Ok(()) };
+    }
+    let apply = |w: &crate::store::Write<'_>| {
+        for p in writes {
+            match p {
+                Pending::Commit { unit_id, signer, bytes } => {
+                    w.put_commit(unit_id, signer, bytes)?
+                }
+                Pending::Verified { unit_id, result } => w.put_verified(unit_id, result)?,
+                Pending::Blob(id, bytes) => w.put_blob_checked(*id, bytes)?,
+            }
+        }
+        Ok(())
+    };
+    if durable { store.write(apply) } else { store.write_deferred(apply) }
+}
+
+/// Brings blobs into the store from peers (a [`blobs::BlobClient`] with the limits).
+#[derive(Clone)]
+struct Fetcher {
+    client: blobs::BlobClient,
+    store: Arc<Store>,
     max: u64,
     timeout: Duration,
-    observer: &dyn Observer,
-) -> bool {
-    if store.has_blob(&id).unwrap_or(false) {
-        return true;
-    }
-    let (endpoint, alpn) = via;
-    let me = PeerId(*endpoint.id().as_bytes());
-    for p in from.iter().filter(|p| **p != me) {
-        let Some(peer) = endpoint_id(p) else { continue };
-        match blobs::fetch(endpoint, alpn, peer, id, max, timeout).await {
-            Ok(bytes) => {
-                observer.blob_bytes(0, bytes.len() as u64);
-                let store = store.clone();
+    observer: Arc<dyn Observer>,
+}
+
+impl Fetcher {
+    /// Makes sure blob `id` is in the store, fetching it from the first of `from` that has it.
+    async fn fetch_into(&self, from: &[PeerId], id: BlobId) -> bool {
+        match self.fetch_bytes(from, id).await {
+            Some((_, true)) => true,
+            Some((bytes, false)) => {
+                let store = self.store.clone();
                 let stored = tokio::task::spawn_blocking(move || {
                     store.write_deferred(|w| w.put_blob_checked(id, &bytes))
                 })
                 .await;
-                if matches!(stored, Ok(Ok(()))) {
-                    return true;
-                }
+                matches!(stored, Ok(Ok(())))
             }
-            Err(e) => debug!(%id, peer = %peer.fmt_short(), "fetch failed: {e}"),
+            None => false,
         }
     }
-    false
+
+    /// Blob `id`'s bytes, from the store (`true`) or else from the first of `from` that has
+    /// it (`false`: checked against the id, not stored).
+    async fn fetch_bytes(&self, from: &[PeerId], id: BlobId) -> Option<(Vec<u8>, bool)> {
+        if let Ok(Some(bytes)) = self.store.blob(&id) {
+            return Some((bytes, true));
+        }
+        let me = PeerId(*self.client.endpoint().id().as_bytes());
+        for p in from.iter().filter(|p| **p != me) {
+            let Some(peer) = endpoint_id(p) else { continue };
+            match self.client.fetch(peer, id, self.max, self.timeout).await {
+                Ok(bytes) => {
+                    self.observer.blob_bytes(0, bytes.len() as u64);
+                    return Some((bytes, false));
+                }
+                Err(e) => debug!(%id, peer = %peer.fmt_short(), "fetch failed: {e}"),
+            }
+        }
+        None
+    }
 }
 
 /// The outcome of checking a job from its signed records alone.

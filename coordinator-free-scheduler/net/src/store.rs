@@ -190,7 +190,13 @@ impl Store {
     ) -> Result<T, StoreError> {
         let tx = self.db.begin_write().map_err(dberr)?;
         let out = f(&Write { tx: &tx })?;
-        tx.commit().map_err(dberr)?;
+        // A durable commit also makes every earlier deferred one durable. (Cleared while
+        // this transaction holds the write lock, so no deferred write slips in between.)
+        let was_dirty = self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = tx.commit() {
+            self.dirty.fetch_or(was_dirty, std::sync::atomic::Ordering::SeqCst);
+            return Err(dberr(e));
+        }
         Ok(out)
     }
 

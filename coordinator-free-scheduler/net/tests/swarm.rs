@@ -394,6 +394,45 @@ async fn rogue_peer_is_dropped_and_the_others_keep_working() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_frame_arrives_whole_and_in_order() -> Result<()> {
+    init_tracing();
+    let deadline = Instant::now() + DEADLINE;
+    let network = unique_network("batch");
+    let a_cfg = config(&network);
+    let max_frame = a_cfg.max_frame_bytes;
+    let a = Node::spawn(a_cfg).await?;
+    let mut b_cfg = config(&network);
+    b_cfg.bootstrap = vec![a.ticket()];
+    let b = Node::spawn(b_cfg).await?;
+    wait_until(&b, deadline, "a known to b", |n| n.peers().len() == 1).await?;
+    let mut events_a = a.take_events().context("events")?;
+
+    // 300 messages of 1 KiB: about five frames' worth. One in the middle is over the frame
+    // cap on its own: it is refused, the batch reports the error, and the rest still arrive.
+    let mut payloads: Vec<Vec<u8>> =
+        (0..300u32).map(|i| [i.to_le_bytes().as_slice(), &[7; 1020]].concat()).collect();
+    payloads[150] = vec![0; max_frame];
+    let frames_before = b.stats().frames_sent;
+    assert!(b.send_batch(a.id(), payloads).await.is_err(), "the oversized message is refused");
+    let frames = b.stats().frames_sent - frames_before;
+    assert!((5..=10).contains(&frames), "300 small messages packed into {frames} frames");
+    for i in (0..300u32).filter(|i| *i != 150) {
+        let ev = next_event(&mut events_a, deadline, "batched message", |e| {
+            matches!(e, NetEvent::Direct { .. })
+        })
+        .await?;
+        let NetEvent::Direct { from, payload } = ev else { unreachable!() };
+        assert_eq!(from, b.id());
+        assert_eq!(payload.len(), 1024);
+        assert_eq!(payload[..4], i.to_le_bytes(), "messages arrive in the order sent");
+    }
+    for n in [&a, &b] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 #[test]
 fn ticket_of_a_node_round_trips() {
     let t = NodeTicket {

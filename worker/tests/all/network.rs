@@ -378,11 +378,9 @@ fn private_networks_keep_outsiders_out() {
     });
 }
 
-// Ignored: a unit the picky worker declines is sometimes not re-placed on the other worker
-// for minutes (the scheduler core's re-placement after a give-up; open in issue #6). The
-// allow-list itself holds: picky never runs such a unit.
+// The picky worker hands every unit of this job back; the open one must take them all up
+// (the job's deadline and the wait bound a stall, which the core's tests bound in time).
 #[test]
-#[ignore = "declined units can stall in the scheduler core's re-placement (issue #6)"]
 fn allow_lists_pick_submitters() {
     let module = example("primes");
     runtime().block_on(async {
