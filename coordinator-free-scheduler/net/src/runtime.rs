@@ -7,16 +7,23 @@
 //!
 //! | action | carried out by |
 //! | --- | --- |
-//! | `Send` / `Broadcast` | a bounded send queue drained by a few sender tasks ([`Node::send`], [`Node::broadcast`]; announcements too large for gossip go directly to every known peer) |
-//! | `StartUnit` | a task that fetches missing blobs from the job's holders, runs the unit on the [`UnitRunner`] and stores the result record |
+//! | `Send` / `Broadcast` | after the group commit (below): bounded send queues drained by sender tasks that pack each destination's messages into batch frames ([`Node::send_batch`], [`Node::broadcast`]; announcements too large for gossip go directly to every known peer) |
+//! | `StartUnit` | a task that fetches the module (kept) and the input (used from memory) from the job's holders and runs the unit on the [`UnitRunner`]; the result record is stored with the next group commit |
 //! | `FetchBlob` | a task fetching from the listed peers ([`crate::blobs::BlobClient`]), verified before storing |
 //! | `SetTimer` | the loop's sleep deadline |
 //! | `UnitVerified` / `UnitFailed` | the store (verified results), subscribers ([`JobEvent`]) and the [`Observer`] |
 //!
-//! What must survive a restart goes to the [`Store`] before it is acted on: job announcements,
-//! every signed commit seen, result records, verified results and this peer's own jobs. A
-//! restarted peer replays them into a fresh core, so it keeps serving the results it held and,
-//! as a submitter, resumes its jobs.
+//! What must survive a restart goes to the [`Store`] before anyone is told about it: job
+//! announcements, every signed commit seen, result records, verified results and this peer's
+//! own jobs. The writes of one or more loop turns go in one transaction (a group commit, one
+//! fsync) that runs off the loop while it takes in further events; the messages of those turns
+//! leave only once it is durable, so a peer killed at any point never acknowledged what it
+//! lost. A restarted peer replays the store into a fresh core, so it keeps serving the results
+//! it held and, as a submitter, resumes its jobs.
+//!
+//! The core is given adaptive run slots per core ([`Peer::set_run_slots_per_core`]): short
+//! units are kept in flight several per core, so fetching inputs, the group commit and the
+//! messages overlap with execution.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -24,7 +24,7 @@ pub struct SignedEnvelope {
     pub author: [u8; 32],
     /// The wire-encoded [`GossipBody`].
     pub body: Vec<u8>,
-    /// 64-byte ed25519 signature over [`DOMAIN`] ‖ `body`; empty if unsigned.
+    /// 64-byte ed25519 signature over `DOMAIN` ‖ `body`; empty if unsigned.
     pub signature: Vec<u8>,
 }
 
