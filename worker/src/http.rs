@@ -118,6 +118,23 @@ impl HttpServer {
         Ok(Self { addr, cancel, task })
     }
 
+    /// Serves a client's (a submitter's) `metrics` on `listen`: the same routes as a
+    /// worker's, with an empty status board and no units running, since a client runs none.
+    /// Used by `ova job submit --metrics ADDR`.
+    pub async fn start_client(
+        listen: SocketAddr,
+        runtime: &Runtime,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let source = StatusSource {
+            runtime: runtime.clone(),
+            metrics,
+            status: Arc::new(StatusBoard::new(Instant::now())),
+            busy: Arc::default(),
+        };
+        Self::start(listen, source).await
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

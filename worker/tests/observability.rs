@@ -23,10 +23,9 @@ use ova_jobs::{
 use ova_net::endpoint::EndpointConfig;
 use ova_net::ticket::NodeTicket;
 use ova_sdk::{Client, ClientConfig, Job, JobSummary};
-use ova_worker::http::{HttpServer, StatusSource};
+use ova_worker::http::HttpServer;
 use ova_worker::metrics::Metrics;
 use ova_worker::peer::{ExecutorChoice, WorkerOptions, WorkerPeer};
-use ova_worker::status::StatusBoard;
 use ova_worker::{PoolExecutor, Sandbox, SandboxConfig};
 use serde_json::Value;
 
@@ -198,13 +197,9 @@ async fn submitter(dir: &Path, boot: &WorkerPeer) -> Submitter {
     };
     let client = Client::connect(config).await.unwrap();
     metrics.set_node_id(client.runtime().node().id().to_string());
-    let source = StatusSource {
-        runtime: client.runtime().clone(),
-        metrics,
-        status: Arc::new(StatusBoard::new(Instant::now())),
-        busy: Arc::default(),
-    };
-    let http = HttpServer::start("127.0.0.1:0".parse().unwrap(), source).await.unwrap();
+    let http = HttpServer::start_client("127.0.0.1:0".parse().unwrap(), client.runtime(), metrics)
+        .await
+        .unwrap();
     Submitter { client, http }
 }
 

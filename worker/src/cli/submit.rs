@@ -162,13 +162,9 @@ impl Session {
         metrics.set_node_id(client.runtime().node().id().to_string());
         let http = match args.metrics {
             Some(addr) => {
-                let source = crate::http::StatusSource {
-                    runtime: client.runtime().clone(),
-                    metrics: metrics.clone(),
-                    status: Arc::new(crate::status::StatusBoard::new(Instant::now())),
-                    busy: Arc::default(),
-                };
-                let h = crate::http::HttpServer::start(addr, source).await?;
+                let h =
+                    crate::http::HttpServer::start_client(addr, client.runtime(), metrics.clone())
+                        .await?;
                 eprintln!("metrics: http://{}/metrics", h.addr());
                 Some(h)
             }
