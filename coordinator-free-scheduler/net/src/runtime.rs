@@ -1343,6 +1343,9 @@ struct Fetcher {
 impl Fetcher {
     /// Makes sure blob `id` is in the store, fetching it from the first of `from` that has it.
     async fn fetch_into(&self, from: &[PeerId], id: BlobId) -> bool {
+        if self.store.has_blob(&id).unwrap_or(false) {
+            return true;
+        }
         match self.fetch_bytes(from, id).await {
             Some((_, true)) => true,
             Some((bytes, false)) => {
