@@ -16,6 +16,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use crate::node::lock;
 use std::time::Duration;
 
 use iroh::endpoint::Connection;
@@ -217,10 +219,6 @@ impl BlobClient {
             c.close(0u32.into(), b"done");
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One request on `conn`: asks for `id`, reads at most `max` bytes, checks the hash.

@@ -478,7 +478,7 @@ struct Driver {
     modules: ModuleCache,
     /// When [`Driver::log_state`] last logged.
     last_state_log: Instant,
-    /// Writes of this turn, made by [`Driver::flush`] in one transaction.
+    /// Writes waiting for the next group commit ([`Driver::start_commit`]).
     pending: Vec<Pending>,
     /// Blobs were added since the store's size was last reported.
     blobs_changed: bool,
@@ -1284,14 +1284,14 @@ impl ModuleCache {
     /// Module `id` from memory, else from `store` (then kept, evicting the oldest).
     fn get(&self, store: &Store, id: BlobId) -> Option<Arc<Vec<u8>>> {
         let cached = {
-            let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let c = crate::node::lock(&self.0);
             c.iter().find(|(m, _)| *m == id).map(|(_, b)| b.clone())
         };
         if cached.is_some() {
             return cached;
         }
         let bytes = Arc::new(store.blob(&id).ok().flatten()?);
-        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = crate::node::lock(&self.0);
         if c.len() >= MAX_CACHED_MODULES {
             c.remove(0);
         }

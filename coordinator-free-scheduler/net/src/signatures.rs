@@ -16,6 +16,8 @@ use std::sync::Mutex;
 use ed25519_dalek::{Signature, VerifyingKey};
 use ova_scheduler::{CommitError, PeerId, Verifier};
 
+use crate::node::lock;
+
 /// Most decoded keys kept.
 const MAX_KEYS: usize = 4096;
 /// Most verified signatures remembered.
@@ -55,10 +57,6 @@ fn digest(peer: &PeerId, msg: &[u8], sig: &[u8; 64]) -> [u8; 32] {
     h.update(sig);
     h.update(msg);
     *h.finalize().as_bytes()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Verifier for CachingVerifier {
