@@ -66,11 +66,24 @@ impl Leases {
         {
             self.v.swap_remove(i);
         }
+        // Exact growth: a unit has a handful of leases, and millions of units are tracked
+        // network-wide, so the default doubling (4 slots at once) would double their memory.
+        self.v.reserve_exact(1);
         self.v.push((Lease { holder, until }, flag));
     }
 
     /// Records or extends a claim (a lease never shrinks).
     pub fn claim(&mut self, holder: PeerId, until: Millis) {
+        self.put(holder, until, 0);
+    }
+
+    /// Records a lease we only heard about from a third peer (a probe reply). Hearsay never
+    /// revives a lease that ended because its holder left: the replier may not have seen it go,
+    /// and a departed holder's reservation would otherwise circulate until it runs out.
+    pub fn claim_hearsay(&mut self, holder: PeerId, until: Millis) {
+        if self.v.iter().any(|(l, f)| l.holder == holder && *f == FINAL) {
+            return;
+        }
         self.put(holder, until, 0);
     }
 
@@ -113,6 +126,7 @@ impl Leases {
     /// from it (sent before the give-up, arriving after it) are ignored.
     pub fn give_up(&mut self, holder: &PeerId, now: Millis) {
         self.release(holder);
+        self.v.reserve_exact(1);
         self.v.push((Lease { holder: *holder, until: now }, GAVE));
         if self.v.len() > MAX_LEASES_PER_UNIT {
             self.v.remove(0);
@@ -240,6 +254,11 @@ mod tests {
         // A real claim after an implicit lease makes it a normal lease.
         l.claim(b, 300);
         assert_eq!(l.extend_lapsed(300, 10, |p| *p == b, |_| {}), Some(310));
+        // Hearsay does not bring back a holder that left; its own claim does.
+        l.claim_hearsay(c, 900);
+        assert!(!l.is_live(&c, 400));
+        l.claim_from_holder(c, 900, 400);
+        assert!(l.is_live(&c, 400));
     }
 
     #[test]

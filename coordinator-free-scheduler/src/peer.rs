@@ -46,6 +46,12 @@
 //! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
 //!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
 //!   round trip.
+//! - A replica added late (a thief, a take-over after a lapse) may rank outside the watchers
+//!   the other executors told, so it is told directly: an executor answers a claim for a unit
+//!   it committed to with its commit, a victim sends the commits it holds with a steal grant,
+//!   and a peer that sees a commit arrive for a unit already resolved answers with the tally
+//!   (or, having kept only the key, with "resolved": two such answers stop the executor's
+//!   re-sends). Hearsay leases (probe replies) never revive the lease of a holder that left.
 //! - Resolved units shrink to a key in a bounded set (executors keep their tally to answer
 //!   probes and sync requests), so per-peer state follows the units in flight, not the job.
 
@@ -367,6 +373,10 @@ enum Mine {
 enum Outcome {
     Verified(#[allow(dead_code)] BlobId),
     Failed,
+    /// We committed, and two peers told us the unit was resolved without sending the tally
+    /// (they keep only its key). Hearsay: it only stops our re-sends; our commit is kept for
+    /// sync requests, and the peers that still track the unit place it again if it was a lie.
+    Resolved,
 }
 
 #[derive(Debug)]
@@ -594,6 +604,18 @@ impl Peer {
             u.leases.all(),
             self.jobs[s as usize].scan
         ))
+    }
+
+    /// Up to `max` units this peer tracks that have no outcome yet, in key order (for
+    /// debugging a stall together with [`Peer::describe_unit`]).
+    pub fn pending_units(&self, max: usize) -> Vec<UnitRef> {
+        let mut keys: Vec<UKey> =
+            self.units.iter().filter(|(_, u)| u.outcome.is_none()).map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.truncate(max);
+        keys.into_iter()
+            .map(|(s, index)| UnitRef { job: self.jobs[s as usize].info.job_id, index })
+            .collect()
     }
 
     /// Handles one event at time `now` and returns the actions to perform, in order.
@@ -915,6 +937,19 @@ impl Peer {
                 let Some(key) = self.resolve(&unit, true) else { return };
                 let lease_max = self.reserve_max(key.0);
                 let u = self.units.get_mut(&key).expect("resolved");
+                // A claim for a unit we committed to: the claimant runs it too and needs our
+                // commit for its verdict, but we sent it only to the peers we knew of then (a
+                // thief, or a replica that queued it later, was not among them). Without this
+                // it would never hear the verdict and keep re-sending its own commit.
+                if until > self.now && u.mine == Mine::Committed && !u.tally.has(&from) {
+                    let me = self.id;
+                    if let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == me) {
+                        self.out.push(Action::Send { to: from, msg: Message::Commit(*c) });
+                    }
+                    if u.outcome.is_some() {
+                        return;
+                    }
+                }
                 if until <= self.now {
                     u.leases.give_up(&from, self.now);
                 } else {
@@ -933,7 +968,12 @@ impl Peer {
                 self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 self.evaluate(key);
             }
-            Message::Commit(c) => self.on_commit(c),
+            Message::Commit(c) => {
+                if c.body.executor == from {
+                    self.answer_late_commit(from, &c);
+                }
+                self.on_commit(c)
+            }
             Message::Probe(unit) => {
                 let Some(key) = self.resolve(&unit, false) else { return };
                 self.renew_own_lease(key);
@@ -963,6 +1003,14 @@ impl Peer {
                         return;
                     }
                 }
+                if done && u.mine == Mine::Committed && u.outcome.is_none() {
+                    u.done_hints = u.done_hints.saturating_add(1);
+                    if u.done_hints >= 2 {
+                        u.outcome = Some(Outcome::Resolved);
+                        self.retire(key);
+                        return;
+                    }
+                }
                 let lease_max = self.reserve_max(key.0);
                 for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
                     if until > self.now
@@ -970,7 +1018,7 @@ impl Peer {
                         && !u.tally.has(&holder)
                     {
                         let until = until.min(self.now + lease_max);
-                        u.leases.claim(holder, until);
+                        u.leases.claim_hearsay(holder, until);
                         self.add_timer(until, TimerKind::Unit(key.0, key.1));
                     }
                 }
@@ -1054,6 +1102,33 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// A commit straight from its executor for a unit already resolved here: the executor
+    /// ran it late (a lapse, a steal, a replica added after a mismatch) and nobody it sent its
+    /// commit to tells it the verdict, so it would keep re-sending. Answer with the tally if we
+    /// kept it (the executor checks the verdict itself), else say "resolved" (hearsay: it takes
+    /// two such answers to stop the executor's re-sends).
+    fn answer_late_commit(&mut self, from: PeerId, c: &SignedCommit) {
+        let Some(&s) = self.job_slot.get(&c.body.unit.job) else { return };
+        let key = (s, c.body.unit.index);
+        let unit = c.body.unit;
+        let commits = match self.units.get(&key) {
+            Some(u) if u.outcome.is_some() && !u.tally.commits().is_empty() => {
+                if u.tally.commits().iter().all(|o| o.body.executor == from) {
+                    return;
+                }
+                u.tally.commits().iter().take(MAX_BATCH).copied().collect()
+            }
+            Some(_) => return,
+            None if self.done.contains(&key) => Vec::new(),
+            None => return,
+        };
+        let done = commits.is_empty();
+        self.out.push(Action::Send {
+            to: from,
+            msg: Message::ProbeReply { unit, commits, leases: Vec::new(), done },
+        });
     }
 
     /// Someone asks about a unit we have queued or running (a watcher saw our lease lapse):
@@ -1724,6 +1799,7 @@ impl Peer {
         let give = (max as usize).min(self.ready.len() / 2).min(MAX_BATCH);
         let mut granted = Vec::new();
         let mut handed = Vec::new();
+        let mut known = Vec::new();
         let mut keep = VecDeque::new();
         let thief_arch = self.view.get(&thief).map(|m| m.arch);
         while let Some(key) = self.ready.pop_back() {
@@ -1762,6 +1838,10 @@ impl Peer {
                 // would count our stale reservation as a live replica for minutes.
                 let handover = self.now + self.cfg.claim_grace_ms.min(lease);
                 u.leases.hand_over(self.id, handover);
+                // Commits already in for the unit go along: the thief ranks outside the
+                // unit's watchers, so nobody else would send them, and it needs them for its
+                // verdict.
+                known.extend(u.tally.commits().iter().copied());
                 self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
                 granted.push(unit);
                 handed.push((key, unit, handover));
@@ -1772,6 +1852,9 @@ impl Peer {
         self.ready = keep;
         if !granted.is_empty() {
             self.out.push(Action::Send { to: thief, msg: Message::StealGrant(granted) });
+        }
+        for c in known {
+            self.out.push(Action::Send { to: thief, msg: Message::Commit(c) });
         }
         for (key, unit, until) in handed {
             for to in self.watchers(key) {

@@ -92,6 +92,9 @@ impl Tally {
         if self.commits.len() >= MAX_COMMITS_PER_UNIT {
             return Added::Duplicate;
         }
+        // Exact growth: a tally holds `quorum` commits or a few more, and the default doubling
+        // would reserve 4 (800 bytes) at the first one.
+        self.commits.reserve_exact(1);
         self.commits.push(c);
         Added::New
     }
