@@ -190,6 +190,16 @@ impl Leases {
         self.v.iter().any(|(l, f)| l.holder == *holder && *f == GAVE)
     }
 
+    /// Whether `holder` handed the unit over (a steal, or a shortened claim).
+    pub fn handed(&self, holder: &PeerId) -> bool {
+        self.v.iter().any(|(l, f)| l.holder == *holder && *f == HANDED)
+    }
+
+    /// Whether some holder gave the unit up.
+    pub fn any_gave_up(&self) -> bool {
+        self.v.iter().any(|(_, f)| *f == GAVE)
+    }
+
     /// Whether any lease has lapsed (or was given up) at `now`.
     pub fn any_lapsed(&self, now: Millis) -> bool {
         self.v.iter().any(|(l, _)| l.until <= now)

@@ -33,7 +33,7 @@ pub use commit::{CommitBody, CommitError, SignedCommit, Signer, SimKeys, SimSign
 #[cfg(feature = "ed25519")]
 pub use commit::{Ed25519Signer, Ed25519Verifier};
 pub use membership::{Advert, View};
-pub use message::{JobInfo, Message};
+pub use message::{Grant, JobInfo, Message};
 pub use peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer, RunCause, Stats};
 pub use quorum::{DissentRecord, FailReason, Verdict};
 pub use types::{ArchClass, Millis, PeerId, UnitRef};

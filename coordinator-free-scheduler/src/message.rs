@@ -114,6 +114,20 @@ impl JobInfo {
     }
 }
 
+/// One unit of a [`Message::StealGrant`]. The thief may be far from the unit on the ring (its
+/// own view cannot rank the unit's candidates), so the victim names the peers that watch the
+/// unit: the thief's claims, commit and hand-back go to them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The unit.
+    pub unit: UnitRef,
+    /// The victim's watchers for the unit, the victim first (at most [`MAX_ANNOUNCE_LIST`]).
+    pub watchers: Vec<PeerId>,
+    /// The other replicas' live leases the victim knows (hearsay, as in a probe reply): the
+    /// thief waits for them instead of taking the unit for stuck.
+    pub leases: Vec<Lease>,
+}
+
 /// Everything peers say to each other.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Message {
@@ -158,13 +172,21 @@ pub enum Message {
         /// that still track it place it again if that was a lie.
         done: bool,
     },
-    /// An idle peer asks a busy one for up to `max` queued units (direct).
+    /// An idle peer asks a busy one for up to `max` queued units (direct). A peer with
+    /// nothing to give forwards it, `hops` times at most, towards the busiest peer it knows
+    /// (or onwards along the ring), so an idle region finds work beyond its neighbourhood.
     StealRequest {
         /// Most units wanted.
         max: u32,
+        /// The idle peer the units are for (the sender, or the peer a forwarder acts for).
+        thief: PeerId,
+        /// The thief's architecture class (same-arch units only go to their own class).
+        arch: ArchClass,
+        /// How many more times the request may be forwarded.
+        hops: u8,
     },
-    /// Units handed over to the thief (direct).
-    StealGrant(Vec<UnitRef>),
+    /// Units handed over to the thief (direct, from the victim).
+    StealGrant(Vec<Grant>),
     /// A returning submitter asks for its job's verified results (broadcast).
     SyncRequest(JobId),
     /// Verified commits for the requester's job, from a peer that tallied them (direct).

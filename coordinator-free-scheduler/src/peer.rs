@@ -63,7 +63,7 @@ use ova_jobs::{BlobId, JobId, Manifest, UnitId};
 use crate::commit::{self, CommitBody, CommitError, SignedCommit, Signer, Verifier};
 use crate::lease::{Lease, Leases};
 use crate::membership::{Advert, AdvertEffect, MAX_ADVERT_JOBS, View};
-use crate::message::{Derived, JobInfo, MAX_BATCH, Message};
+use crate::message::{Derived, Grant, JobInfo, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
 use crate::placement::{position, rank, region, unit_point};
 use crate::quorum::{Added, DissentBook, DissentRecord, FailReason, Tally, Verdict};
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
@@ -347,8 +347,25 @@ impl RunCause {
 
 type UKey = (u32, u32);
 
+/// A stolen unit: its victim (told directly if we cannot run it) and its watchers.
+#[derive(Debug)]
+struct Stolen {
+    victim: PeerId,
+    watchers: Vec<PeerId>,
+}
+
+/// How many times a steal request is forwarded at most (each hop moves about `view_side`
+/// ring positions, or straight to the busiest peer the forwarder knows).
+const STEAL_HOPS: u8 = 6;
+
+/// Most doublings of the steal cooldown after requests that brought nothing.
+const MAX_STEAL_BACKOFF: u32 = 4;
+
 /// Most peers one commit is sent to (watchers plus the unit's other executors).
 const MAX_WATCHERS: usize = 16;
+
+/// Most unit deadlines a queued unit's reservation may cover (see [`Peer::reservation`]).
+const MAX_RESERVE_WAITS: Millis = 32;
 
 /// Granularity of lease-check timers.
 const TIMER_TICK_MS: Millis = 1_000;
@@ -462,9 +479,11 @@ pub struct Peer {
     first_timer: Option<Millis>,
     wake: Option<Millis>,
     last_steal: Option<Millis>,
-    /// Who granted us each stolen unit still queued or running here: if we cannot run it, the
-    /// victim hears so directly (it may rank too low to be among our watchers).
-    stolen_from: FxHashMap<UKey, PeerId>,
+    /// Stolen units not resolved yet: who granted each, and the peers that watch it (named
+    /// by the victim: we may be far from the unit on the ring, where our view cannot rank it).
+    stolen: FxHashMap<UKey, Stolen>,
+    /// Steal attempts since the last grant (each doubles the wait before the next).
+    steal_misses: u32,
     sweeps: u64,
     dissent: DissentBook,
     stats: Stats,
@@ -517,7 +536,8 @@ impl Peer {
             first_timer: None,
             wake: None,
             last_steal: None,
-            stolen_from: FxHashMap::default(),
+            stolen: FxHashMap::default(),
+            steal_misses: 0,
             sweeps: 0,
             dissent,
             stats: Stats::default(),
@@ -1028,9 +1048,14 @@ impl Peer {
                     }
                 }
             }
-            Message::StealRequest { max } => self.on_steal_request(from, max),
-            Message::StealGrant(units) => {
-                for unit in units.into_iter().take(MAX_BATCH) {
+            Message::StealRequest { max, thief, arch, hops } => {
+                self.on_steal_request(from, thief, arch, max, hops)
+            }
+            Message::StealGrant(grants) => {
+                if !grants.is_empty() {
+                    self.steal_misses = 0;
+                }
+                for Grant { unit, watchers, leases } in grants.into_iter().take(MAX_BATCH) {
                     let done = self
                         .job_slot
                         .get(&unit.job)
@@ -1045,9 +1070,21 @@ impl Peer {
                         }
                         continue;
                     };
+                    let lease_max = self.reserve_max(key.0);
                     let u = self.units.get_mut(&key).expect("resolved");
                     if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
-                        self.stolen_from.insert(key, from);
+                        let me = self.id;
+                        let mut watchers: Vec<PeerId> =
+                            watchers.into_iter().filter(|p| *p != me).take(MAX_WATCHERS).collect();
+                        if !watchers.contains(&from) {
+                            watchers.insert(0, from);
+                        }
+                        for l in leases.into_iter().take(MAX_WATCHERS) {
+                            if l.holder != me && l.until > self.now {
+                                u.leases.claim_hearsay(l.holder, l.until.min(self.now + lease_max));
+                            }
+                        }
+                        self.stolen.insert(key, Stolen { victim: from, watchers });
                         self.enqueue(key, RunCause::Steal);
                         self.stats.stolen += 1;
                         self.stats.queued_steal += 1;
@@ -1136,13 +1173,11 @@ impl Peer {
     /// watcher does not hand our unit to another peer. A heartbeat on demand.
     fn renew_own_lease(&mut self, key: UKey) {
         let lease_len = self.lease_len(key.0);
+        let reservation = self.reservation(key.0);
         let Some(u) = self.units.get_mut(&key) else { return };
         let until = match u.mine {
             Mine::Running => self.now + lease_len,
-            Mine::Queued => {
-                let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as u64;
-                self.now + waits.min(self.cfg.queue_per_core as u64 + 2) * lease_len
-            }
+            Mine::Queued => self.now + reservation,
             _ => return,
         };
         u.leases.claim(self.id, until);
@@ -1165,10 +1200,20 @@ impl Peer {
         self.jobs[slot as usize].info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms
     }
 
-    /// The longest reservation a claim may carry: a run plus the wait behind a full ready
-    /// queue (see [`Peer::enqueue`]). Watchers cap received claims at this.
+    /// How long a unit queued now is reserved for: the wait behind what is already queued (at
+    /// most one deadline per queued unit per core) plus our own run. Units queued by the
+    /// placement rule are not bounded by the scan's `queue_per_core`, so a busy peer's queue
+    /// can be long; a reservation shorter than the real wait makes every watcher see a lapse
+    /// and probe us.
+    fn reservation(&self, slot: u32) -> Millis {
+        let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as Millis;
+        waits.min(MAX_RESERVE_WAITS) * self.lease_len(slot)
+    }
+
+    /// The longest reservation a claim may carry (see [`Peer::reservation`]). Watchers cap
+    /// received claims at this.
     fn reserve_max(&self, slot: u32) -> Millis {
-        self.lease_len(slot) * (self.cfg.queue_per_core as Millis + 2)
+        self.lease_len(slot) * MAX_RESERVE_WAITS
     }
 
     /// Maps a unit reference to our key, checking the job and index; creates the unit's entry
@@ -1391,7 +1436,7 @@ impl Peer {
     /// A resolved unit: executors keep their tally (to answer probes and sync requests), with
     /// the leases dropped; everyone else keeps only the key.
     fn retire(&mut self, key: UKey) {
-        self.stolen_from.remove(&key);
+        self.stolen.remove(&key);
         let Some(u) = self.units.get_mut(&key) else { return };
         match u.mine {
             Mine::Committed => u.leases = Leases::default(),
@@ -1488,6 +1533,9 @@ impl Peer {
         }
         rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
         let u = self.units.get_mut(&key).expect("tracked");
+        // We handed the unit to a thief to shed load: while another replica holds it and the
+        // thief has not handed it back, the next peer in line runs it, not us again.
+        let step_aside = u.leases.handed(&self.id) && live > 0 && !u.leases.any_gave_up();
         let mut idx = 0;
         let mut run = false;
         let mut expected = [PeerId([0; 32]); 4];
@@ -1501,6 +1549,9 @@ impl Peer {
                 continue;
             }
             if *p == self.id {
+                if step_aside {
+                    continue;
+                }
                 run = idx < shortfall;
                 break;
             }
@@ -1546,11 +1597,7 @@ impl Peer {
     /// Queues a unit and reserves it: the claim goes out now (not at start), so peers
     /// watching the unit know we will run it even while it waits in our queue.
     fn enqueue(&mut self, key: UKey, cause: RunCause) {
-        // The reservation covers the wait behind what is already queued (at most one deadline
-        // per queued unit per core) plus our own run; watchers accept up to `reserve_max`.
-        let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as u64;
-        let waits = waits.min(self.cfg.queue_per_core as u64 + 2);
-        let until = self.now + waits * self.lease_len(key.0);
+        let until = self.now + self.reservation(key.0);
         let Some(u) = self.units.get_mut(&key) else { return };
         u.mine = Mine::Queued;
         u.cause = cause;
@@ -1558,7 +1605,7 @@ impl Peer {
         self.ready.push_back(key);
         let j = &self.jobs[key.0 as usize];
         let unit = UnitRef { job: j.info.job_id, index: key.1 };
-        for to in self.watchers(key) {
+        for to in self.replica_peers(key) {
             self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
         }
     }
@@ -1567,6 +1614,15 @@ impl Peer {
     /// `max_replicas + 1` in our view, leaving out ourselves and peers that gave the unit up
     /// (so a hand-back reaches further down the ranking, to a peer that can run it).
     fn watchers(&mut self, key: UKey) -> Vec<PeerId> {
+        if let Some(s) = self.stolen.get(&key) {
+            let leases = self.units.get(&key).map(|u| &u.leases);
+            return s
+                .watchers
+                .iter()
+                .filter(|p| !leases.is_some_and(|l| l.gave_up(p)))
+                .copied()
+                .collect();
+        }
         let j = &self.jobs[key.0 as usize];
         let n = (j.info.manifest.replication.max_replicas as usize + 1).min(self.cfg.window);
         let point = unit_point(&j.d.unit_ids[key.1 as usize]);
@@ -1578,6 +1634,24 @@ impl Peer {
             .filter(|p| *p != self.id && !leases.is_some_and(|l| l.gave_up(p)))
             .take(n)
             .collect()
+    }
+
+    /// Where our claims and commit for a unit go: its watchers, and the other replicas we know
+    /// of (executors that committed, holders of live leases) even when our view ranks them
+    /// outside the watchers — a thief, or a replica far from us on the ring, needs to know
+    /// about us for its verdict, and without our lease it would take the unit for stuck.
+    fn replica_peers(&mut self, key: UKey) -> Vec<PeerId> {
+        let mut to = self.watchers(key);
+        let (me, now) = (self.id, self.now);
+        if let Some(u) = self.units.get(&key) {
+            let others = u.tally.commits().iter().map(|c| c.body.executor);
+            for p in others.chain(u.leases.live(now).map(|l| l.holder)) {
+                if p != me && !to.contains(&p) && to.len() < MAX_WATCHERS {
+                    to.push(p);
+                }
+            }
+        }
+        to
     }
 
     fn pump(&mut self) {
@@ -1612,7 +1686,7 @@ impl Peer {
             let job = j.info.clone();
             let sources = j.sources.clone();
             if renew {
-                for to in self.watchers(key) {
+                for to in self.replica_peers(key) {
                     self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
                 }
             }
@@ -1704,8 +1778,8 @@ impl Peer {
             return;
         }
         self.running = self.running.saturating_sub(1);
-        let mut watchers = self.watchers(key);
-        let victim = self.stolen_from.remove(&key);
+        let mut watchers = self.replica_peers(key);
+        let victim = self.stolen.get(&key).map(|s| s.victim);
         let u = self.units.get_mut(&key).expect("tracked");
         match result {
             Err(_) => {
@@ -1722,21 +1796,6 @@ impl Peer {
             }
             Ok(result) => {
                 u.mine = Mine::Committed;
-                // The other replicas' executors hear our commit even when our view ranks
-                // them outside the watchers: they need it for their verdict, and without it
-                // they would keep re-sending their own commit.
-                let me = self.id;
-                for p in u
-                    .tally
-                    .commits()
-                    .iter()
-                    .map(|c| c.body.executor)
-                    .chain(u.leases.live(self.now).map(|l| l.holder))
-                {
-                    if p != me && !watchers.contains(&p) && watchers.len() < MAX_WATCHERS {
-                        watchers.push(p);
-                    }
-                }
                 let j = &self.jobs[s as usize];
                 let body = CommitBody {
                     unit,
@@ -1768,56 +1827,91 @@ impl Peer {
         if self.jobs.iter().any(|j| !j.scan.is_empty()) {
             return;
         }
-        if self.last_steal.is_some_and(|t| self.now < t + self.cfg.steal_cooldown_ms) {
+        // Requests that brought nothing double the wait before the next (the network is
+        // running dry); a grant resets it.
+        let wait = self.cfg.steal_cooldown_ms << self.steal_misses.min(MAX_STEAL_BACKOFF);
+        if self.last_steal.is_some_and(|t| self.now < t + wait) {
             return;
         }
-        // One look for a victim per cooldown, found or not: an idle peer is handed every
-        // advert and message, and scanning its view on each would dominate its CPU.
+        // One request per cooldown, answered or not: an idle peer is handed every advert and
+        // message, and looking for a victim on each would dominate its CPU.
         self.last_steal = Some(self.now);
-        let ring = self.view.ring(false);
-        let me = ring.iter().position(|m| m.peer == self.id).unwrap_or(0);
-        let n = ring.len();
-        let mut victim: Option<(u32, PeerId)> = None;
-        for d in 1..self.cfg.window.min(n.div_ceil(2) + 1) {
-            for i in [(me + d) % n, (me + n - d) % n] {
-                let Some(m) = self.view.get(&ring[i].peer) else { continue };
-                if m.queue_len > 0
-                    && m.peer != self.id
-                    && victim.is_none_or(|v| (m.queue_len, m.peer) > v)
-                {
-                    victim = Some((m.queue_len, m.peer));
-                }
-            }
-        }
-        if let Some((_, v)) = victim {
-            let max = self.run_slots().saturating_sub(self.running).max(1);
-            self.out.push(Action::Send { to: v, msg: Message::StealRequest { max } });
-        }
+        self.steal_misses += 1;
+        let toward_cw = self.rng.chance(0.5);
+        let Some(v) = self.steal_target(&[], toward_cw) else { return };
+        // Enough to fill our run slots and keep as many queued behind them.
+        let max = (self.run_slots() - self.running.min(self.run_slots())) + self.run_slots();
+        let msg = Message::StealRequest { max, thief: self.id, arch: self.arch, hops: STEAL_HOPS };
+        self.out.push(Action::Send { to: v, msg });
     }
 
-    fn on_steal_request(&mut self, thief: PeerId, max: u32) {
+    /// Where a steal request goes next: the member of our own-class ring with the longest
+    /// advertised queue, or, when none has one, the member farthest along the ring in the
+    /// given direction (the walk goes on from there). Never a peer in `skip`.
+    fn steal_target(&self, skip: &[PeerId], toward_cw: bool) -> Option<PeerId> {
+        let ring = self.view.ring(false);
+        let mut busiest: Option<(u32, PeerId)> = None;
+        for m in ring {
+            if m.peer == self.id || skip.contains(&m.peer) {
+                continue;
+            }
+            let Some(m) = self.view.get(&m.peer) else { continue };
+            if m.queue_len > 1 && busiest.is_none_or(|v| (m.queue_len, m.peer) > v) {
+                busiest = Some((m.queue_len, m.peer));
+            }
+        }
+        if let Some((_, p)) = busiest {
+            return Some(p);
+        }
+        let n = ring.len();
+        let me = ring.iter().position(|m| m.peer == self.id)?;
+        let reach = (n / 2).min(self.cfg.view_side);
+        (1..=reach)
+            .rev()
+            .map(|d| if toward_cw { (me + d) % n } else { (me + n - d) % n })
+            .map(|i| ring[i].peer)
+            .find(|p| *p != self.id && !skip.contains(p))
+    }
+
+    /// A steal request, from the thief or forwarded for it by `from`. Any peer of the right
+    /// class may take our queued units, wherever it is on the ring: the grant names the
+    /// unit's watchers. With nothing to give, the request goes on (see [`Peer::steal_target`]).
+    fn on_steal_request(
+        &mut self,
+        from: PeerId,
+        thief: PeerId,
+        arch: ArchClass,
+        max: u32,
+        hops: u8,
+    ) {
+        if thief == self.id {
+            return;
+        }
+        // A thief we know must advertise the class it claims.
+        let thief_arch = match self.view.get(&thief) {
+            Some(m) if m.arch != arch => return,
+            _ => arch,
+        };
         let give = (max as usize).min(self.ready.len() / 2).min(MAX_BATCH);
         let mut granted = Vec::new();
         let mut handed = Vec::new();
         let mut known = Vec::new();
         let mut keep = VecDeque::new();
-        let thief_arch = self.view.get(&thief).map(|m| m.arch);
         while let Some(key) = self.ready.pop_back() {
             if granted.len() >= give {
                 keep.push_front(key);
                 continue;
             }
             let j = &self.jobs[key.0 as usize];
-            let ok_arch = j.info.strict() || thief_arch == Some(self.arch);
+            let ok_arch = j.info.strict() || thief_arch == self.arch;
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
             let unit = UnitRef { job: j.info.job_id, index: key.1 };
             let q = j.info.manifest.replication.quorum as usize;
             let point = unit_point(&j.d.unit_ids[key.1 as usize]);
             let strict = j.info.strict();
             rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
-            // Only units whose window holds the thief (so its view ranks them correctly and its
-            // claims reach the same watchers), and where it is not already a primary.
-            let thief_ok = position(&self.scratch, &thief).is_some_and(|p| p >= q);
+            // Not a unit the thief runs anyway (one of its primaries).
+            let thief_ok = position(&self.scratch, &thief).is_none_or(|p| p >= q);
             // Resolved while queued (retired): drop it from the queue.
             let Some(u) = self.units.get_mut(&key) else { continue };
             if ok_arch
@@ -1843,16 +1937,43 @@ impl Peer {
                 // verdict.
                 known.extend(u.tally.commits().iter().copied());
                 self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
-                granted.push(unit);
+                granted.push(key);
                 handed.push((key, unit, handover));
             } else {
                 keep.push_front(key);
             }
         }
         self.ready = keep;
-        if !granted.is_empty() {
-            self.out.push(Action::Send { to: thief, msg: Message::StealGrant(granted) });
+        if granted.is_empty() {
+            if hops > 0 {
+                // Go on away from where the request came from.
+                let ring = self.view.ring(false);
+                let me = ring.iter().position(|m| m.peer == self.id);
+                let came_cw = match (me, ring.iter().position(|m| m.peer == from)) {
+                    (Some(i), Some(k)) => (k + ring.len() - i) % ring.len() <= ring.len() / 2,
+                    _ => false,
+                };
+                if let Some(next) = self.steal_target(&[from, thief], !came_cw) {
+                    let msg = Message::StealRequest { max, thief, arch, hops: hops - 1 };
+                    self.out.push(Action::Send { to: next, msg });
+                }
+            }
+            return;
         }
+        let mut grants = Vec::with_capacity(granted.len());
+        for key in granted {
+            let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
+            let mut watchers = vec![self.id];
+            watchers.extend(self.watchers(key).into_iter().filter(|p| *p != thief));
+            watchers.truncate(MAX_ANNOUNCE_LIST);
+            let (me, now) = (self.id, self.now);
+            let leases = self.units.get(&key).map_or_else(Vec::new, |u| {
+                let others = u.leases.live(now).filter(|l| l.holder != me && l.holder != thief);
+                others.take(MAX_ANNOUNCE_LIST).copied().collect()
+            });
+            grants.push(Grant { unit, watchers, leases });
+        }
+        self.out.push(Action::Send { to: thief, msg: Message::StealGrant(grants) });
         for c in known {
             self.out.push(Action::Send { to: thief, msg: Message::Commit(c) });
         }

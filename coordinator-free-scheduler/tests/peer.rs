@@ -163,7 +163,12 @@ fn messages_round_trip_through_the_wire_envelope() {
     let msgs = vec![
         Message::Announce(info),
         Message::Claim { unit: UnitRef { job: ova_jobs::JobId([2; 32]), index: 1 }, until: 77 },
-        Message::StealRequest { max: 3 },
+        Message::StealRequest { max: 3, thief: PeerId([3; 32]), arch: ArchClass(1), hops: 2 },
+        Message::StealGrant(vec![ova_scheduler::Grant {
+            unit: UnitRef { job: ova_jobs::JobId([2; 32]), index: 4 },
+            watchers: vec![PeerId([5; 32])],
+            leases: vec![ova_scheduler::lease::Lease { holder: PeerId([6; 32]), until: 9 }],
+        }]),
     ];
     for msg in msgs {
         let f = msg.encode();
