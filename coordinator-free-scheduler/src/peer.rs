@@ -39,10 +39,13 @@
 //!   never claimed) get one such probe. When the holder *leaves* the view (graceful leave, or
 //!   its adverts expire) its leases end at once and the unit is re-placed without waiting.
 //! - A peer that cannot run a unit (its shell declined it: an allow-list, missing inputs)
-//!   hands it back with a claim ending at 0. The give-up is final at the watchers (later
-//!   claims from that peer for the unit are stale), they leave that peer out of the unit's
+//!   hands it back with a claim ending at 0. Watchers leave that peer out of the unit's
 //!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
-//!   takes the unit at once.
+//!   takes the unit at once. The give-up is final at the watchers (a later claim from that
+//!   peer for the unit may be stale). A decline (policy) is final at the peer too; a
+//!   transient give-up (inputs unreachable, cancelled) is taken up again by the peer's
+//!   liveness sweep once nobody holds the unit, and its commit counts like any other: a unit
+//!   whose every candidate once failed to fetch its inputs is not stranded.
 //! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
 //!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
 //!   round trip.
@@ -134,10 +137,14 @@ impl Default for Config {
 /// Why a unit could not be run here (no result to commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalFailure {
-    /// The module or input could not be fetched.
+    /// The module or input could not be fetched. Transient: the peer may take the unit up
+    /// again later if the network still needs it.
     InputsUnavailable,
-    /// The shell cancelled it (capacity shrank, shutdown).
+    /// The shell cancelled it (capacity shrank, shutdown). Transient, like
+    /// [`LocalFailure::InputsUnavailable`].
     Cancelled,
+    /// This peer will not run the unit (its allow-list excludes the submitter). Final.
+    Declined,
 }
 
 /// Why a blob is being fetched.
@@ -310,6 +317,10 @@ pub struct Stats {
     pub leases_gone: u64,
     /// Commit messages re-sent by the liveness sweep.
     pub commits_resent: u64,
+    /// Units this peer had handed back for a transient reason and took part in again.
+    pub retried_after_giving_up: u64,
+    /// Sync requests sent for our own jobs that had stopped progressing.
+    pub resyncs: u64,
     /// Units the liveness sweep drove again (re-evaluated, commit or hand-back re-sent).
     pub swept: u64,
 }
@@ -382,8 +393,11 @@ enum Mine {
     Running,
     /// Committed a result.
     Committed,
-    /// Could not run it; we will not be counted for it.
+    /// Could not run it for now (inputs unavailable, cancelled); handed back. Taken up again
+    /// by the liveness sweep if the unit is still pending with nobody holding it.
     Gave,
+    /// Will not run it (policy); handed back for good.
+    Declined,
 }
 
 #[derive(Debug)]
@@ -438,6 +452,10 @@ struct JobState {
     mine: bool,
     verified: u32,
     failed: u32,
+    /// For our own job: `verified + failed` at the last liveness sweep, and how many sweeps
+    /// in a row found it unchanged.
+    settled_at_sweep: u32,
+    still_sweeps: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -815,13 +833,14 @@ impl Peer {
     /// usually one whose verdict never reached us, and re-sending every sweep was most of the
     /// simulator's commit traffic.
     fn sweep(&mut self) {
+        self.resync_stalled_jobs();
         let now = self.now;
         let mut stuck: Vec<UKey> = self
             .units
             .iter()
             .filter(|(_, u)| {
                 u.outcome.is_none()
-                    && matches!(u.mine, Mine::None | Mine::Committed | Mine::Gave)
+                    && matches!(u.mine, Mine::None | Mine::Committed | Mine::Gave | Mine::Declined)
                     && u.leases.next_expiry(now).is_none()
             })
             .map(|(k, _)| *k)
@@ -841,6 +860,19 @@ impl Peer {
             }
             let u = &self.units[&key];
             if u.mine == Mine::Gave {
+                // What stopped us was transient (inputs unreachable at the time, a shrinking
+                // pool), and nobody holds the unit now: take part again. If we rank among the
+                // peers still needed, we queue it and claim it; if the cause persists we hand
+                // it back again, and the sweep backoff spaces the attempts.
+                self.stats.retried_after_giving_up += 1;
+                let me = self.id;
+                let u = self.units.get_mut(&key).expect("tracked");
+                u.mine = Mine::None;
+                u.leases.release(&me);
+                self.evaluate(key);
+                continue;
+            }
+            if u.mine == Mine::Declined {
                 let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
                 for to in self.watchers(key) {
                     self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
@@ -854,6 +886,30 @@ impl Peer {
             for to in self.watchers(key) {
                 self.stats.commits_resent += 1;
                 self.out.push(Action::Send { to, msg: Message::Commit(c) });
+            }
+        }
+    }
+
+    /// Our own job made no progress for two sweeps in a row: commits meant for us may have
+    /// been lost (a dropped message, a send queue that overflowed), and executors that saw
+    /// their units verified among themselves never send them again — we may not even track
+    /// those units. Ask every executor for the commits it holds for the job (as a restarted
+    /// submitter does), again after 4, 8, 16, ... still sweeps.
+    fn resync_stalled_jobs(&mut self) {
+        for j in &mut self.jobs {
+            let settled = j.verified + j.failed;
+            if !j.mine || settled >= j.d.unit_ids.len() as u32 {
+                continue;
+            }
+            if settled != j.settled_at_sweep {
+                j.settled_at_sweep = settled;
+                j.still_sweeps = 0;
+                continue;
+            }
+            j.still_sweeps = j.still_sweeps.saturating_add(1);
+            if j.still_sweeps >= 2 && j.still_sweeps.is_power_of_two() {
+                self.stats.resyncs += 1;
+                self.out.push(Action::Broadcast(Message::SyncRequest(j.info.job_id)));
             }
         }
     }
@@ -931,7 +987,11 @@ impl Peer {
                     let mut gave: Vec<u32> = self
                         .units
                         .iter()
-                        .filter(|(k, u)| k.0 == s && u.mine == Mine::Gave && u.outcome.is_none())
+                        .filter(|(k, u)| {
+                            k.0 == s
+                                && matches!(u.mine, Mine::Gave | Mine::Declined)
+                                && u.outcome.is_none()
+                        })
                         .map(|(k, _)| k.1)
                         .collect();
                     gave.sort_unstable();
@@ -1012,8 +1072,15 @@ impl Peer {
             }
             Message::ProbeReply { unit, commits, leases, done } => {
                 let Some(key) = self.resolve(&unit, false) else { return };
+                // The submitter needs the commits themselves: "resolved" from others never
+                // settles a unit of its own job.
+                let own_job = self.jobs[key.0 as usize].mine;
                 let Some(u) = self.units.get_mut(&key) else { return };
-                if done && matches!(u.mine, Mine::Probing | Mine::None) && u.outcome.is_none() {
+                if done
+                    && !own_job
+                    && matches!(u.mine, Mine::Probing | Mine::None)
+                    && u.outcome.is_none()
+                {
                     u.done_hints = u.done_hints.saturating_add(1);
                     if u.done_hints >= 2 {
                         self.units.remove(&key);
@@ -1270,6 +1337,8 @@ impl Peer {
             },
             verified: 0,
             failed: 0,
+            settled_at_sweep: 0,
+            still_sweeps: 0,
         });
         self.job_slot.insert(info.job_id, slot);
         if late && self.now < self.online_at + self.cfg.warmup_ms {
@@ -1782,8 +1851,8 @@ impl Peer {
         let victim = self.stolen.get(&key).map(|s| s.victim);
         let u = self.units.get_mut(&key).expect("tracked");
         match result {
-            Err(_) => {
-                u.mine = Mine::Gave;
+            Err(why) => {
+                u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
                 u.leases.give_up(&self.id, self.now);
                 if let Some(v) = victim
                     && !watchers.contains(&v)

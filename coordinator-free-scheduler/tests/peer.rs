@@ -188,8 +188,12 @@ enum Exec {
     /// Runs every unit for this long and returns the true result.
     Run(u64),
     /// Declines every unit at once (an allow-list that excludes the submitter): the shell
-    /// reports `LocalFailure::Cancelled` right after `StartUnit`.
+    /// reports `LocalFailure::Declined` right after `StartUnit`.
     Decline,
+    /// The first attempt at each unit fails at once with `LocalFailure::InputsUnavailable`
+    /// (its inputs were unreachable, e.g. the submitter's address was not known yet); later
+    /// attempts run for this long and return the true result.
+    FlakyInputs(u64),
     /// Runs every unit for this long and returns a wrong result.
     Lie(u64),
 }
@@ -225,6 +229,10 @@ struct Net {
     now: u64,
     timer: Vec<Option<u64>>,
     running: std::collections::BTreeMap<(usize, UnitRef), u64>,
+    /// Links (from, to) on which every message but adverts is lost until the given time (ms).
+    lossy: std::collections::BTreeMap<(usize, usize), u64>,
+    /// (peer, unit) pairs whose first attempt already failed (`Exec::FlakyInputs`).
+    failed_once: std::collections::BTreeSet<(usize, u32)>,
     runs: u64,
     log: Vec<(u64, Seen)>,
 }
@@ -265,6 +273,8 @@ impl Net {
             now: 0,
             timer: vec![None; n],
             running: Default::default(),
+            failed_once: Default::default(),
+            lossy: Default::default(),
             runs: 0,
             log: Vec::new(),
         };
@@ -297,6 +307,11 @@ impl Net {
                         self.log.push((now, Seen::Claimed(i, unit.index)));
                     }
                     if let Some(j) = self.idx(to) {
+                        if !matches!(msg, Message::Advert(_))
+                            && self.lossy.get(&(i, j)).is_some_and(|&end| now < end)
+                        {
+                            continue;
+                        }
                         let at = now + self.delay[i][j];
                         self.push(at, Ev::Event(j, Event::Message { from, msg }));
                     }
@@ -319,7 +334,8 @@ impl Net {
                     let run = self.runs;
                     let took = match self.exec[i] {
                         Exec::Run(ms) | Exec::Lie(ms) => ms,
-                        Exec::Decline => 0,
+                        Exec::FlakyInputs(ms) if self.failed_once.contains(&(i, unit.index)) => ms,
+                        Exec::Decline | Exec::FlakyInputs(_) => 0,
                     };
                     self.running.insert((i, unit), run);
                     self.push(now + took, Ev::Finish(i, unit, run));
@@ -369,7 +385,15 @@ impl Net {
                         }
                         Exec::Decline => {
                             self.log.push((at, Seen::Declined(i, unit.index)));
-                            Err(ova_scheduler::LocalFailure::Cancelled)
+                            Err(ova_scheduler::LocalFailure::Declined)
+                        }
+                        Exec::FlakyInputs(_) if self.failed_once.insert((i, unit.index)) => {
+                            self.log.push((at, Seen::Declined(i, unit.index)));
+                            Err(ova_scheduler::LocalFailure::InputsUnavailable)
+                        }
+                        Exec::FlakyInputs(_) => {
+                            self.log.push((at, Seen::Finished(i, unit.index, true)));
+                            Ok(BlobId([unit.index as u8; 32]))
                         }
                     };
                     self.call(i, Event::UnitFinished { unit, result });
@@ -407,7 +431,7 @@ fn small_job(units: usize, quorum: u8, deadline_ms: u64) -> Manifest {
 }
 
 /// Issue #6: a worker whose allow-list excludes the submitter declines every unit it is given
-/// (the shell answers `StartUnit` with `Cancelled` at once). The open worker must take each
+/// (the shell answers `StartUnit` with `Declined` at once). The open worker must take each
 /// declined unit within about one steal cooldown — not after the decliner's lease (or the
 /// open worker's own handed-over reservation) lapses.
 #[test]
@@ -509,4 +533,62 @@ fn mismatched_replicas_get_their_extra_replica_promptly() {
         }
     }
     assert!(mismatches >= 20, "the liar should cause mismatches ({mismatches})");
+}
+
+/// A stall seen in the network tests: right after start-up a worker could not reach the
+/// submitter yet, so fetching a unit's inputs failed and it handed the unit back. When every
+/// peer the quorum needs has handed a unit back once, nobody was left to run it. A transient
+/// give-up is taken up again once nobody holds the unit: every unit is still verified.
+#[test]
+fn units_every_candidate_once_handed_back_are_still_verified() {
+    let cfg = shell_config();
+    for seed in 0..12u8 {
+        // Quorum 2 on two workers: each must run every unit, and each fails its first try.
+        let workers = [(2, Exec::FlakyInputs(200)), (1, Exec::FlakyInputs(300))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(small_job(8, 2, 5_000)))));
+        net.run_until(submit_at + 300_000);
+        let handed_back = net.log.iter().filter(|(_, s)| matches!(s, Seen::Declined(_, _))).count();
+        assert_eq!(handed_back, 16, "seed {seed}: every first try fails: {:?}", net.log);
+        let mut verified: Vec<u32> = net.verified().iter().map(|(_, u)| *u).collect();
+        verified.sort_unstable();
+        assert_eq!(verified, (0..8).collect::<Vec<_>>(), "seed {seed}: {:?}", net.log);
+    }
+}
+
+/// The other stall seen in the network tests: workers' messages to the submitter were lost
+/// for a while (a send queue overflowed while another peer died), the workers verified the
+/// units among themselves, and nobody re-sent anything, so the submitter waited for ever. A
+/// submitter with a pending unit that nobody holds asks the peers that held it, with backoff
+/// and for as long as it stays pending: every unit is verified once the link works again.
+#[test]
+fn a_submitter_that_missed_commits_asks_for_them() {
+    let cfg = shell_config();
+    for seed in 0..8u8 {
+        let workers = [(2, Exec::Run(200)), (2, Exec::Run(250))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        // All the workers send the submitter but adverts is lost for the first minute of the
+        // job (long enough for its probes of lapsed leases to go unanswered).
+        net.lossy.insert((1, 0), submit_at + 60_000);
+        net.lossy.insert((2, 0), submit_at + 60_000);
+        net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(small_job(8, 2, 5_000)))));
+        net.run_until(submit_at + 300_000);
+        let mut verified: Vec<u32> = net.verified().iter().map(|(_, u)| *u).collect();
+        verified.sort_unstable();
+        let pending: Vec<String> = net.ps[0]
+            .pending_units(8)
+            .iter()
+            .map(|u| format!("{}: {:?}", u.index, net.ps[0].describe_unit(u)))
+            .collect();
+        let st = (net.ps[0].tracked_units(), net.ps[0].done_units(), net.ps[0].stats().verified);
+        assert_eq!(
+            verified,
+            (0..8).collect::<Vec<_>>(),
+            "seed {seed}: {st:?} pending {pending:#?}"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! [`Node::broadcast`] (signed, to the whole swarm) and [`Node::send`] (a frame to one peer) and
 //! come back as [`NetEvent`]s carrying the sender's verified id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +36,9 @@ use crate::ticket::NodeTicket;
 
 /// How long shutdown waits for the goodbye message to leave.
 const LEAVE_FLUSH: Duration = Duration::from_millis(250);
+
+/// Most departed peers remembered (see `Shared::departed`).
+const MAX_DEPARTED: usize = 4096;
 
 /// Bytes the gossip layer may add around our envelope.
 const GOSSIP_OVERHEAD: usize = 1024;
@@ -275,6 +278,10 @@ struct Shared {
     gossip: Gossip,
     sender: Mutex<Option<GossipSender>>,
     outbound: Mutex<HashMap<EndpointId, Connection>>,
+    /// Peers that left or whose adverts expired, until they advertise again: a new
+    /// connection to one is not attempted (a crashed peer would cost a connect timeout per
+    /// send). Bounded by [`MAX_DEPARTED`]; when full it is cleared.
+    departed: Mutex<HashSet<EndpointId>>,
     inbound: Arc<Semaphore>,
     budget: Arc<Budget>,
     join_tx: mpsc::Sender<EndpointAddr>,
@@ -348,6 +355,7 @@ impl Node {
             gossip: gossip.clone(),
             sender: Mutex::new(None),
             outbound: Mutex::new(HashMap::new()),
+            departed: Mutex::new(HashSet::new()),
             inbound: Arc::new(Semaphore::new(config.max_inbound_connections.max(1))),
             budget: Arc::new(Budget::new(config.inbound_budget_bytes)),
             join_tx,
@@ -507,7 +515,7 @@ impl Node {
         let mut last = None;
         for _attempt in 0..2 {
             let conn = self.shared.connection(to).await?;
-            match send_on(&conn, &frame).await {
+            match send_on(&conn, &frame, self.shared.config.connect_timeout).await {
                 Ok(()) => {
                     self.shared.stats.frame_sent();
                     self.shared.stats.sent_bytes(frame.len());
@@ -596,11 +604,15 @@ impl Node {
     }
 }
 
-async fn send_on(conn: &Connection, frame: &[u8]) -> Result<(), FrameError> {
+/// Sends one frame on its own stream and waits (at most `ack_wait`) until the peer has read
+/// it, so frames to one peer arrive in order; a peer that never answers is an error.
+async fn send_on(conn: &Connection, frame: &[u8], ack_wait: Duration) -> Result<(), FrameError> {
     let mut s = conn.open_uni().await.map_err(|e| FrameError::Stream(e.to_string()))?;
     frame::write_frame(&mut s, frame).await?;
-    s.stopped().await.ok();
-    Ok(())
+    match tokio::time::timeout(ack_wait, s.stopped()).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(FrameError::Stream("the peer did not acknowledge the frame".into())),
+    }
 }
 
 impl Shared {
@@ -694,6 +706,7 @@ impl Shared {
                 if removed {
                     info!(peer = %author.fmt_short(), "peer left");
                     self.memory.remove_endpoint_info(author);
+                    self.mark_departed(author);
                     self.bump_peers();
                     self.emit(NetEvent::PeerLeft(author));
                 }
@@ -730,6 +743,9 @@ impl Shared {
             Applied::Stale => self.stats.drop(DropReason::Stale, &peer, "not newer than known"),
             Applied::Full => self.stats.drop(DropReason::Overloaded, &peer, "peer table full"),
             Applied::Joined | Applied::Updated => {
+                if applied == Applied::Joined {
+                    lock(&self.departed).remove(&author);
+                }
                 self.stats.advert_in();
                 let joined = applied == Applied::Joined;
                 if joined {
@@ -752,9 +768,25 @@ impl Shared {
         for id in gone {
             info!(peer = %id.fmt_short(), "peer expired");
             self.memory.remove_endpoint_info(id);
+            self.mark_departed(id);
             self.emit(NetEvent::PeerExpired(id));
         }
         self.bump_peers();
+    }
+
+    /// Remembers that `id` left, and closes our connection to it: a send waiting for a
+    /// crashed peer's acknowledgement fails now instead of at the idle timeout.
+    fn mark_departed(&self, id: EndpointId) {
+        {
+            let mut d = lock(&self.departed);
+            if d.len() >= MAX_DEPARTED {
+                d.clear();
+            }
+            d.insert(id);
+        }
+        if let Some(c) = lock(&self.outbound).remove(&id) {
+            c.close(0u32.into(), b"departed");
+        }
     }
 
     async fn connection(&self, to: EndpointId) -> Result<Connection, NetError> {
@@ -762,6 +794,9 @@ impl Shared {
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
+        }
+        if lock(&self.departed).contains(&to) {
+            return Err(NetError::Connect { peer: to, reason: "the peer left".into() });
         }
         let alpn = self.config.alpn(FRAME_ALPN);
         let connecting = self.endpoint.connect(to, &alpn);

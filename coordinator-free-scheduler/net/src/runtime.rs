@@ -330,6 +330,8 @@ impl Runtime {
             verifier,
             load: Load::default(),
             committing: Vec::new(),
+            outbox_commits: 0,
+            committing_commits: 0,
             commit_started: Instant::now(),
             run_slots,
             unit_latency: None,
@@ -488,6 +490,10 @@ struct Driver {
     load: Load,
     /// Messages waiting for the group commit in flight.
     committing: Vec<Outgoing>,
+    /// Our own commits among the messages of `outbox` / `committing`: counted as published
+    /// when they leave, i.e. once the writes they acknowledge are durable.
+    outbox_commits: u64,
+    committing_commits: u64,
     /// When that commit started.
     commit_started: Instant,
     /// Units in flight per core (see [`Driver::tune_run_slots`]).
@@ -519,6 +525,9 @@ const SLOW_UNIT_SECS: f64 = 0.5;
 
 /// How often [`Driver::log_state`] logs.
 const STATE_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// At most this many pending units are described in the periodic state log.
+const PENDING_LOGGED: usize = 5;
 
 /// Most jobs whose unit ids are cached in the driver.
 const MAX_CACHED_JOBS: usize = 1024;
@@ -632,6 +641,7 @@ impl Driver {
         self.last_state_log = Instant::now();
         let s = self.peer.stats();
         debug!(
+            me = ?self.peer.id(),
             tracked = self.peer.tracked_units(),
             done = self.peer.done_units(),
             running = self.running.len(),
@@ -648,6 +658,14 @@ impl Driver {
             commit_ms = self.load.commit_time.as_millis() as u64,
             "core state"
         );
+        // A handful of units left pending is what a stall looks like: say what we know of each.
+        let pending = self.peer.pending_units(PENDING_LOGGED + 1);
+        if pending.len() <= PENDING_LOGGED {
+            for unit in pending {
+                let what = self.peer.describe_unit(&unit).unwrap_or_default();
+                debug!(me = ?self.peer.id(), job = %unit.job.short(), unit = unit.index, "pending: {what}");
+            }
+        }
     }
 
     /// Adapts the units kept in flight per core to how long units take from hand-over to
@@ -987,6 +1005,7 @@ impl Driver {
         let writes = std::mem::take(&mut self.pending);
         let durable = !self.outbox.is_empty();
         self.committing = std::mem::take(&mut self.outbox);
+        self.committing_commits = std::mem::take(&mut self.outbox_commits);
         self.commit_started = Instant::now();
         Some(tokio::task::spawn_blocking(move || persist(&store, &writes, durable)))
     }
@@ -1000,7 +1019,11 @@ impl Driver {
         if let Err(e) = synced {
             warn!("store: {e}; {} messages are not sent", self.committing.len());
             self.committing.clear();
+            self.committing_commits = 0;
             return;
+        }
+        for _ in 0..std::mem::take(&mut self.committing_commits) {
+            self.observer.commit_published();
         }
         for out in std::mem::take(&mut self.committing) {
             let i = match &out {
@@ -1022,7 +1045,7 @@ impl Driver {
                 if let Message::Commit(c) = &msg
                     && c.body.executor == self.peer.id()
                 {
-                    self.observer.commit_published();
+                    self.outbox_commits += 1;
                 }
                 match endpoint_id(&to) {
                     Some(id) => self.enqueue(Outgoing::Send(id, msg.encode())),
@@ -1124,6 +1147,7 @@ impl Driver {
     fn fetcher(&self) -> Fetcher {
         Fetcher {
             client: self.blobs.clone(),
+            node: self.node.clone(),
             store: self.store.clone(),
             max: self.config.max_blob_bytes,
             timeout: self.config.fetch_timeout,
@@ -1188,7 +1212,7 @@ impl Driver {
         {
             debug!(job = %job.job_id, "submitter not on the allow-list; unit declined");
             let task = tokio::spawn(async move {
-                done_tx.send(Done::Unit(unit, Err(LocalFailure::Cancelled), None)).await.ok();
+                done_tx.send(Done::Unit(unit, Err(LocalFailure::Declined), None)).await.ok();
             });
             self.running.insert(unit, task);
             return;
@@ -1330,10 +1354,16 @@ fn persist(store: &Store, writes: &[Pending], durable: bool) -> Result<(), Store
     if durable { store.write(apply) } else { store.write_deferred(apply) }
 }
 
+/// Pauses before each round of blob fetches from a unit's sources (the first is immediate).
+const FETCH_RETRY_PAUSES: [Duration; 3] =
+    [Duration::ZERO, Duration::from_millis(300), Duration::from_millis(1_500)];
+
 /// Brings blobs into the store from peers (a [`blobs::BlobClient`] with the limits).
 #[derive(Clone)]
 struct Fetcher {
     client: blobs::BlobClient,
+    /// Whose adverts we hear: those are tried first, and only those are tried again.
+    node: Node,
     store: Arc<Store>,
     max: u64,
     timeout: Duration,
@@ -1367,14 +1397,26 @@ impl Fetcher {
             return Some((bytes, true));
         }
         let me = PeerId(*self.client.endpoint().id().as_bytes());
-        for p in from.iter().filter(|p| **p != me) {
-            let Some(peer) = endpoint_id(p) else { continue };
-            match self.client.fetch(peer, id, self.max, self.timeout).await {
-                Ok(bytes) => {
-                    self.observer.blob_bytes(0, bytes.len() as u64);
-                    return Some((bytes, false));
+        let mut candidates: Vec<EndpointId> =
+            from.iter().filter(|p| **p != me).filter_map(endpoint_id).collect();
+        // Peers in our table first: a peer that left (or crashed) costs a connect timeout.
+        candidates.sort_by_key(|p| !self.node.knows(p));
+        for (round, pause) in FETCH_RETRY_PAUSES.iter().enumerate() {
+            if round > 0 {
+                // Nobody answered. Right after start-up that is usually a peer whose address
+                // has not reached us yet (its advert is on the way): wait a little and try
+                // again those we know now, rather than hand the unit back at once.
+                tokio::time::sleep(*pause).await;
+                candidates.retain(|p| self.node.knows(p));
+            }
+            for &peer in &candidates {
+                match self.client.fetch(peer, id, self.max, self.timeout).await {
+                    Ok(bytes) => {
+                        self.observer.blob_bytes(0, bytes.len() as u64);
+                        return Some((bytes, false));
+                    }
+                    Err(e) => debug!(%id, peer = %peer.fmt_short(), round, "fetch failed: {e}"),
                 }
-                Err(e) => debug!(%id, peer = %peer.fmt_short(), "fetch failed: {e}"),
             }
         }
         None

@@ -50,7 +50,7 @@ pub enum Fault {
     /// Returns the same wrong result as every other colluder.
     Colluder,
     /// Honest, but declines every unit at once (an allow-list that excludes the submitter):
-    /// reports [`LocalFailure::Cancelled`] right after the unit is started.
+    /// reports [`LocalFailure::Declined`] right after the unit is started.
     Decliner,
 }
 
@@ -917,7 +917,7 @@ impl Sim {
                     let result = if exec == 0 {
                         Err(LocalFailure::InputsUnavailable)
                     } else if exec == DECLINED {
-                        Err(LocalFailure::Cancelled)
+                        Err(LocalFailure::Declined)
                     } else {
                         match p.running.get(&unit) {
                             Some(r) if r.exec == exec => {

@@ -57,6 +57,8 @@ pub fn ova(prefix: &[&str]) -> Command {
         }
         None => Command::new(OVA),
     };
-    c.env("RUST_LOG", "info,iroh=warn,iroh_gossip=warn,noq=warn");
+    // OVA_TEST_LOG overrides the children's log filter when a failure needs more detail.
+    let filter = std::env::var("OVA_TEST_LOG");
+    c.env("RUST_LOG", filter.as_deref().unwrap_or("info,iroh=warn,iroh_gossip=warn,noq=warn"));
     c
 }
