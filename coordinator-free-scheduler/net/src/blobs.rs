@@ -128,6 +128,7 @@ const MAX_CONNECTIONS: usize = 64;
 pub struct BlobClient {
     endpoint: Endpoint,
     alpn: Arc<[u8]>,
+    connect_timeout: Duration,
     conns: Arc<Mutex<HashMap<EndpointId, Connection>>>,
 }
 
@@ -138,9 +139,11 @@ impl std::fmt::Debug for BlobClient {
 }
 
 impl BlobClient {
-    /// Fetches through `endpoint` with ALPN `alpn` (see [`crate::node::NodeConfig::alpn`]).
-    pub fn new(endpoint: Endpoint, alpn: &[u8]) -> Self {
-        Self { endpoint, alpn: alpn.into(), conns: Default::default() }
+    /// Fetches through `endpoint` with ALPN `alpn` (see [`crate::node::NodeConfig::alpn`]),
+    /// giving up on a new connection after `connect_timeout` (a crashed peer never answers,
+    /// and the next holder of the blob should be tried well before the fetch's own deadline).
+    pub fn new(endpoint: Endpoint, alpn: &[u8], connect_timeout: Duration) -> Self {
+        Self { endpoint, alpn: alpn.into(), connect_timeout, conns: Default::default() }
     }
 
     /// This client's endpoint.
@@ -196,10 +199,10 @@ impl BlobClient {
     }
 
     async fn connect(&self, peer: EndpointId) -> Result<Connection, FetchError> {
-        let conn = self
-            .endpoint
-            .connect(peer, &self.alpn)
+        let connecting = self.endpoint.connect(peer, &self.alpn);
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
+            .map_err(|_| FetchError::Connect(format!("timed out after {:?}", self.connect_timeout)))?
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         let mut conns = lock(&self.conns);
         conns.retain(|_, c| c.close_reason().is_none());

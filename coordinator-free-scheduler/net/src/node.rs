@@ -458,6 +458,11 @@ impl Node {
         lock(&self.shared.table).contains(id)
     }
 
+    /// Whether `id` left or its adverts expired (and it has not advertised since).
+    pub fn departed(&self, id: &EndpointId) -> bool {
+        lock(&self.shared.departed).contains(id)
+    }
+
     /// A receiver whose value changes whenever the peer table gains, loses or refreshes a
     /// peer: wait on it instead of polling.
     pub fn watch_peers(&self) -> watch::Receiver<u64> {

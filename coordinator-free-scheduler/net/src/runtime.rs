@@ -338,6 +338,7 @@ impl Runtime {
             blobs: blobs::BlobClient::new(
                 node.endpoint().clone(),
                 &node.config().alpn(blobs::BLOB_ALPN),
+                node.config().connect_timeout,
             ),
         };
         let task = tokio::spawn(driver.run(net_events, cmd_rx));
@@ -1397,8 +1398,12 @@ impl Fetcher {
             return Some((bytes, true));
         }
         let me = PeerId(*self.client.endpoint().id().as_bytes());
-        let mut candidates: Vec<EndpointId> =
-            from.iter().filter(|p| **p != me).filter_map(endpoint_id).collect();
+        let mut candidates: Vec<EndpointId> = from
+            .iter()
+            .filter(|p| **p != me)
+            .filter_map(endpoint_id)
+            .filter(|p| !self.node.departed(p))
+            .collect();
         // Peers in our table first: a peer that left (or crashed) costs a connect timeout.
         candidates.sort_by_key(|p| !self.node.knows(p));
         for (round, pause) in FETCH_RETRY_PAUSES.iter().enumerate() {
