@@ -202,7 +202,9 @@ impl BlobClient {
         let connecting = self.endpoint.connect(peer, &self.alpn);
         let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| FetchError::Connect(format!("timed out after {:?}", self.connect_timeout)))?
+            .map_err(|_| {
+                FetchError::Connect(format!("timed out after {:?}", self.connect_timeout))
+            })?
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         let mut conns = lock(&self.conns);
         conns.retain(|_, c| c.close_reason().is_none());

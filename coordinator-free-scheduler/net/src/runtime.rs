@@ -329,10 +329,7 @@ impl Runtime {
             blobs_changed: false,
             verifier,
             load: Load::default(),
-            committing: Vec::new(),
             outbox_commits: 0,
-            committing_commits: 0,
-            commit_started: Instant::now(),
             run_slots,
             unit_latency: None,
             blobs: blobs::BlobClient::new(
@@ -448,6 +445,19 @@ async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc
     }
 }
 
+/// A group commit in flight: the store transaction running off the async threads, and what
+/// waits for it.
+struct GroupCommit {
+    /// The write transaction (durable when `messages` is not empty).
+    task: JoinHandle<Result<(), StoreError>>,
+    /// Messages that acknowledge its writes: they leave once it is durable.
+    messages: Vec<Outgoing>,
+    /// Our own commits among `messages` (counted as published when they leave).
+    own_commits: u64,
+    /// When it started.
+    started: Instant,
+}
+
 struct Driver {
     peer: Peer,
     node: Node,
@@ -489,14 +499,9 @@ struct Driver {
     verifier: Arc<CachingVerifier>,
     /// Where the driver's time goes (logged by [`Driver::log_state`]).
     load: Load,
-    /// Messages waiting for the group commit in flight.
-    committing: Vec<Outgoing>,
-    /// Our own commits among the messages of `outbox` / `committing`: counted as published
-    /// when they leave, i.e. once the writes they acknowledge are durable.
+    /// Our own commits among the messages of `outbox`: counted as published when they
+    /// leave, i.e. once the writes they acknowledge are durable.
     outbox_commits: u64,
-    committing_commits: u64,
-    /// When that commit started.
-    commit_started: Instant,
     /// Units in flight per core (see [`Driver::tune_run_slots`]).
     run_slots: u32,
     /// Average seconds from hand-over to result since `run_slots` last changed.
@@ -548,7 +553,7 @@ impl Driver {
         self.feed(Event::Online, &done_tx);
         self.flush().await;
         // The group commit in flight, if any (see `start_commit`).
-        let mut commit: Option<JoinHandle<Result<(), StoreError>>> = None;
+        let mut commit: Option<GroupCommit> = None;
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -593,12 +598,13 @@ impl Driver {
                 }
                 Some(r) = async {
                     match commit.as_mut() {
-                        Some(h) => Some(h.await),
+                        Some(c) => Some((&mut c.task).await),
                         None => None,
                     }
                 }, if commit.is_some() => {
-                    commit = None;
-                    self.finish_commit(r);
+                    if let Some(c) = commit.take() {
+                        self.finish_commit(c, r);
+                    }
                 }
                 _ = housekeeping.tick() => {
                     self.flush_pending_submits(&done_tx);
@@ -623,8 +629,9 @@ impl Driver {
                 commit = self.start_commit();
             }
         }
-        if let Some(h) = commit {
-            self.finish_commit(h.await);
+        if let Some(mut c) = commit {
+            let r = (&mut c.task).await;
+            self.finish_commit(c, r);
         }
         self.flush().await;
         self.blobs.close();
@@ -988,8 +995,9 @@ impl Driver {
     /// messages that acknowledge them (commits, announcements). A peer killed at any point
     /// has therefore never told anyone about a result it could lose.
     async fn flush(&mut self) {
-        while let Some(h) = self.start_commit() {
-            self.finish_commit(h.await);
+        while let Some(mut c) = self.start_commit() {
+            let r = (&mut c.task).await;
+            self.finish_commit(c, r);
         }
     }
 
@@ -998,35 +1006,39 @@ impl Driver {
     /// wait on it; with nothing to acknowledge yet it becomes durable with a later commit. It
     /// runs off the async threads while the loop goes on taking in events; their writes and
     /// messages wait for the next commit. `None`: nothing to commit.
-    fn start_commit(&mut self) -> Option<JoinHandle<Result<(), StoreError>>> {
+    fn start_commit(&mut self) -> Option<GroupCommit> {
         if self.outbox.is_empty() && self.pending.is_empty() {
             return None;
         }
         let store = self.store.clone();
         let writes = std::mem::take(&mut self.pending);
         let durable = !self.outbox.is_empty();
-        self.committing = std::mem::take(&mut self.outbox);
-        self.committing_commits = std::mem::take(&mut self.outbox_commits);
-        self.commit_started = Instant::now();
-        Some(tokio::task::spawn_blocking(move || persist(&store, &writes, durable)))
+        Some(GroupCommit {
+            task: tokio::task::spawn_blocking(move || persist(&store, &writes, durable)),
+            messages: std::mem::take(&mut self.outbox),
+            own_commits: std::mem::take(&mut self.outbox_commits),
+            started: Instant::now(),
+        })
     }
 
     /// The group commit ended: its messages leave now (all of them acknowledge writes that
     /// are durable), or are dropped if the store failed.
-    fn finish_commit(&mut self, r: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+    fn finish_commit(
+        &mut self,
+        c: GroupCommit,
+        r: Result<Result<(), StoreError>, tokio::task::JoinError>,
+    ) {
         self.load.commits += 1;
-        self.load.commit_time += self.commit_started.elapsed();
+        self.load.commit_time += c.started.elapsed();
         let synced = r.unwrap_or_else(|e| Err(StoreError::Db(format!("store task: {e}"))));
         if let Err(e) = synced {
-            warn!("store: {e}; {} messages are not sent", self.committing.len());
-            self.committing.clear();
-            self.committing_commits = 0;
+            warn!("store: {e}; {} messages are not sent", c.messages.len());
             return;
         }
-        for _ in 0..std::mem::take(&mut self.committing_commits) {
+        for _ in 0..c.own_commits {
             self.observer.commit_published();
         }
-        for out in std::mem::take(&mut self.committing) {
+        for out in c.messages {
             let i = match &out {
                 Outgoing::Send(to, _) => {
                     let b = to.as_bytes();
