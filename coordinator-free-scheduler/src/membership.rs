@@ -10,6 +10,8 @@
 //! member farthest from us on the ring (in both rings) is evicted. Members expire when their
 //! advert's TTL passes without a fresher advert.
 
+use std::sync::Arc;
+
 use ova_jobs::JobId;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +37,8 @@ pub struct Advert {
     /// How long the advert stays valid after it is received.
     pub ttl_ms: u32,
     /// Jobs the peer is working on (at most [`MAX_ADVERT_JOBS`]), so late joiners learn them.
-    pub jobs: Vec<JobId>,
+    /// Shared: a broadcast hands the same list to every receiver.
+    pub jobs: Arc<[JobId]>,
 }
 
 /// One known peer.
@@ -76,6 +79,9 @@ pub struct View {
     members: FxHashMap<PeerId, Member>,
     own: Vec<Member>,
     any: Vec<Member>,
+    /// Our index in `own` and in `any`.
+    me_own: usize,
+    me_any: usize,
     /// Bumped whenever ring membership changes; placement caches key on it.
     pub epoch: u64,
 }
@@ -102,6 +108,8 @@ impl View {
             members: FxHashMap::default(),
             own: Vec::new(),
             any: Vec::new(),
+            me_own: 0,
+            me_any: 0,
             epoch: 0,
         };
         v.rebuild();
@@ -154,6 +162,18 @@ impl View {
     /// length, sequence and expiry use [`View::members`] or [`View::get`].
     pub fn ring(&self, strict: bool) -> &[Member] {
         if strict { &self.any } else { &self.own }
+    }
+
+    /// The ring arc `(start, end]` holding every unit point whose `window` contains us, in the
+    /// ring for `strict` jobs, or `None` when that ring is no larger than the window (see
+    /// [`crate::placement::region`]; this one is O(1)).
+    pub fn region(&self, strict: bool, window: usize) -> Option<(u64, u64)> {
+        let (ring, i) = if strict { (&self.any, self.me_any) } else { (&self.own, self.me_own) };
+        if ring.len() <= window {
+            return None;
+        }
+        let pred = &ring[(i + ring.len() - window) % ring.len()];
+        Some((pred.point, ring[i].point))
     }
 
     /// Applies an advert received at `now`.
@@ -229,6 +249,13 @@ impl View {
         Some(d.min(ring.len() - d))
     }
 
+    /// Keeps a member at least until `until` (it answered us directly: it is alive).
+    pub fn touch(&mut self, peer: &PeerId, until: Millis) {
+        if let Some(m) = self.members.get_mut(peer) {
+            m.expires = m.expires.max(until);
+        }
+    }
+
     /// Removes a member (it left, or the shell saw it go). Returns whether it was known.
     pub fn remove(&mut self, peer: &PeerId) -> bool {
         let known = self.members.remove(peer).is_some();
@@ -282,6 +309,9 @@ impl View {
         let mut own = keep_own;
         own.push(me);
         own.sort_unstable_by_key(|m| (m.point, m.peer));
+        let at = |ring: &[Member]| ring.iter().position(|m| m.peer == me.peer).unwrap_or(0);
+        self.me_any = at(&any);
+        self.me_own = at(&own);
         self.any = any;
         self.own = own;
         self.epoch += 1;
@@ -323,7 +353,7 @@ mod tests {
             queue_len: 0,
             seq,
             ttl_ms: 1000,
-            jobs: vec![],
+            jobs: Arc::from([]),
         }
     }
 

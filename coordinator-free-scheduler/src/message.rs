@@ -187,6 +187,11 @@ pub enum Message {
     },
     /// Units handed over to the thief (direct, from the victim).
     StealGrant(Vec<Grant>),
+    /// Asks a view member that has been silent (no advert) for a while whether it is alive
+    /// (direct). Adverts are rare; this finds a crashed peer sooner than their TTL.
+    Ping,
+    /// Answer to [`Message::Ping`] (direct).
+    Pong,
     /// A returning submitter asks for its job's verified results (broadcast).
     SyncRequest(JobId),
     /// Verified commits for the requester's job, from a peer that tallied them (direct).
@@ -223,6 +228,8 @@ impl Message {
             Message::ProbeReply { .. } => "probe_reply",
             Message::StealRequest { .. } => "steal_request",
             Message::StealGrant(_) => "steal_grant",
+            Message::Ping => "ping",
+            Message::Pong => "pong",
             Message::SyncRequest(_) => "sync_request",
             Message::SyncReply(_) => "sync_reply",
         }

@@ -67,7 +67,7 @@ use crate::commit::{self, CommitBody, CommitError, SignedCommit, Signer, Verifie
 use crate::lease::{Lease, Leases};
 use crate::membership::{Advert, AdvertEffect, MAX_ADVERT_JOBS, View};
 use crate::message::{Derived, Grant, JobInfo, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
-use crate::placement::{position, rank, region, unit_point};
+use crate::placement::{position, rank, unit_point};
 use crate::quorum::{Added, DissentBook, DissentRecord, FailReason, Tally, Verdict};
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 use crate::util::{FxHashMap, FxHashSet, Rng};
@@ -79,9 +79,12 @@ pub struct Config {
     pub window: usize,
     /// Ring neighbours kept on each side, per ring (must be ≥ `window`).
     pub view_side: usize,
-    /// How often we advertise.
+    /// How often we decide whether to advertise. An advert goes out when what it says has
+    /// changed (spare cores, or whether we have queued units to spare for thieves), and at
+    /// least every quarter of `advert_ttl_ms` as a heartbeat. Expired members are dropped
+    /// every half interval.
     pub advert_interval_ms: Millis,
-    /// How long our adverts stay valid at receivers.
+    /// How long our adverts stay valid at receivers (a quarter of it is our heartbeat).
     pub advert_ttl_ms: u32,
     /// Added to a unit's deadline to form the lease.
     pub lease_slack_ms: Millis,
@@ -92,6 +95,11 @@ pub struct Config {
     pub claim_grace_ms: Millis,
     /// Least time between two steal requests.
     pub steal_cooldown_ms: Millis,
+    /// A view member that has not advertised for this long is pinged ([`Message::Ping`]) and,
+    /// without an answer by our next tick, taken as gone (its leases end, its units are
+    /// placed again). With rare adverts (a long `advert_ttl_ms`) this finds a crashed peer
+    /// long before its advert expires. Has no effect when it exceeds the TTL.
+    pub silence_probe_ms: Millis,
     /// Most units tracked. When full, new units (scanned, claimed or committed) are not
     /// tracked and counted in [`Stats::table_full`]; others will run or watch them.
     pub max_tracked_units: usize,
@@ -118,10 +126,11 @@ impl Default for Config {
             window: 10,
             view_side: 14,
             advert_interval_ms: 30_000,
-            advert_ttl_ms: 95_000,
+            advert_ttl_ms: 300_000,
             lease_slack_ms: 10_000,
             probe_wait_ms: 2_000,
             steal_cooldown_ms: 5_000,
+            silence_probe_ms: 100_000,
             claim_grace_ms: 60_000,
             max_tracked_units: 1 << 21,
             max_jobs: 64,
@@ -323,6 +332,8 @@ pub struct Stats {
     pub resyncs: u64,
     /// Units the liveness sweep drove again (re-evaluated, commit or hand-back re-sent).
     pub swept: u64,
+    /// View members taken as gone because they neither advertised nor answered a ping.
+    pub silent_dropped: u64,
 }
 
 /// Why a unit was queued here (for the waste breakdown in the simulator's report).
@@ -357,6 +368,25 @@ impl RunCause {
 }
 
 type UKey = (u32, u32);
+
+/// Which units of a (re)started scan are probed before they run.
+#[derive(Clone, Copy, Debug)]
+enum ScanProbe {
+    /// None: our view of them is current.
+    None,
+    /// All (a job learned late: we saw none of its claims).
+    All,
+    /// Those in the ring arc `(start, end]`.
+    Arc(u64, u64),
+}
+
+/// Most probe arcs kept per job; more (many departures before a scan ends) probe everything.
+const MAX_PROBE_ARCS: usize = 8;
+
+/// Whether ring point `p` lies in the arc `(a, b]` (wrapping; `a == b` is the whole ring).
+fn in_arc(p: u64, a: u64, b: u64) -> bool {
+    p.wrapping_sub(a).wrapping_sub(1) < b.wrapping_sub(a)
+}
 
 /// A stolen unit: its victim (told directly if we cannot run it) and its watchers.
 #[derive(Debug)]
@@ -443,8 +473,11 @@ struct JobState {
     d: Arc<Derived>,
     /// Index ranges of `d.by_point` still to scan.
     scan: Vec<(usize, usize)>,
-    /// Probe units before running them (rescans, jobs learned late).
-    probe: bool,
+    /// Probe every unit of the scan before running it (a job learned late).
+    probe_all: bool,
+    /// Probe the units whose points lie in these ring arcs `(start, end]`: arcs our region
+    /// gained when neighbours left (we watched none of their units' claims).
+    probe_arcs: Vec<(u64, u64)>,
     /// Peers that serve the bundle.
     sources: Vec<PeerId>,
     /// Do not scan before this time (warm-up after learning the job late).
@@ -460,8 +493,8 @@ struct JobState {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
-    Advert,
-    Expire,
+    /// Every half advert interval: expire members, advertise if due, sweep every fourth.
+    Tick,
     Unit(u32, u32),
     Probe(u32, u32),
     Scan,
@@ -480,8 +513,11 @@ pub struct Peer {
     rng: Rng,
     view: View,
     advert_seq: u64,
+    /// When we last advertised, with the spare cores and whether we had units to spare.
+    advertised: (Millis, u16, bool),
     jobs: Vec<JobState>,
-    job_slot: FxHashMap<JobId, u32>,
+    /// Job ids by slot (a short list: a linear search beats hashing 32-byte ids).
+    job_ids: Vec<JobId>,
     requested: FxHashSet<JobId>,
     /// Jobs asked for because a claim about them arrived before their announcement.
     asked: FxHashSet<JobId>,
@@ -502,11 +538,22 @@ pub struct Peer {
     stolen: FxHashMap<UKey, Stolen>,
     /// Steal attempts since the last grant (each doubles the wait before the next).
     steal_misses: u32,
+    /// Jobs whose region scan is not finished.
+    scanning: u32,
     sweeps: u64,
     dissent: DissentBook,
     stats: Stats,
     out: Vec<Action>,
     scratch: Vec<(f64, PeerId)>,
+    /// What `scratch` ranks: (unit point, strict ring, view epoch). One message often ranks
+    /// the same unit several times (evaluate, watchers, result holders).
+    ranked: Option<(u64, bool, u64)>,
+    /// Spare cores per architecture class in the whole network, as the shell counted them
+    /// (see [`Peer::set_capacity_census`]); empty if it did not.
+    census: Vec<(ArchClass, u32)>,
+    /// Silent members we pinged: the peer and its advert expiry then (unchanged at our next
+    /// tick means no advert and no answer came).
+    pinged: Vec<(PeerId, Millis)>,
     now: Millis,
 }
 
@@ -541,8 +588,9 @@ impl Peer {
             rng: Rng::new(seed),
             view,
             advert_seq: 0,
+            advertised: (0, 0, false),
             jobs: Vec::new(),
-            job_slot: FxHashMap::default(),
+            job_ids: Vec::new(),
             requested: FxHashSet::default(),
             asked: FxHashSet::default(),
             units: FxHashMap::default(),
@@ -556,11 +604,15 @@ impl Peer {
             last_steal: None,
             stolen: FxHashMap::default(),
             steal_misses: 0,
+            scanning: 0,
             sweeps: 0,
             dissent,
             stats: Stats::default(),
             out: Vec::new(),
             scratch: Vec::new(),
+            ranked: None,
+            census: Vec::new(),
+            pinged: Vec::new(),
             now: 0,
         }
     }
@@ -572,6 +624,16 @@ impl Peer {
     /// stays the number of cores. Takes effect with the next event.
     pub fn set_run_slots_per_core(&mut self, n: u32) {
         self.slots_per_core = n.max(1);
+    }
+
+    /// Tells the peer the network's spare cores per architecture class, as the shell counted
+    /// them from every advert it hears (a gossip network delivers each to every peer; the
+    /// core's own view keeps only a ring neighbourhood). Jobs this peer submits split their
+    /// same-arch units across classes in these proportions; without a census the peer uses
+    /// its neighbourhood, whose share of each class can be far off in a large network (one
+    /// class then runs out of units while the other still has most of its share).
+    pub fn set_capacity_census(&mut self, classes: Vec<(ArchClass, u32)>) {
+        self.census = classes;
     }
 
     /// Units this peer runs at once: its cores times the run slots per core.
@@ -616,19 +678,19 @@ impl Peer {
 
     /// Why this peer queued `unit`, if it is tracking it.
     pub fn run_cause(&self, unit: &UnitRef) -> Option<RunCause> {
-        let s = *self.job_slot.get(&unit.job)?;
+        let s = self.slot(&unit.job)?;
         self.units.get(&(s, unit.index)).map(|u| u.cause)
     }
 
     /// For a job this peer submitted: (units, verified, failed).
     pub fn job_progress(&self, job: &JobId) -> Option<(u32, u32, u32)> {
-        let j = &self.jobs[*self.job_slot.get(job)? as usize];
+        let j = &self.jobs[self.slot(job)? as usize];
         Some((j.d.unit_ids.len() as u32, j.verified, j.failed))
     }
 
     /// A one-line description of what this peer knows about a unit (for debugging).
     pub fn describe_unit(&self, unit: &UnitRef) -> Option<String> {
-        let s = *self.job_slot.get(&unit.job)?;
+        let s = self.slot(&unit.job)?;
         let u = self.units.get(&(s, unit.index))?;
         Some(format!(
             "mine={:?} outcome={:?} commits={:?} leases={:?} scan_left={:?}",
@@ -675,8 +737,9 @@ impl Peer {
             }
             Event::Timer => self.on_timer(),
             Event::PeerLeft(p) => {
+                let before = self.regions();
                 if self.view.remove(&p) {
-                    self.rescan_all();
+                    self.rescan_after_leave(before);
                 }
                 self.holders_gone(&[p]);
             }
@@ -693,10 +756,14 @@ impl Peer {
     // ---------------------------------------------------------------- timers
 
     fn add_timer(&mut self, at: Millis, k: TimerKind) {
-        if self.timers.len() >= self.cfg.max_timers
-            && !matches!(k, TimerKind::Advert | TimerKind::Expire)
-        {
+        if self.timers.len() >= self.cfg.max_timers && k != TimerKind::Tick {
             self.stats.table_full += 1;
+            return;
+        }
+        // A lease check further away than the next liveness sweep is left to the sweep (it
+        // re-evaluates units with a lapsed lease): most such leases end in a commit long
+        // before, and their timers were most of the wake-ups and of the timer table.
+        if matches!(k, TimerKind::Unit(..)) && at > self.now + self.sweep_interval() {
             return;
         }
         // Unit timers (lease checks) are rounded up to a coarse tick, so the many leases that
@@ -730,21 +797,21 @@ impl Peer {
             self.timers.pop_first();
             self.first_timer = self.timers.first().map(|t| t.0);
             match k {
-                TimerKind::Advert => {
-                    self.advertise();
-                    self.add_timer(self.now + self.cfg.advert_interval_ms, TimerKind::Advert);
-                }
-                TimerKind::Expire => {
+                TimerKind::Tick => {
+                    self.check_silent();
+                    let before = self.regions();
                     let (near, gone) = self.view.expire_gone(self.now, self.cfg.window);
                     if near {
-                        self.rescan_all();
+                        self.rescan_after_leave(before);
                     }
                     self.holders_gone(&gone);
+                    self.advertise_if_due();
                     self.sweeps += 1;
                     if self.sweeps.is_multiple_of(4) {
+                        self.recheck_lapsed();
                         self.sweep();
                     }
-                    self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
+                    self.add_timer(self.now + self.tick_interval(), TimerKind::Tick);
                 }
                 TimerKind::Unit(s, i) => self.evaluate((s, i)),
                 TimerKind::Scan => {}
@@ -765,12 +832,12 @@ impl Peer {
     fn on_online(&mut self) {
         self.wake = None;
         self.online_at = self.now;
-        self.timers.retain(|(_, k)| !matches!(k, TimerKind::Advert | TimerKind::Expire));
+        self.timers.retain(|(_, k)| *k != TimerKind::Tick);
         self.first_timer = self.timers.first().map(|t| t.0);
-        let jitter = self.rng.below(self.cfg.advert_interval_ms.max(1));
+        // Peers that start together still tick (and advertise) at different moments.
+        let jitter = self.rng.below(self.tick_interval());
         self.advertise();
-        self.add_timer(self.now + jitter + 1, TimerKind::Advert);
-        self.add_timer(self.now + self.cfg.advert_interval_ms / 2, TimerKind::Expire);
+        self.add_timer(self.now + jitter + 1, TimerKind::Tick);
         for j in &self.jobs {
             if j.mine && j.verified + j.failed < j.d.unit_ids.len() as u32 {
                 self.out.push(Action::Broadcast(Message::SyncRequest(j.info.job_id)));
@@ -778,8 +845,110 @@ impl Peer {
         }
     }
 
+    /// Members we pinged last tick that stayed silent are taken as gone; members silent for
+    /// [`Config::silence_probe_ms`] are pinged.
+    fn check_silent(&mut self) {
+        let now = self.now;
+        let ttl = self.cfg.advert_ttl_ms as Millis;
+        let mut gone = Vec::new();
+        for (p, was) in std::mem::take(&mut self.pinged) {
+            if self.view.get(&p).is_some_and(|m| m.expires == was && m.expires > now) {
+                gone.push(p);
+            }
+        }
+        if !gone.is_empty() {
+            gone.sort_unstable();
+            self.stats.silent_dropped += gone.len() as u64;
+            let before = self.regions();
+            for p in &gone {
+                self.view.remove(p);
+            }
+            self.rescan_after_leave(before);
+            self.holders_gone(&gone);
+        }
+        if self.cfg.silence_probe_ms >= ttl {
+            return;
+        }
+        let silent_before = now.saturating_add(ttl).saturating_sub(self.cfg.silence_probe_ms);
+        let mut ping: Vec<(PeerId, Millis)> = self
+            .view
+            .members()
+            .filter(|m| m.expires <= silent_before && m.expires > now)
+            .map(|m| (m.peer, m.expires))
+            .collect();
+        ping.sort_unstable();
+        for &(to, _) in &ping {
+            self.out.push(Action::Send { to, msg: Message::Ping });
+        }
+        self.pinged = ping;
+    }
+
+    /// The period of [`TimerKind::Tick`]: half the advert interval.
+    fn tick_interval(&self) -> Millis {
+        (self.cfg.advert_interval_ms / 2).max(1)
+    }
+
+    /// The period of the liveness sweep: every fourth tick.
+    fn sweep_interval(&self) -> Millis {
+        4 * self.tick_interval()
+    }
+
+    /// Advertises when the last advert is a quarter of its TTL old (the heartbeat), or, at
+    /// most once an advert interval, when what it says changed: spare cores, or whether we
+    /// have units to spare for thieves.
+    fn advertise_if_due(&mut self) {
+        let (at, cores, spare) = self.advertised;
+        let heartbeat = (self.cfg.advert_ttl_ms as Millis / 4).max(1);
+        let due = self.now + self.tick_interval() / 2 >= at + heartbeat;
+        let changed = cores != self.cores || spare != self.has_spare_units();
+        if due || (changed && self.now >= at + self.cfg.advert_interval_ms) {
+            self.advertise();
+        }
+    }
+
+    /// Units with a lapsed lease that no timer watches (their lease check was further away
+    /// than a sweep, see [`Peer::add_timer`]) while another lease is still live: the sweep
+    /// only drives units that nobody holds, so these are re-evaluated here.
+    fn recheck_lapsed(&mut self) {
+        let now = self.now;
+        let mut lapsed: Vec<UKey> = self
+            .units
+            .iter()
+            .filter(|(_, u)| {
+                u.outcome.is_none()
+                    && u.mine == Mine::None
+                    && u.leases.any_lapsed(now)
+                    && u.leases.next_expiry(now).is_some()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        lapsed.sort_unstable();
+        for key in lapsed {
+            self.evaluate(key);
+        }
+    }
+
+    /// Whether a thief may get something from us (what adverts tell it: queue length), with
+    /// hysteresis so a queue hovering around the threshold does not make us re-advertise.
+    fn has_spare_units(&self) -> bool {
+        self.scanning > 0 || self.ready.len() >= if self.advertised.2 { 2 } else { 4 }
+    }
+
+    /// About how many units our unfinished region scans still hold for us (a thief may be
+    /// handed them): the units left in the scans times our share of a window's runs.
+    fn scan_backlog(&self) -> usize {
+        let left: usize = (self.jobs.iter())
+            .map(|j| {
+                let n: usize = j.scan.iter().map(|r| r.1.saturating_sub(r.0)).sum();
+                n * j.info.manifest.replication.quorum as usize
+            })
+            .sum();
+        left / self.cfg.window.max(1)
+    }
+
     fn advertise(&mut self) {
         self.advert_seq += 1;
+        self.advertised = (self.now, self.cores, self.has_spare_units());
         let ad = self.my_advert();
         self.view.set_my_capacity(self.cores, self.ready.len() as u32);
         self.out.push(Action::Broadcast(Message::Advert(ad)));
@@ -791,10 +960,10 @@ impl Peer {
             peer: self.id,
             arch: self.arch,
             spare_cores: self.cores,
-            queue_len: self.ready.len() as u32,
+            queue_len: (self.ready.len() + self.scan_backlog()) as u32,
             seq: self.advert_seq,
             ttl_ms: self.cfg.advert_ttl_ms,
-            jobs: self.jobs.iter().rev().take(MAX_ADVERT_JOBS).map(|j| j.info.job_id).collect(),
+            jobs: self.job_ids.iter().rev().take(MAX_ADVERT_JOBS).copied().collect(),
         }
     }
 
@@ -914,18 +1083,39 @@ impl Peer {
         }
     }
 
-    fn rescan_all(&mut self) {
+    /// Our ring regions (own class, all classes; see [`region`]), to compare across a change.
+    fn regions(&self) -> [Option<(u64, u64)>; 2] {
+        let w = self.cfg.window;
+        [self.view.region(false, w), self.view.region(true, w)]
+    }
+
+    /// Neighbours within a window of us left: every unit whose window held them has its
+    /// ranking moved up by one, so units we skipped may now be ours, and our region grew by
+    /// the arc between its old and new start. The region is rescanned; only units in the
+    /// gained arc are probed first. A unit we already ranked at most third for was one whose
+    /// claims and commits reached us as a watcher, so what we know of it is current; units
+    /// newly in our region were not, and may have run long ago.
+    fn rescan_after_leave(&mut self, before: [Option<(u64, u64)>; 2]) {
+        let after = self.regions();
         for s in 0..self.jobs.len() {
-            self.start_scan(s as u32, true);
+            let i = usize::from(self.jobs[s].info.strict());
+            let probe = match (before[i], after[i]) {
+                (Some((old, _)), Some((new, _))) if old != new => ScanProbe::Arc(new, old),
+                (Some(_), None) => ScanProbe::All,
+                _ => ScanProbe::None,
+            };
+            self.start_scan(s as u32, probe);
         }
     }
 
-    fn start_scan(&mut self, slot: u32, probe: bool) {
+    fn start_scan(&mut self, slot: u32, probe: ScanProbe) {
         let j = &mut self.jobs[slot as usize];
-        let ring = self.view.ring(j.info.strict());
         let n = j.d.by_point.len();
+        if j.scan.is_empty() {
+            self.scanning += 1;
+        }
         j.scan.clear();
-        match region(ring, &self.id, self.cfg.window) {
+        match self.view.region(j.info.strict(), self.cfg.window) {
             None => j.scan.push((0, n)),
             Some((a, b)) => {
                 let lo = j.d.by_point.partition_point(|&(p, _)| p <= a);
@@ -938,7 +1128,14 @@ impl Peer {
                 }
             }
         }
-        j.probe |= probe;
+        match probe {
+            ScanProbe::None => {}
+            ScanProbe::All => j.probe_all = true,
+            ScanProbe::Arc(a, b) if j.probe_arcs.len() < MAX_PROBE_ARCS => {
+                j.probe_arcs.push((a, b))
+            }
+            ScanProbe::Arc(..) => j.probe_all = true,
+        }
         self.stats.rescans += 1;
     }
 
@@ -960,16 +1157,11 @@ impl Peer {
                         let mine = self.my_advert();
                         self.out.push(Action::Send { to: from, msg: Message::Advert(mine) });
                     }
-                    // Only a newcomer within a window of us changes rankings in our region.
-                    let w = self.cfg.window;
-                    let near =
-                        |strict| self.view.distance(&ad.peer, strict).is_some_and(|d| d <= w);
-                    if near(false) || near(true) {
-                        self.rescan_all();
-                    }
+                    // A newcomer only pushes us down the rankings (and out of some windows):
+                    // no unit we skipped becomes ours, so there is nothing to rescan.
                 }
                 for job in ad.jobs.iter().take(MAX_ADVERT_JOBS) {
-                    if !self.job_slot.contains_key(job)
+                    if self.slot(job).is_none()
                         && self.requested.len() < self.cfg.max_jobs * 4
                         && self.requested.insert(*job)
                     {
@@ -979,7 +1171,7 @@ impl Peer {
             }
             Message::Announce(info) => self.on_announce(info),
             Message::GetJob(job) => {
-                if let Some(&s) = self.job_slot.get(&job) {
+                if let Some(s) = self.slot(&job) {
                     let info = self.jobs[s as usize].info.clone();
                     self.out.push(Action::Send { to: from, msg: Message::Announce(info) });
                     // The asker may have dropped our hand-backs because they arrived before
@@ -1005,7 +1197,7 @@ impl Peer {
                 }
             }
             Message::HaveBundle(job) => {
-                if let Some(&s) = self.job_slot.get(&job) {
+                if let Some(s) = self.slot(&job) {
                     let j = &mut self.jobs[s as usize];
                     if !j.sources.contains(&from) && j.sources.len() < 8 {
                         j.sources.push(from);
@@ -1033,7 +1225,17 @@ impl Peer {
                 if until <= self.now {
                     u.leases.give_up(&from, self.now);
                 } else {
+                    // A claimant outside our view (a thief far along the ring) cannot be
+                    // watched through its adverts: if it crashed, nothing would end a long
+                    // reservation. Its lease is kept short; when it lapses we ask it, and a
+                    // live holder renews it in its reply.
+                    let lease_max = if self.view.get(&from).is_some() {
+                        lease_max
+                    } else {
+                        lease_max.min(2 * self.lease_len(key.0))
+                    };
                     let until = until.min(self.now + lease_max);
+                    let u = self.units.get_mut(&key).expect("resolved");
                     u.leases.claim_from_holder(from, until, self.now);
                     self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 }
@@ -1123,10 +1325,8 @@ impl Peer {
                     self.steal_misses = 0;
                 }
                 for Grant { unit, watchers, leases } in grants.into_iter().take(MAX_BATCH) {
-                    let done = self
-                        .job_slot
-                        .get(&unit.job)
-                        .is_some_and(|&s| self.done.contains(&(s, unit.index)));
+                    let done =
+                        self.slot(&unit.job).is_some_and(|s| self.done.contains(&(s, unit.index)));
                     let key = if done { None } else { self.resolve(&unit, true) };
                     let Some(key) = key else {
                         if done {
@@ -1174,8 +1374,13 @@ impl Peer {
                     }
                 }
             }
+            Message::Ping => self.out.push(Action::Send { to: from, msg: Message::Pong }),
+            Message::Pong => {
+                let until = self.now + self.cfg.advert_ttl_ms as Millis;
+                self.view.touch(&from, until);
+            }
             Message::SyncRequest(job) => {
-                let Some(&s) = self.job_slot.get(&job) else { return };
+                let Some(s) = self.slot(&job) else { return };
                 if self.jobs[s as usize].info.submitter != from {
                     return;
                 }
@@ -1214,7 +1419,7 @@ impl Peer {
     /// kept it (the executor checks the verdict itself), else say "resolved" (hearsay: it takes
     /// two such answers to stop the executor's re-sends).
     fn answer_late_commit(&mut self, from: PeerId, c: &SignedCommit) {
-        let Some(&s) = self.job_slot.get(&c.body.unit.job) else { return };
+        let Some(s) = self.slot(&c.body.unit.job) else { return };
         let key = (s, c.body.unit.index);
         let unit = c.body.unit;
         let commits = match self.units.get(&key) {
@@ -1254,7 +1459,7 @@ impl Peer {
     /// lost): ask the claimant for it, once. Its reply repeats the hand-backs we are dropping
     /// now, so a unit given up before we knew its job is not stranded.
     fn ask_if_unknown(&mut self, from: PeerId, job: JobId) {
-        if !self.job_slot.contains_key(&job)
+        if self.slot(&job).is_none()
             && !self.requested.contains(&job)
             && self.asked.len() < self.cfg.max_jobs * 4
             && self.asked.insert(job)
@@ -1283,10 +1488,15 @@ impl Peer {
         self.lease_len(slot) * MAX_RESERVE_WAITS
     }
 
+    /// A job's slot, if we know the job.
+    fn slot(&self, job: &JobId) -> Option<u32> {
+        self.job_ids.iter().position(|j| j == job).map(|s| s as u32)
+    }
+
     /// Maps a unit reference to our key, checking the job and index; creates the unit's entry
     /// if `create` (and the table has room).
     fn resolve(&mut self, unit: &UnitRef, create: bool) -> Option<UKey> {
-        let Some(&s) = self.job_slot.get(&unit.job) else {
+        let Some(s) = self.slot(&unit.job) else {
             self.stats.unknown_job += 1;
             return None;
         };
@@ -1309,7 +1519,7 @@ impl Peer {
     }
 
     fn on_announce(&mut self, info: Arc<JobInfo>) {
-        if self.job_slot.contains_key(&info.job_id) {
+        if self.slot(&info.job_id).is_some() {
             return;
         }
         let Some(d) = info.derived().cloned() else {
@@ -1329,7 +1539,8 @@ impl Peer {
             info: info.clone(),
             d,
             scan: Vec::new(),
-            probe: late,
+            probe_all: late,
+            probe_arcs: Vec::new(),
             scan_after: if late { self.online_at + self.cfg.warmup_ms } else { 0 },
             sources: {
                 sources.retain(|p| *p != self.id);
@@ -1340,7 +1551,7 @@ impl Peer {
             settled_at_sweep: 0,
             still_sweeps: 0,
         });
-        self.job_slot.insert(info.job_id, slot);
+        self.job_ids.push(info.job_id);
         if late && self.now < self.online_at + self.cfg.warmup_ms {
             self.add_timer(self.online_at + self.cfg.warmup_ms, TimerKind::Scan);
         }
@@ -1351,7 +1562,7 @@ impl Peer {
                 purpose: FetchPurpose::Bundle(info.job_id),
             });
         }
-        self.start_scan(slot, late);
+        self.start_scan(slot, if late { ScanProbe::All } else { ScanProbe::None });
     }
 
     fn on_submit(&mut self, m: Manifest) {
@@ -1359,16 +1570,24 @@ impl Peer {
             self.stats.bad_announce += 1;
             return;
         }
-        let mut classes: Vec<(ArchClass, u32)> = Vec::new();
-        for mem in self.view.ring(true).iter() {
-            match classes.iter_mut().find(|(c, _)| *c == mem.arch) {
-                Some((_, w)) => *w += mem.weight as u32,
-                None => classes.push((mem.arch, mem.weight as u32)),
+        // Same-arch units are split across classes in proportion to these weights, so they
+        // should be the network's capacity per class: the shell's census if it gave one (our
+        // ring neighbourhood is a few dozen peers, far too few to estimate a class's share).
+        let mut classes: Vec<(ArchClass, u32)> = self.census.clone();
+        if classes.iter().all(|(_, w)| *w == 0) {
+            classes.clear();
+            for mem in self.view.ring(true).iter() {
+                match classes.iter_mut().find(|(c, _)| *c == mem.arch) {
+                    Some((_, w)) => *w += mem.weight as u32,
+                    None => classes.push((mem.arch, mem.weight as u32)),
+                }
             }
         }
         classes.sort();
+        classes.truncate(crate::message::MAX_ANNOUNCE_LIST);
         let job_key = unit_point(&UnitId(m.job_id().0));
         rank(self.view.ring(true), job_key, usize::MAX, &mut self.scratch);
+        self.ranked = None;
         let mut holders = vec![self.id];
         holders.extend(
             self.scratch
@@ -1388,7 +1607,7 @@ impl Peer {
         // The very same signed commit again (a re-send, or one relayed in a probe or sync
         // reply): it was verified when it arrived first, so skip the signature check (an
         // ed25519 verification in production).
-        if let Some(&s) = self.job_slot.get(&c.body.unit.job)
+        if let Some(s) = self.slot(&c.body.unit.job)
             && let Some(u) = self.units.get(&(s, c.body.unit.index))
             && u.tally.commits().contains(&c)
         {
@@ -1526,7 +1745,8 @@ impl Peer {
         let j = &self.jobs[key.0 as usize];
         let r = j.info.manifest.replication.result_copies as usize;
         let point = unit_point(&j.d.unit_ids[key.1 as usize]);
-        rank(self.view.ring(j.info.strict()), point, self.cfg.window, &mut self.scratch);
+        let strict = j.info.strict();
+        self.rank_unit(point, strict);
         self.scratch
             .iter()
             .filter(|(_, p)| !signers.contains(p))
@@ -1557,7 +1777,7 @@ impl Peer {
         // A lapsed lease whose holder is still in our view (its adverts keep arriving) is
         // most likely a slow or busy peer, not a lost one: extend it (a bounded number of
         // times) rather than run the unit a second time.
-        let (me, view) = (self.id, &self.view);
+        let me = self.id;
         let u = self.units.get_mut(&key).expect("tracked");
         if u.leases.any_lapsed(now) {
             // Not a blind extension: a short grace while we ask the holder. If it still has
@@ -1570,7 +1790,7 @@ impl Peer {
             let ext = u.leases.extend_lapsed(
                 now,
                 grace.min(lease_len),
-                |p| *p != me && !tally.has(p) && view.get(p).is_some(),
+                |p| *p != me && !tally.has(p),
                 |p| out.push(Action::Send { to: *p, msg: Message::Probe(unit) }),
             );
             if let Some(t) = ext {
@@ -1595,12 +1815,12 @@ impl Peer {
         }
         // Our view is a ring neighbourhood: it ranks correctly only units whose window holds
         // us. For any other unit we only observe.
-        if let Some((a, b)) = region(self.view.ring(strict), &self.id, self.cfg.window)
+        if let Some((a, b)) = self.view.region(strict, self.cfg.window)
             && point.wrapping_sub(a).wrapping_sub(1) >= b.wrapping_sub(a)
         {
             return;
         }
-        rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+        self.rank_unit(point, strict);
         let u = self.units.get_mut(&key).expect("tracked");
         // We handed the unit to a thief to shed load: while another replica holds it and the
         // thief has not handed it back, the next peer in line runs it, not us again.
@@ -1679,6 +1899,16 @@ impl Peer {
         }
     }
 
+    /// Ranks the candidates of the unit at ring `point` into `scratch` (see [`rank`]), unless
+    /// `scratch` already holds that ranking for the current view.
+    fn rank_unit(&mut self, point: u64, strict: bool) {
+        let key = (point, strict, self.view.epoch);
+        if self.ranked != Some(key) {
+            rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+            self.ranked = Some(key);
+        }
+    }
+
     /// The peers told about a unit's claims, commits and hand-backs: the best-ranked
     /// `max_replicas + 1` in our view, leaving out ourselves and peers that gave the unit up
     /// (so a hand-back reaches further down the ranking, to a peer that can run it).
@@ -1695,7 +1925,8 @@ impl Peer {
         let j = &self.jobs[key.0 as usize];
         let n = (j.info.manifest.replication.max_replicas as usize + 1).min(self.cfg.window);
         let point = unit_point(&j.d.unit_ids[key.1 as usize]);
-        rank(self.view.ring(j.info.strict()), point, self.cfg.window, &mut self.scratch);
+        let strict = j.info.strict();
+        self.rank_unit(point, strict);
         let leases = self.units.get(&key).map(|u| &u.leases);
         self.scratch
             .iter()
@@ -1772,7 +2003,7 @@ impl Peer {
     /// Advances the region scans until the ready queue is full.
     fn fill(&mut self) {
         let want = self.run_slots() as usize * self.cfg.queue_per_core;
-        if self.ready.len() >= want || self.jobs.iter().all(|j| j.scan.is_empty()) {
+        if self.ready.len() >= want || self.scanning == 0 {
             return;
         }
         let mut order: Vec<usize> = (0..self.jobs.len()).collect();
@@ -1782,18 +2013,28 @@ impl Peer {
                 continue;
             }
             while self.ready.len() < want {
-                let j = &mut self.jobs[s];
-                let Some(r) = j.scan.first_mut() else { break };
-                if r.0 >= r.1 {
-                    j.scan.remove(0);
-                    if j.scan.is_empty() {
-                        j.probe = false;
-                    }
-                    continue;
-                }
+                let Some(idx) = self.next_scan_index(s) else { break };
+                self.scan_unit(s as u32, idx);
+            }
+        }
+    }
+
+    /// Advances job `s`'s scan: the next unit index in our region, or `None` when done.
+    fn next_scan_index(&mut self, s: usize) -> Option<u32> {
+        let j = &mut self.jobs[s];
+        loop {
+            let r = j.scan.first_mut()?;
+            if r.0 < r.1 {
                 let (_, idx) = j.d.by_point[r.0];
                 r.0 += 1;
-                self.scan_unit(s as u32, idx);
+                return Some(idx);
+            }
+            j.scan.remove(0);
+            if j.scan.is_empty() {
+                j.probe_all = false;
+                j.probe_arcs.clear();
+                self.scanning -= 1;
+                return None;
             }
         }
     }
@@ -1812,9 +2053,9 @@ impl Peer {
         }
         let q = j.info.manifest.replication.quorum as usize;
         let point = unit_point(&j.d.unit_ids[idx as usize]);
-        let probe = j.probe;
+        let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
         let unit = UnitRef { job: j.info.job_id, index: idx };
-        rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+        self.rank_unit(point, strict);
         if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
             return;
         }
@@ -1840,7 +2081,7 @@ impl Peer {
     }
 
     fn on_finished(&mut self, unit: UnitRef, result: Result<BlobId, LocalFailure>) {
-        let Some(&s) = self.job_slot.get(&unit.job) else { return };
+        let Some(s) = self.slot(&unit.job) else { return };
         let key = (s, unit.index);
         let Some(u) = self.units.get_mut(&key) else { return };
         if u.mine != Mine::Running {
@@ -1893,7 +2134,7 @@ impl Peer {
     // ---------------------------------------------------------------- stealing
 
     fn try_steal(&mut self) {
-        if self.jobs.iter().any(|j| !j.scan.is_empty()) {
+        if self.scanning > 0 {
             return;
         }
         // Requests that brought nothing double the wait before the next (the network is
@@ -1912,6 +2153,64 @@ impl Peer {
         let max = (self.run_slots() - self.running.min(self.run_slots())) + self.run_slots();
         let msg = Message::StealRequest { max, thief: self.id, arch: self.arch, hops: STEAL_HOPS };
         self.out.push(Action::Send { to: v, msg });
+    }
+
+    /// Hands units from our scan backlog straight to a thief (up to `want` granted in all):
+    /// units we rank among the top `quorum` for but have not queued, so never reserved (no
+    /// release is needed; the thief's claim tells the watchers). A busy region's backlog sits
+    /// mostly in its scans, where a ready-queue steal cannot reach it.
+    fn grant_from_scan(
+        &mut self,
+        thief: PeerId,
+        thief_arch: ArchClass,
+        want: usize,
+        granted: &mut Vec<UKey>,
+    ) {
+        // Units looked at: most in a region are not ours (or are known already).
+        let mut budget = 8 * want + 64;
+        for s in 0..self.jobs.len() {
+            let j = &self.jobs[s];
+            if self.now < j.scan_after || (!j.info.strict() && thief_arch != self.arch) {
+                continue;
+            }
+            while granted.len() < want && budget > 0 {
+                let Some(idx) = self.next_scan_index(s) else { break };
+                budget -= 1;
+                let key = (s as u32, idx);
+                if self.units.contains_key(&key) || self.done.contains(&key) {
+                    continue;
+                }
+                let j = &self.jobs[s];
+                let strict = j.info.strict();
+                if !strict && j.d.class_of[idx as usize] != self.arch {
+                    continue;
+                }
+                let q = j.info.manifest.replication.quorum as usize;
+                let point = unit_point(&j.d.unit_ids[idx as usize]);
+                let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
+                self.rank_unit(point, strict);
+                if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
+                    continue;
+                }
+                if probe || position(&self.scratch, &thief).is_some_and(|p| p < q) {
+                    // Not one to hand out unseen (it may have run already, or the thief runs
+                    // it anyway): ours as usual.
+                    self.scan_unit(s as u32, idx);
+                    continue;
+                }
+                if self.units.len() >= self.cfg.max_tracked_units {
+                    self.stats.table_full += 1;
+                    return;
+                }
+                let lease = self.lease_len(s as u32);
+                let mut u = UnitState::new();
+                u.leases.claim(thief, self.now + lease);
+                // We step aside for it (see `evaluate`) as for a unit taken from our queue.
+                u.leases.hand_over(self.id, self.now + self.cfg.claim_grace_ms.min(lease));
+                self.units.insert(key, u);
+                granted.push(key);
+            }
+        }
     }
 
     /// Where a steal request goes next: the member of our own-class ring with the longest
@@ -1961,16 +2260,16 @@ impl Peer {
             Some(m) if m.arch != arch => return,
             _ => arch,
         };
-        let give = (max as usize).min(self.ready.len() / 2).min(MAX_BATCH);
+        let want = (max as usize).min(MAX_BATCH);
+        // Up to half our ready queue, newest first (the longest wait)...
+        let give = want.min(self.ready.len() / 2);
         let mut granted = Vec::new();
         let mut handed = Vec::new();
         let mut known = Vec::new();
-        let mut keep = VecDeque::new();
-        while let Some(key) = self.ready.pop_back() {
-            if granted.len() >= give {
-                keep.push_front(key);
-                continue;
-            }
+        let mut i = self.ready.len();
+        while i > 0 && granted.len() < give {
+            i -= 1;
+            let key = self.ready[i];
             let j = &self.jobs[key.0 as usize];
             let ok_arch = j.info.strict() || thief_arch == self.arch;
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
@@ -1978,11 +2277,14 @@ impl Peer {
             let q = j.info.manifest.replication.quorum as usize;
             let point = unit_point(&j.d.unit_ids[key.1 as usize]);
             let strict = j.info.strict();
-            rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+            self.rank_unit(point, strict);
             // Not a unit the thief runs anyway (one of its primaries).
             let thief_ok = position(&self.scratch, &thief).is_none_or(|p| p >= q);
             // Resolved while queued (retired): drop it from the queue.
-            let Some(u) = self.units.get_mut(&key) else { continue };
+            let Some(u) = self.units.get_mut(&key) else {
+                self.ready.remove(i);
+                continue;
+            };
             if ok_arch
                 && thief_ok
                 && u.mine == Mine::Queued
@@ -2006,13 +2308,15 @@ impl Peer {
                 // verdict.
                 known.extend(u.tally.commits().iter().copied());
                 self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
+                self.ready.remove(i);
                 granted.push(key);
                 handed.push((key, unit, handover));
-            } else {
-                keep.push_front(key);
             }
         }
-        self.ready = keep;
+        // ...then units of our region scan not queued yet.
+        if granted.len() < want && self.scanning > 0 {
+            self.grant_from_scan(thief, thief_arch, want, &mut granted);
+        }
         if granted.is_empty() {
             if hops > 0 {
                 // Go on away from where the request came from.

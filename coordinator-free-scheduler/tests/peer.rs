@@ -150,7 +150,7 @@ fn malformed_frames_and_forged_commits_are_dropped_and_counted() {
         queue_len: 0,
         seq: 1,
         ttl_ms: 1000,
-        jobs: vec![],
+        jobs: Arc::from([]),
     };
     let _ = p.handle(Event::Message { from, msg: Message::Advert(ad) }, 20).count();
     assert_eq!(p.stats().malformed, 4);

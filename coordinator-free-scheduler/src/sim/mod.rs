@@ -19,6 +19,10 @@
 //!   Announcements, bundle notices and sync requests reach every online peer.
 //! - Blob fetches take one link delay and succeed when a source is online and reachable.
 //! - Signatures use [`SimKeys`] (keyed BLAKE3) instead of ed25519.
+//! - The submitter's shell counts spare cores per architecture class from every advert it
+//!   hears ([`Peer::set_capacity_census`]); the simulator computes that census from the
+//!   reachable online peers when the jobs are submitted instead of delivering every advert
+//!   to the submitter.
 
 mod scenario;
 
@@ -253,34 +257,26 @@ impl Report {
     }
 }
 
+/// A queued event. Kept small (16 bytes) so the event heap moves little memory: messages in
+/// flight live in [`Sim::inflight`] and are named by their slot; rare events are boxed.
 enum Ev {
     Deliver {
         to: u32,
         from: u32,
-        msg: Box<Message>,
+        slot: u32,
     },
     /// One message to several peers at once (a broadcast, or the same claim or commit sent to
     /// a unit's watchers): one queue entry, delivered to each target in order.
     Multi {
-        to: Vec<u32>,
         from: u32,
-        msg: Box<Message>,
+        slot: u32,
     },
+    /// The peer's timer, set for the entry's time.
     Timer {
         peer: u32,
-        at: Millis,
     },
-    Finish {
-        peer: u32,
-        unit: UnitRef,
-        exec: u64,
-    },
-    Fetched {
-        peer: u32,
-        blob: BlobId,
-        purpose: FetchPurpose,
-        ok: bool,
-    },
+    Finish(Box<(u32, UnitRef, u64)>),
+    Fetched(Box<(u32, BlobId, FetchPurpose, bool)>),
     Submit,
     Churn,
     Crash(u32),
@@ -378,9 +374,15 @@ pub struct Sim {
     fail_reasons: Vec<String>,
     failed_without_reason: usize,
     buf: Vec<Action>,
+    /// Messages in flight: the message and, for a multicast, its targets. Slots are reused.
+    inflight: Vec<Option<(Message, Vec<u32>)>>,
+    free_slots: Vec<u32>,
+    /// Emptied target lists, kept for reuse.
+    spare_targets: Vec<Vec<u32>>,
     holders: Vec<u32>,
     next_fresh: usize,
-    by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Messages sent, by [`MESSAGE_KINDS`] index.
+    by_kind: [u64; MESSAGE_KINDS.len()],
     /// `Peer::handle` calls so far.
     pub handle_calls: u64,
     /// When set, every 8th `Peer::handle` call is timed with the wall clock (for the
@@ -450,8 +452,11 @@ impl Sim {
             fail_reasons: Vec::new(),
             failed_without_reason: 0,
             buf: Vec::new(),
+            inflight: Vec::new(),
+            free_slots: Vec::new(),
+            spare_targets: Vec::new(),
             holders: vec![0],
-            by_kind: Default::default(),
+            by_kind: [0; MESSAGE_KINDS.len()],
             next_fresh: 0,
             handle_calls: 0,
             time_handle: false,
@@ -644,35 +649,72 @@ impl Sim {
         d + self.rng.below(d / 4 + 1)
     }
 
+    /// Puts a message (and a multicast's targets) in flight; returns its slot.
+    fn stow(&mut self, msg: Message, to: Vec<u32>) -> u32 {
+        match self.free_slots.pop() {
+            Some(s) => {
+                self.inflight[s as usize] = Some((msg, to));
+                s
+            }
+            None => {
+                self.inflight.push(Some((msg, to)));
+                (self.inflight.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Takes a message out of flight, freeing its slot.
+    fn unstow(&mut self, slot: u32) -> (Message, Vec<u32>) {
+        let m = self.inflight[slot as usize].take().expect("message in flight");
+        self.free_slots.push(slot);
+        m
+    }
+
+    /// An empty target list (reused).
+    fn targets(&mut self) -> Vec<u32> {
+        self.spare_targets.pop().unwrap_or_default()
+    }
+
+    /// Returns a target list for reuse.
+    fn recycle(&mut self, mut v: Vec<u32>) {
+        v.clear();
+        self.spare_targets.push(v);
+    }
+
     fn send(&mut self, from: u32, to: u32, msg: Message) {
         self.messages += 1;
-        *self.by_kind.entry(msg.kind()).or_default() += 1;
+        self.by_kind[kind_ix(&msg)] += 1;
         if self.cfg.loss > 0.0 && self.rng.chance(self.cfg.loss) {
             return;
         }
         let t = self.now + self.link_delay(from, to);
-        self.push(t, Ev::Deliver { to, from, msg: Box::new(msg) });
+        let slot = self.stow(msg, Vec::new());
+        self.push(t, Ev::Deliver { to, from, slot });
     }
 
     /// Sends `msg` to every peer in `to` with one link delay for all (a stated simplification:
     /// the copies of one multicast arrive together). Loss is still drawn per recipient.
     fn multicast(&mut self, from: u32, mut to: Vec<u32>, msg: Message) {
         self.messages += to.len() as u64;
-        *self.by_kind.entry(msg.kind()).or_default() += to.len() as u64;
+        self.by_kind[kind_ix(&msg)] += to.len() as u64;
         if self.cfg.loss > 0.0 {
             let loss = self.cfg.loss;
             let rng = &mut self.rng;
             to.retain(|_| !rng.chance(loss));
         }
         match to.len() {
-            0 => {}
+            0 => self.recycle(to),
             1 => {
                 let t = self.now + self.link_delay(from, to[0]);
-                self.push(t, Ev::Deliver { to: to[0], from, msg: Box::new(msg) });
+                let to0 = to[0];
+                self.recycle(to);
+                let slot = self.stow(msg, Vec::new());
+                self.push(t, Ev::Deliver { to: to0, from, slot });
             }
             _ => {
                 let t = self.now + self.link_delay(from, to[0]);
-                self.push(t, Ev::Multi { to, from, msg: Box::new(msg) });
+                let slot = self.stow(msg, to);
+                self.push(t, Ev::Multi { from, slot });
             }
         }
     }
@@ -706,7 +748,9 @@ impl Sim {
                         if let Some((m, tos)) = group.take() {
                             self.multicast(i, tos, m);
                         }
-                        group = Some((msg, vec![t]));
+                        let mut tos = self.targets();
+                        tos.push(t);
+                        group = Some((msg, tos));
                     }
                 }
                 continue;
@@ -744,7 +788,7 @@ impl Sim {
                 }
             }
             Action::Broadcast(msg) => {
-                let mut targets = Vec::new();
+                let mut targets = self.targets();
                 if let Message::Advert(ad) = &msg {
                     let side = self.cfg.peer.view_side.max(self.cfg.peer.window) + 3;
                     let point = ad.peer.ring_point();
@@ -764,7 +808,7 @@ impl Sim {
                 let p = &mut self.peers[i as usize];
                 if p.timer_at != Some(at) {
                     p.timer_at = Some(at);
-                    self.push(at, Ev::Timer { peer: i, at });
+                    self.push(at, Ev::Timer { peer: i });
                 }
             }
             Action::StartUnit { unit, unit_id, job, .. } => {
@@ -784,18 +828,18 @@ impl Sim {
                 self.exec_seq += 1;
                 let exec = self.exec_seq;
                 if p.fault == Fault::Decliner {
-                    self.push(self.now + 1, Ev::Finish { peer: i, unit, exec: DECLINED });
+                    self.push(self.now + 1, Ev::Finish(Box::new((i, unit, DECLINED))));
                     return;
                 }
                 if !bundle_ok {
-                    self.push(self.now + 1000, Ev::Finish { peer: i, unit, exec: 0 });
+                    self.push(self.now + 1000, Ev::Finish(Box::new((i, unit, 0))));
                     return;
                 }
                 let duration = (cost as f64 / p.speed) as u64 + 2 * p.delay;
                 let cause = p.peer.run_cause(&unit).unwrap_or(RunCause::Rule);
                 let p = &mut self.peers[i as usize];
                 p.running.insert(unit, Running { cause, exec, started: self.now, cost, duration });
-                self.push(self.now + duration, Ev::Finish { peer: i, unit, exec });
+                self.push(self.now + duration, Ev::Finish(Box::new((i, unit, exec))));
             }
             Action::CancelUnit(unit) => {
                 let p = &mut self.peers[i as usize];
@@ -819,7 +863,7 @@ impl Sim {
                         }
                     }
                 }
-                self.push(self.now + delay + 1, Ev::Fetched { peer: i, blob, purpose, ok });
+                self.push(self.now + delay + 1, Ev::Fetched(Box::new((i, blob, purpose, ok))));
             }
             Action::UnitVerified { unit, result, .. } => {
                 if matches!(self.peers[i as usize].fault, Fault::Liar | Fault::Colluder) {
@@ -883,24 +927,35 @@ impl Sim {
             self.now = q.at;
             self.events += 1;
             match q.ev {
-                Ev::Deliver { to, from, msg } => {
+                Ev::Deliver { to, from, slot } => {
+                    let (msg, _) = self.unstow(slot);
                     self.trace_mix(q.at, to as u64);
                     if !self.reachable(from, to) {
                         continue;
                     }
                     let fromid = self.peers[from as usize].id;
-                    self.call(to, Event::Message { from: fromid, msg: *msg });
+                    self.call(to, Event::Message { from: fromid, msg });
                 }
-                Ev::Multi { to, from, msg } => {
+                Ev::Multi { from, slot } => {
+                    let (msg, to) = self.unstow(slot);
                     let fromid = self.peers[from as usize].id;
-                    for t in to {
+                    let last = to.len().saturating_sub(1);
+                    let mut msg = Some(msg);
+                    for (k, &t) in to.iter().enumerate() {
                         self.trace_mix(q.at, t as u64);
                         if self.reachable(from, t) {
-                            self.call(t, Event::Message { from: fromid, msg: (*msg).clone() });
+                            let m = if k == last {
+                                msg.take().expect("last copy")
+                            } else {
+                                msg.clone().expect("message")
+                            };
+                            self.call(t, Event::Message { from: fromid, msg: m });
                         }
                     }
+                    self.recycle(to);
                 }
-                Ev::Timer { peer, at } => {
+                Ev::Timer { peer } => {
+                    let at = q.at;
                     let p = &mut self.peers[peer as usize];
                     if p.timer_at != Some(at) || !p.alive || !p.online {
                         continue;
@@ -909,7 +964,8 @@ impl Sim {
                     self.trace_mix(at, peer as u64 | 1 << 40);
                     self.call(peer, Event::Timer);
                 }
-                Ev::Finish { peer, unit, exec } => {
+                Ev::Finish(f) => {
+                    let (peer, unit, exec) = *f;
                     let p = &mut self.peers[peer as usize];
                     if !p.alive || !p.online {
                         continue;
@@ -952,7 +1008,8 @@ impl Sim {
                     self.trace_mix(q.at, peer as u64 | 2 << 40);
                     self.call(peer, Event::UnitFinished { unit, result });
                 }
-                Ev::Fetched { peer, blob, purpose, ok } => {
+                Ev::Fetched(f) => {
+                    let (peer, blob, purpose, ok) = *f;
                     let p = &mut self.peers[peer as usize];
                     if !p.alive || !p.online {
                         continue;
@@ -966,6 +1023,20 @@ impl Sim {
                 Ev::Submit => {
                     let ms: Vec<Manifest> = self.jobs.iter().map(|j| j.1.clone()).collect();
                     let s = self.submitter;
+                    // The submitter's shell hears every advert by gossip (the simulator only
+                    // delivers adverts to the ring neighbours that keep them) and counts the
+                    // spare cores per class of the peers it can reach.
+                    let mut census: Vec<(ArchClass, u32)> = Vec::new();
+                    for i in 0..self.peers.len() as u32 {
+                        if i != s && self.reachable(s, i) {
+                            let p = &self.peers[i as usize];
+                            match census.iter_mut().find(|(c, _)| *c == p.arch) {
+                                Some((_, w)) => *w += u32::from(p.cores),
+                                None => census.push((p.arch, u32::from(p.cores))),
+                            }
+                        }
+                    }
+                    self.peers[s as usize].peer.set_capacity_census(census);
                     for m in ms {
                         self.call(s, Event::Submit(Box::new(m)));
                     }
@@ -1065,10 +1136,11 @@ impl Sim {
             failed_without_reason: self.failed_without_reason,
             fail_reasons: self.fail_reasons.clone(),
             ideal_ms: self.ideal_ms(),
-            by_kind: self
-                .by_kind
+            by_kind: MESSAGE_KINDS
                 .iter()
-                .map(|(k, v)| format!("{k}={v}"))
+                .zip(self.by_kind)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
                 .collect::<Vec<_>>()
                 .join(" "),
             ..Default::default()
@@ -1230,7 +1302,47 @@ impl Sim {
     }
 }
 
-/// `Ev::Finish::exec` of a unit a [`Fault::Decliner`] declined.
+/// Message kinds as [`Message::kind`] names them, in the report's (alphabetical) order.
+const MESSAGE_KINDS: [&str; 15] = [
+    "advert",
+    "announce",
+    "claim",
+    "commit",
+    "get_job",
+    "have_bundle",
+    "ping",
+    "pong",
+    "probe",
+    "probe_reply",
+    "release",
+    "steal_grant",
+    "steal_request",
+    "sync_reply",
+    "sync_request",
+];
+
+/// Index of a message's kind in [`MESSAGE_KINDS`].
+fn kind_ix(m: &Message) -> usize {
+    match m {
+        Message::Advert(_) => 0,
+        Message::Announce(_) => 1,
+        Message::Claim { .. } => 2,
+        Message::Commit(_) => 3,
+        Message::GetJob(_) => 4,
+        Message::HaveBundle(_) => 5,
+        Message::Ping => 6,
+        Message::Pong => 7,
+        Message::Probe(_) => 8,
+        Message::ProbeReply { .. } => 9,
+        Message::Release { .. } => 10,
+        Message::StealGrant(_) => 11,
+        Message::StealRequest { .. } => 12,
+        Message::SyncReply(_) => 13,
+        Message::SyncRequest(_) => 14,
+    }
+}
+
+/// `Ev::Finish` exec number of a unit a [`Fault::Decliner`] declined.
 const DECLINED: u64 = u64::MAX;
 
 fn cause_ix(c: RunCause) -> usize {
