@@ -187,6 +187,12 @@ async fn ten_nodes_in_a_chain_converge_then_forget_killed_and_leaving_nodes() ->
         }
         wait_until(n, deadline, "killed node 5 gone", |n| !n.knows(&ids[5])).await?;
         wait_until(n, deadline, "leaving node 7 gone", |n| !n.knows(&ids[7])).await?;
+        // Departed peers are remembered: nothing is sent to them (a crashed peer would
+        // hold a sender until a connect timeout) until they advertise again.
+        assert!(n.departed(&ids[5]) && n.departed(&ids[7]), "node {i}");
+        let refused = n.send(ids[5], b"anyone there?".to_vec()).await;
+        let reason = format!("{:?}", refused.expect_err("a send to a crashed peer fails"));
+        assert!(reason.contains("the peer left"), "node {i}: {reason}");
     }
     next_event(
         &mut events9,
