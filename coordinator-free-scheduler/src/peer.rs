@@ -2043,7 +2043,7 @@ impl Peer {
         let key = (slot, idx);
         // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
         // only looks for units we do not know yet.
-        if self.units.contains_key(&key) || self.done.contains(&key) {
+        if self.done.contains(&key) || self.units.contains_key(&key) {
             return;
         }
         let j = &self.jobs[slot as usize];

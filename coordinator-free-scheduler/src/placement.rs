@@ -49,13 +49,32 @@ pub fn rank(ring: &[Member], key: u64, window: usize, out: &mut Vec<(f64, PeerId
     }
     let start = successor(ring, key);
     let n = window.min(ring.len());
+    // Sort small (score, index) pairs, not (score, peer id): ranking runs on most messages.
+    let mut tmp = [(0f64, 0usize); 64];
+    if n > tmp.len() {
+        for k in 0..n {
+            let m = &ring[(start + k) % ring.len()];
+            if m.weight > 0 {
+                out.push((score(key, m.point, m.weight), m.peer));
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        return;
+    }
+    let mut len = 0;
     for k in 0..n {
-        let m = &ring[(start + k) % ring.len()];
+        let i = (start + k) % ring.len();
+        let m = &ring[i];
         if m.weight > 0 {
-            out.push((score(key, m.point, m.weight), m.peer));
+            tmp[len] = (score(key, m.point, m.weight), i);
+            len += 1;
         }
     }
-    out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let tmp = &mut tmp[..len];
+    tmp.sort_unstable_by(|a, b| {
+        a.0.total_cmp(&b.0).then_with(|| ring[a.1].peer.cmp(&ring[b.1].peer))
+    });
+    out.extend(tmp.iter().map(|&(s, i)| (s, ring[i].peer)));
 }
 
 /// Where `me` ranks for a unit (0 = best), if it is a candidate.
