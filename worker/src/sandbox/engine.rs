@@ -137,7 +137,7 @@ pub fn build(flavor: Flavor, sizing: PoolSizing) -> wasmtime::Result<EngineSlot>
     let engine = Engine::new(&config)?;
 
     let mut linker: Linker<UnitState> = Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut UnitState| &mut s.wasi)?;
+    super::wasi::add_to_linker(&mut linker, |s: &mut UnitState| &mut s.wasi)?;
     let mut store = wasmtime::Store::new(&engine, UnitState::empty());
     let known_imports =
         linker.iter(&mut store).map(|(m, n, _)| (m.to_string(), n.to_string())).collect();

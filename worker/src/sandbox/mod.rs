@@ -2,7 +2,8 @@
 //! inputs, in process.
 //!
 //! - [`engine`]: the shared wasmtime engines (one per [`Flavor`]) and their WASI linker.
-//! - [`wasi`]: the unit's WASI preview-1 world (pipes, args, fixed clocks, seeded random).
+//! - [`wasi`]: the unit's WASI preview-1 world, our own small host (stdio in memory, args,
+//!   fixed clocks, seeded random).
 //! - [`state`]: per-unit store state and the memory/table limiter.
 //! - [`check`]: cheap checks on module bytes before compiling.
 //! - [`outcome_map`]: how a run ended → [`ova_jobs::Outcome`].
@@ -141,6 +142,8 @@ impl Default for SandboxConfig {
 pub struct Prepared {
     pre: InstancePre<UnitState>,
     start: ModuleExport,
+    /// The exported memory host calls use, if the module exports one named `memory`.
+    memory: Option<ModuleExport>,
 }
 
 type Slot = Arc<OnceLock<Result<Arc<Prepared>, Outcome>>>;
@@ -338,7 +341,11 @@ impl Sandbox {
                 check::compile_error_reason(&e)
             ),
         })?;
-        Ok(Prepared { pre, start })
+        let memory = match module.get_export("memory") {
+            Some(wasmtime::ExternType::Memory(_)) => module.get_export_index("memory"),
+            _ => None,
+        };
+        Ok(Prepared { pre, start, memory })
     }
 
     /// Runs one unit to completion and describes how it ended.
@@ -399,15 +406,14 @@ impl Sandbox {
         flavor: Flavor,
     ) -> (Outcome, Vec<u8>, Vec<u8>, bool, Option<u64>) {
         let limits = &req.limits;
-        let (wasi, pipes) = wasi::unit_ctx(
-            &req.unit,
-            req.input.clone(),
-            &req.args,
-            limits.max_output_bytes,
-            limits.max_stderr_bytes,
-        );
         let state = UnitState {
-            wasi,
+            wasi: wasi::UnitWasi::new(
+                &req.unit,
+                req.input.clone(),
+                &req.args,
+                limits.max_output_bytes,
+                limits.max_stderr_bytes,
+            ),
             limiter: UnitLimiter::new(limits.memory_bytes, self.config.max_table_elements),
         };
         let mut store = Store::new(p.pre.module().engine(), state);
@@ -421,6 +427,12 @@ impl Sandbox {
             store.epoch_deadline_trap();
         }
         let result = p.pre.instantiate(&mut store).and_then(|instance| {
+            let memory = p
+                .memory
+                .as_ref()
+                .and_then(|m| instance.get_module_export(&mut store, m))
+                .and_then(|e| e.into_memory());
+            store.data_mut().wasi.set_memory(memory);
             let f = instance
                 .get_module_export(&mut store, &p.start)
                 .and_then(|e| e.into_func())
@@ -428,7 +440,7 @@ impl Sandbox {
             f.typed::<(), ()>(&store)?.call(&mut store, ())
         });
         let facts = outcome_map::RunFacts {
-            stdout_overflowed: pipes.stdout.overflowed(),
+            stdout_overflowed: store.data().wasi.stdout().overflowed,
             limit_hit: store.data().limiter.hit,
             max_output: limits.max_output_bytes,
             fuel: limits.fuel,
@@ -436,14 +448,12 @@ impl Sandbox {
         };
         let outcome = outcome_map::classify(&result, &facts);
         let fuel_used = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));
-        drop(store);
-        let stdout = if matches!(outcome, Outcome::OutputTooLarge { .. }) {
-            Vec::new()
-        } else {
-            pipes.stdout.take()
-        };
-        let truncated = pipes.stderr.overflowed();
-        let mut stderr = pipes.stderr.take();
+        let (out, err) = store.into_data().wasi.into_output();
+        // A cut output is never returned.
+        let stdout =
+            if matches!(outcome, Outcome::OutputTooLarge { .. }) { Vec::new() } else { out.data };
+        let truncated = err.overflowed;
+        let mut stderr = err.data;
         if let (Outcome::Trap { kind: ova_jobs::TrapKind::HostError }, Err(e)) = (&outcome, &result)
         {
             // Tell the author what the host refused (stderr is not hashed).

@@ -5,7 +5,8 @@
 
 use ova_jobs::{Outcome, Phase, TrapKind};
 use wasmtime::Trap;
-use wasmtime_wasi::I32Exit;
+
+use super::wasi::Exit;
 
 /// Host-side facts about a finished run.
 pub struct RunFacts {
@@ -33,7 +34,7 @@ pub fn classify(result: &wasmtime::Result<()>, facts: &RunFacts) -> Outcome {
     if let Some((resource, requested, limit)) = facts.limit_hit {
         return Outcome::OutOfMemory { resource, requested, limit };
     }
-    if let Some(exit) = err.downcast_ref::<I32Exit>() {
+    if let Some(exit) = err.downcast_ref::<Exit>() {
         return if exit.0 == 0 { Outcome::Success } else { Outcome::Exit { code: exit.0 } };
     }
     if let Some(trap) = err.downcast_ref::<Trap>() {

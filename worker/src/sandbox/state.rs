@@ -1,22 +1,29 @@
-//! Per-unit store state: the WASI context and the resource limiter.
+//! Per-unit store state: the WASI world and the resource limiter.
 
-use ova_jobs::Resource;
+use ova_jobs::{BlobId, Resource, UnitId};
 use wasmtime::ResourceLimiter;
-use wasmtime_wasi::p1::WasiP1Ctx;
+
+use super::wasi::UnitWasi;
 
 /// What a unit's `Store` holds.
 pub struct UnitState {
-    /// WASI preview 1 (stdin/stdout/stderr pipes, args, fixed clocks, seeded random).
-    pub wasi: WasiP1Ctx,
+    /// WASI preview 1 (stdin/stdout/stderr in memory, args, fixed clocks, seeded random).
+    pub wasi: UnitWasi,
     /// Memory and table limits.
     pub limiter: UnitLimiter,
 }
 
 impl UnitState {
-    /// A state with an empty WASI context and no limits (used to list the linker's names).
+    /// A state with an empty WASI world and no limits (used to list the linker's names).
     pub fn empty() -> Self {
         Self {
-            wasi: wasmtime_wasi::WasiCtxBuilder::new().build_p1(),
+            wasi: UnitWasi::new(
+                &UnitId::derive(&BlobId::of(&[]), &BlobId::of(&[]), &[]),
+                Default::default(),
+                &[],
+                0,
+                0,
+            ),
             limiter: UnitLimiter::new(u64::MAX, usize::MAX),
         }
     }
