@@ -11,7 +11,7 @@
 //!
 //! Run: `cargo bench -p ova-worker --bench executor` (after `scripts/build-examples.sh`).
 //! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads, well
-//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare` (one part, e.g. under a profiler; the parts
+//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare|sandbox` (one part, e.g. under a profiler; the parts
 //! left out print as NaN).
 //! The last three lines are `P2 reference: bare wasmtime instantiate+run units/s=<n>`,
 //! `P1 wasm/native geomean=<ratio>` and `P2 trivial units/s=<n>`.
@@ -151,6 +151,34 @@ fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> f64 {
     (per * threads) as f64 / secs
 }
 
+/// `n` distinct trivial units: a module that echoes its 64-byte input.
+fn echo_requests(n: usize) -> Vec<UnitRequest> {
+    let echo = ModuleSource::new(
+        wat::parse_str(
+            r#"(module
+ (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+ (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 1)
+ (func (export "_start")
+   (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 1024))
+   (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+   (i32.store (i32.const 4) (i32.load (i32.const 8)))
+   (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        )
+        .unwrap(),
+    );
+    let payload = [7u8; 64];
+    let mut base = request(&echo, &payload, &[]);
+    base.limits = Limits { memory_bytes: 1 << 20, deadline_ms: 10_000, ..base.limits };
+    (0..n)
+        .map(|i| {
+            let mut r = base.clone();
+            r.unit = UnitId::derive(&echo.id(), &BlobId::of(&payload), &[i.to_string()]);
+            r
+        })
+        .collect()
+}
+
 fn supervised(cores: usize) -> SupervisedExecutor {
     let mut c = SupervisorConfig::new(cores);
     c.program = PathBuf::from(env!("CARGO_BIN_EXE_ova-executor"));
@@ -218,9 +246,14 @@ fn main() {
 
     let only = std::env::var("OVA_BENCH_ONLY").unwrap_or_default();
     let part = |p: &str| only.is_empty() || only == p;
+    let n = if quick { 200_000 } else { 1_000_000 };
     if only == "bare" {
-        let n = if quick { 200_000 } else { 1_000_000 };
         println!("bare wasmtime instantiate+run units/s={:.0}", bare_wasmtime(cores, n));
+        return;
+    }
+    if only == "sandbox" {
+        let rate = sandbox_direct(cores, &echo_requests(n));
+        println!("Sandbox::run in a loop (64-byte echo) units/s={rate:.0}");
         return;
     }
     let mut kernels = vec![
@@ -321,20 +354,6 @@ fn main() {
     );
 
     // P2: trivial units.
-    let echo = ModuleSource::new(
-        wat::parse_str(
-            r#"(module
- (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
- (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
- (memory (export "memory") 1)
- (func (export "_start")
-   (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 1024))
-   (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-   (i32.store (i32.const 4) (i32.load (i32.const 8)))
-   (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-        )
-        .unwrap(),
-    );
     let n_units = match (part("p2"), quick) {
         (false, _) => 0,
         (true, true) => 20_000,
@@ -345,16 +364,7 @@ fn main() {
         println!("P2 trivial units/s=NaN");
         return;
     }
-    let payload = [7u8; 64];
-    let mut base = request(&echo, &payload, &[]);
-    base.limits = Limits { memory_bytes: 1 << 20, deadline_ms: 10_000, ..base.limits };
-    let reqs: Vec<UnitRequest> = (0..n_units)
-        .map(|i| {
-            let mut r = base.clone();
-            r.unit = UnitId::derive(&echo.id(), &BlobId::of(&payload), &[i.to_string()]);
-            r
-        })
-        .collect();
+    let reqs = echo_requests(n_units);
     let flavored = |f: &dyn Fn(&mut UnitRequest)| {
         reqs.iter()
             .cloned()
