@@ -24,20 +24,24 @@
 //!    lease, nor let one lapse, run it — as many as are still needed, never more than
 //!    `max_replicas` in all. This one rule covers the first run, extra replicas after a
 //!    mismatch and take-over after a lapsed lease.
-//! 5. When the view changes (a neighbour joins or expires), a peer rescans its region; units it
-//!    newly ranks high for are first probed ([`Message::Probe`]) so finished work is not redone.
-//! 6. An idle peer with nothing left to scan asks the busiest neighbour for queued units.
+//! 5. When a neighbour leaves or expires, a peer rescans its region (a newcomer only pushes it
+//!    down the rankings); units in the arc its region gained are first probed
+//!    ([`Message::Probe`]) so finished work is not redone.
+//! 6. An idle peer with nothing left to scan asks the busiest peer it knows for queued units;
+//!    a peer with nothing to give forwards the request, and the grant names the unit's
+//!    watchers, so work moves between distant parts of the ring.
 //!
 //! ## Churn without duplicate work
 //! - A claim made when a unit is *queued* reserves it for the wait behind the queue plus the
 //!   run; watchers accept reservations up to that bound, so an honest queue wait never looks
 //!   like a lapse.
-//! - A lapsed lease whose holder is still in the watcher's view is extended briefly (at most
+//! - A lapsed lease whose holder has not left the watcher's view is extended briefly (at most
 //!   [`crate::lease::MAX_EXTENSIONS`] times) while the watcher probes the holder: a holder
 //!   that still has the unit renews its lease in the reply, one that finished replies with its
 //!   commit, and only silence re-places the unit. Implicit leases (peers ranked ahead that
-//!   never claimed) get one such probe. When the holder *leaves* the view (graceful leave, or
-//!   its adverts expire) its leases end at once and the unit is re-placed without waiting.
+//!   never claimed) get one such probe. When the holder *leaves* the view (graceful leave, its
+//!   adverts expire, or it stays silent and does not answer a [`Message::Ping`]) its leases
+//!   end at once and the unit is re-placed without waiting.
 //! - A peer that cannot run a unit (its shell declined it: an allow-list, missing inputs)
 //!   hands it back with a claim ending at 0. Watchers leave that peer out of the unit's
 //!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
@@ -1774,9 +1778,9 @@ impl Peer {
         let strict = j.info.strict();
         let now = self.now;
         let lease_len = self.lease_len(key.0);
-        // A lapsed lease whose holder is still in our view (its adverts keep arriving) is
-        // most likely a slow or busy peer, not a lost one: extend it (a bounded number of
-        // times) rather than run the unit a second time.
+        // A lapsed lease whose holder has not left our view is most likely a slow or busy
+        // peer, not a lost one: extend it (a bounded number of times) rather than run the
+        // unit a second time.
         let me = self.id;
         let u = self.units.get_mut(&key).expect("tracked");
         if u.leases.any_lapsed(now) {
