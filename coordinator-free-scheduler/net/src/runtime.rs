@@ -1232,7 +1232,8 @@ impl Driver {
         }
         // Memoisation: the same computation (a unit id names module, input and arguments) was
         // verified by a quorum before and its record is held here — reuse it, run nothing.
-        if let Ok(Some(result)) = self.store.verified(&unit_id)
+        let verified_before = self.store.verified(&unit_id).ok().flatten();
+        if let Some(result) = verified_before
             && self.store.has_blob(&result).unwrap_or(false)
         {
             debug!(%unit_id, "verified before; reusing the result");
@@ -1246,8 +1247,27 @@ impl Driver {
         let store = self.store.clone();
         let fetcher = self.fetcher();
         let modules = self.modules.clone();
-        self.events.send(JobEvent::UnitStarted { unit }).ok();
+        let events = self.events.clone();
+        let observer = self.observer.clone();
+        // We saw the unit verified but do not hold its result (we neither ran it nor keep a
+        // copy): ask the peers we know for those bytes (checked against the verified hash)
+        // before computing it again.
+        let result_sources: Vec<PeerId> = match verified_before {
+            Some(_) => {
+                self.node.peers().iter().map(|p| peer_id(&p.id)).take(MAX_MEMO_SOURCES).collect()
+            }
+            None => Vec::new(),
+        };
         let task = tokio::spawn(async move {
+            if let Some(result) = verified_before
+                && fetcher.fetch_into_rounds(&result_sources, result, &[Duration::ZERO]).await
+            {
+                debug!(%unit_id, "verified before; fetched the result instead of running");
+                observer.unit_memoised();
+                done_tx.send(Done::Unit(unit, Ok((result, None)), None)).await.ok();
+                return;
+            }
+            events.send(JobEvent::UnitStarted { unit }).ok();
             let m = &job.manifest;
             let Some(spec) = m.units.get(unit.index as usize) else {
                 done_tx
@@ -1367,6 +1387,9 @@ fn persist(store: &Store, writes: &[Pending], durable: bool) -> Result<(), Store
     if durable { store.write(apply) } else { store.write_deferred(apply) }
 }
 
+/// Most peers asked for a verified result's bytes before a unit is computed again.
+const MAX_MEMO_SOURCES: usize = 8;
+
 /// Pauses before each round of blob fetches from a unit's sources (the first is immediate).
 const FETCH_RETRY_PAUSES: [Duration; 3] =
     [Duration::ZERO, Duration::from_millis(300), Duration::from_millis(1_500)];
@@ -1386,10 +1409,15 @@ struct Fetcher {
 impl Fetcher {
     /// Makes sure blob `id` is in the store, fetching it from the first of `from` that has it.
     async fn fetch_into(&self, from: &[PeerId], id: BlobId) -> bool {
+        self.fetch_into_rounds(from, id, &FETCH_RETRY_PAUSES).await
+    }
+
+    /// [`Fetcher::fetch_into`] with its own retry pauses (`&[Duration::ZERO]`: one round).
+    async fn fetch_into_rounds(&self, from: &[PeerId], id: BlobId, pauses: &[Duration]) -> bool {
         if self.store.has_blob(&id).unwrap_or(false) {
             return true;
         }
-        match self.fetch_bytes(from, id).await {
+        match self.fetch_bytes_rounds(from, id, pauses).await {
             Some((_, true)) => true,
             Some((bytes, false)) => {
                 let store = self.store.clone();
@@ -1406,6 +1434,15 @@ impl Fetcher {
     /// Blob `id`'s bytes, from the store (`true`) or else from the first of `from` that has
     /// it (`false`: checked against the id, not stored).
     async fn fetch_bytes(&self, from: &[PeerId], id: BlobId) -> Option<(Vec<u8>, bool)> {
+        self.fetch_bytes_rounds(from, id, &FETCH_RETRY_PAUSES).await
+    }
+
+    async fn fetch_bytes_rounds(
+        &self,
+        from: &[PeerId],
+        id: BlobId,
+        pauses: &[Duration],
+    ) -> Option<(Vec<u8>, bool)> {
         if let Ok(Some(bytes)) = self.store.blob(&id) {
             return Some((bytes, true));
         }
@@ -1418,7 +1455,7 @@ impl Fetcher {
             .collect();
         // Peers in our table first: a peer that left (or crashed) costs a connect timeout.
         candidates.sort_by_key(|p| !self.node.knows(p));
-        for (round, pause) in FETCH_RETRY_PAUSES.iter().enumerate() {
+        for (round, pause) in pauses.iter().enumerate() {
             if round > 0 {
                 // Nobody answered. Right after start-up that is usually a peer whose address
                 // has not reached us yet (its advert is on the way): wait a little and try
