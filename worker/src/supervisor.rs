@@ -26,15 +26,19 @@
 //! are retried up to [`SupervisorConfig::max_crashes`] times, then fail with
 //! [`Outcome::Failed`].
 //!
-//! Cost on well-behaved units: one small frame each way per unit over pipes, batched (the
-//! writers flush whatever has accumulated; a unit that is already done when the child's writer
-//! gets to its `Started` frame needs no deadline and is reported by its `Done` alone; the child
-//! runs a batch of requests as one rayon job), measured by the P2 benchmark.
+//! Cost on well-behaved units: one small frame each way per unit over pipes, batched. The
+//! supervisor's writer sends whatever has accumulated; the child runs a batch of requests as
+//! one rayon job; the thread that finishes a unit writes its result itself (or leaves it to the
+//! thread already writing, which sends it along), so no thread is woken per result; and only a
+//! unit still running after [`REPORT_STARTED_AFTER`] is reported as started (its deadline
+//! backdated to its real start) — a shorter one is reported by its `Done` alone. Measured by
+//! the P2 benchmark.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -651,11 +655,13 @@ pub fn child_main() -> std::io::Result<()> {
         .build()
         .map_err(std::io::Error::other)?;
 
-    let out = Arc::new(ChildOut::default());
+    // Frames go to a duplicate of fd 1, bypassing `std::io::Stdout`'s line buffering (these
+    // are binary frames; nothing else writes to our stdout).
+    let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let out = Arc::new(ChildOut::new(stdout));
     let o = out.clone();
-    let writer = std::thread::Builder::new()
-        .name("ova-child-writer".into())
-        .spawn(move || o.write_loop(std::io::stdout().lock()))?;
+    let ticker =
+        std::thread::Builder::new().name("ova-child-ticker".into()).spawn(move || o.ticker())?;
 
     let mut modules: HashMap<BlobId, Arc<ModuleSource>, Fast> = HashMap::default();
     let stdin = std::io::stdin();
@@ -713,7 +719,7 @@ pub fn child_main() -> std::io::Result<()> {
     // The supervisor closed our stdin: it is shutting down.
     drop(pool);
     out.close();
-    let _ = writer.join();
+    let _ = ticker.join();
     Ok(())
 }
 
@@ -725,26 +731,46 @@ fn run_one(sandbox: &crate::sandbox::Sandbox, out: &ChildOut, seq: u64, req: &Un
     out.done(seq, result);
 }
 
-/// The child's outgoing frames, shared by the pool threads and the writer thread.
-#[derive(Default)]
+/// How long a unit runs before the child reports that it started. Shorter units are reported
+/// by their `Done` frame alone: the supervisor has no deadline to watch for them, and not
+/// waking a thread per unit start is a large part of what keeps trivial units cheap (P2). The
+/// report carries how long the unit had been running, so the deadline still counts from its
+/// real start.
+pub const REPORT_STARTED_AFTER: Duration = Duration::from_millis(1);
+
+/// The child's outgoing frames: the pool threads write their own `Done` (and `Compiling`)
+/// frames; the ticker thread reports units still running after [`REPORT_STARTED_AFTER`].
+///
+/// Whoever has frames to send writes them, unless another thread is writing already, in
+/// which case that one writes them too before it lets go (flat combining): no thread is woken
+/// to write a result, and results that finish together go out in one `write`.
 struct ChildOut {
     state: Mutex<ChildOutState>,
-    cv: Condvar,
+    /// Wakes the ticker: a unit started while it had nothing to time, or shutdown.
+    ticker_cv: Condvar,
+    /// Held by the thread that is writing.
+    sink: Mutex<Sink>,
+}
+
+struct Sink {
+    /// Our stdout (a duplicate of fd 1), written without Rust's line buffering.
+    file: std::fs::File,
+    /// The frames being written (swapped with [`ChildOutState::frames`], so both keep their
+    /// capacity).
+    buf: Vec<u8>,
+    /// A write failed: the supervisor is gone, frames are dropped.
+    broken: bool,
 }
 
 #[derive(Default)]
 struct ChildOutState {
     /// Encoded frames not yet written.
     frames: Vec<u8>,
-    /// Units that started running and whose `Started` frame is not written yet.
+    /// Units that started running and have not been reported (nor finished).
     started: Vec<(u64, Instant)>,
+    /// The ticker waits without a timeout (nothing to time): a new start must wake it.
+    ticker_idle: bool,
     closed: bool,
-}
-
-impl ChildOutState {
-    fn idle(&self) -> bool {
-        self.frames.is_empty() && self.started.is_empty()
-    }
 }
 
 thread_local! {
@@ -752,27 +778,30 @@ thread_local! {
 }
 
 impl ChildOut {
+    fn new(stdout: std::fs::File) -> Self {
+        Self {
+            state: Mutex::new(ChildOutState::default()),
+            ticker_cv: Condvar::new(),
+            sink: Mutex::new(Sink { file: stdout, buf: Vec::new(), broken: false }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, ChildOutState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn compiling(&self, seq: u64) {
-        let mut st = self.lock();
-        let wake = st.idle();
-        ipc::encode_into(&mut st.frames, &FromChild::Compiling { seq });
-        drop(st);
-        if wake {
-            self.cv.notify_one();
-        }
+        ipc::encode_into(&mut self.lock().frames, &FromChild::Compiling { seq });
+        self.flush();
     }
 
     fn started(&self, seq: u64) {
         let mut st = self.lock();
-        let wake = st.idle();
         st.started.push((seq, Instant::now()));
+        let wake = std::mem::take(&mut st.ticker_idle);
         drop(st);
         if wake {
-            self.cv.notify_one();
+            self.ticker_cv.notify_one();
         }
     }
 
@@ -782,51 +811,93 @@ impl ChildOut {
             buf.clear();
             ipc::encode_into(buf, &FromChild::Done { seq, result: Box::new(result) });
             let mut st = self.lock();
-            let wake = st.idle();
-            // Not written yet: the unit is done, so nobody needs to know it started.
+            // Not reported yet: the unit is done, so nobody needs to know it started.
             if let Some(i) = st.started.iter().position(|(s, _)| *s == seq) {
                 st.started.swap_remove(i);
             }
             st.frames.extend_from_slice(buf);
             drop(st);
-            if wake {
-                self.cv.notify_one();
-            }
             buf.truncate(1 << 16);
             buf.shrink_to(1 << 16);
         });
+        self.flush();
+    }
+
+    /// Writes every queued frame, unless another thread is writing: that one writes ours too.
+    fn flush(&self) {
+        loop {
+            let mut sink = match self.sink.try_lock() {
+                Ok(s) => s,
+                Err(std::sync::TryLockError::WouldBlock) => return,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            };
+            loop {
+                let Sink { file, buf, broken } = &mut *sink;
+                buf.clear();
+                std::mem::swap(buf, &mut self.lock().frames);
+                if buf.is_empty() {
+                    break;
+                }
+                if !*broken && file.write_all(buf).is_err() {
+                    *broken = true;
+                }
+                if buf.capacity() > 4 << 20 {
+                    *buf = Vec::new();
+                }
+            }
+            drop(sink);
+            // A frame queued after our last look but before we let go found the sink taken
+            // and left it to us: look once more.
+            if self.lock().frames.is_empty() {
+                return;
+            }
+        }
     }
 
     fn close(&self) {
         self.lock().closed = true;
-        self.cv.notify_one();
+        self.ticker_cv.notify_one();
     }
 
-    fn write_loop(&self, stdout: impl Write) {
-        let mut out = BufWriter::with_capacity(1 << 16, stdout);
-        let mut buf = Vec::new();
+    /// Reports units that have run for [`REPORT_STARTED_AFTER`], until [`ChildOut::close`].
+    fn ticker(&self) {
+        let mut st = self.lock();
         loop {
-            let mut st = self.lock();
-            while st.idle() && !st.closed {
-                st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.idle() && st.closed {
+            if st.closed {
+                drop(st);
+                self.flush();
                 return;
             }
-            buf.clear();
-            std::mem::swap(&mut buf, &mut st.frames);
             let now = Instant::now();
-            for (seq, at) in st.started.drain(..) {
-                let running_us = now.saturating_duration_since(at).as_micros() as u64;
-                ipc::encode_into(&mut buf, &FromChild::Started { seq, running_us });
+            let due = |at: Instant| now.saturating_duration_since(at) >= REPORT_STARTED_AFTER;
+            if st.started.iter().any(|(_, at)| due(*at)) {
+                let ChildOutState { frames, started, .. } = &mut *st;
+                started.retain(|(seq, at)| {
+                    if !due(*at) {
+                        return true;
+                    }
+                    let running_us = now.saturating_duration_since(*at).as_micros() as u64;
+                    ipc::encode_into(frames, &FromChild::Started { seq: *seq, running_us });
+                    false
+                });
+                drop(st);
+                self.flush();
+                st = self.lock();
+                continue;
             }
-            drop(st);
-            if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
-                return;
-            }
-            if buf.capacity() > 4 << 20 {
-                buf = Vec::new();
-            }
+            // A timer wait: the next report is due when the oldest unit has run long enough.
+            st = match st.started.iter().map(|(_, at)| *at).min() {
+                Some(oldest) => {
+                    let wait = (oldest + REPORT_STARTED_AFTER).saturating_duration_since(now);
+                    self.ticker_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
+                }
+                None => {
+                    st.ticker_idle = true;
+                    let mut st = self.ticker_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.ticker_idle = false;
+                    st
+                }
+            };
         }
     }
 }
