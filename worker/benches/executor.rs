@@ -7,11 +7,13 @@
 //! - P2: trivial units (64-byte echo) through the executor, on 1 core and on all cores, plain
 //!   vs epoch vs fuel, and in-process without supervision for reference; submitted in batches
 //!   ([`Executor::submit_batch`]). Beside them, the ceiling: bare wasmtime (same pooling
-//!   engine) instantiating and running an empty module, with no WASI and no executor.
+//!   engine) instantiating and running an empty module, with no WASI and no executor. Each row
+//!   also gives the CPU time spent per unit by all threads (the executor process's included):
+//!   on a shared machine wall-clock rates swing with other work, CPU time much less.
 //!
 //! Run: `cargo bench -p ova-worker --bench executor` (after `scripts/build-examples.sh`).
 //! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads, well
-//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare|sandbox` (one part, e.g. under a profiler; the parts
+//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare|sandbox|supervised` (one part, e.g. under a profiler; the parts
 //! left out print as NaN).
 //! The last three lines are `P2 reference: bare wasmtime instantiate+run units/s=<n>`,
 //! `P1 wasm/native geomean=<ratio>` and `P2 trivial units/s=<n>`.
@@ -91,8 +93,9 @@ fn run_batch(exec: &dyn Executor, reqs: &[UnitRequest], window: usize) -> f64 {
 }
 
 /// The ceiling for P2: our pooling engine (plain flavor) instantiating an empty module and
-/// calling its `_start`, a fresh store each time, on `threads` threads; units/s.
-fn bare_wasmtime(threads: usize, n: usize) -> f64 {
+/// calling its `_start`, a fresh store each time, on `threads` threads; (units/s, CPU µs per
+/// unit).
+fn bare_wasmtime(threads: usize, n: usize) -> (f64, f64) {
     use wasmtime::{Linker, Module, Store};
     let sizing =
         engine::PoolSizing { slots: (threads as u32 * 2).max(8), max_table_elements: 1000 };
@@ -112,21 +115,23 @@ fn bare_wasmtime(threads: usize, n: usize) -> f64 {
         }
     };
     run(1000);
-    let secs = best_of(2, || {
-        let t0 = Instant::now();
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| run(n / threads));
-            }
-        });
-        t0.elapsed().as_secs_f64()
-    });
-    (n / threads * threads) as f64 / secs
+    measure(
+        2,
+        n / threads * threads,
+        || None,
+        || {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| run(n / threads));
+                }
+            });
+        },
+    )
 }
 
 /// [`Sandbox::run`] called directly in a loop on `threads` threads (WASI and our per-unit
-/// work, no executor); units/s.
-fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> f64 {
+/// work, no executor); (units/s, CPU µs per unit).
+fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> (f64, f64) {
     let sb =
         Sandbox::new(SandboxConfig { slots: (threads as u32 * 2).max(8), ..Default::default() })
             .unwrap();
@@ -134,21 +139,23 @@ fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> f64 {
         assert_eq!(sb.run(r).outcome, Outcome::Success);
     }
     let per = reqs.len() / threads;
-    let secs = best_of(2, || {
-        let t0 = Instant::now();
-        std::thread::scope(|s| {
-            for c in reqs.chunks(per).take(threads) {
-                let sb = &sb;
-                s.spawn(move || {
-                    for r in c {
-                        std::hint::black_box(sb.run(r));
-                    }
-                });
-            }
-        });
-        t0.elapsed().as_secs_f64()
-    });
-    (per * threads) as f64 / secs
+    measure(
+        2,
+        per * threads,
+        || None,
+        || {
+            std::thread::scope(|s| {
+                for c in reqs.chunks(per).take(threads) {
+                    let sb = &sb;
+                    s.spawn(move || {
+                        for r in c {
+                            std::hint::black_box(sb.run(r));
+                        }
+                    });
+                }
+            });
+        },
+    )
 }
 
 /// `n` distinct trivial units: a module that echoes its 64-byte input.
@@ -222,8 +229,35 @@ fn native_batch(pool: &rayon::ThreadPool, k: &Kernel) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-fn best_of(n: usize, mut f: impl FnMut() -> f64) -> f64 {
-    (0..n).map(|_| f()).fold(f64::INFINITY, f64::min)
+/// CPU time (user + system, all threads) used so far by this process and by `child`.
+/// (`/proc/<pid>/stat`, in clock ticks of 10 ms.)
+fn cpu_used(child: Option<u32>) -> f64 {
+    let of = |pid: String| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        // Fields 14 and 15 (utime, stime); `after` starts at field 3.
+        f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
+    };
+    of("self".into()) + child.map_or(0.0, |p| of(p.to_string()))
+}
+
+/// Runs `f` (which does `units` units) `n` times; the best wall time as units/s, and the
+/// least CPU time (this process and `child`) as µs per unit.
+fn measure(
+    n: usize,
+    units: usize,
+    child: impl Fn() -> Option<u32>,
+    mut f: impl FnMut(),
+) -> (f64, f64) {
+    let (mut secs, mut cpu) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..n {
+        let (c0, t0) = (cpu_used(child()), Instant::now());
+        f();
+        secs = secs.min(t0.elapsed().as_secs_f64());
+        cpu = cpu.min(cpu_used(child()) - c0);
+    }
+    (units as f64 / secs, cpu * 1e6 / units as f64)
 }
 
 fn geomean(v: &[f64]) -> f64 {
@@ -248,12 +282,28 @@ fn main() {
     let part = |p: &str| only.is_empty() || only == p;
     let n = if quick { 200_000 } else { 1_000_000 };
     if only == "bare" {
-        println!("bare wasmtime instantiate+run units/s={:.0}", bare_wasmtime(cores, n));
+        let (rate, cpu) = bare_wasmtime(cores, n);
+        println!("bare wasmtime instantiate+run units/s={rate:.0} CPU µs/unit={cpu:.2}");
+        return;
+    }
+    if only == "supervised" {
+        let reqs = echo_requests(n);
+        let exec = supervised(cores);
+        run_batch(&exec, &reqs[..1000], 4096);
+        let (rate, cpu) = measure(
+            2,
+            n,
+            || exec.child_pid(),
+            || {
+                run_batch(&exec, &reqs, 8192);
+            },
+        );
+        println!("supervised executor (64-byte echo) units/s={rate:.0} CPU µs/unit={cpu:.2}");
         return;
     }
     if only == "sandbox" {
-        let rate = sandbox_direct(cores, &echo_requests(n));
-        println!("Sandbox::run in a loop (64-byte echo) units/s={rate:.0}");
+        let (rate, cpu) = sandbox_direct(cores, &echo_requests(n));
+        println!("Sandbox::run in a loop (64-byte echo) units/s={rate:.0} CPU µs/unit={cpu:.2}");
         return;
     }
     let mut kernels = vec![
@@ -377,22 +427,33 @@ fn main() {
     let epoch_reqs = flavored(&|r| r.epoch_guard = true);
     let fuel_reqs = flavored(&|r| r.limits.fuel = Some(1_000_000));
 
-    println!("\nP2: trivial units (64-byte echo), {n_units} units per figure, units/s (best of 2)");
     println!(
-        "{:44} {:>12} {:>12} {:>10}",
+        "\nP2: trivial units (64-byte echo), {n_units} units per figure; units/s (best of 2) and \
+         CPU time per unit on {cores} cores (least of 2; all threads, the executor process's too)"
+    );
+    println!(
+        "{:44} {:>12} {:>12} {:>10} {:>12}",
         "executor",
         "1 core",
         format!("{cores} cores"),
-        "per core"
+        "per core",
+        "CPU µs/unit"
     );
     let mut p2_all = 0.0;
-    let rate = |exec: &dyn Executor, reqs: &[UnitRequest]| {
+    let rate = |exec: &dyn Executor, child: &dyn Fn() -> Option<u32>, reqs: &[UnitRequest]| {
         run_batch(exec, &reqs[..1000.min(reqs.len())], 4096);
-        let secs = best_of(2, || run_batch(exec, reqs, 8192));
-        reqs.len() as f64 / secs
+        measure(2, reqs.len(), child, || {
+            run_batch(exec, reqs, 8192);
+        })
     };
-    let row = |label: &str, figs: [f64; 2]| {
-        println!("{label:44} {:>12.0} {:>12.0} {:>10.0}", figs[0], figs[1], figs[1] / cores as f64);
+    let row = |label: &str, one: (f64, f64), all: (f64, f64)| {
+        println!(
+            "{label:44} {:>12.0} {:>12.0} {:>10.0} {:>12.2}",
+            one.0,
+            all.0,
+            all.0 / cores as f64,
+            all.1
+        );
     };
     for (label, kind) in [
         ("supervised, plain (production)", 0),
@@ -406,23 +467,29 @@ fn main() {
             2 => &fuel_reqs,
             _ => &reqs,
         };
-        let mut figs = [0.0; 2];
+        let mut figs = [(0.0, 0.0); 2];
         for (f, c) in figs.iter_mut().zip([1, cores]) {
-            *f = if kind >= 3 { rate(&in_process(c), rs) } else { rate(&supervised(c), rs) };
+            *f = if kind >= 3 {
+                rate(&in_process(c), &|| None, rs)
+            } else {
+                let exec = supervised(c);
+                rate(&exec, &|| exec.child_pid(), rs)
+            };
         }
-        row(label, figs);
+        row(label, figs[0], figs[1]);
         if kind == 0 {
-            p2_all = figs[1];
+            p2_all = figs[1].0;
         }
     }
     row(
         "Sandbox::run in a loop, no executor",
-        [sandbox_direct(1, &reqs), sandbox_direct(cores, &reqs)],
+        sandbox_direct(1, &reqs),
+        sandbox_direct(cores, &reqs),
     );
     let bare = [bare_wasmtime(1, n_units), bare_wasmtime(cores, n_units)];
-    row("bare wasmtime: empty module, no WASI", bare);
+    row("bare wasmtime: empty module, no WASI", bare[0], bare[1]);
     println!();
-    println!("P2 reference: bare wasmtime instantiate+run units/s={:.0}", bare[1]);
+    println!("P2 reference: bare wasmtime instantiate+run units/s={:.0}", bare[1].0);
     println!("P1 wasm/native geomean={p1:.3}");
     println!("P2 trivial units/s={p2_all:.0}");
 }
