@@ -77,6 +77,31 @@ pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, msg: &T) {
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// Appends one [`FromChild::Done`] frame for `result`, borrowing it (the same bytes as
+/// encoding `FromChild::Done { seq, result: Box::new(result) }`, without moving the result
+/// into a box first).
+pub fn encode_done_into(out: &mut Vec<u8>, seq: u64, result: &UnitResult) {
+    /// [`FromChild`] with a borrowed result: postcard encodes a variant by its index and a
+    /// `Box<T>` or `&T` as the `T`, so the frames are identical.
+    #[derive(Serialize)]
+    enum Wire<'a> {
+        #[allow(dead_code)]
+        Compiling {
+            seq: u64,
+        },
+        #[allow(dead_code)]
+        Started {
+            seq: u64,
+            running_us: u64,
+        },
+        Done {
+            seq: u64,
+            result: &'a UnitResult,
+        },
+    }
+    encode_into(out, &Wire::Done { seq, result });
+}
+
 /// Writes one frame.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
     let mut buf = Vec::new();
@@ -102,4 +127,28 @@ pub fn read_frame<R: Read, T: DeserializeOwned>(
     buf.resize(len, 0);
     r.read_exact(buf)?;
     postcard::from_bytes(buf).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use ova_jobs::{Determinism, Outcome, Provenance, UnitId};
+
+    use super::*;
+
+    #[test]
+    fn a_borrowed_done_frame_is_the_same_as_a_boxed_one() {
+        let unit = UnitId::derive(&ova_jobs::BlobId::of(b"m"), &ova_jobs::BlobId::of(b"i"), &[]);
+        let mut r = UnitResult::new(
+            unit,
+            Outcome::Exit { code: 3 },
+            b"out".to_vec(),
+            Provenance { determinism: Determinism::SameArch, arch: "a".into(), engine: "e".into() },
+        );
+        r.stderr = b"err".to_vec();
+        r.fuel_used = Some(7);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_done_into(&mut a, 42, &r);
+        encode_into(&mut b, &FromChild::Done { seq: 42, result: Box::new(r) });
+        assert_eq!(a, b);
+    }
 }

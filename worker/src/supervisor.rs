@@ -27,12 +27,13 @@
 //! [`Outcome::Failed`].
 //!
 //! Cost on well-behaved units: one small frame each way per unit over pipes, batched. The
-//! supervisor's writer sends whatever has accumulated; the child runs a batch of requests as
-//! one rayon job; the thread that finishes a unit writes its result itself (or leaves it to the
-//! thread already writing, which sends it along), so no thread is woken per result; and only a
-//! unit still running after [`REPORT_STARTED_AFTER`] is reported as started (its deadline
-//! backdated to its real start) — a shorter one is reported by its `Done` alone. Measured by
-//! the P2 benchmark.
+//! supervisor's writer sends whatever has accumulated; the child's pool threads take a batch of
+//! requests in order; the thread that finishes a unit writes its result itself (or leaves it to the
+//! thread already writing, which sends it along), so no thread is woken per result; while more
+//! units are queued, results gather for up to [`BATCH_RESULTS_FOR`] to share one write; and
+//! only a unit still running after [`REPORT_STARTED_AFTER`] is reported as started (its
+//! deadline backdated to its real start) — a shorter one is reported by its `Done` alone.
+//! Measured by the P2 benchmark.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -41,6 +42,7 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -695,24 +697,25 @@ pub fn child_main() -> std::io::Result<()> {
                 }
             }
         }
-        // Everything the supervisor wrote in one go goes to the pool as one job; rayon splits
-        // it down to single units, so an idle thread always steals the next unit.
+        // Everything the supervisor wrote in one go goes to the pool as one batch, taken in
+        // order by up to `threads` jobs (one atomic increment per unit, no splitting).
         if input.buffer().is_empty() || batch.len() >= 4096 {
-            let (units, sandbox, out) = (std::mem::take(&mut batch), sandbox.clone(), out.clone());
-            match units.len() {
-                0 => {}
-                1 => pool.spawn(move || {
-                    for (seq, req) in units {
-                        run_one(&sandbox, &out, seq, &req);
+            let units = std::mem::take(&mut batch);
+            if units.is_empty() {
+                continue;
+            }
+            out.queued.fetch_add(units.len(), Ordering::AcqRel);
+            let jobs = threads.min(units.len());
+            let batch = Arc::new(Batch { units, next: AtomicUsize::new(0) });
+            for _ in 0..jobs {
+                let (batch, sandbox, out) = (batch.clone(), sandbox.clone(), out.clone());
+                pool.spawn(move || {
+                    while let Some((seq, req)) =
+                        batch.units.get(batch.next.fetch_add(1, Ordering::Relaxed))
+                    {
+                        run_one(&sandbox, &out, *seq, req);
                     }
-                }),
-                _ => pool.spawn(move || {
-                    use rayon::prelude::*;
-                    units
-                        .into_par_iter()
-                        .with_max_len(1)
-                        .for_each(|(seq, req)| run_one(&sandbox, &out, seq, &req));
-                }),
+                });
             }
         }
     }
@@ -723,7 +726,15 @@ pub fn child_main() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Units the supervisor sent together; pool jobs take them in order.
+struct Batch {
+    units: Vec<(u64, UnitRequest)>,
+    /// The next unit to take.
+    next: AtomicUsize,
+}
+
 fn run_one(sandbox: &crate::sandbox::Sandbox, out: &ChildOut, seq: u64, req: &UnitRequest) {
+    out.queued.fetch_sub(1, Ordering::AcqRel);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         sandbox.run_notify(req, || out.compiling(seq), || out.started(seq))
     }))
@@ -738,18 +749,31 @@ fn run_one(sandbox: &crate::sandbox::Sandbox, out: &ChildOut, seq: u64, req: &Un
 /// real start.
 pub const REPORT_STARTED_AFTER: Duration = Duration::from_millis(1);
 
+/// How long a result may wait, while more units are queued behind it, to share one `write`
+/// with the results that follow (a write and the supervisor's read cost more than a trivial
+/// unit). A result is written at once when nothing is queued, when its unit's deadline was
+/// being watched, or when [`BATCH_BYTES`] have gathered.
+pub const BATCH_RESULTS_FOR: Duration = Duration::from_millis(1);
+
+/// Results gathered beyond this many bytes are written at once.
+const BATCH_BYTES: usize = 64 << 10;
+
 /// The child's outgoing frames: the pool threads write their own `Done` (and `Compiling`)
-/// frames; the ticker thread reports units still running after [`REPORT_STARTED_AFTER`].
+/// frames; the ticker thread reports units still running after [`REPORT_STARTED_AFTER`] and
+/// writes results that have waited [`BATCH_RESULTS_FOR`].
 ///
 /// Whoever has frames to send writes them, unless another thread is writing already, in
 /// which case that one writes them too before it lets go (flat combining): no thread is woken
 /// to write a result, and results that finish together go out in one `write`.
 struct ChildOut {
     state: Mutex<ChildOutState>,
-    /// Wakes the ticker: a unit started while it had nothing to time, or shutdown.
+    /// Wakes the ticker: there is something to time and it was not timing anything, or
+    /// shutdown.
     ticker_cv: Condvar,
     /// Held by the thread that is writing.
     sink: Mutex<Sink>,
+    /// Units handed to the pool that have not started yet.
+    queued: AtomicUsize,
 }
 
 struct Sink {
@@ -766,6 +790,8 @@ struct Sink {
 struct ChildOutState {
     /// Encoded frames not yet written.
     frames: Vec<u8>,
+    /// When the oldest frame in `frames` was queued.
+    frames_since: Option<Instant>,
     /// Units that started running and have not been reported (nor finished).
     started: Vec<(u64, Instant)>,
     /// The ticker waits without a timeout (nothing to time): a new start must wake it.
@@ -783,6 +809,7 @@ impl ChildOut {
             state: Mutex::new(ChildOutState::default()),
             ticker_cv: Condvar::new(),
             sink: Mutex::new(Sink { file: stdout, buf: Vec::new(), broken: false }),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -809,18 +836,35 @@ impl ChildOut {
         // Encode outside the lock (a result may be large), then append.
         ENCODE_BUF.with_borrow_mut(|buf| {
             buf.clear();
-            ipc::encode_into(buf, &FromChild::Done { seq, result: Box::new(result) });
+            ipc::encode_done_into(buf, seq, &result);
             let mut st = self.lock();
             // Not reported yet: the unit is done, so nobody needs to know it started.
-            if let Some(i) = st.started.iter().position(|(s, _)| *s == seq) {
-                st.started.swap_remove(i);
+            // Reported: the supervisor is watching its deadline, so no waiting.
+            let watched = match st.started.iter().position(|(s, _)| *s == seq) {
+                Some(i) => {
+                    st.started.swap_remove(i);
+                    false
+                }
+                None => true,
+            };
+            if st.frames.is_empty() {
+                st.frames_since = Some(Instant::now());
             }
             st.frames.extend_from_slice(buf);
+            let now = watched
+                || st.frames.len() >= BATCH_BYTES
+                || self.queued.load(Ordering::Acquire) == 0;
+            let wake = !now && std::mem::take(&mut st.ticker_idle);
             drop(st);
             buf.truncate(1 << 16);
             buf.shrink_to(1 << 16);
+            if wake {
+                self.ticker_cv.notify_one();
+            }
+            if now {
+                self.flush();
+            }
         });
-        self.flush();
     }
 
     /// Writes every queued frame, unless another thread is writing: that one writes ours too.
@@ -834,7 +878,10 @@ impl ChildOut {
             loop {
                 let Sink { file, buf, broken } = &mut *sink;
                 buf.clear();
-                std::mem::swap(buf, &mut self.lock().frames);
+                let mut st = self.lock();
+                std::mem::swap(buf, &mut st.frames);
+                st.frames_since = None;
+                drop(st);
                 if buf.is_empty() {
                     break;
                 }
@@ -859,7 +906,8 @@ impl ChildOut {
         self.ticker_cv.notify_one();
     }
 
-    /// Reports units that have run for [`REPORT_STARTED_AFTER`], until [`ChildOut::close`].
+    /// Reports units that have run for [`REPORT_STARTED_AFTER`] and writes results that have
+    /// waited [`BATCH_RESULTS_FOR`], until [`ChildOut::close`].
     fn ticker(&self) {
         let mut st = self.lock();
         loop {
@@ -869,6 +917,15 @@ impl ChildOut {
                 return;
             }
             let now = Instant::now();
+            if st
+                .frames_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= BATCH_RESULTS_FOR)
+            {
+                drop(st);
+                self.flush();
+                st = self.lock();
+                continue;
+            }
             let due = |at: Instant| now.saturating_duration_since(at) >= REPORT_STARTED_AFTER;
             if st.started.iter().any(|(_, at)| due(*at)) {
                 let ChildOutState { frames, started, .. } = &mut *st;
@@ -885,10 +942,13 @@ impl ChildOut {
                 st = self.lock();
                 continue;
             }
-            // A timer wait: the next report is due when the oldest unit has run long enough.
-            st = match st.started.iter().map(|(_, at)| *at).min() {
-                Some(oldest) => {
-                    let wait = (oldest + REPORT_STARTED_AFTER).saturating_duration_since(now);
+            // A timer wait: until the oldest unit has run long enough to be reported, or the
+            // oldest result has waited long enough.
+            let report = st.started.iter().map(|(_, at)| *at + REPORT_STARTED_AFTER).min();
+            let write = st.frames_since.map(|t| t + BATCH_RESULTS_FOR);
+            st = match report.into_iter().chain(write).min() {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(now);
                     self.ticker_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
                 }
                 None => {
