@@ -30,7 +30,7 @@
 //! supervisor's writer sends whatever has accumulated; the child's pool threads take a batch of
 //! requests in order; the thread that finishes a unit writes its result itself (or leaves it to the
 //! thread already writing, which sends it along), so no thread is woken per result; while more
-//! units are queued, results gather for up to [`BATCH_RESULTS_FOR`] to share one write; and
+//! units are queued, results gather (until the next [`TICK`] at most) to share one write; and
 //! only a unit still running after [`REPORT_STARTED_AFTER`] is reported as started (its
 //! deadline backdated to its real start) — a shorter one is reported by its `Done` alone.
 //! Measured by the P2 benchmark.
@@ -742,25 +742,28 @@ fn run_one(sandbox: &crate::sandbox::Sandbox, out: &ChildOut, seq: u64, req: &Un
     out.done(seq, result);
 }
 
-/// How long a unit runs before the child reports that it started. Shorter units are reported
-/// by their `Done` frame alone: the supervisor has no deadline to watch for them, and not
-/// waking a thread per unit start is a large part of what keeps trivial units cheap (P2). The
-/// report carries how long the unit had been running, so the deadline still counts from its
-/// real start.
-pub const REPORT_STARTED_AFTER: Duration = Duration::from_millis(1);
+/// The period of the child's ticker thread while units run or results wait (see
+/// [`BATCH_BYTES`] and [`REPORT_STARTED_AFTER`]).
+pub const TICK: Duration = Duration::from_millis(1);
 
-/// How long a result may wait, while more units are queued behind it, to share one `write`
-/// with the results that follow (a write and the supervisor's read cost more than a trivial
-/// unit). A result is written at once when nothing is queued, when its unit's deadline was
-/// being watched, or when [`BATCH_BYTES`] have gathered.
-pub const BATCH_RESULTS_FOR: Duration = Duration::from_millis(1);
+/// How long a unit runs before the child reports that it started (at the first tick after
+/// that). Shorter units are reported by their `Done` frame alone: the supervisor has no
+/// deadline to watch for them, and not waking a thread per unit start is a large part of what
+/// keeps trivial units cheap (P2). The report carries how long the unit had been running, so
+/// the deadline still counts from its real start.
+pub const REPORT_STARTED_AFTER: Duration = TICK;
 
 /// Results gathered beyond this many bytes are written at once.
-const BATCH_BYTES: usize = 64 << 10;
+///
+/// While more units are queued behind it, a result waits — until the next [`TICK`] at most —
+/// to share one `write` with the results that follow (a write and the supervisor's read cost
+/// more than a trivial unit). It is written at once when nothing is queued, when its unit's
+/// deadline was being watched, or when this many bytes have gathered.
+pub const BATCH_BYTES: usize = 64 << 10;
 
 /// The child's outgoing frames: the pool threads write their own `Done` (and `Compiling`)
 /// frames; the ticker thread reports units still running after [`REPORT_STARTED_AFTER`] and
-/// writes results that have waited [`BATCH_RESULTS_FOR`].
+/// writes results gathered while more units were queued ([`BATCH_BYTES`]).
 ///
 /// Whoever has frames to send writes them, unless another thread is writing already, in
 /// which case that one writes them too before it lets go (flat combining): no thread is woken
@@ -790,8 +793,6 @@ struct Sink {
 struct ChildOutState {
     /// Encoded frames not yet written.
     frames: Vec<u8>,
-    /// When the oldest frame in `frames` was queued.
-    frames_since: Option<Instant>,
     /// Units that started running and have not been reported (nor finished).
     started: Vec<(u64, Instant)>,
     /// The ticker waits without a timeout (nothing to time): a new start must wake it.
@@ -847,9 +848,6 @@ impl ChildOut {
                 }
                 None => true,
             };
-            if st.frames.is_empty() {
-                st.frames_since = Some(Instant::now());
-            }
             st.frames.extend_from_slice(buf);
             let now = watched
                 || st.frames.len() >= BATCH_BYTES
@@ -878,10 +876,7 @@ impl ChildOut {
             loop {
                 let Sink { file, buf, broken } = &mut *sink;
                 buf.clear();
-                let mut st = self.lock();
-                std::mem::swap(buf, &mut st.frames);
-                st.frames_since = None;
-                drop(st);
+                std::mem::swap(buf, &mut self.lock().frames);
                 if buf.is_empty() {
                     break;
                 }
@@ -906,8 +901,9 @@ impl ChildOut {
         self.ticker_cv.notify_one();
     }
 
-    /// Reports units that have run for [`REPORT_STARTED_AFTER`] and writes results that have
-    /// waited [`BATCH_RESULTS_FOR`], until [`ChildOut::close`].
+    /// Every [`TICK`] while there is something to time: writes the results gathered since
+    /// the last tick and reports units that have run for [`REPORT_STARTED_AFTER`]; sleeps
+    /// without a timer when there is nothing. Ends at [`ChildOut::close`].
     fn ticker(&self) {
         let mut st = self.lock();
         loop {
@@ -917,15 +913,6 @@ impl ChildOut {
                 return;
             }
             let now = Instant::now();
-            if st
-                .frames_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= BATCH_RESULTS_FOR)
-            {
-                drop(st);
-                self.flush();
-                st = self.lock();
-                continue;
-            }
             let due = |at: Instant| now.saturating_duration_since(at) >= REPORT_STARTED_AFTER;
             if st.started.iter().any(|(_, at)| due(*at)) {
                 let ChildOutState { frames, started, .. } = &mut *st;
@@ -937,26 +924,20 @@ impl ChildOut {
                     ipc::encode_into(frames, &FromChild::Started { seq: *seq, running_us });
                     false
                 });
+            }
+            if !st.frames.is_empty() {
                 drop(st);
                 self.flush();
                 st = self.lock();
-                continue;
             }
-            // A timer wait: until the oldest unit has run long enough to be reported, or the
-            // oldest result has waited long enough.
-            let report = st.started.iter().map(|(_, at)| *at + REPORT_STARTED_AFTER).min();
-            let write = st.frames_since.map(|t| t + BATCH_RESULTS_FOR);
-            st = match report.into_iter().chain(write).min() {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(now);
-                    self.ticker_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
-                }
-                None => {
-                    st.ticker_idle = true;
-                    let mut st = self.ticker_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-                    st.ticker_idle = false;
-                    st
-                }
+            st = if st.started.is_empty() && st.frames.is_empty() {
+                st.ticker_idle = true;
+                let mut st = self.ticker_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.ticker_idle = false;
+                st
+            } else {
+                // A timer wait: the tick itself is what we wait for.
+                self.ticker_cv.wait_timeout(st, TICK).unwrap_or_else(|e| e.into_inner()).0
             };
         }
     }
