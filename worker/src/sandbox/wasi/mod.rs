@@ -47,7 +47,7 @@ pub mod poll;
 pub mod process;
 pub mod random;
 #[cfg(test)]
-mod reference;
+mod tests;
 
 use bytes::Bytes;
 use ova_jobs::UnitId;
