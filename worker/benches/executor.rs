@@ -13,8 +13,9 @@
 //!
 //! Run: `cargo bench -p ova-worker --bench executor` (after `scripts/build-examples.sh`).
 //! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads, well
-//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare|sandbox|supervised` (one part, e.g. under a profiler; the parts
-//! left out print as NaN).
+//! under a minute), `OVA_BENCH_ONLY=p1|p2|bare|sandbox|supervised` (one part, e.g. under a
+//! profiler; the parts left out print as NaN), `OVA_BENCH_EXECUTOR` (another `ova-executor`
+//! program, e.g. an older build to compare with).
 //! The last three lines are `P2 reference: bare wasmtime instantiate+run units/s=<n>`,
 //! `P1 wasm/native geomean=<ratio>` and `P2 trivial units/s=<n>`.
 
@@ -188,7 +189,8 @@ fn echo_requests(n: usize) -> Vec<UnitRequest> {
 
 fn supervised(cores: usize) -> SupervisedExecutor {
     let mut c = SupervisorConfig::new(cores);
-    c.program = PathBuf::from(env!("CARGO_BIN_EXE_ova-executor"));
+    c.program = std::env::var_os("OVA_BENCH_EXECUTOR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ova-executor")), PathBuf::from);
     SupervisedExecutor::start(c).expect("starting ova-executor")
 }
 
