@@ -8,17 +8,21 @@
 //! # Why not wasmtime-wasi
 //!
 //! Work units are tiny and many, so what a unit costs before its first instruction matters
-//! (issue #3, benchmark P2: ≥ 200k trivial units/s per core). Measured on the project's 2-core
-//! machine (single runs, shared and noisy; `benches/executor.rs`, 64-byte echo units, one
-//! core): bare wasmtime instantiating and running an empty module with no WASI reached ~222k
-//! units/s, but with a wasmtime-wasi preview-1 context per unit it dropped to ~90k/s. Building
-//! a `WasiP1Ctx` (a `WasiCtxBuilder`, a `ResourceTable`, boxed pipes and clocks, a seeded
-//! ChaCha generator we then replaced) and going through its p2 adapter (every call resolves
-//! descriptors through the table and runs a future to completion) cost more than the unit
-//! itself. A unit only ever needs stdio over memory, arguments, fixed clocks and a seeded
-//! random stream, so this host serves exactly that with plain functions
-//! ([`wasmtime::Linker::func_wrap`]) over a plain struct ([`UnitWasi`]): creating one per unit
-//! allocates nothing unless the unit has arguments.
+//! (issue #3, benchmark P2: ≥ 200k trivial units/s per core). On the project's 2-core machine
+//! (shared and noisy), bare wasmtime instantiating and running an empty module with no WASI
+//! reached ~222k units/s on one core, but with a wasmtime-wasi preview-1 context per unit
+//! only ~90k/s: building a `WasiP1Ctx` (a `WasiCtxBuilder`, a `ResourceTable`, boxed pipes
+//! and clocks, a seeded ChaCha generator we then replaced) and going through its p2 adapter
+//! (every call resolves descriptors through the table and runs a future to completion) cost
+//! more than the unit itself. A unit only ever needs stdio over memory, arguments, fixed
+//! clocks and a seeded random stream, so this host serves exactly that with plain functions
+//! ([`wasmtime::Linker::func_wrap`]) over a plain struct ([`UnitWasi`]); creating one per
+//! unit allocates nothing unless the unit has arguments.
+//!
+//! Measured side by side (`benches/executor.rs` with `OVA_BENCH_ONLY=sandbox`: 64-byte echo
+//! units, `Sandbox::run` in a loop on one core, least CPU time of three interleaved runs):
+//! 9.9 µs per unit with wasmtime-wasi, 5.4 µs with this host; bare wasmtime without WASI
+//! takes ~3.8 µs.
 //!
 //! Every preview-1 function is defined (with wasmtime-wasi's signatures), so a module's
 //! imports resolve as before and a call that needs a capability a unit lacks gets an errno,
