@@ -13,7 +13,8 @@
 //! - [`commit`]: signed result commits; [`Signer`]/[`Verifier`] traits, ed25519 in production.
 //! - [`quorum`]: the verification tally, failure reasons and dissent records.
 //! - [`message`]: protocol messages, encoded through [`ova_jobs::wire`].
-//! - [`peer`]: the state machine tying them together.
+//! - [`peer`]: the state machine tying them together, one submodule per concern (adverts,
+//!   liveness, jobs, region scan, placement rule, claims, executor, verdicts, stealing).
 //! - [`sim`]: the seeded discrete-event simulator, its fault models, scenarios and report.
 //!
 //! This crate must not depend on tokio, wasmtime or iroh.

@@ -1,0 +1,166 @@
+//! Leases as a watcher sees them: claims (reservations and hand-backs), releases after a
+//! steal, probes of a unit's holders and their replies, and how long a lease may be.
+
+use super::state::{Mine, Outcome, UKey};
+use super::{Action, Peer, TimerKind};
+use crate::commit::SignedCommit;
+use crate::lease::Lease;
+use crate::message::{MAX_BATCH, Message};
+use crate::types::{Millis, PeerId, UnitRef};
+
+/// Most unit deadlines a queued unit's reservation may cover (see [`Peer::reservation`]).
+const MAX_RESERVE_WAITS: Millis = 32;
+
+impl Peer {
+    /// A claim (a lease until `until`; 0 hands the unit back).
+    pub(super) fn on_claim(&mut self, from: PeerId, unit: UnitRef, until: Millis) {
+        self.ask_if_unknown(from, unit.job);
+        let Some(key) = self.resolve(&unit, true) else { return };
+        let lease_max = self.reserve_max(key.0);
+        let u = self.units.get_mut(&key).expect("resolved");
+        // A claim for a unit we committed to: the claimant runs it too and needs our
+        // commit for its verdict, but we sent it only to the peers we knew of then (a
+        // thief, or a replica that queued it later, was not among them). Without this
+        // it would never hear the verdict and keep re-sending its own commit.
+        if until > self.now && u.mine == Mine::Committed && !u.tally.has(&from) {
+            let me = self.id;
+            if let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == me) {
+                self.out.push(Action::Send { to: from, msg: Message::Commit(*c) });
+            }
+            if u.outcome.is_some() {
+                return;
+            }
+        }
+        if until <= self.now {
+            u.leases.give_up(&from, self.now);
+        } else {
+            // A claimant outside our view (a thief far along the ring) cannot be
+            // watched through its adverts: if it crashed, nothing would end a long
+            // reservation. Its lease is kept short; when it lapses we ask it, and a
+            // live holder renews it in its reply.
+            let lease_max = if self.view.get(&from).is_some() {
+                lease_max
+            } else {
+                lease_max.min(2 * self.lease_len(key.0))
+            };
+            let until = until.min(self.now + lease_max);
+            let u = self.units.get_mut(&key).expect("resolved");
+            u.leases.claim_from_holder(from, until, self.now);
+            self.add_timer(until, TimerKind::Unit(key.0, key.1));
+        }
+        self.evaluate(key);
+    }
+
+    /// A victim released its reservation of a unit it handed to a thief.
+    pub(super) fn on_release(&mut self, from: PeerId, unit: UnitRef, until: Millis) {
+        self.ask_if_unknown(from, unit.job);
+        let Some(key) = self.resolve(&unit, true) else { return };
+        let until = until.min(self.now + self.cfg.claim_grace_ms);
+        let u = self.units.get_mut(&key).expect("resolved");
+        u.leases.hand_over(from, until);
+        self.add_timer(until, TimerKind::Unit(key.0, key.1));
+        self.evaluate(key);
+    }
+
+    /// Someone asks what we know of a unit: our commits, live leases, or "resolved".
+    pub(super) fn on_probe(&mut self, from: PeerId, unit: UnitRef) {
+        let Some(key) = self.resolve(&unit, false) else { return };
+        self.renew_own_lease(key);
+        let (commits, leases) = match self.units.get(&key) {
+            Some(u) => (
+                u.tally.commits().iter().take(MAX_BATCH).copied().collect(),
+                u.leases.live(self.now).copied().collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let done = self.done.contains(&key);
+        self.out.push(Action::Send {
+            to: from,
+            msg: Message::ProbeReply { unit, commits, leases, done },
+        });
+    }
+
+    /// The answer to our probe: hints that the unit is resolved, leases, commits.
+    pub(super) fn on_probe_reply(
+        &mut self,
+        unit: UnitRef,
+        commits: Vec<SignedCommit>,
+        leases: Vec<Lease>,
+        done: bool,
+    ) {
+        let Some(key) = self.resolve(&unit, false) else { return };
+        // The submitter needs the commits themselves: "resolved" from others never
+        // settles a unit of its own job.
+        let own_job = self.jobs[key.0 as usize].mine;
+        let Some(u) = self.units.get_mut(&key) else { return };
+        if done && !own_job && matches!(u.mine, Mine::Probing | Mine::None) && u.outcome.is_none() {
+            u.done_hints = u.done_hints.saturating_add(1);
+            if u.done_hints >= 2 {
+                self.units.remove(&key);
+                if self.done.len() < self.cfg.max_tracked_units {
+                    self.done.insert(key);
+                }
+                return;
+            }
+        }
+        if done && u.mine == Mine::Committed && u.outcome.is_none() {
+            u.done_hints = u.done_hints.saturating_add(1);
+            if u.done_hints >= 2 {
+                u.outcome = Some(Outcome::Resolved);
+                self.retire(key);
+                return;
+            }
+        }
+        let lease_max = self.reserve_max(key.0);
+        for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
+            if until > self.now
+                && let Some(u) = self.units.get_mut(&key)
+                && !u.tally.has(&holder)
+            {
+                let until = until.min(self.now + lease_max);
+                u.leases.claim_hearsay(holder, until);
+                self.add_timer(until, TimerKind::Unit(key.0, key.1));
+            }
+        }
+        for c in commits.into_iter().take(MAX_BATCH) {
+            if c.body.unit == unit {
+                self.on_commit(c);
+            }
+        }
+    }
+
+    /// Someone asks about a unit we have queued or running (a watcher saw our lease lapse):
+    /// our lease is renewed to cover what is left, so the probe reply carries it and the
+    /// watcher does not hand our unit to another peer. A heartbeat on demand.
+    pub(super) fn renew_own_lease(&mut self, key: UKey) {
+        let lease_len = self.lease_len(key.0);
+        let reservation = self.reservation(key.0);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        let until = match u.mine {
+            Mine::Running => self.now + lease_len,
+            Mine::Queued => self.now + reservation,
+            _ => return,
+        };
+        u.leases.claim(self.id, until);
+    }
+
+    pub(super) fn lease_len(&self, slot: u32) -> Millis {
+        self.jobs[slot as usize].info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms
+    }
+
+    /// How long a unit queued now is reserved for: the wait behind what is already queued (at
+    /// most one deadline per queued unit per core) plus our own run. Units queued by the
+    /// placement rule are not bounded by the scan's `queue_per_core`, so a busy peer's queue
+    /// can be long; a reservation shorter than the real wait makes every watcher see a lapse
+    /// and probe us.
+    pub(super) fn reservation(&self, slot: u32) -> Millis {
+        let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as Millis;
+        waits.min(MAX_RESERVE_WAITS) * self.lease_len(slot)
+    }
+
+    /// The longest reservation a claim may carry (see [`Peer::reservation`]). Watchers cap
+    /// received claims at this.
+    pub(super) fn reserve_max(&self, slot: u32) -> Millis {
+        self.lease_len(slot) * MAX_RESERVE_WAITS
+    }
+}

@@ -1,0 +1,75 @@
+//! [`Config`]: the peer's tunables, including the bound of every table and what happens when
+//! one is full.
+
+use crate::types::Millis;
+
+/// Tunables. Defaults suit both the simulator and a small real network.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Candidates per unit (ring successors ranked by rendezvous hashing).
+    pub window: usize,
+    /// Ring neighbours kept on each side, per ring (must be ≥ `window`).
+    pub view_side: usize,
+    /// How often we decide whether to advertise. An advert goes out when what it says has
+    /// changed (spare cores, or whether we have queued units to spare for thieves), and at
+    /// least every quarter of `advert_ttl_ms` as a heartbeat. Expired members are dropped
+    /// every half interval.
+    pub advert_interval_ms: Millis,
+    /// How long our adverts stay valid at receivers (a quarter of it is our heartbeat).
+    pub advert_ttl_ms: u32,
+    /// Added to a unit's deadline to form the lease.
+    pub lease_slack_ms: Millis,
+    /// How long to wait for probe replies before deciding.
+    pub probe_wait_ms: Millis,
+    /// How long we wait for a peer ranked ahead of us to claim a unit that needs a replica
+    /// before we take it over ourselves.
+    pub claim_grace_ms: Millis,
+    /// Least time between two steal requests.
+    pub steal_cooldown_ms: Millis,
+    /// A view member that has not advertised for this long is pinged ([`Message::Ping`](crate::message::Message::Ping)) and,
+    /// without an answer by our next tick, taken as gone (its leases end, its units are
+    /// placed again). With rare adverts (a long `advert_ttl_ms`) this finds a crashed peer
+    /// long before its advert expires. Has no effect when it exceeds the TTL.
+    pub silence_probe_ms: Millis,
+    /// Most units tracked. When full, new units (scanned, claimed or committed) are not
+    /// tracked and counted in [`Stats::table_full`]; others will run or watch them.
+    pub max_tracked_units: usize,
+    /// Most jobs known. When full, new announcements are dropped and counted.
+    pub max_jobs: usize,
+    /// Ready-queue length per core; the scan stops filling beyond it.
+    pub queue_per_core: usize,
+    /// Most pending timers. When full, new unit timers are dropped (the periodic rescan still
+    /// revisits those units) and counted.
+    pub max_timers: usize,
+    /// Most (peer, module) dissent records.
+    pub max_dissent_records: usize,
+    /// Peers besides the submitter asked to keep a job's bundle.
+    pub bundle_copies: usize,
+    /// After coming online, how long a peer waits before scanning a job it learned late
+    /// (from an advert), so its ring view fills first and it does not rank units against a
+    /// near-empty view (which makes it run units others already hold).
+    pub warmup_ms: Millis,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            window: 10,
+            view_side: 14,
+            advert_interval_ms: 30_000,
+            advert_ttl_ms: 300_000,
+            lease_slack_ms: 10_000,
+            probe_wait_ms: 2_000,
+            steal_cooldown_ms: 5_000,
+            silence_probe_ms: 100_000,
+            claim_grace_ms: 60_000,
+            max_tracked_units: 1 << 21,
+            max_jobs: 64,
+            queue_per_core: 2,
+            max_timers: 1 << 22,
+            max_dissent_records: 1 << 16,
+            bundle_copies: 3,
+            warmup_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The executor side: our ready queue, reserving and starting units, and what a finished
+//! unit becomes (a signed commit, or a hand-back).
+
+use ova_jobs::BlobId;
+
+use super::state::{Mine, UKey};
+use super::{Action, LocalFailure, Peer, RunCause};
+use crate::commit::{self, CommitBody};
+use crate::message::Message;
+use crate::types::UnitRef;
+
+impl Peer {
+    /// Units this peer runs at once: its cores times the run slots per core.
+    pub(super) fn run_slots(&self) -> u32 {
+        u32::from(self.cores) * self.slots_per_core
+    }
+
+    /// Queues a unit and reserves it: the claim goes out now (not at start), so peers
+    /// watching the unit know we will run it even while it waits in our queue.
+    pub(super) fn enqueue(&mut self, key: UKey, cause: RunCause) {
+        let until = self.now + self.reservation(key.0);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        u.mine = Mine::Queued;
+        u.cause = cause;
+        u.leases.claim(self.id, until);
+        self.ready.push_back(key);
+        let j = &self.jobs[key.0 as usize];
+        let unit = UnitRef { job: j.info.job_id, index: key.1 };
+        for to in self.replica_peers(key) {
+            self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+        }
+    }
+
+    pub(super) fn pump(&mut self) {
+        self.fill();
+        while self.running < self.run_slots() {
+            let Some(key) = self.ready.pop_front() else { break };
+            let Some(u) = self.units.get_mut(&key) else { continue };
+            if u.mine != Mine::Queued || u.outcome.is_some() {
+                if u.mine == Mine::Queued {
+                    u.mine = Mine::None;
+                }
+                continue;
+            }
+            u.mine = Mine::Running;
+            let until = self.now + self.lease_len(key.0);
+            let u = self.units.get_mut(&key).expect("tracked");
+            let renew = !u.leases.is_live(&self.id, until);
+            u.leases.claim(self.id, until);
+            self.running += 1;
+            self.stats.started += 1;
+            match u.cause {
+                RunCause::Scan => self.stats.started_scan += 1,
+                RunCause::Probe => self.stats.started_probe += 1,
+                RunCause::Lapse => self.stats.started_lapse += 1,
+                RunCause::Extra => self.stats.started_extra += 1,
+                RunCause::Rule => self.stats.started_rule += 1,
+                RunCause::Steal => self.stats.started_steal += 1,
+            }
+            let j = &self.jobs[key.0 as usize];
+            let unit = UnitRef { job: j.info.job_id, index: key.1 };
+            let unit_id = j.d.unit_ids[key.1 as usize];
+            let job = j.info.clone();
+            let sources = j.sources.clone();
+            if renew {
+                for to in self.replica_peers(key) {
+                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+                }
+            }
+            self.out.push(Action::StartUnit { unit, unit_id, job, sources });
+            if self.ready.len() < self.run_slots() as usize {
+                self.fill();
+            }
+        }
+        if self.running < self.run_slots() && self.ready.is_empty() {
+            self.try_steal();
+        }
+    }
+
+    pub(super) fn on_finished(&mut self, unit: UnitRef, result: Result<BlobId, LocalFailure>) {
+        let Some(s) = self.slot(&unit.job) else { return };
+        let key = (s, unit.index);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        if u.mine != Mine::Running {
+            return;
+        }
+        self.running = self.running.saturating_sub(1);
+        let mut watchers = self.replica_peers(key);
+        let victim = self.stolen.get(&key).map(|s| s.victim);
+        let u = self.units.get_mut(&key).expect("tracked");
+        match result {
+            Err(why) => {
+                u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
+                u.leases.give_up(&self.id, self.now);
+                if let Some(v) = victim
+                    && !watchers.contains(&v)
+                {
+                    watchers.push(v);
+                }
+                for to in watchers {
+                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
+                }
+            }
+            Ok(result) => {
+                u.mine = Mine::Committed;
+                let j = &self.jobs[s as usize];
+                let body = CommitBody {
+                    unit,
+                    unit_id: j.d.unit_ids[unit.index as usize],
+                    result,
+                    executor: self.id,
+                    arch: self.arch,
+                };
+                let submitter = j.info.submitter;
+                let c = commit::sign(&*self.signer, body);
+                self.stats.committed += 1;
+                self.out.push(Action::StoreBlob(result));
+                let mut sent_submitter = submitter == self.id;
+                for to in watchers {
+                    sent_submitter |= to == submitter;
+                    self.out.push(Action::Send { to, msg: Message::Commit(c) });
+                }
+                if !sent_submitter {
+                    self.out.push(Action::Send { to: submitter, msg: Message::Commit(c) });
+                }
+                self.on_commit(c);
+            }
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The peer state machine: events and `now` in, actions out.
+//!
+//! A shell (the iroh network layer, or the simulator) drives one [`Peer`] per process:
+//!
+//! ```text
+//! loop {
+//!     let event = next event (message, finished unit, fetched blob, timer, ...);
+//!     for action in peer.handle(event, now) { perform it }   // send, start unit, set timer...
+//! }
+//! ```
+//!
+//! The peer never blocks, never reads a clock and draws randomness only from its seeded
+//! [`Rng`]. All its tables are bounded (see [`Config`]); what happens when one is full is
+//! documented on each field.
+//!
+//! ## The protocol, per unit
+//! 1. Every peer ranks the unit's candidates in its own view ([`crate::placement`]). Peers in
+//!    the top `quorum` queue it as their cursor over their ring region reaches it.
+//! 2. Starting a unit sends a [`Message::Claim`] (a lease until deadline + slack) to the
+//!    unit's top `max_replicas + 1` ranked peers.
+//! 3. Finishing sends a signed [`Message::Commit`] to the same peers and to the submitter.
+//! 4. Whoever holds commits tallies them ([`crate::quorum`]). While no result has `quorum`
+//!    agreeing signers, the best-ranked peers that have neither committed, nor hold a live
+//!    lease, nor let one lapse, run it — as many as are still needed, never more than
+//!    `max_replicas` in all. This one rule covers the first run, extra replicas after a
+//!    mismatch and take-over after a lapsed lease.
+//! 5. When a neighbour leaves or expires, a peer rescans its region (a newcomer only pushes it
+//!    down the rankings); units in the arc its region gained are first probed
+//!    ([`Message::Probe`]) so finished work is not redone.
+//! 6. An idle peer with nothing left to scan asks the busiest peer it knows for queued units;
+//!    a peer with nothing to give forwards the request, and the grant names the unit's
+//!    watchers, so work moves between distant parts of the ring.
+//!
+//! ## Churn without duplicate work
+//! - A claim made when a unit is *queued* reserves it for the wait behind the queue plus the
+//!   run; watchers accept reservations up to that bound, so an honest queue wait never looks
+//!   like a lapse.
+//! - A lapsed lease whose holder has not left the watcher's view is extended briefly (at most
+//!   [`crate::lease::MAX_EXTENSIONS`] times) while the watcher probes the holder: a holder
+//!   that still has the unit renews its lease in the reply, one that finished replies with its
+//!   commit, and only silence re-places the unit. Implicit leases (peers ranked ahead that
+//!   never claimed) get one such probe. When the holder *leaves* the view (graceful leave, its
+//!   adverts expire, or it stays silent and does not answer a [`Message::Ping`]) its leases
+//!   end at once and the unit is re-placed without waiting.
+//! - A peer that cannot run a unit (its shell declined it: an allow-list, missing inputs)
+//!   hands it back with a claim ending at 0. Watchers leave that peer out of the unit's
+//!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
+//!   takes the unit at once. The give-up is final at the watchers (a later claim from that
+//!   peer for the unit may be stale). A decline (policy) is final at the peer too; a
+//!   transient give-up (inputs unreachable, cancelled) is taken up again by the peer's
+//!   liveness sweep once nobody holds the unit, and its commit counts like any other: a unit
+//!   whose every candidate once failed to fetch its inputs is not stranded.
+//! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
+//!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
+//!   round trip.
+//! - A replica added late (a thief, a take-over after a lapse) may rank outside the watchers
+//!   the other executors told, so it is told directly: an executor answers a claim for a unit
+//!   it committed to with its commit, a victim sends the commits it holds with a steal grant,
+//!   and a peer that sees a commit arrive for a unit already resolved answers with the tally
+//!   (or, having kept only the key, with "resolved": two such answers stop the executor's
+//!   re-sends). Hearsay leases (probe replies) never revive the lease of a holder that left.
+//! - Resolved units shrink to a key in a bounded set (executors keep their tally to answer
+//!   probes and sync requests), so per-peer state follows the units in flight, not the job.
+//!
+//! ## Layout
+//!
+//! [`Peer`] holds every table; each submodule adds the methods for one concern:
+//! - `config`: [`Config`], the tunables and the bound each table keeps.
+//! - `stats`: [`Stats`] counters and [`RunCause`].
+//! - `state`: the per-unit and per-job records (`UnitState`, `JobState`) and the lookups
+//!   from wire references to table keys.
+//! - `timers`: the timer table and the periodic tick (expiry, adverts, sweeps).
+//! - `adverts`: our capacity adverts and the adverts we receive.
+//! - `liveness`: finding gone peers (silence, pings) and the liveness sweep that drives
+//!   units nobody holds.
+//! - `jobs`: submitting and learning jobs, bundles, and the submitter's sync of results.
+//! - `scan`: the region scan that finds the units we rank among the top `quorum` for.
+//! - `rule`: the placement rule (`evaluate`) and the memoised ranking behind it, watchers.
+//! - `claims`: leases as a watcher sees them: claims, releases, probes and their replies.
+//! - `executor`: our ready queue, starting units, finishing them and committing.
+//! - `verdict`: incoming commits, the quorum verdict and retiring resolved units.
+//! - `steal`: idle peers stealing queued units, and forwarding steal requests.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use ova_jobs::{BlobId, JobId, Manifest, UnitId};
+
+use crate::commit::{Signer, Verifier};
+use crate::membership::View;
+use crate::message::{JobInfo, MAX_BATCH, Message};
+use crate::quorum::{DissentBook, DissentRecord, FailReason};
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
+use crate::util::{FxHashMap, FxHashSet, Rng};
+
+mod adverts;
+mod claims;
+mod config;
+mod executor;
+mod jobs;
+mod liveness;
+mod rule;
+mod scan;
+mod state;
+mod stats;
+mod steal;
+mod timers;
+mod verdict;
+
+pub use config::Config;
+pub use stats::{RunCause, Stats};
+
+use state::{JobState, UKey, UnitState};
+use steal::Stolen;
+use timers::TimerKind;
+
+/// Why a unit could not be run here (no result to commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalFailure {
+    /// The module or input could not be fetched. Transient: the peer may take the unit up
+    /// again later if the network still needs it.
+    InputsUnavailable,
+    /// The shell cancelled it (capacity shrank, shutdown). Transient, like
+    /// [`LocalFailure::InputsUnavailable`].
+    Cancelled,
+    /// This peer will not run the unit (its allow-list excludes the submitter). Final.
+    Declined,
+}
+
+/// Why a blob is being fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchPurpose {
+    /// To keep a copy of a job's bundle (module and inputs).
+    Bundle(JobId),
+    /// To keep a copy of a verified result (as submitter or result holder).
+    Result(UnitRef),
+}
+
+/// Something that happened to the peer.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The peer (re)starts or comes back online: it advertises and, as a submitter,
+    /// asks the network for results it missed.
+    Online,
+    /// A decoded message from an authenticated peer.
+    Message {
+        /// Sender.
+        from: PeerId,
+        /// The message.
+        msg: Message,
+    },
+    /// A raw frame; decoded here, dropped and counted if malformed.
+    Frame {
+        /// Sender.
+        from: PeerId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// This peer submits a job.
+    Submit(Box<Manifest>),
+    /// A unit started with [`Action::StartUnit`] ended.
+    UnitFinished {
+        /// The unit.
+        unit: UnitRef,
+        /// Its result hash, or why it could not run.
+        result: Result<BlobId, LocalFailure>,
+    },
+    /// A fetch requested with [`Action::FetchBlob`] ended.
+    BlobFetched {
+        /// The blob.
+        blob: BlobId,
+        /// Why it was fetched.
+        purpose: FetchPurpose,
+        /// Whether it arrived intact.
+        ok: bool,
+    },
+    /// The timer set with [`Action::SetTimer`] fired.
+    Timer,
+    /// The shell saw a peer leave for good.
+    PeerLeft(PeerId),
+    /// Our spare cores changed.
+    Capacity(u16),
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send to one peer.
+    Send {
+        /// Recipient.
+        to: PeerId,
+        /// Message.
+        msg: Message,
+    },
+    /// Gossip to everyone.
+    Broadcast(Message),
+    /// Run a unit; report with [`Event::UnitFinished`].
+    StartUnit {
+        /// The unit.
+        unit: UnitRef,
+        /// Its content id.
+        unit_id: UnitId,
+        /// The job (manifest: module, input, args, limits).
+        job: Arc<JobInfo>,
+        /// Peers holding the bundle, to fetch the module and input from.
+        sources: Vec<PeerId>,
+    },
+    /// Stop a running unit (it was verified without us); no [`Event::UnitFinished`] needed.
+    CancelUnit(UnitRef),
+    /// Keep this blob (our own result) and serve it to others.
+    StoreBlob(BlobId),
+    /// Fetch a blob from one of these peers, then keep it; report with [`Event::BlobFetched`].
+    FetchBlob {
+        /// The blob.
+        blob: BlobId,
+        /// Peers to try, in order.
+        from: Vec<PeerId>,
+        /// Why.
+        purpose: FetchPurpose,
+    },
+    /// Deliver [`Event::Timer`] at this time (replaces any earlier request).
+    SetTimer(Millis),
+    /// A unit reached quorum here (notification).
+    UnitVerified {
+        /// The unit.
+        unit: UnitRef,
+        /// The agreed result.
+        result: BlobId,
+        /// Who signed it.
+        signers: Vec<PeerId>,
+    },
+    /// A unit failed here (notification), always with a reason.
+    UnitFailed {
+        /// The unit.
+        unit: UnitRef,
+        /// Why.
+        reason: FailReason,
+    },
+}
+
+/// One peer's protocol state.
+pub struct Peer {
+    id: PeerId,
+    arch: ArchClass,
+    cores: u16,
+    /// Units started at once per core (see [`Peer::set_run_slots_per_core`]).
+    slots_per_core: u32,
+    cfg: Config,
+    signer: Box<dyn Signer>,
+    verifier: Arc<dyn Verifier>,
+    rng: Rng,
+    view: View,
+    advert_seq: u64,
+    /// When we last advertised, with the spare cores and whether we had units to spare.
+    advertised: (Millis, u16, bool),
+    jobs: Vec<JobState>,
+    /// Job ids by slot (a short list: a linear search beats hashing 32-byte ids).
+    job_ids: Vec<JobId>,
+    requested: FxHashSet<JobId>,
+    /// Jobs asked for because a claim about them arrived before their announcement.
+    asked: FxHashSet<JobId>,
+    units: FxHashMap<UKey, UnitState>,
+    /// Units resolved here that we did not sign: only the key is kept (bounded by
+    /// `max_tracked_units`), so late claims and commits for them are ignored cheaply.
+    done: FxHashSet<UKey>,
+    online_at: Millis,
+    ready: VecDeque<UKey>,
+    running: u32,
+    timers: BTreeSet<(Millis, TimerKind)>,
+    /// The earliest entry of `timers` (kept alongside: `arm` runs on every event).
+    first_timer: Option<Millis>,
+    wake: Option<Millis>,
+    last_steal: Option<Millis>,
+    /// Stolen units not resolved yet: who granted each, and the peers that watch it (named
+    /// by the victim: we may be far from the unit on the ring, where our view cannot rank it).
+    stolen: FxHashMap<UKey, Stolen>,
+    /// Steal attempts since the last grant (each doubles the wait before the next).
+    steal_misses: u32,
+    /// Jobs whose region scan is not finished.
+    scanning: u32,
+    sweeps: u64,
+    dissent: DissentBook,
+    stats: Stats,
+    out: Vec<Action>,
+    scratch: Vec<(f64, PeerId)>,
+    /// What `scratch` ranks: (unit point, strict ring, view epoch). One message often ranks
+    /// the same unit several times (evaluate, watchers, result holders).
+    ranked: Option<(u64, bool, u64)>,
+    /// Spare cores per architecture class in the whole network, as the shell counted them
+    /// (see [`Peer::set_capacity_census`]); empty if it did not.
+    census: Vec<(ArchClass, u32)>,
+    /// Silent members we pinged: the peer and its advert expiry then (unchanged at our next
+    /// tick means no advert and no answer came).
+    pinged: Vec<(PeerId, Millis)>,
+    now: Millis,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id).field("arch", &self.arch).finish()
+    }
+}
+
+impl Peer {
+    /// A peer with `cores` spare cores, signing with `signer`, checking with `verifier`,
+    /// drawing randomness from `seed`.
+    pub fn new(
+        cfg: Config,
+        arch: ArchClass,
+        cores: u16,
+        signer: Box<dyn Signer>,
+        verifier: Arc<dyn Verifier>,
+        seed: u64,
+    ) -> Self {
+        let id = signer.peer_id();
+        let view = View::new(id, arch, cores, cfg.view_side.max(cfg.window));
+        let dissent = DissentBook::new(cfg.max_dissent_records);
+        Self {
+            id,
+            arch,
+            cores,
+            slots_per_core: 1,
+            cfg,
+            signer,
+            verifier,
+            rng: Rng::new(seed),
+            view,
+            advert_seq: 0,
+            advertised: (0, 0, false),
+            jobs: Vec::new(),
+            job_ids: Vec::new(),
+            requested: FxHashSet::default(),
+            asked: FxHashSet::default(),
+            units: FxHashMap::default(),
+            done: FxHashSet::default(),
+            online_at: 0,
+            ready: VecDeque::new(),
+            running: 0,
+            timers: BTreeSet::new(),
+            first_timer: None,
+            wake: None,
+            last_steal: None,
+            stolen: FxHashMap::default(),
+            steal_misses: 0,
+            scanning: 0,
+            sweeps: 0,
+            dissent,
+            stats: Stats::default(),
+            out: Vec::new(),
+            scratch: Vec::new(),
+            ranked: None,
+            census: Vec::new(),
+            pinged: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// How many units to start at once per offered core (default 1). A shell whose units
+    /// spend time outside the CPU — fetching inputs, waiting for the store's group commit,
+    /// messages in flight — raises it so the executor always has the next unit queued; the
+    /// executor still runs them on the offered cores. Advertised capacity (placement weight)
+    /// stays the number of cores. Takes effect with the next event.
+    pub fn set_run_slots_per_core(&mut self, n: u32) {
+        self.slots_per_core = n.max(1);
+    }
+
+    /// Tells the peer the network's spare cores per architecture class, as the shell counted
+    /// them from every advert it hears (a gossip network delivers each to every peer; the
+    /// core's own view keeps only a ring neighbourhood). Jobs this peer submits split their
+    /// same-arch units across classes in these proportions; without a census the peer uses
+    /// its neighbourhood, whose share of each class can be far off in a large network (one
+    /// class then runs out of units while the other still has most of its share).
+    pub fn set_capacity_census(&mut self, classes: Vec<(ArchClass, u32)>) {
+        self.census = classes;
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Its architecture class.
+    pub fn arch(&self) -> ArchClass {
+        self.arch
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The membership view.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The dissent record for `peer` running `module`.
+    pub fn dissent(&self, peer: &PeerId, module: &BlobId) -> Option<DissentRecord> {
+        self.dissent.get(peer, module)
+    }
+
+    /// Units tracked right now.
+    pub fn tracked_units(&self) -> usize {
+        self.units.len()
+    }
+
+    /// Units remembered only as resolved (key only).
+    pub fn done_units(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Why this peer queued `unit`, if it is tracking it.
+    pub fn run_cause(&self, unit: &UnitRef) -> Option<RunCause> {
+        let s = self.slot(&unit.job)?;
+        self.units.get(&(s, unit.index)).map(|u| u.cause)
+    }
+
+    /// For a job this peer submitted: (units, verified, failed).
+    pub fn job_progress(&self, job: &JobId) -> Option<(u32, u32, u32)> {
+        let j = &self.jobs[self.slot(job)? as usize];
+        Some((j.d.unit_ids.len() as u32, j.verified, j.failed))
+    }
+
+    /// A one-line description of what this peer knows about a unit (for debugging).
+    pub fn describe_unit(&self, unit: &UnitRef) -> Option<String> {
+        let s = self.slot(&unit.job)?;
+        let u = self.units.get(&(s, unit.index))?;
+        Some(format!(
+            "mine={:?} outcome={:?} commits={:?} leases={:?} scan_left={:?}",
+            u.mine,
+            u.outcome,
+            u.tally
+                .commits()
+                .iter()
+                .map(|c| (c.body.executor, c.body.result.short()))
+                .collect::<Vec<_>>(),
+            u.leases.all(),
+            self.jobs[s as usize].scan
+        ))
+    }
+
+    /// Up to `max` units this peer tracks that have no outcome yet, in key order (for
+    /// debugging a stall together with [`Peer::describe_unit`]).
+    pub fn pending_units(&self, max: usize) -> Vec<UnitRef> {
+        let mut keys: Vec<UKey> =
+            self.units.iter().filter(|(_, u)| u.outcome.is_none()).map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.truncate(max);
+        keys.into_iter()
+            .map(|(s, index)| UnitRef { job: self.jobs[s as usize].info.job_id, index })
+            .collect()
+    }
+
+    /// Handles one event at time `now` and returns the actions to perform, in order.
+    pub fn handle(&mut self, event: Event, now: Millis) -> std::vec::Drain<'_, Action> {
+        self.now = now.max(self.now);
+        match event {
+            Event::Online => self.on_online(),
+            Event::Message { from, msg } => self.on_message(from, msg),
+            Event::Frame { from, bytes } => match Message::decode(&bytes) {
+                Ok(msg) => self.on_message(from, msg),
+                Err(_) => self.stats.malformed += 1,
+            },
+            Event::Submit(m) => self.on_submit(*m),
+            Event::UnitFinished { unit, result } => self.on_finished(unit, result),
+            Event::BlobFetched { purpose, ok, .. } => {
+                if let (FetchPurpose::Bundle(job), true) = (purpose, ok) {
+                    self.out.push(Action::Broadcast(Message::HaveBundle(job)));
+                }
+            }
+            Event::Timer => self.on_timer(),
+            Event::PeerLeft(p) => {
+                let before = self.regions();
+                if self.view.remove(&p) {
+                    self.rescan_after_leave(before);
+                }
+                self.holders_gone(&[p]);
+            }
+            Event::Capacity(c) => {
+                self.cores = c;
+                self.view.set_my_capacity(c, self.ready.len() as u32);
+            }
+        }
+        self.pump();
+        self.arm();
+        self.out.drain(..)
+    }
+
+    /// Dispatches a message to the submodule that owns it.
+    fn on_message(&mut self, from: PeerId, msg: Message) {
+        self.stats.messages_in += 1;
+        match msg {
+            Message::Advert(ad) => self.on_advert(from, ad),
+            Message::Announce(info) => self.on_announce(info),
+            Message::GetJob(job) => self.on_get_job(from, job),
+            Message::HaveBundle(job) => self.on_have_bundle(from, job),
+            Message::Claim { unit, until } => self.on_claim(from, unit, until),
+            Message::Release { unit, until } => self.on_release(from, unit, until),
+            Message::Commit(c) => {
+                if c.body.executor == from {
+                    self.answer_late_commit(from, &c);
+                }
+                self.on_commit(c)
+            }
+            Message::Probe(unit) => self.on_probe(from, unit),
+            Message::ProbeReply { unit, commits, leases, done } => {
+                self.on_probe_reply(unit, commits, leases, done)
+            }
+            Message::StealRequest { max, thief, arch, hops } => {
+                self.on_steal_request(from, thief, arch, max, hops)
+            }
+            Message::StealGrant(grants) => self.on_steal_grant(from, grants),
+            Message::Ping => self.out.push(Action::Send { to: from, msg: Message::Pong }),
+            Message::Pong => self.on_pong(from),
+            Message::SyncRequest(job) => self.on_sync_request(from, job),
+            Message::SyncReply(commits) => {
+                for c in commits.into_iter().take(MAX_BATCH) {
+                    self.on_commit(c);
+                }
+            }
+        }
+    }
+}
+
+/// A convenience for shells: the wire frame for a message.
+pub fn frame(msg: &Message) -> Vec<u8> {
+    msg.encode()
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Peer>();
+}

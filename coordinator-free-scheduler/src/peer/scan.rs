@@ -1,0 +1,166 @@
+//! The region scan: walking the units whose ring points lie in our region (where our view
+//! ranks correctly), queueing those we rank among the top `quorum` for, and probing first
+//! those in arcs we gained when neighbours left.
+
+use super::state::{Mine, UnitState};
+use super::{Action, Peer, RunCause, TimerKind};
+use crate::message::Message;
+use crate::placement::{position, unit_point};
+use crate::types::UnitRef;
+
+/// Which units of a (re)started scan are probed before they run.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ScanProbe {
+    /// None: our view of them is current.
+    None,
+    /// All (a job learned late: we saw none of its claims).
+    All,
+    /// Those in the ring arc `(start, end]`.
+    Arc(u64, u64),
+}
+
+/// Most probe arcs kept per job; more (many departures before a scan ends) probe everything.
+const MAX_PROBE_ARCS: usize = 8;
+
+/// Whether ring point `p` lies in the arc `(a, b]` (wrapping; `a == b` is the whole ring).
+pub(super) fn in_arc(p: u64, a: u64, b: u64) -> bool {
+    p.wrapping_sub(a).wrapping_sub(1) < b.wrapping_sub(a)
+}
+
+impl Peer {
+    /// Our ring regions (own class, all classes; see [`region`]), to compare across a change.
+    pub(super) fn regions(&self) -> [Option<(u64, u64)>; 2] {
+        let w = self.cfg.window;
+        [self.view.region(false, w), self.view.region(true, w)]
+    }
+
+    /// Neighbours within a window of us left: every unit whose window held them has its
+    /// ranking moved up by one, so units we skipped may now be ours, and our region grew by
+    /// the arc between its old and new start. The region is rescanned; only units in the
+    /// gained arc are probed first. A unit we already ranked at most third for was one whose
+    /// claims and commits reached us as a watcher, so what we know of it is current; units
+    /// newly in our region were not, and may have run long ago.
+    pub(super) fn rescan_after_leave(&mut self, before: [Option<(u64, u64)>; 2]) {
+        let after = self.regions();
+        for s in 0..self.jobs.len() {
+            let i = usize::from(self.jobs[s].info.strict());
+            let probe = match (before[i], after[i]) {
+                (Some((old, _)), Some((new, _))) if old != new => ScanProbe::Arc(new, old),
+                (Some(_), None) => ScanProbe::All,
+                _ => ScanProbe::None,
+            };
+            self.start_scan(s as u32, probe);
+        }
+    }
+
+    pub(super) fn start_scan(&mut self, slot: u32, probe: ScanProbe) {
+        let j = &mut self.jobs[slot as usize];
+        let n = j.d.by_point.len();
+        if j.scan.is_empty() {
+            self.scanning += 1;
+        }
+        j.scan.clear();
+        match self.view.region(j.info.strict(), self.cfg.window) {
+            None => j.scan.push((0, n)),
+            Some((a, b)) => {
+                let lo = j.d.by_point.partition_point(|&(p, _)| p <= a);
+                let hi = j.d.by_point.partition_point(|&(p, _)| p <= b);
+                if a < b {
+                    j.scan.push((lo, hi));
+                } else {
+                    j.scan.push((lo, n));
+                    j.scan.push((0, hi));
+                }
+            }
+        }
+        match probe {
+            ScanProbe::None => {}
+            ScanProbe::All => j.probe_all = true,
+            ScanProbe::Arc(a, b) if j.probe_arcs.len() < MAX_PROBE_ARCS => {
+                j.probe_arcs.push((a, b))
+            }
+            ScanProbe::Arc(..) => j.probe_all = true,
+        }
+        self.stats.rescans += 1;
+    }
+
+    /// Advances the region scans until the ready queue is full.
+    pub(super) fn fill(&mut self) {
+        let want = self.run_slots() as usize * self.cfg.queue_per_core;
+        if self.ready.len() >= want || self.scanning == 0 {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.jobs.len()).collect();
+        order.sort_by_key(|&s| std::cmp::Reverse(self.jobs[s].info.manifest.priority));
+        for s in order {
+            if self.now < self.jobs[s].scan_after {
+                continue;
+            }
+            while self.ready.len() < want {
+                let Some(idx) = self.next_scan_index(s) else { break };
+                self.scan_unit(s as u32, idx);
+            }
+        }
+    }
+
+    /// Advances job `s`'s scan: the next unit index in our region, or `None` when done.
+    pub(super) fn next_scan_index(&mut self, s: usize) -> Option<u32> {
+        let j = &mut self.jobs[s];
+        loop {
+            let r = j.scan.first_mut()?;
+            if r.0 < r.1 {
+                let (_, idx) = j.d.by_point[r.0];
+                r.0 += 1;
+                return Some(idx);
+            }
+            j.scan.remove(0);
+            if j.scan.is_empty() {
+                j.probe_all = false;
+                j.probe_arcs.clear();
+                self.scanning -= 1;
+                return None;
+            }
+        }
+    }
+
+    pub(super) fn scan_unit(&mut self, slot: u32, idx: u32) {
+        let key = (slot, idx);
+        // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
+        // only looks for units we do not know yet.
+        if self.done.contains(&key) || self.units.contains_key(&key) {
+            return;
+        }
+        let j = &self.jobs[slot as usize];
+        let strict = j.info.strict();
+        if !strict && j.d.class_of[idx as usize] != self.arch {
+            return;
+        }
+        let q = j.info.manifest.replication.quorum as usize;
+        let point = unit_point(&j.d.unit_ids[idx as usize]);
+        let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
+        let unit = UnitRef { job: j.info.job_id, index: idx };
+        self.rank_unit(point, strict);
+        if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
+            return;
+        }
+        if self.units.len() >= self.cfg.max_tracked_units {
+            self.stats.table_full += 1;
+            return;
+        }
+        let mut u = UnitState::new();
+        if probe {
+            u.mine = Mine::Probing;
+            u.cause = RunCause::Probe;
+            self.units.insert(key, u);
+            self.stats.probes += 1;
+            for to in self.watchers(key) {
+                self.out.push(Action::Send { to, msg: Message::Probe(unit) });
+            }
+            self.add_timer(self.now + self.cfg.probe_wait_ms, TimerKind::Probe(slot, idx));
+        } else {
+            self.units.insert(key, u);
+            self.stats.queued_scan += 1;
+            self.enqueue(key, RunCause::Scan);
+        }
+    }
+}

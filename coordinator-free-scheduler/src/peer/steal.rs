@@ -1,0 +1,305 @@
+//! Stealing: an idle peer asks the busiest peer it knows for queued units; a victim grants
+//! from its ready queue or its scan backlog, or forwards the request; a thief takes what it
+//! was granted.
+
+use super::rule::MAX_WATCHERS;
+use super::scan::in_arc;
+use super::state::{Mine, UKey, UnitState};
+use super::{Action, Peer, RunCause, TimerKind};
+use crate::message::{Grant, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
+use crate::placement::{position, unit_point};
+use crate::types::{ArchClass, PeerId, UnitRef};
+
+/// A stolen unit: its victim (told directly if we cannot run it) and its watchers.
+#[derive(Debug)]
+pub(super) struct Stolen {
+    pub(super) victim: PeerId,
+    pub(super) watchers: Vec<PeerId>,
+}
+
+/// How many times a steal request is forwarded at most (each hop moves about `view_side`
+/// ring positions, or straight to the busiest peer the forwarder knows).
+const STEAL_HOPS: u8 = 6;
+
+/// Most doublings of the steal cooldown after requests that brought nothing.
+const MAX_STEAL_BACKOFF: u32 = 4;
+
+impl Peer {
+    pub(super) fn try_steal(&mut self) {
+        if self.scanning > 0 {
+            return;
+        }
+        // Requests that brought nothing double the wait before the next (the network is
+        // running dry); a grant resets it.
+        let wait = self.cfg.steal_cooldown_ms << self.steal_misses.min(MAX_STEAL_BACKOFF);
+        if self.last_steal.is_some_and(|t| self.now < t + wait) {
+            return;
+        }
+        // One request per cooldown, answered or not: an idle peer is handed every advert and
+        // message, and looking for a victim on each would dominate its CPU.
+        self.last_steal = Some(self.now);
+        self.steal_misses += 1;
+        let toward_cw = self.rng.chance(0.5);
+        let Some(v) = self.steal_target(&[], toward_cw) else { return };
+        // Enough to fill our run slots and keep as many queued behind them.
+        let max = (self.run_slots() - self.running.min(self.run_slots())) + self.run_slots();
+        let msg = Message::StealRequest { max, thief: self.id, arch: self.arch, hops: STEAL_HOPS };
+        self.out.push(Action::Send { to: v, msg });
+    }
+
+    /// Hands units from our scan backlog straight to a thief (up to `want` granted in all):
+    /// units we rank among the top `quorum` for but have not queued, so never reserved (no
+    /// release is needed; the thief's claim tells the watchers). A busy region's backlog sits
+    /// mostly in its scans, where a ready-queue steal cannot reach it.
+    pub(super) fn grant_from_scan(
+        &mut self,
+        thief: PeerId,
+        thief_arch: ArchClass,
+        want: usize,
+        granted: &mut Vec<UKey>,
+    ) {
+        // Units looked at: most in a region are not ours (or are known already).
+        let mut budget = 8 * want + 64;
+        for s in 0..self.jobs.len() {
+            let j = &self.jobs[s];
+            if self.now < j.scan_after || (!j.info.strict() && thief_arch != self.arch) {
+                continue;
+            }
+            while granted.len() < want && budget > 0 {
+                let Some(idx) = self.next_scan_index(s) else { break };
+                budget -= 1;
+                let key = (s as u32, idx);
+                if self.units.contains_key(&key) || self.done.contains(&key) {
+                    continue;
+                }
+                let j = &self.jobs[s];
+                let strict = j.info.strict();
+                if !strict && j.d.class_of[idx as usize] != self.arch {
+                    continue;
+                }
+                let q = j.info.manifest.replication.quorum as usize;
+                let point = unit_point(&j.d.unit_ids[idx as usize]);
+                let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
+                self.rank_unit(point, strict);
+                if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
+                    continue;
+                }
+                if probe || position(&self.scratch, &thief).is_some_and(|p| p < q) {
+                    // Not one to hand out unseen (it may have run already, or the thief runs
+                    // it anyway): ours as usual.
+                    self.scan_unit(s as u32, idx);
+                    continue;
+                }
+                if self.units.len() >= self.cfg.max_tracked_units {
+                    self.stats.table_full += 1;
+                    return;
+                }
+                let lease = self.lease_len(s as u32);
+                let mut u = UnitState::new();
+                u.leases.claim(thief, self.now + lease);
+                // We step aside for it (see `evaluate`) as for a unit taken from our queue.
+                u.leases.hand_over(self.id, self.now + self.cfg.claim_grace_ms.min(lease));
+                self.units.insert(key, u);
+                granted.push(key);
+            }
+        }
+    }
+
+    /// Where a steal request goes next: the member of our own-class ring with the longest
+    /// advertised queue, or, when none has one, the member farthest along the ring in the
+    /// given direction (the walk goes on from there). Never a peer in `skip`.
+    pub(super) fn steal_target(&self, skip: &[PeerId], toward_cw: bool) -> Option<PeerId> {
+        let ring = self.view.ring(false);
+        let mut busiest: Option<(u32, PeerId)> = None;
+        for m in ring {
+            if m.peer == self.id || skip.contains(&m.peer) {
+                continue;
+            }
+            let Some(m) = self.view.get(&m.peer) else { continue };
+            if m.queue_len > 1 && busiest.is_none_or(|v| (m.queue_len, m.peer) > v) {
+                busiest = Some((m.queue_len, m.peer));
+            }
+        }
+        if let Some((_, p)) = busiest {
+            return Some(p);
+        }
+        let n = ring.len();
+        let me = ring.iter().position(|m| m.peer == self.id)?;
+        let reach = (n / 2).min(self.cfg.view_side);
+        (1..=reach)
+            .rev()
+            .map(|d| if toward_cw { (me + d) % n } else { (me + n - d) % n })
+            .map(|i| ring[i].peer)
+            .find(|p| *p != self.id && !skip.contains(p))
+    }
+
+    /// A steal request, from the thief or forwarded for it by `from`. Any peer of the right
+    /// class may take our queued units, wherever it is on the ring: the grant names the
+    /// unit's watchers. With nothing to give, the request goes on (see [`Peer::steal_target`]).
+    pub(super) fn on_steal_request(
+        &mut self,
+        from: PeerId,
+        thief: PeerId,
+        arch: ArchClass,
+        max: u32,
+        hops: u8,
+    ) {
+        if thief == self.id {
+            return;
+        }
+        // A thief we know must advertise the class it claims.
+        let thief_arch = match self.view.get(&thief) {
+            Some(m) if m.arch != arch => return,
+            _ => arch,
+        };
+        let want = (max as usize).min(MAX_BATCH);
+        // Up to half our ready queue, newest first (the longest wait)...
+        let give = want.min(self.ready.len() / 2);
+        let mut granted = Vec::new();
+        let mut handed = Vec::new();
+        let mut known = Vec::new();
+        let mut i = self.ready.len();
+        while i > 0 && granted.len() < give {
+            i -= 1;
+            let key = self.ready[i];
+            let j = &self.jobs[key.0 as usize];
+            let ok_arch = j.info.strict() || thief_arch == self.arch;
+            let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
+            let unit = UnitRef { job: j.info.job_id, index: key.1 };
+            let q = j.info.manifest.replication.quorum as usize;
+            let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+            let strict = j.info.strict();
+            self.rank_unit(point, strict);
+            // Not a unit the thief runs anyway (one of its primaries).
+            let thief_ok = position(&self.scratch, &thief).is_none_or(|p| p >= q);
+            // Resolved while queued (retired): drop it from the queue.
+            let Some(u) = self.units.get_mut(&key) else {
+                self.ready.remove(i);
+                continue;
+            };
+            if ok_arch
+                && thief_ok
+                && u.mine == Mine::Queued
+                && u.cause != RunCause::Steal
+                && u.outcome.is_none()
+                && !u.tally.has(&thief)
+                && !u.leases.is_live(&thief, self.now)
+                // A thief that already gave this unit up (declined it, or let its lease
+                // lapse) does not get it again: it would only hand it back.
+                && !u.leases.lapsed(&thief, self.now)
+            {
+                u.mine = Mine::None;
+                u.leases.claim(thief, self.now + lease);
+                // Our reservation shrinks to a short hand-over grace (never extended): by then
+                // the thief's own claim has reached the watchers. Without this the watchers
+                // would count our stale reservation as a live replica for minutes.
+                let handover = self.now + self.cfg.claim_grace_ms.min(lease);
+                u.leases.hand_over(self.id, handover);
+                // Commits already in for the unit go along: the thief ranks outside the
+                // unit's watchers, so nobody else would send them, and it needs them for its
+                // verdict.
+                known.extend(u.tally.commits().iter().copied());
+                self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
+                self.ready.remove(i);
+                granted.push(key);
+                handed.push((key, unit, handover));
+            }
+        }
+        // ...then units of our region scan not queued yet.
+        if granted.len() < want && self.scanning > 0 {
+            self.grant_from_scan(thief, thief_arch, want, &mut granted);
+        }
+        if granted.is_empty() {
+            if hops > 0 {
+                // Go on away from where the request came from.
+                let ring = self.view.ring(false);
+                let me = ring.iter().position(|m| m.peer == self.id);
+                let came_cw = match (me, ring.iter().position(|m| m.peer == from)) {
+                    (Some(i), Some(k)) => (k + ring.len() - i) % ring.len() <= ring.len() / 2,
+                    _ => false,
+                };
+                if let Some(next) = self.steal_target(&[from, thief], !came_cw) {
+                    let msg = Message::StealRequest { max, thief, arch, hops: hops - 1 };
+                    self.out.push(Action::Send { to: next, msg });
+                }
+            }
+            return;
+        }
+        let mut grants = Vec::with_capacity(granted.len());
+        for key in granted {
+            let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
+            let mut watchers = vec![self.id];
+            watchers.extend(self.watchers(key).into_iter().filter(|p| *p != thief));
+            watchers.truncate(MAX_ANNOUNCE_LIST);
+            let (me, now) = (self.id, self.now);
+            let leases = self.units.get(&key).map_or_else(Vec::new, |u| {
+                let others = u.leases.live(now).filter(|l| l.holder != me && l.holder != thief);
+                others.take(MAX_ANNOUNCE_LIST).copied().collect()
+            });
+            grants.push(Grant { unit, watchers, leases });
+        }
+        self.out.push(Action::Send { to: thief, msg: Message::StealGrant(grants) });
+        for c in known {
+            self.out.push(Action::Send { to: thief, msg: Message::Commit(c) });
+        }
+        for (key, unit, until) in handed {
+            for to in self.watchers(key) {
+                if to != thief {
+                    self.out.push(Action::Send { to, msg: Message::Release { unit, until } });
+                }
+            }
+        }
+    }
+
+    /// Units granted to us by a victim.
+    pub(super) fn on_steal_grant(&mut self, from: PeerId, grants: Vec<Grant>) {
+        if !grants.is_empty() {
+            self.steal_misses = 0;
+        }
+        for Grant { unit, watchers, leases } in grants.into_iter().take(MAX_BATCH) {
+            let done = self.slot(&unit.job).is_some_and(|s| self.done.contains(&(s, unit.index)));
+            let key = if done { None } else { self.resolve(&unit, true) };
+            let Some(key) = key else {
+                if done {
+                    self.out
+                        .push(Action::Send { to: from, msg: Message::Claim { unit, until: 0 } });
+                }
+                continue;
+            };
+            let lease_max = self.reserve_max(key.0);
+            let u = self.units.get_mut(&key).expect("resolved");
+            if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
+                let me = self.id;
+                let mut watchers: Vec<PeerId> =
+                    watchers.into_iter().filter(|p| *p != me).take(MAX_WATCHERS).collect();
+                if !watchers.contains(&from) {
+                    watchers.insert(0, from);
+                }
+                for l in leases.into_iter().take(MAX_WATCHERS) {
+                    if l.holder != me && l.until > self.now {
+                        u.leases.claim_hearsay(l.holder, l.until.min(self.now + lease_max));
+                    }
+                }
+                self.stolen.insert(key, Stolen { victim: from, watchers });
+                self.enqueue(key, RunCause::Steal);
+                self.stats.stolen += 1;
+                self.stats.queued_steal += 1;
+            } else {
+                // Already ours or done: hand it straight back. If we hold it, the
+                // victim gets our own lease (a give-up would be final there);
+                // otherwise the lease the victim recorded for us is released.
+                let until = match u.mine {
+                    Mine::Queued | Mine::Running => u
+                        .leases
+                        .live(self.now)
+                        .filter(|l| l.holder == self.id)
+                        .map(|l| l.until)
+                        .max()
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                self.out.push(Action::Send { to: from, msg: Message::Claim { unit, until } });
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Commits and verdicts: checking an incoming commit, tallying it, the quorum verdict (and
+//! what follows: cancel, fetch the result, notify), retiring resolved units, and telling a
+//! late executor the verdict.
+
+use super::state::{Mine, Outcome, UKey};
+use super::{Action, FetchPurpose, Peer};
+use crate::commit::{self, CommitError, SignedCommit};
+use crate::lease::Leases;
+use crate::message::{MAX_BATCH, Message};
+use crate::placement::unit_point;
+use crate::quorum::{Added, Verdict};
+use crate::types::{PeerId, UnitRef};
+
+impl Peer {
+    pub(super) fn on_commit(&mut self, c: SignedCommit) {
+        // The very same signed commit again (a re-send, or one relayed in a probe or sync
+        // reply): it was verified when it arrived first, so skip the signature check (an
+        // ed25519 verification in production).
+        if let Some(s) = self.slot(&c.body.unit.job)
+            && let Some(u) = self.units.get(&(s, c.body.unit.index))
+            && u.tally.commits().contains(&c)
+        {
+            return;
+        }
+        match commit::verify(&*self.verifier, &c) {
+            Ok(()) => {}
+            Err(CommitError::BadSignature) => {
+                self.stats.bad_signature += 1;
+                return;
+            }
+            Err(CommitError::UnknownSigner) => {
+                self.stats.unknown_signer += 1;
+                return;
+            }
+        }
+        let Some(key) = self.resolve(&c.body.unit, false) else { return };
+        let j = &self.jobs[key.0 as usize];
+        if j.d.unit_ids[key.1 as usize] != c.body.unit_id {
+            self.stats.bad_unit += 1;
+            return;
+        }
+        if !j.info.strict()
+            && let Some(m) = self.view.get(&c.body.executor)
+            && m.arch != c.body.arch
+        {
+            self.stats.bad_unit += 1;
+            return;
+        }
+        let Some(key) = self.resolve(&c.body.unit, true) else { return };
+        let u = self.units.get_mut(&key).expect("resolved");
+        match u.tally.add(c) {
+            Added::Duplicate => return,
+            Added::Equivocation => {
+                self.stats.equivocations += 1;
+                return;
+            }
+            Added::New => {}
+        }
+        u.leases.release(&c.body.executor);
+        if u.outcome.is_some() {
+            return;
+        }
+        self.check_verdict(key);
+    }
+
+    /// A commit straight from its executor for a unit already resolved here: the executor
+    /// ran it late (a lapse, a steal, a replica added after a mismatch) and nobody it sent its
+    /// commit to tells it the verdict, so it would keep re-sending. Answer with the tally if we
+    /// kept it (the executor checks the verdict itself), else say "resolved" (hearsay: it takes
+    /// two such answers to stop the executor's re-sends).
+    pub(super) fn answer_late_commit(&mut self, from: PeerId, c: &SignedCommit) {
+        let Some(s) = self.slot(&c.body.unit.job) else { return };
+        let key = (s, c.body.unit.index);
+        let unit = c.body.unit;
+        let commits = match self.units.get(&key) {
+            Some(u) if u.outcome.is_some() && !u.tally.commits().is_empty() => {
+                if u.tally.commits().iter().all(|o| o.body.executor == from) {
+                    return;
+                }
+                u.tally.commits().iter().take(MAX_BATCH).copied().collect()
+            }
+            Some(_) => return,
+            None if self.done.contains(&key) => Vec::new(),
+            None => return,
+        };
+        let done = commits.is_empty();
+        self.out.push(Action::Send {
+            to: from,
+            msg: Message::ProbeReply { unit, commits, leases: Vec::new(), done },
+        });
+    }
+
+    pub(super) fn check_verdict(&mut self, key: UKey) {
+        let j = &self.jobs[key.0 as usize];
+        let rep = j.info.manifest.replication;
+        let same_arch = !j.info.strict();
+        let module = j.info.manifest.module;
+        let unit = UnitRef { job: j.info.job_id, index: key.1 };
+        let u = self.units.get_mut(&key).expect("tracked");
+        match u.tally.verdict(rep.quorum, rep.max_replicas, same_arch) {
+            Verdict::Pending { .. } => self.evaluate(key),
+            Verdict::Verified { result, arch } => {
+                u.outcome = Some(Outcome::Verified(result));
+                let signers: Vec<PeerId> = u
+                    .tally
+                    .commits()
+                    .iter()
+                    .filter(|c| {
+                        c.body.result == result && (!same_arch || Some(c.body.arch) == arch)
+                    })
+                    .map(|c| c.body.executor)
+                    .collect();
+                for c in u.tally.commits() {
+                    let agreed =
+                        c.body.result == result && (!same_arch || Some(c.body.arch) == arch);
+                    self.dissent.record(c.body.executor, module, agreed);
+                }
+                let was = u.mine;
+                let me_signed = signers.contains(&self.id);
+                self.stats.verified += 1;
+                if was == Mine::Running {
+                    self.out.push(Action::CancelUnit(unit));
+                    self.running = self.running.saturating_sub(1);
+                    u.mine = Mine::Gave;
+                }
+                let j = &mut self.jobs[key.0 as usize];
+                let keep = j.mine || self.is_result_holder(key, &signers);
+                let j = &mut self.jobs[key.0 as usize];
+                if j.mine {
+                    j.verified += 1;
+                }
+                if keep && !me_signed {
+                    self.out.push(Action::FetchBlob {
+                        blob: result,
+                        from: signers.clone(),
+                        purpose: FetchPurpose::Result(unit),
+                    });
+                }
+                self.out.push(Action::UnitVerified { unit, result, signers });
+                self.retire(key);
+            }
+            Verdict::Failed(reason) => {
+                u.outcome = Some(Outcome::Failed);
+                if u.mine == Mine::Running {
+                    self.out.push(Action::CancelUnit(unit));
+                    self.running = self.running.saturating_sub(1);
+                    u.mine = Mine::Gave;
+                }
+                self.stats.failed += 1;
+                let j = &mut self.jobs[key.0 as usize];
+                if j.mine {
+                    j.failed += 1;
+                }
+                self.out.push(Action::UnitFailed { unit, reason });
+                self.retire(key);
+            }
+        }
+    }
+
+    /// A resolved unit: executors keep their tally (to answer probes and sync requests), with
+    /// the leases dropped; everyone else keeps only the key.
+    pub(super) fn retire(&mut self, key: UKey) {
+        self.stolen.remove(&key);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        match u.mine {
+            Mine::Committed => u.leases = Leases::default(),
+            Mine::Running => {}
+            _ => {
+                self.units.remove(&key);
+                if self.done.len() < self.cfg.max_tracked_units {
+                    self.done.insert(key);
+                } else {
+                    self.stats.table_full += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether we are one of the `result_copies` best-ranked non-signers for the unit.
+    pub(super) fn is_result_holder(&mut self, key: UKey, signers: &[PeerId]) -> bool {
+        let j = &self.jobs[key.0 as usize];
+        let r = j.info.manifest.replication.result_copies as usize;
+        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        let strict = j.info.strict();
+        self.rank_unit(point, strict);
+        self.scratch
+            .iter()
+            .filter(|(_, p)| !signers.contains(p))
+            .take(r)
+            .any(|(_, p)| *p == self.id)
+    }
+}
