@@ -231,6 +231,8 @@ struct Net {
     running: std::collections::BTreeMap<(usize, UnitRef), u64>,
     /// Links (from, to) on which every message but adverts is lost until the given time (ms).
     lossy: std::collections::BTreeMap<(usize, usize), u64>,
+    /// Peers that crash (stop, silently) at the given time (ms).
+    crashed: std::collections::BTreeMap<usize, u64>,
     /// (peer, unit) pairs whose first attempt already failed (`Exec::FlakyInputs`).
     failed_once: std::collections::BTreeSet<(usize, u32)>,
     runs: u64,
@@ -275,6 +277,7 @@ impl Net {
             running: Default::default(),
             failed_once: Default::default(),
             lossy: Default::default(),
+            crashed: Default::default(),
             runs: 0,
             log: Vec::new(),
         };
@@ -361,6 +364,12 @@ impl Net {
             }
             let (_, ev) = self.queue.pop_first().expect("non-empty");
             self.now = at;
+            let to = match &ev {
+                Ev::Event(i, _) | Ev::Timer(i, _) | Ev::Finish(i, _, _) => *i,
+            };
+            if self.crashed.get(&to).is_some_and(|&t| at >= t) {
+                continue;
+            }
             match ev {
                 Ev::Event(i, e) => self.call(i, e),
                 Ev::Timer(i, t) => {
@@ -591,4 +600,41 @@ fn a_submitter_that_missed_commits_asks_for_them() {
             "seed {seed}: {st:?} pending {pending:#?}"
         );
     }
+}
+
+/// Issue #6 (seen as a stall of the CLI test that SIGKILLs a worker): an executor crashed
+/// while sending its commits, which reached one watcher but neither the submitter nor the
+/// other executor. The watcher verified those units from the two commits it held, without
+/// running them; the other executor and the submitter each held one commit, and the only
+/// peer that could run another replica took the units for resolved. The watcher must keep
+/// the tallies of its recent verdicts and hand them to the submitter's sync request.
+#[test]
+fn commits_a_crashed_executor_delivered_to_one_watcher_reach_the_submitter() {
+    let cfg = shell_config();
+    let mut exercised = 0;
+    for seed in 0..6u8 {
+        let workers = [(2, Exec::Run(200)), (2, Exec::Run(250)), (2, Exec::Run(150))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        let crash_at = submit_at + 1_500;
+        // Worker 3's messages to the submitter and to worker 2 are lost until it crashes.
+        net.lossy.insert((3, 0), crash_at);
+        net.lossy.insert((3, 2), crash_at);
+        net.crashed.insert(3, crash_at);
+        net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(small_job(24, 2, 5_000)))));
+        net.run_until(submit_at + 600_000);
+        // Units whose quorum was worker 3 and worker 2 before the crash: only worker 1 saw
+        // both commits.
+        let finished = |p: usize, u: u32| {
+            net.log.iter().any(|(t, s)| *t < crash_at && *s == Seen::Finished(p, u, true))
+        };
+        exercised +=
+            (0..24u32).filter(|&u| finished(3, u) && finished(2, u) && !finished(1, u)).count();
+        let mut verified: Vec<u32> = net.verified().iter().map(|(_, u)| *u).collect();
+        verified.sort_unstable();
+        verified.dedup();
+        assert_eq!(verified, (0..24).collect::<Vec<_>>(), "seed {seed}");
+    }
+    assert!(exercised > 0, "no seed made a unit that only worker 1 saw verified");
 }

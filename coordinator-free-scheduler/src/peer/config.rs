@@ -34,6 +34,12 @@ pub struct Config {
     /// Most units tracked. When full, new units (scanned, claimed or committed) are not
     /// tracked and counted in [`Stats::table_full`]; others will run or watch them.
     pub max_tracked_units: usize,
+    /// Most resolved units whose tally (the quorum's signed commits) we keep although we did
+    /// not sign it; older ones keep only their key. An executor that crashed mid-send may have
+    /// delivered its commit to us alone: these tallies answer the probes, late commits and
+    /// sync requests of the peers (and the submitter) that missed it, for recent verdicts.
+    /// When full, the oldest kept tally is dropped (its key stays resolved).
+    pub kept_verdicts: usize,
     /// Most jobs known. When full, new announcements are dropped and counted.
     pub max_jobs: usize,
     /// Ready-queue length per core; the scan stops filling beyond it.
@@ -64,6 +70,7 @@ impl Default for Config {
             silence_probe_ms: 100_000,
             claim_grace_ms: 60_000,
             max_tracked_units: 1 << 21,
+            kept_verdicts: 4096,
             max_jobs: 64,
             queue_per_core: 2,
             max_timers: 1 << 22,

@@ -155,7 +155,12 @@ impl Peer {
             }
             // Executors answer for the units they ran: every commit they hold
             // (verified or not), so commits lost while the submitter was away return.
-            if u.tally.has(&self.id) && !matches!(u.outcome, Some(Outcome::Failed)) {
+            // Others answer with the tallies of recent verdicts they keep: an executor that
+            // crashed while sending its commit may have reached only them.
+            let verified_here = matches!(u.outcome, Some(Outcome::Verified(_)));
+            if (u.tally.has(&self.id) && !matches!(u.outcome, Some(Outcome::Failed)))
+                || verified_here
+            {
                 batch.extend(u.tally.commits().iter().take(8).copied());
             }
             if batch.len() >= MAX_BATCH - 8 {

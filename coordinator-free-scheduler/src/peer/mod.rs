@@ -263,6 +263,9 @@ pub struct Peer {
     /// Units resolved here that we did not sign: only the key is kept (bounded by
     /// `max_tracked_units`), so late claims and commits for them are ignored cheaply.
     done: FxHashSet<UKey>,
+    /// Resolved units we did not sign whose tally is still kept, oldest first (at most
+    /// `kept_verdicts`; see [`Config::kept_verdicts`]).
+    kept: VecDeque<UKey>,
     online_at: Millis,
     ready: VecDeque<UKey>,
     running: u32,
@@ -333,6 +336,7 @@ impl Peer {
             asked: FxHashSet::default(),
             units: FxHashMap::default(),
             done: FxHashSet::default(),
+            kept: VecDeque::new(),
             online_at: 0,
             ready: VecDeque::new(),
             running: 0,

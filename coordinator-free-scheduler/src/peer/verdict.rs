@@ -158,21 +158,36 @@ impl Peer {
     }
 
     /// A resolved unit: executors keep their tally (to answer probes and sync requests), with
-    /// the leases dropped; everyone else keeps only the key.
+    /// the leases dropped. Everyone else keeps the tally of its `kept_verdicts` most recent
+    /// verdicts (an executor that crashed while sending its commit may have reached only us),
+    /// and only the key of older ones.
     pub(super) fn retire(&mut self, key: UKey) {
         self.stolen.remove(&key);
         let Some(u) = self.units.get_mut(&key) else { return };
         match u.mine {
             Mine::Committed => u.leases = Leases::default(),
             Mine::Running => {}
-            _ => {
-                self.units.remove(&key);
-                if self.done.len() < self.cfg.max_tracked_units {
-                    self.done.insert(key);
-                } else {
-                    self.stats.table_full += 1;
+            _ if self.cfg.kept_verdicts > 0 && !u.tally.commits().is_empty() => {
+                u.leases = Leases::default();
+                self.kept.push_back(key);
+                while self.kept.len() > self.cfg.kept_verdicts {
+                    let old = self.kept.pop_front().expect("non-empty");
+                    if self.units.get(&old).is_some_and(|u| u.mine != Mine::Committed) {
+                        self.forget(old);
+                    }
                 }
             }
+            _ => self.forget(key),
+        }
+    }
+
+    /// Keeps only the key of a resolved unit.
+    fn forget(&mut self, key: UKey) {
+        self.units.remove(&key);
+        if self.done.len() < self.cfg.max_tracked_units {
+            self.done.insert(key);
+        } else {
+            self.stats.table_full += 1;
         }
     }
 

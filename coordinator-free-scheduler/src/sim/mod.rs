@@ -143,7 +143,10 @@ impl Default for SimConfig {
             submitter_offline: None,
             submit_at: 40_000,
             horizon: 48 * 3600 * 1000,
-            peer: Config::default(),
+            // A real peer keeps thousands of recent verdicts' tallies; ten thousand simulated
+            // peers in one process keep a few each (memory), which still covers the window
+            // in which a crashed executor's half-sent commit matters.
+            peer: Config { kept_verdicts: 16, ..Config::default() },
         }
     }
 }
