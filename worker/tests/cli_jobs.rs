@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[path = "support/process.rs"]
 mod process;
-use process::{Proc, ok, ova, poll};
+use process::{Proc, ok, ova, poll, poll_until};
 
 const UNITS: usize = 60;
 
@@ -146,17 +146,11 @@ fn a_job_survives_a_sigkilled_worker_and_the_cli_reports_it() {
     });
     w2.0.kill().unwrap();
     w2.0.wait().unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(300);
-    let out = loop {
-        if let Some(status) = submit.0.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > end {
-            submit.0.kill().ok();
-            let log = std::fs::read_to_string(&submit_log).unwrap_or_default();
-            panic!("the submitter did not finish within 300 s; its log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let finished = poll_until(Duration::from_secs(300), || submit.0.try_wait().ok().flatten());
+    let Some(out) = finished else {
+        submit.0.kill().ok();
+        let log = std::fs::read_to_string(&submit_log).unwrap_or_default();
+        panic!("the submitter did not finish within 300 s; its log:\n{log}");
     };
     let mut stdout = String::new();
     submit.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();

@@ -36,13 +36,21 @@ pub fn poll<T>(what: &str, cond: impl FnMut() -> Option<T>) -> T {
 }
 
 /// [`poll`] with another deadline.
-pub fn poll_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+pub fn poll_for<T>(what: &str, limit: Duration, cond: impl FnMut() -> Option<T>) -> T {
+    poll_until(limit, cond).unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Polls `cond` every 50 ms until it returns `Some`, or returns `None` at the deadline (for
+/// callers that report more than "timed out").
+pub fn poll_until<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + limit;
     loop {
         if let Some(v) = cond() {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
+        if Instant::now() >= end {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
