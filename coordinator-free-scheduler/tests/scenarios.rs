@@ -1,6 +1,6 @@
 //! Simulator scenarios as assertions.
 
-use ova_scheduler::sim::{Report, Sim, SimConfig, scenario};
+use ova_scheduler::sim::{Report, Sim, SimConfig, collusion_wrong_accept, scenario};
 
 fn run(name: &str, seed: u64) -> Report {
     let s = scenario(name).expect("scenario exists");
@@ -67,17 +67,66 @@ fn twenty_percent_liars_never_win_at_quorum_two() {
 }
 
 #[test]
+fn collusion_theory_formula() {
+    // Quorum 2, at most 3 replicas: both first replicas collude, or one does and so does the
+    // tie-breaker.
+    for c in [0.0, 0.05, 0.1, 0.3, 1.0] {
+        let p = collusion_wrong_accept(c, 2, 3);
+        assert!((p - (c * c + 2.0 * c * c * (1.0 - c))).abs() < 1e-12, "c={c}: {p}");
+    }
+    // No tie-breaker: both must collude. Quorum 1: any colluder wins.
+    assert!((collusion_wrong_accept(0.1, 2, 2) - 0.01).abs() < 1e-12);
+    assert!((collusion_wrong_accept(0.1, 1, 1) - 0.1).abs() < 1e-12);
+    // Quorum 3 of 5: the colluders' third commit comes 3rd, 4th or 5th.
+    let c: f64 = 0.2;
+    let want = c.powi(3) * (1.0 + 3.0 * (1.0 - c) + 6.0 * (1.0 - c).powi(2));
+    assert!((collusion_wrong_accept(c, 3, 5) - want).abs() < 1e-12);
+    // More replicas allowed: colluders never gain (honest peers get more chances too).
+    assert!(collusion_wrong_accept(0.1, 2, 4) >= collusion_wrong_accept(0.1, 2, 3));
+}
+
+#[test]
 fn colluders_wrong_accept_rate_is_bounded_by_theory() {
-    let r = run("colluders", 5);
-    let f = 0.1f64;
-    // Wrong iff the first two replicas both collude (f²), or one does and the third replica
-    // (the tie-breaker) colludes too (2f(1-f)·f). Allow sampling slack.
-    let bound = f * f + 2.0 * f * (1.0 - f) * f;
-    let rate = r.wrong_accepted as f64 / r.verified.max(1) as f64;
-    println!("{}", r.render());
-    assert!(rate <= bound + 0.01, "rate {rate} above theory {bound}");
-    assert!(rate >= bound / 4.0, "rate {rate} implausibly far below theory {bound}");
-    assert_eq!(r.unresolved, 0);
+    // Theory (see `CollusionTheory`): placement is weighted by spare cores, so a replica is a
+    // colluder with probability `c` = the colluders' share of their class's cores, and at
+    // quorum 2 with at most 3 replicas a wrong result wins with probability c² + 2c²(1-c).
+    // The scenario makes 10 % of the peers colluders; their share of the cores varies with
+    // the seed (cores per peer are 1-8), and so does the rate: it follows the cores, not the
+    // peer count (seed 1: 12 % of the cores, 4.8 % wrongly accepted, against 2.8 % predicted
+    // from the peer share).
+    let mut wrong = 0usize;
+    let mut verified = 0usize;
+    let mut predicted = 0.0;
+    for seed in 1..=5 {
+        let r = run("colluders", seed);
+        let t = r.collusion.expect("the scenario has colluders");
+        assert_eq!(r.unresolved, 0, "{}", r.render());
+        assert!((t.peer_share - 0.1).abs() < 0.01, "{}", r.render());
+        let n = r.verified.max(1) as f64;
+        let p = t.predicted_rate;
+        let rate = r.wrong_accepted as f64 / n;
+        // Per seed: three standard deviations of sampling (units are placed independently
+        // given the peers), plus 25 % for how far one small network's placement strays from
+        // exact core shares (a colluder's load also depends on its ring neighbours; seeds
+        // 1-10 measured 0.43x to 1.25x the prediction).
+        let sigma = (p * (1.0 - p) / n).sqrt();
+        let bound = 1.25 * p + 3.0 * sigma;
+        assert!(rate <= bound, "seed {seed}: rate {rate:.4} above {bound:.4}: {}", r.render());
+        wrong += r.wrong_accepted;
+        verified += r.verified;
+        predicted += p * r.verified as f64;
+    }
+    // Over the seeds the placement errors average out: the pooled rate must stay within
+    // three standard deviations of sampling of the pooled prediction (which is slightly high:
+    // replicas of one unit are distinct peers, so two colluders on a unit are a little rarer
+    // than independent draws make them). And the colluders must get through at about the
+    // predicted rate: a bound that holds only because the attack never works proves nothing.
+    let n = verified.max(1) as f64;
+    let p = predicted / n;
+    let rate = wrong as f64 / n;
+    let sigma = (p * (1.0 - p) / n).sqrt();
+    assert!(rate <= p + 3.0 * sigma, "pooled rate {rate:.4} above theory {p:.4} + 3σ");
+    assert!(rate >= p / 2.0, "pooled rate {rate:.4} implausibly far below theory {p:.4}");
 }
 
 #[test]

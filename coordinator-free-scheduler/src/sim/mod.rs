@@ -201,6 +201,55 @@ pub struct Report {
     pub quantiles: [u64; 3],
     /// Hash over every event processed (determinism check).
     pub trace: u64,
+    /// With colluding liars: what theory predicts for them (see [`CollusionTheory`]).
+    pub collusion: Option<CollusionTheory>,
+}
+
+/// What theory predicts for colluding liars in a run: their share of the initial peers and
+/// of their cores, and the wrong-accept rate those shares imply.
+///
+/// Placement is weighted by spare cores (weighted rendezvous ranking, and stealing by idle
+/// cores), so every core runs units at the same pace and a unit's replica is a colluder with
+/// probability `c` = the colluders' share of the *cores* of the unit's architecture class
+/// (its share of the peers matters only through their cores). Taking a unit's replicas as
+/// independent draws, a wrong result wins when the colluders' `quorum`-th commit comes
+/// before the honest peers' `quorum`-th, within `max_replicas` commits (colluders agree with
+/// each other; honest peers of one class agree with each other):
+///
+/// `P(c) = Σ_{k=0}^{min(q-1, m-q)} C(q-1+k, k) · c^q · (1-c)^k`
+///
+/// (the colluders' `q`-th commit is the `(q+k)`-th, with `k` honest ones before it). At
+/// quorum 2 with at most 3 replicas: `c² + 2c²(1-c)` — both first replicas collude, or one
+/// of them does and so does the tie-breaker. Same-arch units are split across classes in
+/// proportion to the classes' cores, so the predicted rate is `Σ_k (W_k / W) · P(c_k)`, with
+/// `W_k` a class's cores and `c_k` the colluders' share of them. Draws within a unit are in
+/// fact without replacement from a ring window, which makes two colluders on one unit a
+/// little rarer than independent draws: the prediction is slightly high, not low.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CollusionTheory {
+    /// Colluders' share of the initial peers.
+    pub peer_share: f64,
+    /// Colluders' share of the initial peers' cores.
+    pub core_share: f64,
+    /// The predicted wrong-accept rate (wrongly accepted / verified).
+    pub predicted_rate: f64,
+}
+
+/// The probability that colluders holding a share `c` of the capacity get their (common)
+/// wrong result accepted for one unit, at `quorum` with at most `max_replicas` replicas (see
+/// [`CollusionTheory`]).
+pub fn collusion_wrong_accept(c: f64, quorum: u8, max_replicas: u8) -> f64 {
+    let q = i32::from(quorum.max(1));
+    let ks = (q - 1).min(i32::from(max_replicas) - q);
+    let mut p = 0.0;
+    let mut binom = 1.0; // C(q-1+k, k)
+    for k in 0..=ks {
+        if k > 0 {
+            binom = binom * f64::from(q - 1 + k) / f64::from(k);
+        }
+        p += binom * c.powi(q) * (1.0 - c).powi(k);
+    }
+    p
 }
 
 impl Report {
@@ -225,6 +274,13 @@ impl Report {
             self.wrong_accepted as f64 / self.verified.max(1) as f64,
             self.failed_without_reason
         );
+        if let Some(t) = &self.collusion {
+            let _ = writeln!(
+                s,
+                "  colluders: peer_share={:.3} core_share={:.3} predicted_wrong_accept_rate={:.5}",
+                t.peer_share, t.core_share, t.predicted_rate
+            );
+        }
         let _ = writeln!(
             s,
             "  makespan={:.1}s ideal={:.1}s ratio={:.2} waste_above_quorum={:.4}",
@@ -637,6 +693,52 @@ impl Sim {
     fn push(&mut self, at: Millis, ev: Ev) {
         self.seq += 1;
         self.queue.push(Queued { at, seq: self.seq, ev });
+    }
+
+    /// The initial peers' cores per architecture class: (class, all cores, cores of peers
+    /// with `fault`), by class.
+    pub fn class_cores(&self, fault: Fault) -> Vec<(ArchClass, u64, u64)> {
+        let mut by: Vec<(ArchClass, u64, u64)> = Vec::new();
+        for p in &self.peers[..self.cfg.peers] {
+            let i = match by.iter().position(|b| b.0 == p.arch) {
+                Some(i) => i,
+                None => {
+                    by.push((p.arch, 0, 0));
+                    by.len() - 1
+                }
+            };
+            by[i].1 += u64::from(p.cores);
+            if p.fault == fault {
+                by[i].2 += u64::from(p.cores);
+            }
+        }
+        by.sort_unstable_by_key(|b| b.0);
+        by
+    }
+
+    /// What theory predicts for the run's colluding liars (see [`CollusionTheory`]); `None`
+    /// without colluders.
+    pub fn collusion_theory(&self) -> Option<CollusionTheory> {
+        let initial = &self.peers[..self.cfg.peers];
+        let n = initial.iter().filter(|p| p.fault == Fault::Colluder).count();
+        if n == 0 {
+            return None;
+        }
+        let rep = self.cfg.replication;
+        let by = self.class_cores(Fault::Colluder);
+        let all: u64 = by.iter().map(|b| b.1).sum();
+        let bad: u64 = by.iter().map(|b| b.2).sum();
+        let mut predicted_rate = 0.0;
+        for &(_, w, c) in &by {
+            let share = c as f64 / w.max(1) as f64;
+            predicted_rate += w as f64 / all.max(1) as f64
+                * collusion_wrong_accept(share, rep.quorum, rep.max_replicas);
+        }
+        Some(CollusionTheory {
+            peer_share: n as f64 / initial.len().max(1) as f64,
+            core_share: bad as f64 / all.max(1) as f64,
+            predicted_rate,
+        })
     }
 
     /// Total work / total capacity of the initial peers (ms).
@@ -1146,6 +1248,7 @@ impl Sim {
                 .map(|(k, n)| format!("{k}={n}"))
                 .collect::<Vec<_>>()
                 .join(" "),
+            collusion: self.collusion_theory(),
             ..Default::default()
         };
         let mut last = 0;

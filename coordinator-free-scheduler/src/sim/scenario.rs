@@ -73,9 +73,13 @@ pub const SCENARIOS: &[Scenario] = &[
             ..base(s)
         },
     },
+    // The report's `colluders:` line gives their share of the peers and of the cores, and the
+    // wrong-accept rate theory predicts from the core share (see `CollusionTheory`): placement
+    // is weighted by spare cores, so the rate follows the colluders' cores, which vary with
+    // the seed (1-8 cores per peer), not their 10 % of the peers.
     Scenario {
         name: "colluders",
-        about: "10% colluding liars (same wrong answer), quorum 2, max 3 replicas",
+        about: "10% colluding liars (same wrong answer), quorum 2, max 3 replicas; rate vs theory",
         config: |s| SimConfig {
             peers: 120,
             units: 10_000,
