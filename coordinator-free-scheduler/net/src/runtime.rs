@@ -819,7 +819,7 @@ impl Driver {
         done_tx: &mpsc::Sender<Done>,
     ) {
         if self.placeable(manifest.replication.quorum) {
-            self.feed(Event::Submit(Box::new(manifest)), done_tx);
+            self.announce(manifest, done_tx);
         } else {
             debug!(
                 quorum = manifest.replication.quorum,
@@ -828,6 +828,21 @@ impl Driver {
             );
             self.pending_submits.push((manifest, Instant::now()));
         }
+    }
+
+    /// Hands a job to the core, with a fresh census of the network's spare cores per
+    /// architecture class: the core splits same-arch units between classes in these
+    /// proportions, and its own view holds only a ring neighbourhood.
+    fn announce(&mut self, manifest: ova_jobs::Manifest, done_tx: &mpsc::Sender<Done>) {
+        let census = capacity_census(
+            self.node
+                .peers()
+                .iter()
+                .map(|p| (ova_scheduler::ArchClass(p.arch.0), p.capacity.spare_cores))
+                .chain(std::iter::once((self.peer.arch(), self.peer.view().me().weight))),
+        );
+        self.peer.set_capacity_census(census);
+        self.feed(Event::Submit(Box::new(manifest)), done_tx);
     }
 
     /// Submits the waiting jobs that can now be placed, and fails those that waited longer
@@ -839,7 +854,7 @@ impl Driver {
         for (m, since) in std::mem::take(&mut self.pending_submits) {
             let quorum = m.replication.quorum;
             if self.placeable(quorum) {
-                self.feed(Event::Submit(Box::new(m)), done_tx);
+                self.announce(m, done_tx);
             } else if since.elapsed() >= self.config.placement_timeout {
                 self.fail_unplaceable(&m);
             } else {
@@ -1327,6 +1342,22 @@ impl Driver {
     }
 }
 
+/// Spare cores per architecture class, from (class, spare cores) of every known peer; classes
+/// with no spare core are left out, and the list is sorted by class.
+fn capacity_census(
+    peers: impl Iterator<Item = (ova_scheduler::ArchClass, u16)>,
+) -> Vec<(ova_scheduler::ArchClass, u32)> {
+    let mut census: Vec<(ova_scheduler::ArchClass, u32)> = Vec::new();
+    for (arch, spare) in peers.filter(|(_, spare)| *spare > 0) {
+        match census.iter_mut().find(|(a, _)| *a == arch) {
+            Some((_, n)) => *n += u32::from(spare),
+            None => census.push((arch, u32::from(spare))),
+        }
+    }
+    census.sort_unstable_by_key(|(a, _)| a.0);
+    census
+}
+
 /// Most modules kept in memory by [`ModuleCache`].
 const MAX_CACHED_MODULES: usize = 8;
 
@@ -1574,4 +1605,19 @@ pub async fn spawn_node(
     let sent: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |n| observer.blob_bytes(n, 0));
     let handler = blobs::BlobHandler::new(store, sent);
     Node::spawn_with(config, vec![(blobs::BLOB_ALPN, Box::new(handler))]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use ova_scheduler::ArchClass;
+
+    use super::capacity_census;
+
+    #[test]
+    fn the_census_sums_spare_cores_per_class_and_leaves_out_idle_classes() {
+        let (x86, arm, riscv) = (ArchClass(1), ArchClass(2), ArchClass(3));
+        let peers = [(arm, 4), (x86, 2), (riscv, 0), (x86, 0), (arm, 1), (x86, 8)];
+        assert_eq!(capacity_census(peers.into_iter()), vec![(x86, 10), (arm, 5)]);
+        assert!(capacity_census(std::iter::empty()).is_empty());
+    }
 }
