@@ -46,6 +46,7 @@ impl Peer {
             let until = until.min(self.now + lease_max);
             let u = self.units.get_mut(&key).expect("resolved");
             u.leases.claim_from_holder(from, until, self.now);
+            self.note_holder(from, until, key);
             self.add_timer(until, TimerKind::Unit(key.0, key.1));
         }
         self.evaluate(key);

@@ -26,11 +26,18 @@ pub struct Config {
     pub claim_grace_ms: Millis,
     /// Least time between two steal requests.
     pub steal_cooldown_ms: Millis,
-    /// A view member that has not advertised for this long is pinged ([`Message::Ping`](crate::message::Message::Ping)) and,
-    /// without an answer by our next tick, taken as gone (its leases end, its units are
-    /// placed again). With rare adverts (a long `advert_ttl_ms`) this finds a crashed peer
-    /// long before its advert expires. Has no effect when it exceeds the TTL.
+    /// A view member that has not advertised for this long is pinged
+    /// ([`Message::Ping`](crate::message::Message::Ping)) and, when neither that ping nor a
+    /// second one `probe_wait_ms` later brings any message from it, taken as gone (its leases
+    /// end, its units are placed again). With rare adverts (a long `advert_ttl_ms`) this finds
+    /// a crashed peer long before its advert expires. Has no effect when it exceeds the TTL.
     pub silence_probe_ms: Millis,
+    /// A member that claimed a unit we watch (its lease still running) and from whom no
+    /// message at all (claim, commit, advert, anything) came for this long is pinged the same
+    /// way. A busy live peer keeps sending claims and commits to its units' watchers, so this
+    /// finds a crashed lease holder, whose units wait for us to notice, without adverts; an
+    /// idle member holds no lease and is left to `silence_probe_ms`.
+    pub holder_silence_ms: Millis,
     /// Most units tracked. When full, new units (scanned, claimed or committed) are not
     /// tracked and counted in [`Stats::table_full`]; others will run or watch them.
     pub max_tracked_units: usize,
@@ -68,6 +75,7 @@ impl Default for Config {
             probe_wait_ms: 2_000,
             steal_cooldown_ms: 5_000,
             silence_probe_ms: 100_000,
+            holder_silence_ms: 30_000,
             claim_grace_ms: 60_000,
             max_tracked_units: 1 << 21,
             kept_verdicts: 4096,

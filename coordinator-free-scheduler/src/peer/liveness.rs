@@ -2,48 +2,192 @@
 //! answer), ending their leases so their units are placed again, and the liveness sweep that
 //! drives pending units nobody holds.
 
-use super::state::{Mine, UKey};
-use super::{Action, Peer};
+use super::state::{Mine, UKey, UnitState};
+use super::{Action, Peer, TimerKind};
 use crate::message::Message;
 use crate::types::{Millis, PeerId, UnitRef};
+use crate::util::FxHashMap;
+
+/// Most lease holders whose liveness we follow (see [`Holder`]). When full, the one whose
+/// leases end first is forgotten (its silence is left to the advert-based check, or to its
+/// lease lapsing).
+pub(super) const MAX_HOLDERS: usize = 256;
+
+/// Claims remembered per holder. A new claim replaces one whose unit no longer waits on the
+/// holder, or the oldest when all still do (then any of the others justifies a ping).
+const HOLDER_CLAIMS: usize = 8;
+
+/// A peer that claimed a unit we watch (in our view or not: a thief far along the ring is
+/// not), followed so that its silence is noticed while a unit waits on it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Holder {
+    /// When we last received any message from it.
+    heard: Millis,
+    /// The latest end of the leases it claimed from us.
+    until: Millis,
+    /// Its claims (oldest first) on units that may still wait on it; one that does is worth
+    /// a ping.
+    claims: [UKey; HOLDER_CLAIMS],
+    n_claims: u8,
+}
+
+/// A ping we sent to a silent peer: what we knew of it then. Its advert expiry and the time
+/// we last heard from it unchanged after `probe_wait_ms` mean no answer came.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pinged {
+    peer: PeerId,
+    expires: Option<Millis>,
+    heard: Option<Millis>,
+    sent: Millis,
+    /// 1 for the first ping, 2 for the repeat.
+    tries: u8,
+}
+
+/// Whether unit `key` is pending here and waits on `holder`: its lease is live and its
+/// commit has not come.
+fn waits_on(units: &FxHashMap<UKey, UnitState>, key: &UKey, holder: &PeerId, now: Millis) -> bool {
+    units.get(key).is_some_and(|u| {
+        u.outcome.is_none() && u.leases.is_live(holder, now) && !u.tally.has(holder)
+    })
+}
 
 impl Peer {
-    /// Members we pinged last tick that stayed silent are taken as gone; members silent for
-    /// [`Config::silence_probe_ms`] are pinged.
-    pub(super) fn check_silent(&mut self) {
+    /// A message came from `from`: if it holds leases we follow, it is alive now.
+    pub(super) fn heard_from(&mut self, from: &PeerId) {
+        if let Some(h) = self.holders.get_mut(from) {
+            h.heard = self.now;
+        }
+    }
+
+    /// `from` claimed the unit `key` until `until` (a live claim we recorded).
+    pub(super) fn note_holder(&mut self, from: PeerId, until: Millis, key: UKey) {
+        if !self.holders.contains_key(&from) && self.holders.len() >= MAX_HOLDERS {
+            let Some((&evict, h)) = self.holders.iter().min_by_key(|(p, h)| (h.until, **p)) else {
+                return;
+            };
+            if h.until >= until {
+                return;
+            }
+            self.holders.remove(&evict);
+        }
         let now = self.now;
-        let ttl = self.cfg.advert_ttl_ms as Millis;
-        let mut gone = Vec::new();
-        for (p, was) in std::mem::take(&mut self.pinged) {
-            if self.view.get(&p).is_some_and(|m| m.expires == was && m.expires > now) {
-                gone.push(p);
-            }
-        }
-        if !gone.is_empty() {
-            gone.sort_unstable();
-            self.stats.silent_dropped += gone.len() as u64;
-            let before = self.regions();
-            for p in &gone {
-                self.view.remove(p);
-            }
-            self.rescan_after_leave(before);
-            self.holders_gone(&gone);
-        }
-        if self.cfg.silence_probe_ms >= ttl {
+        let h = self.holders.entry(from).or_insert(Holder {
+            heard: now,
+            until: 0,
+            claims: [(0, 0); HOLDER_CLAIMS],
+            n_claims: 0,
+        });
+        h.heard = now;
+        h.until = h.until.max(until);
+        let n = usize::from(h.n_claims);
+        if h.claims[..n].contains(&key) {
             return;
         }
-        let silent_before = now.saturating_add(ttl).saturating_sub(self.cfg.silence_probe_ms);
-        let mut ping: Vec<(PeerId, Millis)> = self
-            .view
-            .members()
-            .filter(|m| m.expires <= silent_before && m.expires > now)
-            .map(|m| (m.peer, m.expires))
-            .collect();
-        ping.sort_unstable();
-        for &(to, _) in &ping {
-            self.out.push(Action::Send { to, msg: Message::Ping });
+        if n < HOLDER_CLAIMS {
+            h.claims[n] = key;
+            h.n_claims += 1;
+            return;
         }
-        self.pinged = ping;
+        let units = &self.units;
+        let drop = h.claims.iter().position(|k| !waits_on(units, k, &from, now)).unwrap_or(0);
+        h.claims.copy_within(drop + 1.., drop);
+        h.claims[HOLDER_CLAIMS - 1] = key;
+    }
+
+    /// Pings the peers that may be gone: view members whose adverts stopped for
+    /// [`Config::silence_probe_ms`](super::Config::silence_probe_ms), and lease holders that
+    /// sent us nothing for [`Config::holder_silence_ms`](super::Config::holder_silence_ms)
+    /// while a unit they claimed is still pending here (a crashed holder holds up its units
+    /// until someone notices). Each peer has at most one ping outstanding.
+    pub(super) fn check_silent(&mut self) {
+        self.check_pinged();
+        let now = self.now;
+        let ttl = self.cfg.advert_ttl_ms as Millis;
+        let mut ping: Vec<PeerId> = Vec::new();
+        if self.cfg.silence_probe_ms < ttl {
+            let silent_before = now.saturating_add(ttl).saturating_sub(self.cfg.silence_probe_ms);
+            ping.extend(
+                self.view
+                    .members()
+                    .filter(|m| m.expires <= silent_before && m.expires > now)
+                    .map(|m| m.peer),
+            );
+        }
+        self.holders.retain(|_, h| h.until > now);
+        if let Some(quiet_since) = now.checked_sub(self.cfg.holder_silence_ms) {
+            let units = &self.units;
+            for (p, h) in &self.holders {
+                if h.heard > quiet_since {
+                    continue;
+                }
+                let waiting =
+                    h.claims[..usize::from(h.n_claims)].iter().any(|k| waits_on(units, k, p, now));
+                if waiting {
+                    ping.push(*p);
+                }
+            }
+        }
+        ping.sort_unstable();
+        ping.dedup();
+        for p in ping {
+            if !self.pinged.iter().any(|q| q.peer == p) {
+                self.ping(p, 1);
+            }
+        }
+    }
+
+    fn ping(&mut self, peer: PeerId, tries: u8) {
+        let expires = self.view.get(&peer).map(|m| m.expires);
+        let heard = self.holders.get(&peer).map(|h| h.heard);
+        if expires.is_none() && heard.is_none() {
+            return;
+        }
+        self.pinged.push(Pinged { peer, expires, heard, sent: self.now, tries });
+        self.out.push(Action::Send { to: peer, msg: Message::Ping });
+        self.add_timer(self.now + self.cfg.probe_wait_ms, TimerKind::Pinged);
+    }
+
+    /// Pings that went `probe_wait_ms` without any message from the peer: a first one is
+    /// repeated (the ping or its answer may have been lost), after a second the peer is taken
+    /// as gone — it leaves our view, its leases end and its units are placed again.
+    pub(super) fn check_pinged(&mut self) {
+        let now = self.now;
+        let wait = self.cfg.probe_wait_ms;
+        let (mut gone, mut again) = (Vec::new(), Vec::new());
+        let (view, holders) = (&self.view, &self.holders);
+        self.pinged.retain(|q| {
+            if q.sent + wait > now {
+                return true;
+            }
+            let expires = view.get(&q.peer).map(|m| m.expires);
+            let heard = holders.get(&q.peer).map(|h| h.heard);
+            let silent = (expires.is_some() || heard.is_some())
+                && expires == q.expires
+                && expires.is_none_or(|e| e > now)
+                && heard == q.heard;
+            if silent {
+                if q.tries >= 2 { gone.push(q.peer) } else { again.push(q.peer) }
+            }
+            false
+        });
+        for p in again {
+            self.ping(p, 2);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        gone.sort_unstable();
+        self.stats.silent_dropped += gone.len() as u64;
+        let before = self.regions();
+        let mut left_view = false;
+        for p in &gone {
+            left_view |= self.view.remove(p);
+            self.holders.remove(p);
+        }
+        if left_view {
+            self.rescan_after_leave(before);
+        }
+        self.holders_gone(&gone);
     }
 
     /// A member answered our ping: its advert counts as fresh for another TTL.
@@ -57,6 +201,9 @@ impl Peer {
     pub(super) fn holders_gone(&mut self, gone: &[PeerId]) {
         if gone.is_empty() {
             return;
+        }
+        for p in gone {
+            self.holders.remove(p);
         }
         let now = self.now;
         let mut hit = Vec::new();

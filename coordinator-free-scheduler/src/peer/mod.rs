@@ -42,6 +42,12 @@
 //!   never claimed) get one such probe. When the holder *leaves* the view (graceful leave, its
 //!   adverts expire, or it stays silent and does not answer a [`Message::Ping`]) its leases
 //!   end at once and the unit is re-placed without waiting.
+//! - A crashed holder is found without frequent adverts: a live, busy holder keeps sending
+//!   claims and commits to its units' watchers, so a holder of a lease on a unit still
+//!   pending here that sent us *nothing* for [`Config::holder_silence_ms`] (30 s) is pinged,
+//!   in our view or not (a thief far along the ring), and taken as gone when two pings
+//!   `probe_wait_ms` apart go unanswered: about 35–50 s after a crash instead of 100 s or a
+//!   lapse of its (long) reservation.
 //! - A peer that cannot run a unit (its shell declined it: an allow-list, missing inputs)
 //!   hands it back with a claim ending at 0. Watchers leave that peer out of the unit's
 //!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
@@ -71,7 +77,8 @@
 //!   from wire references to table keys.
 //! - `timers`: the timer table and the periodic tick (expiry, adverts, sweeps).
 //! - `adverts`: our capacity adverts and the adverts we receive.
-//! - `liveness`: finding gone peers (silence, pings) and the liveness sweep that drives
+//! - `liveness`: finding gone peers (silent members and silent lease holders are pinged),
+//!   following the holders of leases we watch, and the liveness sweep that drives
 //!   units nobody holds.
 //! - `jobs`: submitting and learning jobs, bundles, and the submitter's sync of results.
 //! - `scan`: the region scan that finds the units we rank among the top `quorum` for.
@@ -110,6 +117,7 @@ mod verdict;
 pub use config::Config;
 pub use stats::{RunCause, Stats};
 
+use liveness::{Holder, Pinged};
 use state::{JobState, UKey, UnitState};
 use steal::Stolen;
 use timers::TimerKind;
@@ -292,9 +300,12 @@ pub struct Peer {
     /// Spare cores per architecture class in the whole network, as the shell counted them
     /// (see [`Peer::set_capacity_census`]); empty if it did not.
     census: Vec<(ArchClass, u32)>,
-    /// Silent members we pinged: the peer and its advert expiry then (unchanged at our next
-    /// tick means no advert and no answer came).
-    pinged: Vec<(PeerId, Millis)>,
+    /// Silent peers we pinged and have not heard from since (at most one entry per peer, and
+    /// only view members and followed holders: bounded by those tables).
+    pinged: Vec<Pinged>,
+    /// Peers holding leases on units we watch, followed for liveness (at most
+    /// [`liveness::MAX_HOLDERS`]).
+    holders: FxHashMap<PeerId, Holder>,
     now: Millis,
 }
 
@@ -355,6 +366,7 @@ impl Peer {
             ranked: None,
             census: Vec::new(),
             pinged: Vec::new(),
+            holders: FxHashMap::default(),
             now: 0,
         }
     }
@@ -493,6 +505,7 @@ impl Peer {
     /// Dispatches a message to the submodule that owns it.
     fn on_message(&mut self, from: PeerId, msg: Message) {
         self.stats.messages_in += 1;
+        self.heard_from(&from);
         match msg {
             Message::Advert(ad) => self.on_advert(from, ad),
             Message::Announce(info) => self.on_announce(info),

@@ -65,7 +65,8 @@ pub struct Stats {
     pub resyncs: u64,
     /// Units the liveness sweep drove again (re-evaluated, commit or hand-back re-sent).
     pub swept: u64,
-    /// View members taken as gone because they neither advertised nor answered a ping.
+    /// Peers (view members, or holders of leases we watch) taken as gone because they sent
+    /// nothing, not even an answer to either of two pings.
     pub silent_dropped: u64,
 }
 

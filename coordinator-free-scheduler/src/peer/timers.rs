@@ -17,6 +17,8 @@ pub(super) enum TimerKind {
     Probe(u32, u32),
     /// A late-learned job's warm-up ended: wake up to scan it.
     Scan,
+    /// A ping's answer is due (see [`Peer::check_pinged`]).
+    Pinged,
 }
 
 /// Granularity of lease-check timers.
@@ -83,6 +85,7 @@ impl Peer {
                 }
                 TimerKind::Unit(s, i) => self.evaluate((s, i)),
                 TimerKind::Scan => {}
+                TimerKind::Pinged => self.check_pinged(),
                 TimerKind::Probe(s, i) => {
                     if let Some(u) = self.units.get_mut(&(s, i))
                         && u.mine == Mine::Probing

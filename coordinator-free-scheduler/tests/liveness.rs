@@ -1,0 +1,155 @@
+//! Crash detection: a peer holding a lease on a unit we watch is pinged once it has been
+//! silent for `holder_silence_ms`, long before its adverts would be missed, and taken as gone
+//! (its lease ends) when two pings go unanswered.
+
+use std::sync::Arc;
+
+use ova_jobs::{BlobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitSpec};
+use ova_scheduler::{
+    Action, Advert, ArchClass, Config, Event, Message, Peer, PeerId, SimKeys, SimSigner, UnitRef,
+};
+
+fn manifest(units: usize) -> Manifest {
+    Manifest {
+        version: MANIFEST_VERSION,
+        name: "t".into(),
+        module: BlobId::of(b"m"),
+        units: (0..units)
+            .map(|i| UnitSpec { input: BlobId::of(&(i as u32).to_le_bytes()), args: vec![] })
+            .collect(),
+        replication: Replication { quorum: 2, max_replicas: 3, result_copies: 1 },
+        limits: Limits::default(),
+        determinism: ova_jobs::Determinism::SameArch,
+        priority: 0,
+    }
+}
+
+const ME: PeerId = PeerId([1; 32]);
+const HOLDER: PeerId = PeerId([2; 32]);
+
+/// A watcher (the job's submitter) that got a claim from `HOLDER` for unit 0 at 2 s; when
+/// `in_view`, `HOLDER` advertised first. Returns the peer and the unit.
+fn watcher(in_view: bool) -> (Peer, UnitRef) {
+    let mut keys = SimKeys::default();
+    keys.register(ME);
+    keys.register(HOLDER);
+    let mut p = Peer::new(
+        Config::default(),
+        ArchClass::X86_64,
+        2,
+        Box::new(SimSigner(ME)),
+        Arc::new(keys),
+        7,
+    );
+    let _ = p.handle(Event::Online, 0).count();
+    if in_view {
+        let ad = Advert {
+            peer: HOLDER,
+            arch: ArchClass::X86_64,
+            spare_cores: 2,
+            queue_len: 0,
+            seq: 1,
+            ttl_ms: 300_000,
+            jobs: Arc::from([]),
+        };
+        let _ = p.handle(Event::Message { from: HOLDER, msg: Message::Advert(ad) }, 500).count();
+    }
+    let m = manifest(4);
+    let unit = UnitRef { job: m.job_id(), index: 0 };
+    let _ = p.handle(Event::Submit(Box::new(m)), 1_000).count();
+    let claim = Message::Claim { unit, until: 600_000 };
+    let _ = p.handle(Event::Message { from: HOLDER, msg: claim }, 2_000).count();
+    (p, unit)
+}
+
+/// Drives timers every 500 ms from `from` to `to`; returns the times pings went to `HOLDER`.
+/// `answer` makes the holder answer each ping at once.
+fn run(p: &mut Peer, from: u64, to: u64, answer: bool) -> Vec<u64> {
+    let mut pings = Vec::new();
+    let mut t = from;
+    while t <= to {
+        let acts: Vec<Action> = p.handle(Event::Timer, t).collect();
+        for a in acts {
+            if let Action::Send { to, msg: Message::Ping } = a
+                && to == HOLDER
+            {
+                pings.push(t);
+                if answer {
+                    let _ =
+                        p.handle(Event::Message { from: HOLDER, msg: Message::Pong }, t).count();
+                }
+            }
+        }
+        t += 500;
+    }
+    pings
+}
+
+#[test]
+fn a_silent_lease_holder_is_pinged_and_dropped() {
+    let cfg = Config::default();
+    // Well within the advert heartbeat (a quarter TTL) and the advert silence check: only the
+    // holder check can ping this early.
+    assert!(cfg.holder_silence_ms + 2 * cfg.advert_interval_ms < cfg.silence_probe_ms);
+    for in_view in [true, false] {
+        let (mut p, unit) = watcher(in_view);
+        let before = p.describe_unit(&unit).expect("tracked");
+        assert!(before.contains(&format!("{HOLDER:?}")), "{before}");
+        let pings = run(&mut p, 2_500, 2_000 + cfg.holder_silence_ms + 25_000, false);
+        assert_eq!(pings.len(), 2, "in_view={in_view}: pings at {pings:?}");
+        let first = pings[0];
+        assert!(first >= 2_000 + cfg.holder_silence_ms, "pinged before it was silent: {first}");
+        assert!(first <= 2_000 + cfg.holder_silence_ms + cfg.advert_interval_ms);
+        assert_eq!(pings[1] - first, cfg.probe_wait_ms, "the repeat follows one probe wait");
+        assert_eq!(p.stats().silent_dropped, 1, "in_view={in_view}");
+        // The lease ended when the second ping went unanswered (it was good until 600 s).
+        let dropped_at = pings[1] + cfg.probe_wait_ms;
+        let after = p.describe_unit(&unit).expect("still tracked");
+        let ended = format!("holder: {HOLDER:?}, until: {dropped_at} }}");
+        assert!(after.contains(&ended), "in_view={in_view}: lease not ended: {after}");
+        if in_view {
+            assert!(p.view().get(&HOLDER).is_none(), "still in the view");
+        }
+    }
+}
+
+#[test]
+fn a_holder_that_answers_is_kept() {
+    let cfg = Config::default();
+    let (mut p, unit) = watcher(true);
+    let pings = run(&mut p, 2_500, 2_000 + 3 * cfg.holder_silence_ms, true);
+    assert!(!pings.is_empty(), "never pinged");
+    assert_eq!(p.stats().silent_dropped, 0);
+    let after = p.describe_unit(&unit).expect("tracked");
+    assert!(after.contains(&format!("holder: {HOLDER:?}, until: 600000 }}")), "{after}");
+}
+
+#[test]
+fn a_holder_that_keeps_talking_is_not_pinged() {
+    let cfg = Config::default();
+    let (mut p, _) = watcher(true);
+    let mut t = 2_500;
+    let mut pings = 0;
+    while t <= 2_000 + 3 * cfg.holder_silence_ms {
+        // Any message counts (here a repeated advert, ignored by the view as stale).
+        let ad = Advert {
+            peer: HOLDER,
+            arch: ArchClass::X86_64,
+            spare_cores: 2,
+            queue_len: 0,
+            seq: 1,
+            ttl_ms: 300_000,
+            jobs: Arc::from([]),
+        };
+        if t % 10_000 == 0 {
+            let _ = p.handle(Event::Message { from: HOLDER, msg: Message::Advert(ad) }, t).count();
+        }
+        let acts: Vec<Action> = p.handle(Event::Timer, t).collect();
+        pings += acts
+            .iter()
+            .filter(|a| matches!(a, Action::Send { to, msg: Message::Ping } if *to == HOLDER))
+            .count();
+        t += 500;
+    }
+    assert_eq!(pings, 0);
+}
