@@ -28,8 +28,9 @@ const ME: PeerId = PeerId([1; 32]);
 const HOLDER: PeerId = PeerId([2; 32]);
 
 /// A watcher (the job's submitter) that got a claim from `HOLDER` for unit 0 at 2 s; when
-/// `in_view`, `HOLDER` advertised first. Returns the peer and the unit.
-fn watcher(in_view: bool) -> (Peer, UnitRef) {
+/// `in_view`, `HOLDER` advertised first; when `idle`, the watcher ran its own units (it has
+/// nothing queued), else it leaves them running. Returns the peer and the unit.
+fn watcher(in_view: bool, idle: bool) -> (Peer, UnitRef) {
     let mut keys = SimKeys::default();
     keys.register(ME);
     keys.register(HOLDER);
@@ -56,7 +57,21 @@ fn watcher(in_view: bool) -> (Peer, UnitRef) {
     }
     let m = manifest(4);
     let unit = UnitRef { job: m.job_id(), index: 0 };
-    let _ = p.handle(Event::Submit(Box::new(m)), 1_000).count();
+    let starts = |acts: Vec<Action>| -> Vec<UnitRef> {
+        acts.into_iter()
+            .filter_map(|a| match a {
+                Action::StartUnit { unit, .. } => Some(unit),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut started = starts(p.handle(Event::Submit(Box::new(m)), 1_000).collect());
+    // We run our share at once and commit (a watcher with work queued would not ping).
+    while idle && let Some(u) = started.pop() {
+        let result = Ok(BlobId([u.index as u8 + 1; 32]));
+        let acts = p.handle(Event::UnitFinished { unit: u, result }, 1_000).collect();
+        started.extend(starts(acts));
+    }
     let claim = Message::Claim { unit, until: 600_000 };
     let _ = p.handle(Event::Message { from: HOLDER, msg: claim }, 2_000).count();
     (p, unit)
@@ -92,7 +107,7 @@ fn a_silent_lease_holder_is_pinged_and_dropped() {
     // holder check can ping this early.
     assert!(cfg.holder_silence_ms + 2 * cfg.advert_interval_ms < cfg.silence_probe_ms);
     for in_view in [true, false] {
-        let (mut p, unit) = watcher(in_view);
+        let (mut p, unit) = watcher(in_view, true);
         let before = p.describe_unit(&unit).expect("tracked");
         assert!(before.contains(&format!("{HOLDER:?}")), "{before}");
         let pings = run(&mut p, 2_500, 2_000 + cfg.holder_silence_ms + 25_000, false);
@@ -116,7 +131,7 @@ fn a_silent_lease_holder_is_pinged_and_dropped() {
 #[test]
 fn a_holder_that_answers_is_kept() {
     let cfg = Config::default();
-    let (mut p, unit) = watcher(true);
+    let (mut p, unit) = watcher(true, true);
     let pings = run(&mut p, 2_500, 2_000 + 3 * cfg.holder_silence_ms, true);
     assert!(!pings.is_empty(), "never pinged");
     assert_eq!(p.stats().silent_dropped, 0);
@@ -127,7 +142,7 @@ fn a_holder_that_answers_is_kept() {
 #[test]
 fn a_holder_that_keeps_talking_is_not_pinged() {
     let cfg = Config::default();
-    let (mut p, _) = watcher(true);
+    let (mut p, _) = watcher(true, true);
     let mut t = 2_500;
     let mut pings = 0;
     while t <= 2_000 + 3 * cfg.holder_silence_ms {
@@ -152,4 +167,13 @@ fn a_holder_that_keeps_talking_is_not_pinged() {
         t += 500;
     }
     assert_eq!(pings, 0);
+}
+
+#[test]
+fn a_busy_watcher_leaves_quiet_holders_to_the_advert_check() {
+    let cfg = Config::default();
+    let (mut p, _) = watcher(true, false);
+    let pings = run(&mut p, 2_500, 2_000 + 2 * cfg.holder_silence_ms, false);
+    assert!(pings.is_empty(), "pinged at {pings:?}");
+    assert_eq!(p.stats().silent_dropped, 0);
 }

@@ -36,7 +36,8 @@ pub struct Config {
     /// message at all (claim, commit, advert, anything) came for this long is pinged the same
     /// way. A busy live peer keeps sending claims and commits to its units' watchers, so this
     /// finds a crashed lease holder, whose units wait for us to notice, without adverts; an
-    /// idle member holds no lease and is left to `silence_probe_ms`.
+    /// idle member holds no lease and is left to `silence_probe_ms`. Only while we are idle
+    /// ourselves (a free run slot, nothing queued): a busy peer would only queue the unit.
     pub holder_silence_ms: Millis,
     /// Most units tracked. When full, new units (scanned, claimed or committed) are not
     /// tracked and counted in [`Stats::table_full`]; others will run or watch them.

@@ -114,7 +114,12 @@ impl Peer {
             );
         }
         self.holders.retain(|_, h| h.until > now);
-        if let Some(quiet_since) = now.checked_sub(self.cfg.holder_silence_ms) {
+        // Only while we have a free run slot and nothing queued: a crashed holder's unit is
+        // then one we could run at once. A busy peer would only queue it behind its own work,
+        // and live holders that are quiet toward us (their queues' other units have other
+        // watchers) would be pinged for nothing; their silence is left to the advert check.
+        let idle = self.ready.is_empty() && self.running < self.run_slots();
+        if idle && let Some(quiet_since) = now.checked_sub(self.cfg.holder_silence_ms) {
             let units = &self.units;
             for (p, h) in &self.holders {
                 if h.heard > quiet_since {

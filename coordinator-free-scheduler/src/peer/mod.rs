@@ -43,11 +43,12 @@
 //!   adverts expire, or it stays silent and does not answer a [`Message::Ping`]) its leases
 //!   end at once and the unit is re-placed without waiting.
 //! - A crashed holder is found without frequent adverts: a live, busy holder keeps sending
-//!   claims and commits to its units' watchers, so a holder of a lease on a unit still
-//!   pending here that sent us *nothing* for [`Config::holder_silence_ms`] (30 s) is pinged,
-//!   in our view or not (a thief far along the ring), and taken as gone when two pings
-//!   `probe_wait_ms` apart go unanswered: about 35–50 s after a crash instead of 100 s or a
-//!   lapse of its (long) reservation.
+//!   claims and commits to its units' watchers, so while we are idle (a free run slot, nothing
+//!   queued: we could run its unit at once), a holder of a lease on a unit still pending here
+//!   that sent us *nothing* for [`Config::holder_silence_ms`] (30 s) is pinged, in our view
+//!   or not (a thief far along the ring), and taken as gone when two pings `probe_wait_ms`
+//!   apart go unanswered: about 35–50 s after a crash instead of 100 s or a lapse of its
+//!   (long) reservation.
 //! - A peer that cannot run a unit (its shell declined it: an allow-list, missing inputs)
 //!   hands it back with a claim ending at 0. Watchers leave that peer out of the unit's
 //!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
