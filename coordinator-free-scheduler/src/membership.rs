@@ -127,7 +127,8 @@ impl View {
         self.me.weight = cores;
         self.me.queue_len = queue_len;
         if changed {
-            self.rebuild();
+            let me = self.me.peer;
+            self.reweight(&me, cores);
         }
     }
 
@@ -186,14 +187,17 @@ impl View {
             if ad.seq <= m.seq {
                 return AdvertEffect::Ignored;
             }
-            let reweight = m.weight != ad.spare_cores || m.arch != ad.arch;
+            let reweight = m.weight != ad.spare_cores;
+            let moved = m.arch != ad.arch;
             m.seq = ad.seq;
             m.weight = ad.spare_cores;
             m.queue_len = ad.queue_len;
             m.expires = expires;
             m.arch = ad.arch;
-            if reweight {
+            if moved {
                 self.rebuild();
+            } else if reweight {
+                self.reweight(&ad.peer, ad.spare_cores);
             }
             return AdvertEffect::Refreshed;
         }
@@ -288,6 +292,18 @@ impl View {
         }
         self.rebuild();
         (close, gone)
+    }
+
+    /// A member's (or our) weight changed, nothing else that places it: the same members
+    /// stay in the same ring positions (neighbourhoods go by ring point), so only the ring
+    /// entries' weights change — what a [`View::rebuild`] would give, without re-sorting.
+    fn reweight(&mut self, peer: &PeerId, weight: u16) {
+        for ring in [&mut self.any, &mut self.own] {
+            if let Some(m) = ring.iter_mut().find(|m| m.peer == *peer) {
+                m.weight = weight;
+            }
+        }
+        self.epoch += 1;
     }
 
     /// Keeps the `side` nearest members each way in both rings; evicts the rest.
