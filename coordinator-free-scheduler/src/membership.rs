@@ -215,7 +215,12 @@ impl View {
             expires,
         };
         self.members.insert(ad.peer, m);
-        self.rebuild();
+        if self.members.len() <= 2 * self.side {
+            // Everyone fits in both rings (see `nearest`): the newcomer only takes its place.
+            self.insert_in_rings(m);
+        } else {
+            self.rebuild();
+        }
         if self.members.contains_key(&ad.peer) {
             AdvertEffect::Joined
         } else {
@@ -301,6 +306,26 @@ impl View {
         for ring in [&mut self.any, &mut self.own] {
             if let Some(m) = ring.iter_mut().find(|m| m.peer == *peer) {
                 m.weight = weight;
+            }
+        }
+        self.epoch += 1;
+    }
+
+    /// Adds a newcomer to the rings while every member is kept (at most `2 * side`): what a
+    /// [`View::rebuild`] would give, without collecting and re-sorting everyone.
+    fn insert_in_rings(&mut self, m: Member) {
+        let key = (m.point, m.peer);
+        let me = (self.me.point, self.me.peer);
+        let i = self.any.partition_point(|x| (x.point, x.peer) < key);
+        self.any.insert(i, m);
+        if key < me {
+            self.me_any += 1;
+        }
+        if m.arch == self.me.arch {
+            let i = self.own.partition_point(|x| (x.point, x.peer) < key);
+            self.own.insert(i, m);
+            if key < me {
+                self.me_own += 1;
             }
         }
         self.epoch += 1;

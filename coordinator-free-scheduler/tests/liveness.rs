@@ -142,22 +142,14 @@ fn a_holder_that_answers_is_kept() {
 #[test]
 fn a_holder_that_keeps_talking_is_not_pinged() {
     let cfg = Config::default();
-    let (mut p, _) = watcher(true, true);
+    let (mut p, unit) = watcher(true, true);
     let mut t = 2_500;
     let mut pings = 0;
     while t <= 2_000 + 3 * cfg.holder_silence_ms {
-        // Any message counts (here a repeated advert, ignored by the view as stale).
-        let ad = Advert {
-            peer: HOLDER,
-            arch: ArchClass::X86_64,
-            spare_cores: 2,
-            queue_len: 0,
-            seq: 1,
-            ttl_ms: 300_000,
-            jobs: Arc::from([]),
-        };
+        // Claims, commits and answers count: here it claims another unit it queued.
         if t % 10_000 == 0 {
-            let _ = p.handle(Event::Message { from: HOLDER, msg: Message::Advert(ad) }, t).count();
+            let claim = Message::Claim { unit: UnitRef { index: 1, ..unit }, until: t + 300_000 };
+            let _ = p.handle(Event::Message { from: HOLDER, msg: claim }, t).count();
         }
         let acts: Vec<Action> = p.handle(Event::Timer, t).collect();
         pings += acts

@@ -32,8 +32,8 @@ pub struct Config {
     /// end, its units are placed again). With rare adverts (a long `advert_ttl_ms`) this finds
     /// a crashed peer long before its advert expires. Has no effect when it exceeds the TTL.
     pub silence_probe_ms: Millis,
-    /// A member that claimed a unit we watch (its lease still running) and from whom no
-    /// message at all (claim, commit, advert, anything) came for this long is pinged the same
+    /// A peer that claimed a unit we watch (its lease still running) and from whom no claim,
+    /// commit, release or answer came for this long is pinged the same
     /// way. A busy live peer keeps sending claims and commits to its units' watchers, so this
     /// finds a crashed lease holder, whose units wait for us to notice, without adverts; an
     /// idle member holds no lease and is left to `silence_probe_ms`. Only while we are idle

@@ -21,7 +21,7 @@ const HOLDER_CLAIMS: usize = 8;
 /// not), followed so that its silence is noticed while a unit waits on it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Holder {
-    /// When we last received any message from it.
+    /// When we last received a claim, commit, release, grant or answer from it.
     heard: Millis,
     /// The latest end of the leases it claimed from us.
     until: Millis,
@@ -96,7 +96,8 @@ impl Peer {
 
     /// Pings the peers that may be gone: view members whose adverts stopped for
     /// [`Config::silence_probe_ms`](super::Config::silence_probe_ms), and lease holders that
-    /// sent us nothing for [`Config::holder_silence_ms`](super::Config::holder_silence_ms)
+    /// sent us no claim, commit or answer for
+    /// [`Config::holder_silence_ms`](super::Config::holder_silence_ms)
     /// while a unit they claimed is still pending here (a crashed holder holds up its units
     /// until someone notices). Each peer has at most one ping outstanding.
     pub(super) fn check_silent(&mut self) {
@@ -120,9 +121,11 @@ impl Peer {
         // watchers) would be pinged for nothing; their silence is left to the advert check.
         let idle = self.ready.is_empty() && self.running < self.run_slots();
         if idle && let Some(quiet_since) = now.checked_sub(self.cfg.holder_silence_ms) {
-            let units = &self.units;
+            let (units, view) = (&self.units, &self.view);
             for (p, h) in &self.holders {
-                if h.heard > quiet_since {
+                // A member's adverts count too (when it last advertised, from its expiry).
+                let advert_at = view.get(p).map_or(0, |m| m.expires.saturating_sub(ttl));
+                if h.heard.max(advert_at) > quiet_since {
                     continue;
                 }
                 let waiting =

@@ -45,7 +45,8 @@
 //! - A crashed holder is found without frequent adverts: a live, busy holder keeps sending
 //!   claims and commits to its units' watchers, so while we are idle (a free run slot, nothing
 //!   queued: we could run its unit at once), a holder of a lease on a unit still pending here
-//!   that sent us *nothing* for [`Config::holder_silence_ms`] (30 s) is pinged, in our view
+//!   that sent us no claim, commit or answer for [`Config::holder_silence_ms`] (30 s) is
+//!   pinged, in our view
 //!   or not (a thief far along the ring), and taken as gone when two pings `probe_wait_ms`
 //!   apart go unanswered: about 35–50 s after a crash instead of 100 s or a lapse of its
 //!   (long) reservation.
@@ -506,7 +507,20 @@ impl Peer {
     /// Dispatches a message to the submodule that owns it.
     fn on_message(&mut self, from: PeerId, msg: Message) {
         self.stats.messages_in += 1;
-        self.heard_from(&from);
+        // What a lease holder sends its watchers (see `liveness`). Adverts, the bulk of the
+        // traffic, are left out (a table lookup each): a member's last advert is known from
+        // its expiry in the view.
+        if matches!(
+            msg,
+            Message::Claim { .. }
+                | Message::Commit(_)
+                | Message::Release { .. }
+                | Message::ProbeReply { .. }
+                | Message::StealGrant(_)
+                | Message::Pong
+        ) {
+            self.heard_from(&from);
+        }
         match msg {
             Message::Advert(ad) => self.on_advert(from, ad),
             Message::Announce(info) => self.on_announce(info),
