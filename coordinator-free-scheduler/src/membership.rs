@@ -158,9 +158,10 @@ impl View {
     }
 
     /// The ring used for a job: our own class's peers (same-arch) or everyone (strict),
-    /// sorted by ring point, ourselves included. Its entries carry the placement fields
-    /// (peer, point, arch, weight) as of the last membership change; for the latest queue
-    /// length, sequence and expiry use [`View::members`] or [`View::get`].
+    /// sorted by ring point, ourselves included. Its entries carry the current placement
+    /// fields (peer, point, arch, weight), and the own-class ring also the current advertised
+    /// queue length; for the latest sequence and expiry use [`View::members`] or
+    /// [`View::get`].
     pub fn ring(&self, strict: bool) -> &[Member] {
         if strict { &self.any } else { &self.own }
     }
@@ -194,6 +195,10 @@ impl View {
             m.queue_len = ad.queue_len;
             m.expires = expires;
             m.arch = ad.arch;
+            let key = (m.point, m.peer);
+            if let Ok(i) = self.own.binary_search_by(|x| (x.point, x.peer).cmp(&key)) {
+                self.own[i].queue_len = ad.queue_len;
+            }
             if moved {
                 self.rebuild();
             } else if reweight {

@@ -111,11 +111,11 @@ impl Peer {
     pub(super) fn steal_target(&self, skip: &[PeerId], toward_cw: bool) -> Option<PeerId> {
         let ring = self.view.ring(false);
         let mut busiest: Option<(u32, PeerId)> = None;
+        // The ring's entries carry current queue lengths (see `View::ring`).
         for m in ring {
             if m.peer == self.id || skip.contains(&m.peer) {
                 continue;
             }
-            let Some(m) = self.view.get(&m.peer) else { continue };
             if m.queue_len > 1 && busiest.is_none_or(|v| (m.queue_len, m.peer) > v) {
                 busiest = Some((m.queue_len, m.peer));
             }

@@ -411,6 +411,10 @@ pub struct Sim {
     seq: u64,
     now: Millis,
     peers: Vec<SimPeer>,
+    /// Per peer, what [`Sim::reachable`] reads: bit 0 alive, bit 1 online, the rest its
+    /// partition group (a compact copy of [`SimPeer`]'s fields: checked on every delivery,
+    /// and a `SimPeer` is large).
+    reach: Vec<u8>,
     index: FxHashMap<PeerId, u32>,
     ring_any: Vec<(u64, u32)>,
     ring_class: FxHashMap<ArchClass, Vec<(u64, u32)>>,
@@ -490,6 +494,7 @@ impl Sim {
             seq: 0,
             now: 0,
             peers: Vec::new(),
+            reach: Vec::new(),
             index: FxHashMap::default(),
             ring_any: Vec::new(),
             ring_class: FxHashMap::default(),
@@ -608,6 +613,7 @@ impl Sim {
         if let Some((a, b, frac)) = sim.cfg.partition {
             for i in 0..sim.peers.len() {
                 sim.peers[i].group = u8::from(sim.rng.chance(frac));
+                sim.sync_reach(i as u32);
             }
             sim.push(a, Ev::Partition(true));
             sim.push(b, Ev::Partition(false));
@@ -657,6 +663,13 @@ impl Sim {
             interrupted: Vec::new(),
             has_bundle: i == 0,
         });
+        self.reach.push(0);
+    }
+
+    /// Copies peer `i`'s alive, online and group fields into [`Sim::reach`].
+    fn sync_reach(&mut self, i: u32) {
+        let p = &self.peers[i as usize];
+        self.reach[i as usize] = u8::from(p.alive) | u8::from(p.online) << 1 | p.group << 2;
     }
 
     fn ring_insert(&mut self, i: u32) {
@@ -686,6 +699,7 @@ impl Sim {
         let p = &mut self.peers[i as usize];
         p.alive = true;
         p.online = true;
+        self.sync_reach(i);
         self.ring_insert(i);
         self.call(i, Event::Online);
     }
@@ -825,8 +839,8 @@ impl Sim {
     }
 
     fn reachable(&self, a: u32, b: u32) -> bool {
-        let (pa, pb) = (&self.peers[a as usize], &self.peers[b as usize]);
-        pb.alive && pb.online && pa.alive && (!self.partitioned || pa.group == pb.group)
+        let (ra, rb) = (self.reach[a as usize], self.reach[b as usize]);
+        rb & 3 == 3 && ra & 1 == 1 && (!self.partitioned || ra >> 2 == rb >> 2)
     }
 
     fn call(&mut self, i: u32, ev: Event) {
@@ -1179,10 +1193,12 @@ impl Sim {
                         lost.sort_unstable_by_key(|(u, _)| *u);
                         p.interrupted = lost.iter().map(|(u, _)| *u).collect();
                         self.lose(lost.into_iter().map(|(_, r)| r).collect());
+                        self.sync_reach(i);
                         self.ring_remove(i);
                     } else {
                         p.online = true;
                         let interrupted = std::mem::take(&mut p.interrupted);
+                        self.sync_reach(i);
                         self.ring_insert(i);
                         self.call(i, Event::Online);
                         for unit in interrupted {
@@ -1203,6 +1219,7 @@ impl Sim {
         p.has_bundle = false;
         let lost: Vec<Running> = p.running.drain().map(|(_, r)| r).collect();
         self.lose(lost);
+        self.sync_reach(i);
         self.ring_remove(i);
         if graceful {
             let id = self.peers[i as usize].id;
