@@ -32,6 +32,11 @@ pub enum DirectFrame {
     /// Several application messages for the same peer, in order: one stream, one length
     /// check and one budget grant for a whole turn's worth of small messages.
     Batch(Vec<Vec<u8>>),
+    /// A goodbye ([`crate::signed::GossipBody::Leave`], sealed as on gossip) sent straight to
+    /// a peer: a departure can break the gossip overlay it would travel on (a node leaving a
+    /// chain, or at the same time as a neighbour), and a peer that misses it keeps the
+    /// departed node until its advert expires.
+    Goodbye(Vec<u8>),
 }
 
 /// A frame could not be sent or received.

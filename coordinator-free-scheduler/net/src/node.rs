@@ -36,6 +36,8 @@ use crate::ticket::NodeTicket;
 
 /// How long shutdown waits for the goodbye message to leave.
 const LEAVE_FLUSH: Duration = Duration::from_millis(250);
+/// Gossip neighbours below which a node dials peers it knows from their adverts.
+const MIN_GOSSIP_NEIGHBOURS: usize = 3;
 
 /// Most departed peers remembered (see `Shared::departed`).
 const MAX_DEPARTED: usize = 4096;
@@ -570,8 +572,15 @@ impl Node {
         if !self.shared.cancel.is_cancelled() && !self.shared.leaving.swap(true, Ordering::SeqCst) {
             let (sent_at_ms, seq) = (unix_ms(), self.shared.next_seq());
             let sealed = signed::seal(&self.shared.key, &GossipBody::Leave { sent_at_ms, seq });
+            // By gossip, and straight to every peer we know: leaving may itself break the
+            // overlay the gossip would travel on.
+            let peers: Vec<EndpointId> = self.peers().iter().map(|p| p.id).collect();
+            let goodbye = DirectFrame::Goodbye(sealed.clone());
             let leave = async {
-                self.shared.gossip_broadcast(sealed).await?;
+                let direct =
+                    n0_future::join_all(peers.iter().map(|p| self.send_frame(*p, &goodbye)));
+                let (gossip, _) = tokio::join!(self.shared.gossip_broadcast(sealed), direct);
+                gossip?;
                 // The gossip actor sends asynchronously; give it a moment to put the goodbye
                 // on the wire before the connections close. Best effort: peers that miss it
                 // forget us at TTL expiry anyway.
@@ -706,16 +715,7 @@ impl Shared {
         }
         match body {
             GossipBody::Advert(advert) => self.on_advert(author, advert),
-            GossipBody::Leave { sent_at_ms, seq } => {
-                let removed = lock(&self.table).leave(&author, (sent_at_ms, seq));
-                if removed {
-                    info!(peer = %author.fmt_short(), "peer left");
-                    self.memory.remove_endpoint_info(author);
-                    self.mark_departed(author);
-                    self.bump_peers();
-                    self.emit(NetEvent::PeerLeft(author));
-                }
-            }
+            GossipBody::Leave { sent_at_ms, seq } => self.on_leave(author, sent_at_ms, seq),
             GossipBody::App { payload, .. } => {
                 let Some(permit) = self.budget.take_owned(payload.len()) else {
                     self.stats.drop(DropReason::Overloaded, &author.fmt_short(), "inbound budget");
@@ -726,6 +726,31 @@ impl Shared {
                     payload: Payload { bytes: payload, _permit: Some(Arc::new(permit)) },
                 });
             }
+        }
+    }
+
+    /// A goodbye sent straight to us ([`DirectFrame::Goodbye`]): only a signed `Leave` from
+    /// the peer that delivered it counts.
+    fn on_goodbye(&self, bytes: &[u8], from: EndpointId) {
+        let peer = from.fmt_short();
+        match signed::open(bytes, self.config.max_broadcast_bytes) {
+            Ok((author, GossipBody::Leave { sent_at_ms, seq })) if author == from => {
+                self.on_leave(author, sent_at_ms, seq);
+            }
+            Ok(_) => self.stats.drop(DropReason::Invalid, &peer, "a goodbye that is not its own"),
+            Err(r) => self.stats.drop(r.reason, &peer, &r.detail),
+        }
+    }
+
+    /// `author` says it leaves: forget it now (once; a later advert brings it back).
+    fn on_leave(&self, author: EndpointId, sent_at_ms: u64, seq: u64) {
+        let removed = lock(&self.table).leave(&author, (sent_at_ms, seq));
+        if removed {
+            info!(peer = %author.fmt_short(), "peer left");
+            self.memory.remove_endpoint_info(author);
+            self.mark_departed(author);
+            self.bump_peers();
+            self.emit(NetEvent::PeerLeft(author));
         }
     }
 
@@ -856,6 +881,25 @@ async fn run_gossip(
                 }
                 Some(Ok(GossipEvent::NeighborDown(id))) => {
                     debug!(peer = %id.fmt_short(), "gossip neighbour down");
+                    // A departure can leave us with few gossip neighbours (a chain's middle
+                    // node loses both), and the overlay's own repair needs spare contacts we
+                    // may never have been given: dial peers we know from their adverts.
+                    let have: Vec<EndpointId> = receiver.neighbors().collect();
+                    if have.len() < MIN_GOSSIP_NEIGHBOURS {
+                        let more: Vec<EndpointId> = lock(&shared.table)
+                            .ids()
+                            .into_iter()
+                            .filter(|p| *p != id && !have.contains(p))
+                            .take(MIN_GOSSIP_NEIGHBOURS - have.len())
+                            .collect();
+                        let sender = lock(&shared.sender).clone();
+                        if let Some(s) = sender
+                            && !more.is_empty()
+                            && let Err(e) = s.join_peers(more).await
+                        {
+                            debug!("rejoin after a neighbour left: {e}");
+                        }
+                    }
                 }
                 Some(Ok(GossipEvent::Lagged)) => {
                     warn!("gossip subscription lagged; re-subscribing");
@@ -985,6 +1029,7 @@ impl ProtocolHandler for FrameHandler {
                         });
                     }
                 }
+                Ok(DirectFrame::Goodbye(sealed)) => shared.on_goodbye(&sealed, from),
                 Err(e) => shared.stats.drop(DropReason::Undecodable, &peer, &e.to_string()),
             }
         }
