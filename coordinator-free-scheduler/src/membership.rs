@@ -364,23 +364,20 @@ impl View {
     }
 }
 
-/// The up-to-`side` nearest members clockwise and counter-clockwise of `point` (deduplicated).
+/// The up-to-`side` nearest members clockwise and counter-clockwise of `point` (deduplicated):
+/// the `side` nearest clockwise, then the `side` nearest counter-clockwise of the rest (in no
+/// particular order). Selects rather than sorts, and needs no duplicate checks: this runs on
+/// every membership change.
 fn nearest(v: &mut [Member], point: u64, side: usize) -> Vec<Member> {
     if v.len() <= 2 * side {
         return v.to_vec();
     }
-    v.sort_unstable_by_key(|m| (cw(point, m.point), m.peer));
-    let mut out: Vec<Member> = v[..side].to_vec();
-    v.sort_unstable_by_key(|m| (cw(m.point, point), m.peer));
-    for m in v.iter() {
-        if out.len() >= 2 * side {
-            break;
-        }
-        if !out.iter().any(|o| o.peer == m.peer) {
-            out.push(*m);
-        }
+    if side == 0 {
+        return Vec::new();
     }
-    out
+    v.select_nth_unstable_by_key(side - 1, |m| (cw(point, m.point), m.peer));
+    v[side..].select_nth_unstable_by_key(side - 1, |m| (cw(m.point, point), m.peer));
+    v[..2 * side].to_vec()
 }
 
 #[cfg(test)]
