@@ -198,6 +198,8 @@ enum Exec {
     Lie(u64),
 }
 
+// Events are moved through a queue of a few hundred entries: their size does not matter here.
+#[allow(clippy::large_enum_variant)]
 enum Ev {
     Event(usize, Event),
     Timer(usize, u64),
@@ -637,4 +639,80 @@ fn commits_a_crashed_executor_delivered_to_one_watcher_reach_the_submitter() {
         assert_eq!(verified, (0..24).collect::<Vec<_>>(), "seed {seed}");
     }
     assert!(exercised > 0, "no seed made a unit that only worker 1 saw verified");
+}
+
+/// Units that finish together are committed under one signature (a Merkle batch): every
+/// receiver accepts each commit through its proof, and the job verifies as with commits
+/// signed one by one.
+#[test]
+fn units_finished_together_are_signed_once_and_verified_everywhere() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let m = manifest(12);
+    // Hold back every start: each peer's units will finish in one batch.
+    let mut started: Vec<Vec<UnitRef>> = vec![Vec::new(); 3];
+    let mut inbox = vec![(0usize, Event::Submit(Box::new(m.clone())))];
+    let mut commits: Vec<ova_scheduler::SignedCommit> = Vec::new();
+    let mut verified = std::collections::BTreeSet::new();
+    let mut batches = 0;
+    for round in 0..50 {
+        if verified.len() == 12 {
+            break;
+        }
+        let mut steps = 0;
+        while let Some((i, ev)) = inbox.pop() {
+            steps += 1;
+            assert!(steps < 100_000, "no quiescence");
+            let from = ps[i].id();
+            let acts: Vec<Action> = ps[i].handle(ev, 1_000 + round).collect();
+            for a in acts {
+                match a {
+                    Action::Send { to, msg } => {
+                        if let Message::Commit(c) = &msg {
+                            commits.push(c.clone());
+                        }
+                        if let Some(j) = ps.iter().position(|p| p.id() == to) {
+                            inbox.insert(0, (j, Event::Message { from, msg }));
+                        }
+                    }
+                    Action::Broadcast(msg) => {
+                        for j in (0..ps.len()).filter(|&j| j != i) {
+                            inbox.insert(0, (j, Event::Message { from, msg: msg.clone() }));
+                        }
+                    }
+                    Action::StartUnit { unit, .. } => started[i].push(unit),
+                    Action::UnitVerified { unit, result, .. } if i == 0 => {
+                        assert_eq!(result, BlobId([unit.index as u8; 32]));
+                        verified.insert(unit.index);
+                    }
+                    Action::UnitFailed { unit, reason } => panic!("{unit:?} failed: {reason}"),
+                    _ => {}
+                }
+            }
+        }
+        // Every peer's held-back units finish at once.
+        for (i, units) in started.iter_mut().enumerate() {
+            if units.is_empty() {
+                continue;
+            }
+            let batch =
+                units.drain(..).map(|u| (u, Ok(BlobId([u.index as u8; 32])))).collect::<Vec<_>>();
+            batches += 1;
+            inbox.push((i, Event::UnitsFinished(batch)));
+        }
+    }
+    assert_eq!(verified.len(), 12, "every unit verified at the submitter");
+    // The commits went out batched: one signature per executor's batch, each with a proof.
+    let batched: Vec<_> = commits.iter().filter(|c| c.batch.is_some()).collect();
+    assert!(!batched.is_empty(), "some executor finished several units together");
+    let mut sigs: Vec<_> = commits.iter().map(|c| (c.body.executor, c.sig)).collect();
+    sigs.sort_by_key(|(e, s)| (e.0, s.0));
+    sigs.dedup();
+    assert_eq!(sigs.len(), batches, "one signature per batch of finished units");
+    let mut bodies: Vec<_> = commits.iter().map(|c| c.body).collect();
+    bodies.sort_by_key(|b| (b.executor.0, b.unit.index));
+    bodies.dedup();
+    assert_eq!(bodies.len(), 24, "quorum 2: two commits per unit");
+    assert!(batches < bodies.len(), "fewer signatures than commits");
+    assert_eq!(ps[0].stats().bad_signature, 0);
 }

@@ -569,7 +569,11 @@ impl Driver {
                     Some(ev) => self.on_net(ev, &done_tx),
                     None => break,
                 },
-                Some(done) = done_rx.recv() => self.on_done(done, &done_tx),
+                Some(done) = done_rx.recv() => {
+                    let mut dones = vec![done];
+                    take_ready(&mut done_rx, &mut dones);
+                    self.on_done(dones, &done_tx);
+                }
                 cmd = cmds.recv() => match cmd {
                     Some(Command::Submit(bundle, reply)) => {
                         let r = self.submit(*bundle, &done_tx);
@@ -616,14 +620,14 @@ impl Driver {
             }
             // Take in whatever else is already waiting (bounded), so one group commit covers
             // a whole batch of results and messages.
+            let mut dones = Vec::new();
+            take_ready(&mut done_rx, &mut dones);
+            if !dones.is_empty() {
+                self.on_done(dones, &done_tx);
+            }
             for _ in 0..MAX_BATCH_EVENTS {
-                if let Ok(done) = done_rx.try_recv() {
-                    self.on_done(done, &done_tx);
-                } else if let Ok(ev) = net.try_recv() {
-                    self.on_net(ev, &done_tx);
-                } else {
-                    break;
-                }
+                let Ok(ev) = net.try_recv() else { break };
+                self.on_net(ev, &done_tx);
             }
             if commit.is_none() {
                 commit = self.start_commit();
@@ -700,29 +704,42 @@ impl Driver {
         }
     }
 
-    fn on_done(&mut self, done: Done, done_tx: &mpsc::Sender<Done>) {
-        match done {
-            Done::Unit(unit, result, took) => {
-                self.running.remove(&unit);
-                if let Some(took) = took {
-                    self.tune_run_slots(took);
-                }
-                let result = result.map(|(id, bytes)| {
-                    if let Some(bytes) = bytes {
-                        self.pending.push(Pending::Blob(id, bytes));
+    /// Units and fetches that ended. The units go to the core in one event, so the commits
+    /// of everything that finished while the loop was busy share one signature.
+    fn on_done(&mut self, dones: Vec<Done>, done_tx: &mpsc::Sender<Done>) {
+        let mut finished = Vec::new();
+        for done in dones {
+            match done {
+                Done::Unit(unit, result, took) => {
+                    self.running.remove(&unit);
+                    if let Some(took) = took {
+                        self.tune_run_slots(took);
                     }
-                    id
-                });
+                    let result = result.map(|(id, bytes)| {
+                        if let Some(bytes) = bytes {
+                            self.pending.push(Pending::Blob(id, bytes));
+                        }
+                        id
+                    });
+                    finished.push((unit, result));
+                }
+                Done::Fetch(blob, purpose, fetched) => {
+                    let ok = fetched.is_ok();
+                    if let Ok(Some(bytes)) = fetched {
+                        self.pending.push(Pending::Blob(blob, bytes));
+                    }
+                    self.feed(Event::BlobFetched { blob, purpose, ok }, done_tx);
+                    self.blobs_changed = true;
+                }
+            }
+        }
+        match finished.len() {
+            0 => {}
+            1 => {
+                let (unit, result) = finished.pop().expect("one");
                 self.feed(Event::UnitFinished { unit, result }, done_tx);
             }
-            Done::Fetch(blob, purpose, fetched) => {
-                let ok = fetched.is_ok();
-                if let Ok(Some(bytes)) = fetched {
-                    self.pending.push(Pending::Blob(blob, bytes));
-                }
-                self.feed(Event::BlobFetched { blob, purpose, ok }, done_tx);
-                self.blobs_changed = true;
-            }
+            _ => self.feed(Event::UnitsFinished(finished), done_tx),
         }
     }
 
@@ -756,7 +773,7 @@ impl Driver {
         let commits = self.store.all_commits()?;
         let n = commits.len();
         for bytes in commits {
-            if let Ok(c) = postcard::from_bytes::<SignedCommit>(&bytes) {
+            if let Some(c) = decode_stored_commit(&bytes) {
                 self.feed(
                     Event::Message { from: c.body.executor, msg: Message::Commit(c) },
                     done_tx,
@@ -1342,6 +1359,28 @@ impl Driver {
     }
 }
 
+/// A commit record from the store. Records written before commits could be signed in
+/// batches have no batch field; they are read as commits signed alone.
+fn decode_stored_commit(bytes: &[u8]) -> Option<SignedCommit> {
+    #[derive(serde::Deserialize)]
+    struct Alone {
+        body: ova_scheduler::CommitBody,
+        sig: ova_scheduler::commit::serde_big_array_shim::Sig,
+    }
+    postcard::from_bytes::<SignedCommit>(bytes).ok().or_else(|| {
+        let a: Alone = postcard::from_bytes(bytes).ok()?;
+        Some(SignedCommit { body: a.body, sig: a.sig, batch: None })
+    })
+}
+
+/// Moves what is already waiting on `rx` into `into`, up to [`MAX_BATCH_EVENTS`] in all.
+fn take_ready<T>(rx: &mut mpsc::Receiver<T>, into: &mut Vec<T>) {
+    while into.len() < MAX_BATCH_EVENTS {
+        let Ok(v) = rx.try_recv() else { break };
+        into.push(v);
+    }
+}
+
 /// Spare cores per architecture class, from (class, spare cores) of every known peer; classes
 /// with no spare core are left out, and the list is sorted by class.
 fn capacity_census(
@@ -1536,7 +1575,7 @@ pub fn verify_job(store: &Store, job: &JobId) -> Result<VerifyReport, RuntimeErr
     for (i, unit_id) in m.unit_ids().into_iter().enumerate() {
         let mut by_result: HashMap<BlobId, Vec<PeerId>> = HashMap::new();
         for (signer, bytes) in store.commits_for(&unit_id)? {
-            let Ok(c) = postcard::from_bytes::<SignedCommit>(&bytes) else {
+            let Some(c) = decode_stored_commit(&bytes) else {
                 report.problems.push(format!("unit {i}: a stored commit does not decode"));
                 continue;
             };
@@ -1619,5 +1658,26 @@ mod tests {
         let peers = [(arm, 4), (x86, 2), (riscv, 0), (x86, 0), (arm, 1), (x86, 8)];
         assert_eq!(capacity_census(peers.into_iter()), vec![(x86, 10), (arm, 5)]);
         assert!(capacity_census(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn commit_records_from_before_batches_still_decode() {
+        use ova_jobs::{BlobId, JobId, UnitId};
+        use ova_scheduler::{CommitBody, PeerId, SimSigner, UnitRef, commit};
+        let body = CommitBody {
+            unit: UnitRef { job: JobId([1; 32]), index: 2 },
+            unit_id: UnitId([3; 32]),
+            result: BlobId([4; 32]),
+            executor: PeerId([5; 32]),
+            arch: ArchClass::X86_64,
+        };
+        let c = commit::sign(&SimSigner(body.executor), body);
+        // The layout of a record written by an earlier build: the body, then the signature.
+        let old = postcard::to_stdvec(&(c.body, c.sig)).unwrap();
+        assert_eq!(super::decode_stored_commit(&old), Some(c.clone()));
+        let batch = commit::sign_batch(&SimSigner(body.executor), &[body, body]);
+        let new = postcard::to_stdvec(&batch[1]).unwrap();
+        assert_eq!(super::decode_stored_commit(&new), Some(batch[1].clone()));
+        assert_eq!(super::decode_stored_commit(&[1, 2, 3]), None);
     }
 }

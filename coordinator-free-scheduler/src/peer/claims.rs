@@ -25,7 +25,7 @@ impl Peer {
         if until > self.now && u.mine == Mine::Committed && !u.tally.has(&from) {
             let me = self.id;
             if let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == me) {
-                self.out.push(Action::Send { to: from, msg: Message::Commit(*c) });
+                self.out.push(Action::Send { to: from, msg: Message::Commit(c.clone()) });
             }
             if u.outcome.is_some() {
                 return;
@@ -69,7 +69,7 @@ impl Peer {
         self.renew_own_lease(key);
         let (commits, leases) = match self.units.get(&key) {
             Some(u) => (
-                u.tally.commits().iter().take(MAX_BATCH).copied().collect(),
+                u.tally.commits().iter().take(MAX_BATCH).cloned().collect(),
                 u.leases.live(self.now).copied().collect(),
             ),
             None => (Vec::new(), Vec::new()),

@@ -85,11 +85,11 @@ impl Peer {
             return;
         }
         self.running = self.running.saturating_sub(1);
-        let mut watchers = self.replica_peers(key);
-        let victim = self.stolen.get(&key).map(|s| s.victim);
-        let u = self.units.get_mut(&key).expect("tracked");
         match result {
             Err(why) => {
+                let mut watchers = self.replica_peers(key);
+                let victim = self.stolen.get(&key).map(|s| s.victim);
+                let u = self.units.get_mut(&key).expect("tracked");
                 u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
                 u.leases.give_up(&self.id, self.now);
                 if let Some(v) = victim
@@ -102,29 +102,46 @@ impl Peer {
                 }
             }
             Ok(result) => {
-                u.mine = Mine::Committed;
+                if let Some(u) = self.units.get_mut(&key) {
+                    u.mine = Mine::Committed;
+                }
                 let j = &self.jobs[s as usize];
-                let body = CommitBody {
+                self.to_sign.push(CommitBody {
                     unit,
                     unit_id: j.d.unit_ids[unit.index as usize],
                     result,
                     executor: self.id,
                     arch: self.arch,
-                };
-                let submitter = j.info.submitter;
-                let c = commit::sign(&*self.signer, body);
-                self.stats.committed += 1;
-                self.out.push(Action::StoreBlob(result));
-                let mut sent_submitter = submitter == self.id;
-                for to in watchers {
-                    sent_submitter |= to == submitter;
-                    self.out.push(Action::Send { to, msg: Message::Commit(c) });
-                }
-                if !sent_submitter {
-                    self.out.push(Action::Send { to: submitter, msg: Message::Commit(c) });
-                }
-                self.on_commit(c);
+                });
             }
         }
+    }
+
+    /// Signs the results finished in this event (one signature for all of them) and sends
+    /// each commit to the unit's watchers and its submitter.
+    pub(super) fn sign_finished(&mut self) {
+        if self.to_sign.is_empty() {
+            return;
+        }
+        let bodies = std::mem::take(&mut self.to_sign);
+        for c in commit::sign_batch(&*self.signer, &bodies) {
+            let Some(s) = self.slot(&c.body.unit.job) else { continue };
+            let key = (s, c.body.unit.index);
+            let submitter = self.jobs[s as usize].info.submitter;
+            let watchers = self.replica_peers(key);
+            self.stats.committed += 1;
+            self.out.push(Action::StoreBlob(c.body.result));
+            let mut sent_submitter = submitter == self.id;
+            for to in watchers {
+                sent_submitter |= to == submitter;
+                self.out.push(Action::Send { to, msg: Message::Commit(c.clone()) });
+            }
+            if !sent_submitter {
+                self.out.push(Action::Send { to: submitter, msg: Message::Commit(c.clone()) });
+            }
+            self.on_commit(c);
+        }
+        self.to_sign = bodies;
+        self.to_sign.clear();
     }
 }

@@ -161,7 +161,7 @@ impl Peer {
             if (u.tally.has(&self.id) && !matches!(u.outcome, Some(Outcome::Failed)))
                 || verified_here
             {
-                batch.extend(u.tally.commits().iter().take(8).copied());
+                batch.extend(u.tally.commits().iter().take(8).cloned());
             }
             if batch.len() >= MAX_BATCH - 8 {
                 self.out.push(Action::Send {

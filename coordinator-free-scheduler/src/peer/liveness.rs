@@ -310,13 +310,13 @@ impl Peer {
                 }
                 continue;
             }
-            let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == self.id).copied()
+            let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == self.id).cloned()
             else {
                 continue;
             };
             for to in self.watchers(key) {
                 self.stats.commits_resent += 1;
-                self.out.push(Action::Send { to, msg: Message::Commit(c) });
+                self.out.push(Action::Send { to, msg: Message::Commit(c.clone()) });
             }
         }
     }

@@ -95,7 +95,7 @@ use std::sync::Arc;
 
 use ova_jobs::{BlobId, JobId, Manifest, UnitId};
 
-use crate::commit::{Signer, Verifier};
+use crate::commit::{CommitBody, Signer, Verifier};
 use crate::membership::View;
 use crate::message::{JobInfo, MAX_BATCH, Message};
 use crate::quorum::{DissentBook, DissentRecord, FailReason};
@@ -175,6 +175,10 @@ pub enum Event {
         /// Its result hash, or why it could not run.
         result: Result<BlobId, LocalFailure>,
     },
+    /// Several units ended at once (the shell collects what finished while it was busy): as
+    /// many [`Event::UnitFinished`], but their commits are signed together, one signature
+    /// per batch (see [`crate::commit`]).
+    UnitsFinished(Vec<(UnitRef, Result<BlobId, LocalFailure>)>),
     /// A fetch requested with [`Action::FetchBlob`] ended.
     BlobFetched {
         /// The blob.
@@ -276,6 +280,8 @@ pub struct Peer {
     /// Resolved units we did not sign whose tally is still kept, oldest first (at most
     /// `kept_verdicts`; see [`Config::kept_verdicts`]).
     kept: VecDeque<UKey>,
+    /// Results of ours finished in this event, to be signed together at its end.
+    to_sign: Vec<CommitBody>,
     online_at: Millis,
     ready: VecDeque<UKey>,
     running: u32,
@@ -350,6 +356,7 @@ impl Peer {
             units: FxHashMap::default(),
             done: FxHashSet::default(),
             kept: VecDeque::new(),
+            to_sign: Vec::new(),
             online_at: 0,
             ready: VecDeque::new(),
             running: 0,
@@ -480,7 +487,16 @@ impl Peer {
                 Err(_) => self.stats.malformed += 1,
             },
             Event::Submit(m) => self.on_submit(*m),
-            Event::UnitFinished { unit, result } => self.on_finished(unit, result),
+            Event::UnitFinished { unit, result } => {
+                self.on_finished(unit, result);
+                self.sign_finished();
+            }
+            Event::UnitsFinished(units) => {
+                for (unit, result) in units {
+                    self.on_finished(unit, result);
+                }
+                self.sign_finished();
+            }
             Event::BlobFetched { purpose, ok, .. } => {
                 if let (FetchPurpose::Bundle(job), true) = (purpose, ok) {
                     self.out.push(Action::Broadcast(Message::HaveBundle(job)));

@@ -198,7 +198,7 @@ impl Peer {
                 // Commits already in for the unit go along: the thief ranks outside the
                 // unit's watchers, so nobody else would send them, and it needs them for its
                 // verdict.
-                known.extend(u.tally.commits().iter().copied());
+                known.extend(u.tally.commits().iter().cloned());
                 self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
                 self.ready.remove(i);
                 granted.push(key);

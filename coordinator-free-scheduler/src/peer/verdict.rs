@@ -48,6 +48,7 @@ impl Peer {
         }
         let Some(key) = self.resolve(&c.body.unit, true) else { return };
         let u = self.units.get_mut(&key).expect("resolved");
+        let executor = c.body.executor;
         match u.tally.add(c) {
             Added::Duplicate => return,
             Added::Equivocation => {
@@ -56,7 +57,7 @@ impl Peer {
             }
             Added::New => {}
         }
-        u.leases.release(&c.body.executor);
+        u.leases.release(&executor);
         if u.outcome.is_some() {
             return;
         }
@@ -77,7 +78,7 @@ impl Peer {
                 if u.tally.commits().iter().all(|o| o.body.executor == from) {
                     return;
                 }
-                u.tally.commits().iter().take(MAX_BATCH).copied().collect()
+                u.tally.commits().iter().take(MAX_BATCH).cloned().collect()
             }
             Some(_) => return,
             None if self.done.contains(&key) => Vec::new(),
