@@ -324,17 +324,19 @@ pub struct Provenance {
     pub determinism: Determinism,
     /// The CPU architecture (`std::env::consts::ARCH`, e.g. `x86_64`).
     pub arch: String,
-    /// The engine, e.g. `wasmtime 48.0.8`.
+    /// The engine and WASI host, e.g. `wasmtime 48.0.8; ova-wasi-p1 1`: results of different
+    /// engines or hosts may differ, so they are never compared.
     pub engine: String,
 }
 
 impl Provenance {
-    /// The class of peers whose results may be compared with this one: every peer in strict
-    /// mode, or peers of the same architecture otherwise.
-    pub fn comparison_class(&self) -> &str {
+    /// The class of peers whose results may be compared with this one: peers with the same
+    /// engine and WASI host, and in same-architecture mode also the same architecture (e.g.
+    /// `strict/wasmtime 48.0.8; ova-wasi-p1 1`, `x86_64/wasmtime 48.0.8; ova-wasi-p1 1`).
+    pub fn comparison_class(&self) -> String {
         match self.determinism {
-            Determinism::Strict => "strict",
-            Determinism::SameArch => &self.arch,
+            Determinism::Strict => format!("strict/{}", self.engine),
+            Determinism::SameArch => format!("{}/{}", self.arch, self.engine),
         }
     }
 }
@@ -492,6 +494,18 @@ mod tests {
         let back: UnitResult = crate::wire::decode(&f, 1 << 20).unwrap();
         assert_eq!(back, r);
         assert_eq!(r.outcome.to_string(), "exited with code 3");
-        assert_eq!(r.provenance.comparison_class(), "x86_64");
+        assert_eq!(r.provenance.comparison_class(), "x86_64/test");
+    }
+
+    #[test]
+    fn only_results_of_the_same_engine_and_host_are_comparable() {
+        let p = |determinism, arch: &str, engine: &str| {
+            Provenance { determinism, arch: arch.into(), engine: engine.into() }.comparison_class()
+        };
+        let (a, b) = ("wasmtime 48.0.8; ova-wasi-p1 1", "wasmtime 48.0.8; ova-wasi-p1 2");
+        assert_eq!(p(Determinism::Strict, "x86_64", a), p(Determinism::Strict, "aarch64", a));
+        assert_ne!(p(Determinism::Strict, "x86_64", a), p(Determinism::Strict, "x86_64", b));
+        assert_ne!(p(Determinism::SameArch, "x86_64", a), p(Determinism::SameArch, "x86_64", b));
+        assert_ne!(p(Determinism::SameArch, "x86_64", a), p(Determinism::SameArch, "aarch64", a));
     }
 }

@@ -18,8 +18,10 @@ use wasmtime::{
 
 use super::state::UnitState;
 
-/// The wasmtime version string recorded in results and cache keys.
-pub const ENGINE_NAME: &str = "wasmtime 48.0.8";
+/// What computes a unit's result, recorded in every result's [`ova_jobs::Provenance`] (and
+/// so in its comparison class) and in cache keys: the wasmtime version and the WASI host's
+/// ABI ([`super::wasi::HOST_ABI`], which it ends with).
+pub const ENGINE_NAME: &str = "wasmtime 48.0.8; ova-wasi-p1 1";
 
 /// Largest linear memory any unit can be given (the whole wasm32 address space). Pool slots
 /// reserve this much *virtual* memory; the per-unit limit is enforced by the store's limiter.
@@ -161,5 +163,13 @@ impl Hasher for Blake3Hasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_engine_name_names_the_wasi_host() {
+        assert!(super::ENGINE_NAME.ends_with(&format!("; {}", super::super::wasi::HOST_ABI)));
     }
 }

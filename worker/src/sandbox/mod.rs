@@ -126,6 +126,14 @@ pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Largest module accepted by default: 64 MiB.
 pub const MAX_MODULE_BYTES: usize = 64 << 20;
 
+impl SandboxConfig {
+    /// Instance slots for a sandbox run by `threads` threads: two per thread (a slot is freed
+    /// only after its unit's result is taken), and at least 8.
+    pub fn slots_for(threads: usize) -> u32 {
+        u32::try_from(threads.saturating_mul(2)).unwrap_or(u32::MAX).max(8)
+    }
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
@@ -440,7 +448,7 @@ impl Sandbox {
             f.typed::<(), ()>(&store)?.call(&mut store, ())
         });
         let facts = outcome_map::RunFacts {
-            stdout_overflowed: store.data().wasi.stdout().overflowed,
+            stdout_overflowed: store.data().wasi.stdout().overflowed(),
             limit_hit: store.data().limiter.hit,
             max_output: limits.max_output_bytes,
             fuel: limits.fuel,
@@ -450,17 +458,30 @@ impl Sandbox {
         let fuel_used = limits.fuel.map(|f| f.saturating_sub(store.get_fuel().unwrap_or(0)));
         let (out, err) = store.into_data().wasi.into_output();
         // A cut output is never returned.
-        let stdout =
-            if matches!(outcome, Outcome::OutputTooLarge { .. }) { Vec::new() } else { out.data };
-        let truncated = err.overflowed;
-        let mut stderr = err.data;
+        let stdout = if matches!(outcome, Outcome::OutputTooLarge { .. }) {
+            Vec::new()
+        } else {
+            out.into_data()
+        };
+        let truncated = err.overflowed();
+        let mut stderr = err.into_data();
         if let (Outcome::Trap { kind: ova_jobs::TrapKind::HostError }, Err(e)) = (&outcome, &result)
         {
             // Tell the author what the host refused (stderr is not hashed).
-            stderr.extend_from_slice(
-                format!("\nova: host error: {}\n", check::compile_error_reason(e)).as_bytes(),
-            );
+            stderr.extend_from_slice(&host_error_note(e));
         }
         (outcome, stdout, stderr, truncated, fuel_used)
     }
+}
+
+/// Most bytes [`host_error_note`] adds after a unit's stderr (which may be full to its cap):
+/// the executor's frames are sized for both output caps plus this.
+pub const HOST_ERROR_NOTE_BYTES: usize = 1024;
+
+/// The line telling the unit's author what the host refused, at most
+/// [`HOST_ERROR_NOTE_BYTES`] long.
+fn host_error_note(e: &wasmtime::Error) -> Vec<u8> {
+    let mut note = format!("\nova: host error: {}\n", check::compile_error_reason(e)).into_bytes();
+    note.truncate(HOST_ERROR_NOTE_BYTES);
+    note
 }

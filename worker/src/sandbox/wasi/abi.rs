@@ -18,6 +18,8 @@ pub enum Errno {
     Ilseq = 25,
     /// Invalid argument.
     Inval = 28,
+    /// Not enough memory: a call over its per-call budget ([`super::guest::HOSTCALL_BUDGET`]).
+    Nomem = 48,
     /// Not a directory (`fd_prestat_dir_name` on stdio).
     Notdir = 54,
     /// Not a socket.

@@ -9,7 +9,7 @@
 use bytes::{Buf, Bytes};
 
 use super::abi::{self, Errno, Repr};
-use super::guest::{Fail, Guest, Outcome};
+use super::guest::{Budget, Fail, Guest, Outcome};
 
 /// What an open descriptor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +28,15 @@ pub enum Stdio {
 #[error("standard output is over its cap")]
 pub struct OutputOverflow;
 
-/// A capped in-memory output stream.
+/// A capped in-memory output stream: never more than its cap (the fields are private so
+/// nothing can break that).
 #[derive(Debug, Default)]
 pub struct OutBuf {
     /// The bytes written (up to the cap).
-    pub data: Vec<u8>,
+    data: Vec<u8>,
     cap: usize,
     /// A write went over the cap.
-    pub overflowed: bool,
+    overflowed: bool,
 }
 
 impl OutBuf {
@@ -46,6 +47,17 @@ impl OutBuf {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
             overflowed: false,
         }
+    }
+
+    /// Whether a write went over the cap (for stdout: the unit's output was too large; for
+    /// stderr: some of it was dropped).
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// The bytes written.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
     }
 
     fn room(&self) -> usize {
@@ -117,22 +129,32 @@ impl Files {
     }
 }
 
-/// `fd_read(fd, iovs, iovs_len, nread)`: stdin only; one buffer per call.
+/// `fd_read(fd, iovs, iovs_len, nread)`: stdin only; one buffer per call. The iovec array
+/// and the bytes actually read count against the call's budget (not the buffer's length: a
+/// large buffer for a small input is fine).
 pub fn fd_read(m: &mut Guest<'_>, f: &mut Files, fd: u32, iovs: u32, n: u32, ret: u32) -> Outcome {
-    let (buf, len) = m.first_iovec(iovs, n)?;
+    let mut budget = Budget::full();
+    let (buf, len) = m.first_iovec(&mut budget, iovs, n)?;
     if f.open(fd)? != Stdio::In {
         return Err(Errno::Badf.into());
     }
     let take = f.input.len().min(len as usize);
+    budget.spend(take as u32, 1)?;
     m.bytes_mut(buf, take as u32)?.copy_from_slice(&f.input[..take]);
     f.input.advance(take);
     Ok(m.put_u32(ret, take as u32)?)
 }
 
-/// `fd_write(fd, iovs, iovs_len, nwritten)`: stdout and stderr; one buffer per call.
+/// `fd_write(fd, iovs, iovs_len, nwritten)`: stdout and stderr; one buffer per call. The
+/// iovec array and the buffer count against the call's budget.
 pub fn fd_write(m: &mut Guest<'_>, f: &mut Files, fd: u32, iovs: u32, n: u32, ret: u32) -> Outcome {
-    let (buf, len) = m.first_iovec(iovs, n)?;
-    match f.open(fd)? {
+    let mut budget = Budget::full();
+    let (buf, len) = m.first_iovec(&mut budget, iovs, n)?;
+    let kind = f.open(fd)?;
+    if kind != Stdio::In {
+        budget.spend(len, 1)?;
+    }
+    match kind {
         Stdio::In => return Err(Errno::Badf.into()),
         Stdio::Out => f.stdout.push_or_trap(m.bytes(buf, len)?)?,
         Stdio::Err => f.stderr.push_truncating(m.bytes(buf, len)?),
@@ -142,7 +164,7 @@ pub fn fd_write(m: &mut Guest<'_>, f: &mut Files, fd: u32, iovs: u32, n: u32, re
 
 /// `fd_pread`: stdin is a pipe (`ESPIPE`); nothing else reads.
 pub fn fd_pread(m: &mut Guest<'_>, f: &Files, fd: u32, iovs: u32, n: u32) -> Outcome {
-    m.first_iovec(iovs, n)?;
+    m.first_iovec(&mut Budget::full(), iovs, n)?;
     match f.open(fd)? {
         Stdio::In => Err(Errno::Spipe.into()),
         _ => Err(Errno::Badf.into()),
@@ -151,7 +173,7 @@ pub fn fd_pread(m: &mut Guest<'_>, f: &Files, fd: u32, iovs: u32, n: u32) -> Out
 
 /// `fd_pwrite`: stdout and stderr are pipes (`ESPIPE`); nothing else writes.
 pub fn fd_pwrite(m: &mut Guest<'_>, f: &Files, fd: u32, iovs: u32, n: u32) -> Outcome {
-    m.first_iovec(iovs, n)?;
+    m.first_iovec(&mut Budget::full(), iovs, n)?;
     match f.open(fd)? {
         Stdio::In => Err(Errno::Badf.into()),
         _ => Err(Errno::Spipe.into()),

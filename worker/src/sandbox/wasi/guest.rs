@@ -8,6 +8,35 @@ use std::ops::Range;
 use super::abi::Errno;
 use super::random::MAX_RANDOM_GET;
 
+/// Bytes of guest memory one host call may walk or copy (iovec arrays, the buffer moved,
+/// `poll_oneoff`'s subscription and event records): 128 MiB, the per-call budget
+/// wasmtime-wasi 48 had. A call over it does nothing and returns `ENOMEM`, so a unit
+/// cannot hold its thread in one host call, or make the host allocate, in proportion to a
+/// count it chose (up to 4 GiB of memory), only to this bound.
+pub const HOSTCALL_BUDGET: u64 = 128 << 20;
+
+/// What is left of one host call's [`HOSTCALL_BUDGET`].
+#[derive(Debug)]
+pub struct Budget(u64);
+
+impl Budget {
+    /// A full budget, for one call.
+    pub fn full() -> Self {
+        Budget(HOSTCALL_BUDGET)
+    }
+
+    /// Spends `count` items of `size` bytes, or `ENOMEM` (spending nothing) if that is more
+    /// than is left.
+    pub fn spend(&mut self, count: u32, size: u32) -> Result<(), Errno> {
+        let bytes = u64::from(count) * u64::from(size);
+        if bytes > self.0 {
+            return Err(Errno::Nomem);
+        }
+        self.0 -= bytes;
+        Ok(())
+    }
+}
+
 /// Why a host call trapped the unit (reported as a host error; the text goes to stderr).
 #[derive(Debug, thiserror::Error)]
 pub enum HostTrap {
@@ -109,20 +138,10 @@ impl Guest<'_> {
         Ok(&mut self.0[r])
     }
 
-    /// Checks that `count` records of `size` bytes, aligned to `align`, fit at `ptr`.
-    pub fn check_array(&self, ptr: u32, count: u32, size: u32, align: u32) -> Result<(), HostTrap> {
-        self.range(ptr, count, size, align).map(drop)
-    }
-
     /// The `size` bytes of one record at `ptr`, aligned to `align`.
     pub fn record(&self, ptr: u32, size: u32, align: u32) -> Result<&[u8], HostTrap> {
         let r = self.range(ptr, 1, size, align)?;
         Ok(&self.0[r])
-    }
-
-    /// The `u32` at `ptr`.
-    pub fn u32(&self, ptr: u32) -> Result<u32, HostTrap> {
-        Ok(le_u32(self.record(ptr, 4, 4)?, 0))
     }
 
     /// Writes `bytes` at `ptr`, which must be aligned to `align`.
@@ -144,8 +163,10 @@ impl Guest<'_> {
 
     /// The first non-empty buffer of the `count` iovecs (`{ buf: u32, len: u32 }`) at
     /// `iovs`, as (address, length); `(0, 0)` if all are empty. Only this one buffer is
-    /// used per call, as in wasmtime-wasi: the guest's libc loops for the rest.
-    pub fn first_iovec(&self, iovs: u32, count: u32) -> Result<(u32, u32), HostTrap> {
+    /// used per call, as in wasmtime-wasi: the guest's libc loops for the rest. The whole
+    /// array is charged to `budget` before it is walked (`ENOMEM` if it does not fit).
+    pub fn first_iovec(&self, budget: &mut Budget, iovs: u32, count: u32) -> Outcome<(u32, u32)> {
+        budget.spend(count, 8)?;
         for i in 0..count {
             let at = u64::from(iovs) + u64::from(i) * 8;
             let at = u32::try_from(at)

@@ -28,28 +28,31 @@
 //! imports resolve as before and a call that needs a capability a unit lacks gets an errno,
 //! not a link error:
 //!
-//! - [`fd`]: the stdio descriptors and every `fd_*` call (`EBADF` for anything but stdio);
-//! - [`process`]: arguments, an empty environment, `proc_exit`, `proc_raise`, `sched_yield`;
-//! - [`clock`]: the fixed clocks; [`random`]: the seeded stream (the same bytes as before);
-//! - [`poll`]: `poll_oneoff` in virtual time (never waits);
-//! - [`denied`]: `path_*` and `sock_*` (`EBADF` / `ENOTSOCK`);
-//! - [`guest`]: bounds- and alignment-checked access to the unit's memory (a bad pointer traps);
-//! - [`abi`]: errno values, flag bits, and argument checks (a bad argument traps).
+//! - `fd`: the stdio descriptors and every `fd_*` call (`EBADF` for anything but stdio);
+//! - `process`: arguments, an empty environment, `proc_exit`, `proc_raise`, `sched_yield`;
+//! - `clock`: the fixed clocks; `random`: the seeded stream (the same bytes as before);
+//! - `poll`: `poll_oneoff` in virtual time (never waits);
+//! - `denied`: `path_*` and `sock_*` (`EBADF` / `ENOTSOCK`);
+//! - `guest`: bounds- and alignment-checked access to the unit's memory (a bad pointer traps);
+//! - `abi`: errno values, flag bits, and argument checks (a bad argument traps).
 //!
 //! Where it knowingly differs from wasmtime-wasi 48: a sleep (`poll_oneoff` on a clock)
 //! returns at once instead of holding the core for real time that the unit's clocks never
 //! show; `poll_oneoff` reports the bytes left to read on stdin (and hang-up at its end) and the
 //! room left under the output caps instead of always 1; a zero-length read of stdin returns 0
-//! instead of `EINTR`.
+//! instead of `EINTR`; a read's per-call budget (`guest::HOSTCALL_BUDGET`, 128 MiB) counts
+//! the bytes read, not the buffer's length. So results carry [`HOST_ABI`] in their provenance.
 
-pub mod abi;
-pub mod clock;
-pub mod denied;
-pub mod fd;
-pub mod guest;
-pub mod poll;
-pub mod process;
-pub mod random;
+// Private: what the rest of the crate needs is re-exported below, so the compiler sees (and
+// flags) anything here that nothing uses.
+mod abi;
+mod clock;
+mod denied;
+mod fd;
+mod guest;
+mod poll;
+mod process;
+mod random;
 #[cfg(test)]
 mod tests;
 
@@ -58,8 +61,8 @@ use ova_jobs::UnitId;
 use wasmtime::{Caller, Extern, Linker, Memory};
 
 pub use clock::FIXED_WALL_CLOCK_SECS;
-pub use fd::{OutBuf, OutputOverflow};
-pub use process::Exit;
+pub use fd::OutBuf;
+pub(crate) use process::Exit;
 
 use abi::Repr;
 use fd::Files;
@@ -69,6 +72,15 @@ use random::UnitRng;
 
 /// The import module of WASI preview 1.
 pub const MODULE: &str = "wasi_snapshot_preview1";
+
+/// This host's ABI version: which answers a unit gets. It is part of [`super::ENGINE_NAME`],
+/// so results of hosts that answer differently are never compared. Bump the number whenever
+/// any answer changes (an errno, a byte written, a budget), and pin the new answer in
+/// `tests.rs`.
+///
+/// - 1: this host; wasmtime-wasi 48 (before it, results named only `wasmtime 48.0.8`)
+///   differs from it as listed in the module docs.
+pub const HOST_ABI: &str = "ova-wasi-p1 1";
 
 /// One unit's WASI state.
 pub struct UnitWasi {
@@ -110,11 +122,6 @@ impl UnitWasi {
         &self.files.stdout
     }
 
-    /// Standard error so far.
-    pub fn stderr(&self) -> &OutBuf {
-        &self.files.stderr
-    }
-
     /// Standard output and standard error.
     pub fn into_output(self) -> (OutBuf, OutBuf) {
         (self.files.stdout, self.files.stderr)
@@ -138,7 +145,7 @@ fn split<'a, T: 'static>(
 }
 
 /// Defines host functions, each written `"name" |memory, state, args…| body;`, where `body`
-/// is a [`guest::Outcome`] turned into the errno (or trap) the guest gets.
+/// is a `guest::Outcome` turned into the errno (or trap) the guest gets.
 macro_rules! host {
     ($linker:ident, $get:ident; $(
         $name:literal |$m:pat_param, $w:pat_param $(, $a:ident: $t:ty)*| $body:expr;

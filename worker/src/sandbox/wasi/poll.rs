@@ -4,17 +4,20 @@
 //! the unit can observe; it would only hold a core. So nothing waits: stdio is always ready
 //! (stdin holds its whole input in memory, stdout and stderr take writes at once), so with any
 //! descriptor subscription only clocks already due fire beside them, and without one the clock
-//! subscriptions with the nearest deadline fire at once. Which events fire depends only on the subscriptions, never on timing.
+//! subscriptions with the nearest deadline fire at once. Which events fire depends only on the
+//! subscriptions, never on timing.
 //!
 //! Subscriptions are read in order, and the first invalid one fails the call as wasmtime-wasi
 //! does: an unknown tag, clock (or a CPU-time clock) or flag bit is `EINVAL`, a descriptor
 //! that is not open (or not stdin for reading, stdout or stderr for writing) is `EBADF`; no
-//! subscriptions at all is `EINVAL` (it would wait forever).
+//! subscriptions at all is `EINVAL` (it would wait forever). So many subscriptions that their
+//! records and events exceed the per-call budget ([`super::guest::HOSTCALL_BUDGET`]) are
+//! `ENOMEM`, before any is read.
 
 use super::abi::{self, Errno};
 use super::clock::Clock;
 use super::fd::{Files, Stdio};
-use super::guest::{Guest, HostTrap, Outcome, le_u32, le_u64};
+use super::guest::{Budget, Guest, HostTrap, Outcome, le_u32, le_u64};
 
 /// Bytes in a `subscription` record (align 8).
 const SUBSCRIPTION_SIZE: u32 = 48;
@@ -78,6 +81,11 @@ pub fn poll_oneoff(
     if n == 0 {
         return Err(Errno::Inval.into());
     }
+    // The subscriptions read and the events that may be written, before anything is read:
+    // bounds the walk below and what `decoded` holds (at most ~1.7M subscriptions).
+    let mut budget = Budget::full();
+    budget.spend(n, SUBSCRIPTION_SIZE)?;
+    budget.spend(n, EVENT_SIZE)?;
     let mut decoded = Vec::with_capacity(n.min(64) as usize);
     for i in 0..n {
         let rec = m.record(nth(subs, i, SUBSCRIPTION_SIZE)?, SUBSCRIPTION_SIZE, 8)?;
