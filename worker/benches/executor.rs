@@ -14,8 +14,8 @@
 //! Run: `cargo bench -p ova-worker --bench executor` (after `scripts/build-examples.sh`).
 //! Environment: `OVA_BENCH_CORES` (default: all), `OVA_BENCH_QUICK=1` (smaller workloads, well
 //! under a minute), `OVA_BENCH_ONLY=p1|p2|bare|sandbox|supervised` (one part, e.g. under a
-//! profiler; the parts left out print as NaN), `OVA_BENCH_EXECUTOR` (another `ova-executor`
-//! program, e.g. an older build to compare with).
+//! profiler; the parts left out print as NaN), `OVA_EXECUTOR` (another `ova-executor`
+//! program, as for `ova`; it must be of the same build, or it refuses the supervisor's hello).
 //! The last three lines are `P2 reference: bare wasmtime instantiate+run units/s=<n>`,
 //! `P1 wasm/native geomean=<ratio>` and `P2 trivial units/s=<n>`.
 
@@ -99,7 +99,7 @@ fn run_batch(exec: &dyn Executor, reqs: &[UnitRequest], window: usize) -> f64 {
 fn bare_wasmtime(threads: usize, n: usize) -> (f64, f64) {
     use wasmtime::{Linker, Module, Store};
     let sizing =
-        engine::PoolSizing { slots: (threads as u32 * 2).max(8), max_table_elements: 1000 };
+        engine::PoolSizing { slots: SandboxConfig::slots_for(threads), max_table_elements: 1000 };
     let slot = engine::build(Flavor::PLAIN, sizing).expect("engine");
     let module = Module::new(
         &slot.engine,
@@ -133,9 +133,11 @@ fn bare_wasmtime(threads: usize, n: usize) -> (f64, f64) {
 /// [`Sandbox::run`] called directly in a loop on `threads` threads (WASI and our per-unit
 /// work, no executor); (units/s, CPU µs per unit).
 fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> (f64, f64) {
-    let sb =
-        Sandbox::new(SandboxConfig { slots: (threads as u32 * 2).max(8), ..Default::default() })
-            .unwrap();
+    let sb = Sandbox::new(SandboxConfig {
+        slots: SandboxConfig::slots_for(threads),
+        ..Default::default()
+    })
+    .unwrap();
     for r in &reqs[..1000.min(reqs.len())] {
         assert_eq!(sb.run(r).outcome, Outcome::Success);
     }
@@ -189,13 +191,18 @@ fn echo_requests(n: usize) -> Vec<UnitRequest> {
 
 fn supervised(cores: usize) -> SupervisedExecutor {
     let mut c = SupervisorConfig::new(cores);
-    c.program = std::env::var_os("OVA_BENCH_EXECUTOR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ova-executor")), PathBuf::from);
+    // `OVA_EXECUTOR` (which `SupervisorConfig::new` reads) runs another build's executor.
+    if std::env::var_os("OVA_EXECUTOR").is_none() {
+        c.program = PathBuf::from(env!("CARGO_BIN_EXE_ova-executor"));
+    }
     SupervisedExecutor::start(c).expect("starting ova-executor")
 }
 
 fn in_process(cores: usize) -> PoolExecutor {
-    let sb = Sandbox::new(SandboxConfig { slots: (cores as u32 * 2).max(8), ..Default::default() });
+    let sb = Sandbox::new(SandboxConfig {
+        slots: SandboxConfig::slots_for(cores),
+        ..Default::default()
+    });
     PoolExecutor::new(cores, Arc::new(sb.unwrap())).unwrap()
 }
 

@@ -1,15 +1,87 @@
 //! Messages between the supervisor and its executor process: little-endian `u32` length, then
 //! postcard. The child's stdin carries [`ToChild`], its stdout [`FromChild`]; guests never
-//! touch either (their stdio is in-memory pipes).
+//! touch either (their stdio is in-memory pipes). Each side's first frame is its [`Hello`].
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
+use ova_jobs::manifest::MAX_OUTPUT_CAP_BYTES;
 use ova_jobs::{Determinism, Limits, UnitId, UnitResult};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// Largest frame accepted (a result may carry up to 1 GiB of output).
-pub const MAX_FRAME_BYTES: usize = (1 << 30) + (16 << 20);
+use crate::sandbox::{ENGINE_NAME, HOST_ERROR_NOTE_BYTES};
+
+/// Bytes a [`FromChild::Done`] frame may hold besides the unit's stdout and stderr: the
+/// host's note after stderr, and the outcome (its messages are cut to a few hundred bytes),
+/// provenance and ids, with room to spare.
+pub const RESULT_OVERHEAD_BYTES: usize = HOST_ERROR_NOTE_BYTES + (1 << 20);
+
+/// Largest frame accepted: a result whose stdout and stderr are both at the largest caps a
+/// manifest may set ([`MAX_OUTPUT_CAP_BYTES`] each), plus [`RESULT_OVERHEAD_BYTES`]. The
+/// executor refuses units with larger caps, so every frame it sends fits.
+pub const MAX_FRAME_BYTES: usize = 2 * MAX_OUTPUT_CAP_BYTES as usize + RESULT_OVERHEAD_BYTES;
+
+// The length prefix is a `u32`.
+const _: () = assert!(MAX_FRAME_BYTES <= u32::MAX as usize);
+
+/// Which end of the pipe a [`Hello`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The worker's supervisor.
+    Supervisor,
+    /// The `ova-executor` child.
+    Executor,
+}
+
+/// The first frame each side sends, before anything else: the other side goes on only if
+/// everything but the role is the same as its own, so a supervisor and an executor from
+/// different builds (different frames, or different results) refuse each other clearly
+/// instead of misreading frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Who is talking.
+    pub role: Role,
+    /// [`PROTOCOL`].
+    pub protocol: u32,
+    /// The `ova-worker` crate version.
+    pub version: String,
+    /// The engine and WASI host results are computed with ([`ENGINE_NAME`]).
+    pub engine: String,
+}
+
+/// The frame format's version: bump it whenever a frame changes.
+pub const PROTOCOL: u32 = 2;
+
+impl Hello {
+    /// This build's hello, as `role`.
+    pub fn ours(role: Role) -> Self {
+        Self {
+            role,
+            protocol: PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            engine: ENGINE_NAME.to_string(),
+        }
+    }
+
+    /// Whether `self`, received, is a peer of this build in role `from`; else why not.
+    pub fn check(&self, from: Role) -> Result<(), String> {
+        let ours = Hello::ours(from);
+        if *self == ours {
+            return Ok(());
+        }
+        Err(format!(
+            "expected {:?} protocol {} of ova-worker {} ({}), got {:?} protocol {} of {} ({})",
+            ours.role,
+            ours.protocol,
+            ours.version,
+            ours.engine,
+            self.role,
+            self.protocol,
+            self.version,
+            self.engine
+        ))
+    }
+}
 
 /// Supervisor → executor. Borrowed fields (`Cow`) let the supervisor encode a request without
 /// copying its input and args; decoding always yields owned values.
@@ -39,6 +111,8 @@ pub enum ToChild<'a> {
         /// Run with epoch checks (the module has misbehaved before).
         epoch_guard: bool,
     },
+    /// The first frame on the pipe.
+    Hello(Hello),
 }
 
 /// Executor → supervisor.
@@ -50,8 +124,9 @@ pub enum FromChild {
         seq: u64,
     },
     /// The unit is instantiating/running (run deadline starts). The executor sends this
-    /// only if the unit is still running when its writer gets to it: a unit whose `Done` is
-    /// already queued by then needs no deadline, and its `Started` is left out.
+    /// only for a unit still running [`crate::supervisor::REPORT_STARTED_AFTER`] after it
+    /// started; a shorter one is reported by its `Done` alone (until then the supervisor
+    /// knows only that it was sent).
     Started {
         /// Sequence number.
         seq: u64,
@@ -66,6 +141,8 @@ pub enum FromChild {
         /// Its result.
         result: Box<UnitResult>,
     },
+    /// The first frame on the pipe.
+    Hello(Hello),
 }
 
 /// Appends one frame holding `msg` to `out`.
@@ -150,5 +227,29 @@ mod tests {
         encode_done_into(&mut a, 42, &r);
         encode_into(&mut b, &FromChild::Done { seq: 42, result: Box::new(r) });
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_done_frame_is_its_output_plus_at_most_the_overhead() {
+        // The largest outcome message the sandbox makes (cut to 500 bytes), a full stderr
+        // with the host's note: MAX_FRAME_BYTES relies on this bound.
+        let unit = UnitId::derive(&ova_jobs::BlobId::of(b"m"), &ova_jobs::BlobId::of(b"i"), &[]);
+        let (out, err) = (100_000, 50_000 + HOST_ERROR_NOTE_BYTES);
+        let mut r = UnitResult::new(
+            unit,
+            Outcome::InvalidModule { reason: "x".repeat(2000) },
+            vec![7; out],
+            Provenance {
+                determinism: Determinism::Strict,
+                arch: "x86_64".into(),
+                engine: "e".repeat(200),
+            },
+        );
+        r.stderr = vec![8; err];
+        r.fuel_used = Some(u64::MAX);
+        let mut frame = Vec::new();
+        encode_done_into(&mut frame, u64::MAX, &r);
+        assert!(frame.len() <= out + err + RESULT_OVERHEAD_BYTES);
+        assert!(frame.len() - out - err < 4096, "{} bytes of overhead", frame.len() - out - err);
     }
 }

@@ -286,8 +286,11 @@ fn build_executor(
     cache_dir: Option<PathBuf>,
 ) -> anyhow::Result<BuiltExecutor> {
     let in_process = |cache_dir| -> anyhow::Result<Arc<dyn Executor>> {
-        let config =
-            SandboxConfig { slots: (cores as u32 * 2).max(8), cache_dir, ..Default::default() };
+        let config = SandboxConfig {
+            slots: SandboxConfig::slots_for(cores),
+            cache_dir,
+            ..Default::default()
+        };
         Ok(Arc::new(PoolExecutor::new(cores, Arc::new(Sandbox::new(config)?))?.guard_all(true)))
     };
     Ok(match choice {

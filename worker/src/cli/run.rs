@@ -69,8 +69,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
                 program.display()
             );
         }
-        let config =
-            SandboxConfig { slots: (cores as u32 * 2).max(8), cache_dir, ..Default::default() };
+        let config = SandboxConfig {
+            slots: SandboxConfig::slots_for(cores),
+            cache_dir,
+            ..Default::default()
+        };
         Box::new(PoolExecutor::new(cores, Arc::new(Sandbox::new(config)?))?.guard_all(true))
     };
 

@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use ova_jobs::manifest::MAX_OUTPUT_CAP_BYTES;
 use ova_jobs::{BlobId, UnitResult};
 
 use super::Fast;
 use crate::executor::failed;
-use crate::ipc::{self, FromChild, ToChild};
+use crate::ipc::{self, FromChild, Hello, Role, ToChild};
 use crate::sandbox::{ModuleSource, UnitRequest};
 
 /// The `ova-executor` process: reads [`ToChild`] frames on stdin, runs units on a rayon pool,
@@ -40,7 +41,7 @@ pub fn child_main() -> std::io::Result<()> {
         }
     }
     let threads = threads.max(1);
-    config.slots = (threads as u32 * 2).max(8);
+    config.slots = SandboxConfig::slots_for(threads);
     let sandbox = Arc::new(Sandbox::new(config)?);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -57,10 +58,20 @@ pub fn child_main() -> std::io::Result<()> {
     let ticker =
         std::thread::Builder::new().name("ova-child-ticker".into()).spawn(move || o.ticker())?;
 
-    let mut modules: HashMap<BlobId, Arc<ModuleSource>, Fast> = HashMap::default();
+    // Say who we are, then run nothing unless the supervisor is of this very build.
+    ipc::encode_into(&mut out.lock().frames, &FromChild::Hello(Hello::ours(Role::Executor)));
+    out.flush();
     let stdin = std::io::stdin();
     let mut input = BufReader::with_capacity(1 << 16, stdin.lock());
     let mut buf = Vec::new();
+    match ipc::read_frame::<_, ToChild>(&mut input, &mut buf) {
+        Ok(Some(ToChild::Hello(h))) => h.check(Role::Supervisor).map_err(std::io::Error::other)?,
+        Ok(None) => return Ok(()),
+        Ok(Some(_)) => return Err(std::io::Error::other("the supervisor sent no hello")),
+        Err(e) => return Err(e),
+    }
+    let crash_on = fault::crash_on_input();
+    let mut modules: HashMap<BlobId, Arc<ModuleSource>, Fast> = HashMap::default();
     let mut batch: Vec<(u64, UnitRequest)> = Vec::new();
     while let Some(msg) = ipc::read_frame::<_, ToChild>(&mut input, &mut buf)? {
         match msg {
@@ -68,11 +79,20 @@ pub fn child_main() -> std::io::Result<()> {
                 let m = ModuleSource::new(bytes.into_owned());
                 modules.insert(m.id(), m);
             }
+            ToChild::Hello(_) => return Err(std::io::Error::other("a second hello")),
             ToChild::Run { seq, unit, module, input, args, limits, determinism, epoch_guard } => {
+                let caps = [limits.max_output_bytes, limits.max_stderr_bytes];
                 match modules.get(&module) {
                     None => {
                         let r = failed(unit, determinism, "module was not sent to the executor");
                         out.done(seq, r);
+                    }
+                    // Its result might not fit in a frame (manifests cannot ask for this).
+                    Some(_) if caps.iter().any(|c| *c > MAX_OUTPUT_CAP_BYTES) => {
+                        let msg = format!(
+                            "output or stderr cap over {MAX_OUTPUT_CAP_BYTES} bytes: {caps:?}"
+                        );
+                        out.done(seq, failed(unit, determinism, &msg));
                     }
                     Some(module) => batch.push((
                         seq,
@@ -101,10 +121,12 @@ pub fn child_main() -> std::io::Result<()> {
             let batch = Arc::new(Batch { units, next: AtomicUsize::new(0) });
             for _ in 0..jobs {
                 let (batch, sandbox, out) = (batch.clone(), sandbox.clone(), out.clone());
+                let crash_on = crash_on.clone();
                 pool.spawn(move || {
                     while let Some((seq, req)) =
                         batch.units.get(batch.next.fetch_add(1, Ordering::Relaxed))
                     {
+                        fault::maybe_crash(&crash_on, req);
                         run_one(&sandbox, &out, *seq, req);
                     }
                 });
@@ -144,6 +166,9 @@ pub const TICK: Duration = Duration::from_millis(1);
 /// keeps trivial units cheap (P2). The report carries how long the unit had been running, so
 /// the deadline still counts from its real start.
 pub const REPORT_STARTED_AFTER: Duration = TICK;
+
+/// Most writes one call of `ChildOut::flush` makes for others before it returns.
+const FLUSH_PASSES: usize = 2;
 
 /// Results gathered beyond this many bytes are written at once.
 ///
@@ -258,33 +283,37 @@ impl ChildOut {
     }
 
     /// Writes every queued frame, unless another thread is writing: that one writes ours too.
+    ///
+    /// A writer makes at most [`FLUSH_PASSES`] writes before it goes back to its own work;
+    /// frames still queued then (threads kept adding while it wrote) are left to the ticker,
+    /// which it wakes, and which writes them within a [`TICK`].
     fn flush(&self) {
-        loop {
+        for _ in 0..FLUSH_PASSES {
             let mut sink = match self.sink.try_lock() {
                 Ok(s) => s,
                 Err(std::sync::TryLockError::WouldBlock) => return,
                 Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             };
-            loop {
-                let Sink { file, buf, broken } = &mut *sink;
-                buf.clear();
-                std::mem::swap(buf, &mut self.lock().frames);
-                if buf.is_empty() {
-                    break;
-                }
-                if !*broken && file.write_all(buf).is_err() {
-                    *broken = true;
-                }
-                if buf.capacity() > 4 << 20 {
-                    *buf = Vec::new();
-                }
+            let Sink { file, buf, broken } = &mut *sink;
+            buf.clear();
+            std::mem::swap(buf, &mut self.lock().frames);
+            if !buf.is_empty() && !*broken && file.write_all(buf).is_err() {
+                *broken = true;
+            }
+            if buf.capacity() > 4 << 20 {
+                *buf = Vec::new();
             }
             drop(sink);
-            // A frame queued after our last look but before we let go found the sink taken
-            // and left it to us: look once more.
+            // A frame queued while we held the sink found it taken and was left to us.
             if self.lock().frames.is_empty() {
                 return;
             }
+        }
+        let mut st = self.lock();
+        let wake = std::mem::take(&mut st.ticker_idle);
+        drop(st);
+        if wake {
+            self.ticker_cv.notify_one();
         }
     }
 
@@ -331,6 +360,34 @@ impl ChildOut {
                 // A timer wait: the tick itself is what we wait for.
                 self.ticker_cv.wait_timeout(st, TICK).unwrap_or_else(|e| e.into_inner()).0
             };
+        }
+    }
+}
+
+/// Fault injection for the supervisor's tests, in debug builds only: with
+/// `OVA_EXECUTOR_TEST_CRASH_ON_INPUT=<text>` set, the executor dies at once — as on a host
+/// bug — the moment it picks a unit whose input is exactly `<text>`, before the unit can be
+/// reported as started. Release builds ignore the variable.
+mod fault {
+    use crate::sandbox::UnitRequest;
+
+    /// The input that crashes the process, if any.
+    pub type Trigger = Option<std::sync::Arc<[u8]>>;
+
+    /// The trigger set in the environment.
+    pub fn crash_on_input() -> Trigger {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        let v = std::env::var_os("OVA_EXECUTOR_TEST_CRASH_ON_INPUT")?;
+        Some(v.into_encoded_bytes().into())
+    }
+
+    /// Ends the process if `req` is the trigger (status 134, as an abort, without leaving
+    /// a core dump of the engine's large address-space reservations).
+    pub fn maybe_crash(trigger: &Trigger, req: &UnitRequest) {
+        if trigger.as_deref().is_some_and(|t| *t == *req.input) {
+            std::process::exit(134);
         }
     }
 }

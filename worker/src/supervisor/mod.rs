@@ -22,9 +22,18 @@
 //! - a module that cannot compile within [`SupervisorConfig::compile_timeout`] is remembered
 //!   as uncompilable on this peer: its units time out (phase "compile") without retrying.
 //!
-//! A child that dies on its own (a host bug, the OOM killer) is restarted too; units in flight
-//! are retried up to [`SupervisorConfig::max_crashes`] times, then fail with
-//! [`Outcome::Failed`].
+//! A child that dies on its own (a host bug, the OOM killer) is restarted too. Every unit that
+//! had been sent to it is charged with the crash — a unit that kills the child before it is
+//! reported as started is as guilty as one that runs for a while — and becomes a *suspect*:
+//! suspects are re-run one at a time, alone in the child, before anything else is sent, so
+//! the next crash is the fault of the one unit in it and innocents caught in a crash finish.
+//! A unit charged more than [`SupervisorConfig::max_crashes`] times fails with
+//! [`Outcome::Failed`]. Crashes in a row with no unit finished in between delay each restart
+//! more ([`RESTART_BACKOFF`]), so a child that cannot stay up does not spin a core.
+//!
+//! Each side's first frame is an [`ipc::Hello`]; a child of another build (other frames,
+//! other results) is refused with a clear error — [`SupervisedExecutor::start`] fails, and
+//! later every unit fails with the reason — rather than restarted forever.
 //!
 //! Cost on well-behaved units: one small frame each way per unit over pipes, batched. The
 //! supervisor's writer sends whatever has accumulated; the child's pool threads take a batch of
@@ -48,11 +57,21 @@ use ova_jobs::{BlobId, Outcome, Phase, UnitResult};
 
 use crate::executor::{Completion, Executor, failed};
 use crate::ipc::{self, FromChild, ToChild};
-use crate::sandbox::{ModuleSource, UnitRequest};
+use crate::sandbox::UnitRequest;
 
 mod child;
 
 pub use child::{BATCH_BYTES, REPORT_STARTED_AFTER, TICK, child_main};
+
+/// The delay before the second restart in a row with no unit finished in between; it doubles
+/// with each further one, up to [`RESTART_BACKOFF_MAX`]. The first restart is immediate.
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest delay before a restart.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Children in a row that exit before their hello before the supervisor gives up.
+pub const MAX_SILENT_CHILDREN: u32 = 3;
+/// How long [`SupervisedExecutor::start`] waits for the first child's hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Name of the executor binary, installed next to `ova`.
 pub const EXECUTOR_BIN: &str = "ova-executor";
@@ -109,7 +128,11 @@ pub fn find_executor() -> PathBuf {
 
 #[derive(Clone, Copy)]
 enum UnitPhase {
+    /// Not sent to the current child yet.
     Queued,
+    /// Sent: the child may be running it (starts shorter than [`REPORT_STARTED_AFTER`] are
+    /// never reported).
+    Sent,
     Compiling(Instant),
     Running(Instant),
 }
@@ -119,11 +142,6 @@ struct Inflight {
     done: Completion,
     phase: UnitPhase,
     crashes: u8,
-}
-
-enum Outgoing {
-    Module(Arc<ModuleSource>),
-    Run(u64),
 }
 
 /// A cheap hasher for keys that are already uniformly distributed: sequence numbers and
@@ -156,7 +174,14 @@ pub(crate) type Fast = BuildHasherDefault<FoldHasher>;
 struct State {
     generation: u64,
     child: Option<Child>,
-    outbox: Vec<Outgoing>,
+    /// The current child's hello arrived and was ours.
+    greeted: bool,
+    /// Units to send to the child (sequence numbers), held while suspects run.
+    outbox: Vec<u64>,
+    /// Units caught in a crash, to be run alone one after the other, before the outbox.
+    suspects: std::collections::VecDeque<u64>,
+    /// The suspect now alone in the child.
+    isolated: Option<u64>,
     inflight: HashMap<u64, Inflight, Fast>,
     sent_modules: HashSet<BlobId, Fast>,
     misbehaved: HashSet<BlobId, Fast>,
@@ -164,6 +189,14 @@ struct State {
     next_seq: u64,
     /// When the watchdog will next wake on its own (`None`: only when notified).
     watchdog_wakes: Option<Instant>,
+    /// A restart waiting out its backoff (the watchdog does it then).
+    restart_at: Option<Instant>,
+    /// Crashes since a unit last finished.
+    crash_streak: u32,
+    /// Children in a row that ended before their hello.
+    silent_children: u32,
+    /// Why no child can be used (another build, or none stays up): every unit fails with it.
+    fatal: Option<String>,
     shutdown: bool,
     restarts: u64,
 }
@@ -184,20 +217,29 @@ pub struct SupervisedExecutor {
 type Finished = Vec<(Completion, UnitResult)>;
 
 impl SupervisedExecutor {
-    /// Starts the child and the watchdog.
+    /// Starts the child and the watchdog, and waits for the child's hello: an error if the
+    /// program cannot be started, is not an `ova-executor` of this very build, or keeps
+    /// exiting before it says hello.
     pub fn start(config: SupervisorConfig) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State {
                 generation: 0,
                 child: None,
+                greeted: false,
                 outbox: Vec::new(),
+                suspects: Default::default(),
+                isolated: None,
                 inflight: HashMap::default(),
                 sent_modules: HashSet::default(),
                 misbehaved: HashSet::default(),
                 uncompilable: HashSet::default(),
                 next_seq: 0,
                 watchdog_wakes: None,
+                restart_at: None,
+                crash_streak: 0,
+                silent_children: 0,
+                fatal: None,
                 shutdown: false,
                 restarts: 0,
             }),
@@ -210,7 +252,24 @@ impl SupervisedExecutor {
         }
         let s = shared.clone();
         std::thread::Builder::new().name("ova-watchdog".into()).spawn(move || s.watchdog())?;
-        Ok(Self { shared })
+        let exec = Self { shared };
+        let sh = &exec.shared;
+        let mut st = sh.lock();
+        let give_up_at = Instant::now() + HELLO_TIMEOUT;
+        while !st.greeted && st.fatal.is_none() {
+            let Some(left) = give_up_at.checked_duration_since(Instant::now()) else {
+                let program = sh.config.program.display();
+                let why = format!("{program} said no hello within {HELLO_TIMEOUT:?}");
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+            };
+            // A timer wait, bounding the start; the hello (or its failure) notifies.
+            st = sh.watch_cv.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        if let Some(why) = &st.fatal {
+            return Err(std::io::Error::other(why.clone()));
+        }
+        drop(st);
+        Ok(exec)
     }
 
     /// How many times the child has been restarted (after a timeout or a crash).
@@ -280,6 +339,16 @@ fn result_with(req: &UnitRequest, outcome: Outcome) -> UnitResult {
     r
 }
 
+/// The delay before restarting a child that is the `streak`-th to die with no unit finished
+/// since the first of them: none for the first, then [`RESTART_BACKOFF`] doubling up to
+/// [`RESTART_BACKOFF_MAX`].
+fn backoff(streak: u32) -> Duration {
+    match streak {
+        0 | 1 => Duration::ZERO,
+        n => RESTART_BACKOFF.saturating_mul(1 << (n - 2).min(16)).min(RESTART_BACKOFF_MAX),
+    }
+}
+
 fn finish(done: Finished) {
     for (d, r) in done {
         d(r);
@@ -299,6 +368,10 @@ impl Shared {
         done: Completion,
     ) -> Result<(), Box<(Completion, UnitResult)>> {
         let module = req.module.id();
+        if let Some(why) = &st.fatal {
+            let r = failed(req.unit, req.determinism, why);
+            return Err(Box::new((done, r)));
+        }
         if st.uncompilable.contains(&module) {
             let t = Outcome::Timeout {
                 phase: Phase::Compile,
@@ -308,24 +381,22 @@ impl Shared {
             return Err(Box::new((done, r)));
         }
         if st.child.is_none()
+            && st.restart_at.is_none()
             && let Err(e) = self.spawn_child(st)
         {
             let msg = format!("cannot start executor: {e}");
             return Err(Box::new((done, failed(req.unit, req.determinism, &msg))));
         }
         req.epoch_guard |= st.misbehaved.contains(&module);
-        if st.sent_modules.insert(module) {
-            st.outbox.push(Outgoing::Module(req.module.clone()));
-        }
         let seq = st.next_seq;
         st.next_seq += 1;
         st.inflight.insert(seq, Inflight { req, done, phase: UnitPhase::Queued, crashes: 0 });
-        st.outbox.push(Outgoing::Run(seq));
+        st.outbox.push(seq);
         Ok(())
     }
 
     /// Starts a child for a new generation, with reader and writer threads, and queues every
-    /// in-flight unit (and its module) for it.
+    /// in-flight unit for it: suspects (units caught in a crash) to run alone first.
     fn spawn_child(self: &Arc<Self>, st: &mut State) -> std::io::Result<()> {
         let c = &self.config;
         let mut cmd = Command::new(&c.program);
@@ -346,18 +417,22 @@ impl Shared {
         let stdout = child.stdout.take().expect("piped");
         st.generation += 1;
         st.child = Some(child);
+        st.greeted = false;
+        st.restart_at = None;
         st.sent_modules.clear();
         st.outbox.clear();
+        st.suspects.clear();
+        st.isolated = None;
         let mut seqs: Vec<u64> = st.inflight.keys().copied().collect();
         seqs.sort_unstable();
         for seq in seqs {
             let inf = st.inflight.get_mut(&seq).expect("listed");
             inf.phase = UnitPhase::Queued;
-            let m = inf.req.module.clone();
-            if st.sent_modules.insert(m.id()) {
-                st.outbox.push(Outgoing::Module(m));
+            if inf.crashes > 0 {
+                st.suspects.push_back(seq);
+            } else {
+                st.outbox.push(seq);
             }
-            st.outbox.push(Outgoing::Run(seq));
         }
         let generation = st.generation;
         let (s1, s2) = (self.clone(), self.clone());
@@ -374,55 +449,73 @@ impl Shared {
     fn writer(&self, generation: u64, stdin: ChildStdin) {
         let mut out = BufWriter::with_capacity(1 << 16, stdin);
         let mut buf = Vec::new();
+        ipc::encode_into(&mut buf, &ToChild::Hello(ipc::Hello::ours(ipc::Role::Supervisor)));
         loop {
+            if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
+                return; // the child is gone; the reader handles it
+            }
+            buf.clear();
             let mut st = self.lock();
-            while st.outbox.is_empty() && st.generation == generation && !st.shutdown {
+            // A suspect runs alone: nothing is sent while it is in the child, and the outbox
+            // waits until every suspect has had its turn.
+            let ready = |st: &State| {
+                st.isolated.is_none() && !(st.suspects.is_empty() && st.outbox.is_empty())
+            };
+            while !ready(&st) && st.generation == generation && !st.shutdown {
                 st = self.outbox_cv.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             if st.generation != generation || st.shutdown {
                 return;
             }
-            buf.clear();
-            let mut outbox = std::mem::take(&mut st.outbox);
-            for item in outbox.drain(..) {
-                match item {
-                    Outgoing::Module(m) => ipc::encode_into(
-                        &mut buf,
-                        &ToChild::Module { bytes: Cow::Borrowed(m.bytes()) },
-                    ),
-                    Outgoing::Run(seq) => {
-                        let Some(inf) = st.inflight.get(&seq) else { continue };
-                        let r = &inf.req;
-                        ipc::encode_into(
-                            &mut buf,
-                            &ToChild::Run {
-                                seq,
-                                unit: r.unit,
-                                module: r.module.id(),
-                                input: Cow::Borrowed(&r.input),
-                                args: Cow::Borrowed(&r.args),
-                                limits: r.limits,
-                                determinism: r.determinism,
-                                epoch_guard: r.epoch_guard,
-                            },
-                        );
-                    }
+            let st = &mut *st;
+            if let Some(seq) = st.suspects.pop_front() {
+                if self.encode_run(st, seq, &mut buf) {
+                    st.isolated = Some(seq);
+                }
+            } else {
+                let mut outbox = std::mem::take(&mut st.outbox);
+                for seq in outbox.drain(..) {
+                    self.encode_run(st, seq, &mut buf);
+                }
+                // Hand the (now empty) vector back, keeping its capacity for the next batch.
+                if st.outbox.is_empty() {
+                    st.outbox = outbox;
                 }
             }
-            // Hand the (now empty) vector back, keeping its capacity for the next batch.
-            if st.outbox.is_empty() {
-                st.outbox = outbox;
-            }
-            drop(st);
-            if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
-                return; // the child is gone; the reader handles it
-            }
         }
+    }
+
+    /// Appends the frames that run unit `seq` (its module first, if this child has not had
+    /// it) to `buf` and marks it sent; `false` if it is no longer in flight.
+    fn encode_run(&self, st: &mut State, seq: u64, buf: &mut Vec<u8>) -> bool {
+        let Some(inf) = st.inflight.get_mut(&seq) else { return false };
+        inf.phase = UnitPhase::Sent;
+        let r = &inf.req;
+        if st.sent_modules.insert(r.module.id()) {
+            ipc::encode_into(buf, &ToChild::Module { bytes: Cow::Borrowed(r.module.bytes()) });
+        }
+        ipc::encode_into(
+            buf,
+            &ToChild::Run {
+                seq,
+                unit: r.unit,
+                module: r.module.id(),
+                input: Cow::Borrowed(&r.input),
+                args: Cow::Borrowed(&r.args),
+                limits: r.limits,
+                determinism: r.determinism,
+                epoch_guard: r.epoch_guard,
+            },
+        );
+        true
     }
 
     fn reader(self: Arc<Self>, generation: u64, stdout: ChildStdout) {
         let mut input = BufReader::with_capacity(1 << 16, stdout);
         let mut buf = Vec::new();
+        if !self.greet(generation, &mut input, &mut buf) {
+            return;
+        }
         let mut msgs = Vec::new();
         let mut done: Finished = Vec::new();
         loop {
@@ -462,7 +555,14 @@ impl Shared {
                             }
                             done.push((inf.done, *result));
                         }
+                        st.crash_streak = 0;
+                        if st.isolated == Some(seq) {
+                            st.isolated = None;
+                            self.outbox_cv.notify_all();
+                        }
                     }
+                    // Only the first frame is a hello.
+                    FromChild::Hello(_) => ended = true,
                 }
             }
             if ended {
@@ -474,6 +574,81 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// Reads the child's first frame, its hello: `true` if it is an `ova-executor` of this
+    /// build. Otherwise no unit has run in it: a child of another build makes the supervisor
+    /// give up ([`State::fatal`]), one that ended first is restarted (up to
+    /// [`MAX_SILENT_CHILDREN`] in a row) without charging anyone.
+    fn greet(
+        self: &Arc<Self>,
+        generation: u64,
+        input: &mut BufReader<ChildStdout>,
+        buf: &mut Vec<u8>,
+    ) -> bool {
+        let hello = match ipc::read_frame::<_, FromChild>(input, buf) {
+            Ok(Some(FromChild::Hello(h))) => Some(h.check(ipc::Role::Executor)),
+            Ok(Some(_)) => Some(Err("a frame other than a hello".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Some(Err(format!("unreadable first frame ({e})")))
+            }
+            Ok(None) | Err(_) => None,
+        };
+        let mut st = self.lock();
+        if st.generation != generation || st.shutdown {
+            return false;
+        }
+        let mut done = Vec::new();
+        let greeted = match hello {
+            Some(Ok(())) => {
+                st.greeted = true;
+                st.silent_children = 0;
+                true
+            }
+            Some(Err(why)) => {
+                let program = self.config.program.display();
+                let why = format!("{program} is not an ova-executor of this build: {why}");
+                self.give_up(&mut st, why, &mut done);
+                false
+            }
+            None => {
+                st.silent_children += 1;
+                if st.silent_children >= MAX_SILENT_CHILDREN {
+                    let why = format!(
+                        "{} exited before its hello {} times in a row",
+                        self.config.program.display(),
+                        st.silent_children
+                    );
+                    self.give_up(&mut st, why, &mut done);
+                } else {
+                    done.extend(self.child_crashed(&mut st));
+                }
+                false
+            }
+        };
+        drop(st);
+        self.watch_cv.notify_all();
+        finish(done);
+        greeted
+    }
+
+    /// No child can be used: kills this one and fails every unit, now and later, with `why`.
+    fn give_up(&self, st: &mut State, why: String, done: &mut Finished) {
+        tracing::error!("{why}");
+        if let Some(mut c) = st.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, inf) in st.inflight.drain() {
+            done.push((inf.done, failed(inf.req.unit, inf.req.determinism, &why)));
+        }
+        st.outbox.clear();
+        st.suspects.clear();
+        st.restart_at = None;
+        st.fatal = Some(why);
+        // This child's writer (and reader) end.
+        st.generation += 1;
+        self.outbox_cv.notify_all();
     }
 
     fn phase_changed(&self, st: &mut State, seq: u64, phase: UnitPhase) {
@@ -490,7 +665,9 @@ impl Shared {
         }
     }
 
-    /// The child died on its own: restart it and retry its units (up to `max_crashes`).
+    /// The child died on its own: charge every unit it had been sent (nothing, if it never
+    /// said hello: it ran none), fail those charged too often, and restart it — at once after
+    /// a unit finished since the last crash, else after a growing delay.
     fn child_crashed(self: &Arc<Self>, st: &mut State) -> Finished {
         if let Some(mut c) = st.child.take() {
             let _ = c.kill();
@@ -499,29 +676,49 @@ impl Shared {
         }
         let mut done = Vec::new();
         let max = self.config.max_crashes;
+        let ran = st.greeted;
         let doomed: Vec<u64> = st
             .inflight
             .iter_mut()
-            .filter(|(_, inf)| !matches!(inf.phase, UnitPhase::Queued))
+            .filter(|(_, inf)| ran && !matches!(inf.phase, UnitPhase::Queued))
             .filter_map(|(seq, inf)| {
-                inf.crashes += 1;
+                inf.crashes = inf.crashes.saturating_add(1);
                 (inf.crashes > max).then_some(*seq)
             })
             .collect();
         for seq in doomed {
             let inf = st.inflight.remove(&seq).expect("listed");
-            let msg =
-                format!("the executor process died {} times while running this unit", inf.crashes);
+            let msg = match inf.crashes {
+                1 => "the executor process died with this unit in it".to_string(),
+                n => format!(
+                    "the executor process died {n} times with this unit in it, the last {} \
+                     times with this unit alone",
+                    n - 1
+                ),
+            };
             done.push((inf.done, failed(inf.req.unit, inf.req.determinism, &msg)));
         }
+        // Nothing runs until the next child: no deadlines to watch meanwhile.
+        for inf in st.inflight.values_mut() {
+            inf.phase = UnitPhase::Queued;
+        }
         st.restarts += 1;
-        self.restart_or_fail(st, &mut done);
+        st.crash_streak += 1;
+        match backoff(st.crash_streak) {
+            Duration::ZERO => self.restart_or_fail(st, &mut done),
+            delay => {
+                // The watchdog restarts it when the delay is over.
+                st.restart_at = Some(Instant::now() + delay);
+                self.watch_cv.notify_all();
+            }
+        }
         done
     }
 
     fn restart_or_fail(self: &Arc<Self>, st: &mut State, done: &mut Finished) {
         if let Err(e) = self.spawn_child(st) {
             let msg = format!("cannot restart the executor: {e}");
+            st.restart_at = None;
             for (_, inf) in st.inflight.drain() {
                 done.push((inf.done, failed(inf.req.unit, inf.req.determinism, &msg)));
             }
@@ -530,7 +727,7 @@ impl Shared {
 
     fn deadline_of(&self, inf: &Inflight) -> Option<(Instant, Phase)> {
         match inf.phase {
-            UnitPhase::Queued => None,
+            UnitPhase::Queued | UnitPhase::Sent => None,
             UnitPhase::Compiling(t) => Some((t + self.config.compile_timeout, Phase::Compile)),
             UnitPhase::Running(t) => {
                 let mut d = Duration::from_millis(inf.req.limits.deadline_ms);
@@ -549,7 +746,15 @@ impl Shared {
                 return;
             }
             let now = Instant::now();
-            let mut next: Option<Instant> = None;
+            if st.restart_at.is_some_and(|at| at <= now) {
+                let mut done = Vec::new();
+                self.restart_or_fail(&mut st, &mut done);
+                drop(st);
+                finish(done);
+                st = self.lock();
+                continue;
+            }
+            let mut next: Option<Instant> = st.restart_at;
             let mut expired = Vec::new();
             for (seq, inf) in &st.inflight {
                 if let Some((at, phase)) = self.deadline_of(inf) {

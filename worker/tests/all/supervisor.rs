@@ -175,3 +175,87 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An executor program: a shell script in `dir` running `body` (with `$EXE` the real
+/// `ova-executor`).
+fn script(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("executor.sh");
+    let exe = env!("CARGO_BIN_EXE_ova-executor");
+    std::fs::write(&path, format!("#!/bin/sh\nEXE='{exe}'\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Waits for `n` results on `rx`; a missing one is a hang, reported after a generous bound.
+fn collect<T>(rx: &std::sync::mpsc::Receiver<T>, n: usize) -> Vec<T> {
+    (0..n)
+        .map(|i| {
+            rx.recv_timeout(Duration::from_secs(300)).unwrap_or_else(|e| panic!("result {i}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+#[cfg(debug_assertions)] // the executor's fault injection exists in debug builds only
+fn a_unit_that_kills_the_executor_at_once_fails_alone_and_the_pool_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = supervisor_config(2);
+    config.program =
+        script(dir.path(), "OVA_EXECUTOR_TEST_CRASH_ON_INPUT=boom exec \"$EXE\" \"$@\"");
+    config.max_crashes = 2;
+    let exec = SupervisedExecutor::start(config).unwrap();
+    let primes = example("primes");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The crasher among innocents sent in the same batch: it dies before it can be reported
+    // as started, so only being sent can charge it.
+    let mut reqs: Vec<_> = (0..40u64)
+        .map(|i| {
+            let input = format!("{} {}", i * 1000, i * 1000 + 1000);
+            (i, request(&primes, input.as_bytes(), &[], small_limits()))
+        })
+        .collect();
+    reqs.insert(20, (u64::MAX, request(&primes, b"boom", &[], small_limits())));
+    let n = reqs.len();
+    exec.submit_batch(
+        reqs.into_iter()
+            .map(|(i, req)| {
+                let tx = tx.clone();
+                (
+                    req,
+                    Box::new(move |r: ova_jobs::UnitResult| tx.send((i, r)).unwrap())
+                        as ova_worker::Completion,
+                )
+            })
+            .collect(),
+    );
+    for (i, r) in collect(&rx, n) {
+        if i == u64::MAX {
+            let Outcome::Failed { message } = &r.outcome else { panic!("{r:?}") };
+            assert!(message.contains("died 3 times with this unit in it"), "{message}");
+        } else {
+            assert_eq!(r.outcome, Outcome::Success, "innocent unit {i}");
+            let want = primes::count_primes(i * 1000, i * 1000 + 1000);
+            assert_eq!(r.stdout, format!("{want}\n").into_bytes());
+        }
+    }
+    // Once in the batch, then twice alone: three crashes, no more.
+    assert_eq!(exec.restarts(), 3);
+    let r = exec.run_blocking(request(&primes, b"0 1000", &[], small_limits()));
+    assert_eq!(r.stdout, b"168\n");
+    assert_eq!(exec.restarts(), 3);
+}
+
+#[test]
+fn a_program_that_is_not_this_builds_executor_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = supervisor_config(1);
+    // Echoes the supervisor's own frames back: a hello, but from the wrong side.
+    config.program = script(dir.path(), "exec cat");
+    let e = SupervisedExecutor::start(config.clone()).err().expect("refused");
+    assert!(e.to_string().contains("is not an ova-executor of this build"), "{e}");
+    // Says nothing at all.
+    config.program = script(dir.path(), "exit 0");
+    let e = SupervisedExecutor::start(config).err().expect("refused");
+    assert!(e.to_string().contains("exited before its hello 3 times in a row"), "{e}");
+}
