@@ -252,4 +252,16 @@ mod tests {
         assert!(frame.len() <= out + err + RESULT_OVERHEAD_BYTES);
         assert!(frame.len() - out - err < 4096, "{} bytes of overhead", frame.len() - out - err);
     }
+
+    #[test]
+    fn a_hello_is_accepted_only_from_the_other_side_of_this_build() {
+        let from_child = Hello::ours(Role::Executor);
+        assert!(from_child.check(Role::Executor).is_ok());
+        assert!(from_child.check(Role::Supervisor).is_err(), "an echo of our own hello");
+        let older = Hello { protocol: PROTOCOL - 1, ..from_child.clone() };
+        assert!(older.check(Role::Executor).is_err());
+        let other_host = Hello { engine: "wasmtime 48.0.8".into(), ..from_child };
+        let why = other_host.check(Role::Executor).unwrap_err();
+        assert!(why.contains("wasmtime 48.0.8)"), "{why}");
+    }
 }

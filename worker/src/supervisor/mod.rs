@@ -844,3 +844,18 @@ fn which(name: &Path) -> bool {
         && std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_only_while_nothing_finishes() {
+        assert_eq!(backoff(1), Duration::ZERO, "the first crash restarts at once");
+        assert_eq!(backoff(2), RESTART_BACKOFF);
+        assert_eq!(backoff(3), RESTART_BACKOFF * 2);
+        assert_eq!(backoff(4), RESTART_BACKOFF * 4);
+        assert_eq!(backoff(40), RESTART_BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), RESTART_BACKOFF_MAX);
+    }
+}

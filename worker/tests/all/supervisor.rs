@@ -259,3 +259,17 @@ fn a_program_that_is_not_this_builds_executor_is_refused_at_start() {
     let e = SupervisedExecutor::start(config).err().expect("refused");
     assert!(e.to_string().contains("exited before its hello 3 times in a row"), "{e}");
 }
+
+#[test]
+fn output_caps_over_the_manifest_maximum_are_refused_not_run() {
+    // Their result might not fit in a frame; no manifest can ask for them.
+    let exec = supervised(1);
+    let mut limits = small_limits();
+    limits.max_stderr_bytes = ova_jobs::manifest::MAX_OUTPUT_CAP_BYTES + 1;
+    let r = exec.run_blocking(request(&example("primes"), b"0 1000", &[], limits));
+    let Outcome::Failed { message } = &r.outcome else { panic!("{r:?}") };
+    assert!(message.contains("cap over"), "{message}");
+    let r = exec.run_blocking(request(&example("primes"), b"0 1000", &[], small_limits()));
+    assert_eq!(r.stdout, b"168\n");
+    assert_eq!(exec.restarts(), 0);
+}
