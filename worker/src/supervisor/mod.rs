@@ -70,7 +70,7 @@ pub const RESTART_BACKOFF: Duration = Duration::from_millis(50);
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Children in a row that exit before their hello before the supervisor gives up.
 pub const MAX_SILENT_CHILDREN: u32 = 3;
-/// How long [`SupervisedExecutor::start`] waits for the first child's hello.
+/// How long a child may take to say hello, by default ([`SupervisorConfig::hello_timeout`]).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Name of the executor binary, installed next to `ova`.
@@ -91,6 +91,9 @@ pub struct SupervisorConfig {
     pub guard_grace: Duration,
     /// How many child crashes one unit may be caught in before it fails.
     pub max_crashes: u8,
+    /// How long a child may take to say hello: at start ([`SupervisedExecutor::start`] fails)
+    /// and after every restart (the watchdog kills it and counts it as a silent child).
+    pub hello_timeout: Duration,
 }
 
 impl SupervisorConfig {
@@ -103,6 +106,7 @@ impl SupervisorConfig {
             compile_timeout: Duration::from_secs(60),
             guard_grace: Duration::from_secs(1),
             max_crashes: 2,
+            hello_timeout: HELLO_TIMEOUT,
         }
     }
 }
@@ -176,6 +180,8 @@ struct State {
     child: Option<Child>,
     /// The current child's hello arrived and was ours.
     greeted: bool,
+    /// When the current child must have said hello (the watchdog kills it then).
+    hello_by: Option<Instant>,
     /// Units to send to the child (sequence numbers), held while suspects run.
     outbox: Vec<u64>,
     /// Units caught in a crash, to be run alone one after the other, before the outbox.
@@ -227,6 +233,7 @@ impl SupervisedExecutor {
                 generation: 0,
                 child: None,
                 greeted: false,
+                hello_by: None,
                 outbox: Vec::new(),
                 suspects: Default::default(),
                 isolated: None,
@@ -255,11 +262,12 @@ impl SupervisedExecutor {
         let exec = Self { shared };
         let sh = &exec.shared;
         let mut st = sh.lock();
-        let give_up_at = Instant::now() + HELLO_TIMEOUT;
+        let hello_timeout = sh.config.hello_timeout;
+        let give_up_at = Instant::now() + hello_timeout;
         while !st.greeted && st.fatal.is_none() {
             let Some(left) = give_up_at.checked_duration_since(Instant::now()) else {
                 let program = sh.config.program.display();
-                let why = format!("{program} said no hello within {HELLO_TIMEOUT:?}");
+                let why = format!("{program} said no hello within {hello_timeout:?}");
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
             };
             // A timer wait, bounding the start; the hello (or its failure) notifies.
@@ -418,6 +426,9 @@ impl Shared {
         st.generation += 1;
         st.child = Some(child);
         st.greeted = false;
+        st.hello_by = Some(Instant::now() + c.hello_timeout);
+        // The watchdog may be asleep until a later deadline: it must wake for this one.
+        self.watch_cv.notify_all();
         st.restart_at = None;
         st.sent_modules.clear();
         st.outbox.clear();
@@ -602,6 +613,7 @@ impl Shared {
         let greeted = match hello {
             Some(Ok(())) => {
                 st.greeted = true;
+                st.hello_by = None;
                 st.silent_children = 0;
                 true
             }
@@ -755,6 +767,19 @@ impl Shared {
                 continue;
             }
             let mut next: Option<Instant> = st.restart_at;
+            // A child that hangs before its hello would hold every unit sent to it: kill it;
+            // its reader then sees it end before its hello (restarted, or given up on).
+            if let Some(by) = st.hello_by.filter(|_| !st.greeted) {
+                if by <= now {
+                    st.hello_by = None;
+                    tracing::warn!("the executor said no hello in time; killing it");
+                    if let Some(c) = st.child.as_mut() {
+                        let _ = c.kill();
+                    }
+                } else {
+                    next = Some(next.map_or(by, |n| n.min(by)));
+                }
+            }
             let mut expired = Vec::new();
             for (seq, inf) in &st.inflight {
                 if let Some((at, phase)) = self.deadline_of(inf) {

@@ -247,6 +247,41 @@ fn a_unit_that_kills_the_executor_at_once_fails_alone_and_the_pool_keeps_serving
 }
 
 #[test]
+#[cfg(debug_assertions)] // the executor's fault injection exists in debug builds only
+fn a_restarted_executor_that_hangs_before_its_hello_is_killed_and_the_units_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = supervisor_config(1);
+    // The first child is a real executor that dies on the unit "boom"; every later one hangs
+    // without a word.
+    let marker = dir.path().join("started");
+    config.program = script(
+        dir.path(),
+        &format!(
+            "if [ -e '{m}' ]; then exec sleep 600; fi\ntouch '{m}'\n\
+             OVA_EXECUTOR_TEST_CRASH_ON_INPUT=boom exec \"$EXE\" \"$@\"",
+            m = marker.display()
+        ),
+    );
+    config.hello_timeout = Duration::from_secs(1);
+    let exec = SupervisedExecutor::start(config).unwrap();
+    let primes = example("primes");
+    let r = exec.run_blocking(request(&primes, b"0 1000", &[], small_limits()));
+    assert_eq!(r.stdout, b"168\n", "the first child works");
+    let (tx, rx) = std::sync::mpsc::channel();
+    exec.submit_batch(vec![(
+        request(&primes, b"boom", &[], small_limits()),
+        Box::new(move |r: ova_jobs::UnitResult| tx.send(r).unwrap()) as ova_worker::Completion,
+    )]);
+    let r = collect(&rx, 1).pop().unwrap();
+    let Outcome::Failed { message } = &r.outcome else { panic!("{r:?}") };
+    assert!(message.contains("before its hello 3 times in a row"), "{message}");
+    // Later units fail at once with the same reason instead of waiting for a child.
+    let r = exec.run_blocking(request(&primes, b"0 1000", &[], small_limits()));
+    let Outcome::Failed { message } = &r.outcome else { panic!("{r:?}") };
+    assert!(message.contains("before its hello"), "{message}");
+}
+
+#[test]
 fn a_program_that_is_not_this_builds_executor_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = supervisor_config(1);
