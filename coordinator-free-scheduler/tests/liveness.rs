@@ -4,25 +4,13 @@
 
 use std::sync::Arc;
 
-use ova_jobs::{BlobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitSpec};
+use ova_jobs::BlobId;
 use ova_scheduler::{
     Action, Advert, ArchClass, Config, Event, Message, Peer, PeerId, SimKeys, SimSigner, UnitRef,
 };
 
-fn manifest(units: usize) -> Manifest {
-    Manifest {
-        version: MANIFEST_VERSION,
-        name: "t".into(),
-        module: BlobId::of(b"m"),
-        units: (0..units)
-            .map(|i| UnitSpec { input: BlobId::of(&(i as u32).to_le_bytes()), args: vec![] })
-            .collect(),
-        replication: Replication { quorum: 2, max_replicas: 3, result_copies: 1 },
-        limits: Limits::default(),
-        determinism: ova_jobs::Determinism::SameArch,
-        priority: 0,
-    }
-}
+mod support;
+use support::manifest;
 
 const ME: PeerId = PeerId([1; 32]);
 const HOLDER: PeerId = PeerId([2; 32]);

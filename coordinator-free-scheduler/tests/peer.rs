@@ -2,26 +2,14 @@
 
 use std::sync::Arc;
 
-use ova_jobs::{BlobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitSpec};
+use ova_jobs::{BlobId, Manifest, Replication};
 use ova_scheduler::commit::{CommitBody, sign};
 use ova_scheduler::{
     Action, Advert, ArchClass, Config, Event, Message, Peer, PeerId, SimKeys, SimSigner, UnitRef,
 };
 
-fn manifest(units: usize) -> Manifest {
-    Manifest {
-        version: MANIFEST_VERSION,
-        name: "t".into(),
-        module: BlobId::of(b"m"),
-        units: (0..units)
-            .map(|i| UnitSpec { input: BlobId::of(&(i as u32).to_le_bytes()), args: vec![] })
-            .collect(),
-        replication: Replication { quorum: 2, max_replicas: 3, result_copies: 1 },
-        limits: Limits::default(),
-        determinism: ova_jobs::Determinism::SameArch,
-        priority: 0,
-    }
-}
+mod support;
+use support::manifest;
 
 fn peers(n: u8) -> (Vec<Peer>, Arc<SimKeys>) {
     let mut keys = SimKeys::default();

@@ -3,21 +3,16 @@
 
 use std::sync::Arc;
 
-use ova_jobs::{BlobId, Limits, MANIFEST_VERSION, Manifest, Replication, UnitSpec};
+use ova_jobs::{Manifest, Replication};
 use ova_scheduler::{Action, ArchClass, Config, Event, Peer, PeerId, SimKeys, SimSigner};
+
+mod support;
 
 fn job(units: usize) -> Manifest {
     Manifest {
-        version: MANIFEST_VERSION,
         name: "slots".into(),
-        module: BlobId::of(b"m"),
-        units: (0..units)
-            .map(|i| UnitSpec { input: BlobId::of(&(i as u32).to_le_bytes()), args: vec![] })
-            .collect(),
         replication: Replication { quorum: 1, max_replicas: 2, result_copies: 0 },
-        limits: Limits::default(),
-        determinism: ova_jobs::Determinism::SameArch,
-        priority: 0,
+        ..support::manifest(units)
     }
 }
 
