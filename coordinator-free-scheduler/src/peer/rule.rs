@@ -82,8 +82,17 @@ impl Peer {
         self.rank_unit(point, strict);
         let u = self.units.get_mut(&key).expect("tracked");
         // We handed the unit to a thief to shed load: while another replica holds it and the
-        // thief has not handed it back, the next peer in line runs it, not us again.
-        let step_aside = u.leases.handed(&self.id) && live > 0 && !u.leases.any_gave_up();
+        // thief has not handed it back, the next peer in line runs it, not us again. Holding
+        // means a claim: an implicit lease we handed out ourselves does not count. (It did:
+        // the peer next in line, seeing us ranked ahead, gave us an implicit lease and waited
+        // for our claim while we waited for its own, and the unit sat for a minute, every peer
+        // idle, in the P4 benchmark.)
+        let claimed = u
+            .leases
+            .live_claimed(now)
+            .filter(|l| l.holder != me && !u.tally.has(&l.holder))
+            .count();
+        let step_aside = u.leases.handed(&self.id) && claimed > 0 && !u.leases.any_gave_up();
         let mut idx = 0;
         let mut run = false;
         let mut expected = [PeerId([0; 32]); 4];

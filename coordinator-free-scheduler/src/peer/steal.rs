@@ -8,7 +8,7 @@ use super::state::{Mine, UKey, UnitState};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::{Grant, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
 use crate::placement::{position, unit_point};
-use crate::types::{ArchClass, PeerId, UnitRef};
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 
 /// A stolen unit: its victim (told directly if we cannot run it) and its watchers.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ impl Peer {
                 let mut u = UnitState::new();
                 u.leases.claim(thief, self.now + lease);
                 // We step aside for it (see `evaluate`) as for a unit taken from our queue.
-                u.leases.hand_over(self.id, self.now + self.cfg.claim_grace_ms.min(lease));
+                u.leases.hand_over(self.id, self.now + self.handover_grace().min(lease));
                 self.units.insert(key, u);
                 granted.push(key);
             }
@@ -158,6 +158,7 @@ impl Peer {
         let mut granted = Vec::new();
         let mut handed = Vec::new();
         let mut known = Vec::new();
+        let grace = self.handover_grace();
         let mut i = self.ready.len();
         while i > 0 && granted.len() < give {
             i -= 1;
@@ -193,7 +194,7 @@ impl Peer {
                 // Our reservation shrinks to a short hand-over grace (never extended): by then
                 // the thief's own claim has reached the watchers. Without this the watchers
                 // would count our stale reservation as a live replica for minutes.
-                let handover = self.now + self.cfg.claim_grace_ms.min(lease);
+                let handover = self.now + grace.min(lease);
                 u.leases.hand_over(self.id, handover);
                 // Commits already in for the unit go along: the thief ranks outside the
                 // unit's watchers, so nobody else would send them, and it needs them for its
@@ -252,6 +253,15 @@ impl Peer {
     }
 
     /// Units granted to us by a victim.
+    /// How long the watchers keep counting a victim's reservation after it handed the unit to
+    /// a thief: the time the thief's own claim takes to reach them (two probe waits). It used
+    /// to be `claim_grace_ms` (a minute): when the thief had already committed and the victim
+    /// stepped aside, the remaining replica waited out the whole hand-over (seen as one-minute
+    /// stalls of the P4 benchmark, every peer idle).
+    pub(super) fn handover_grace(&self) -> Millis {
+        (2 * self.cfg.probe_wait_ms).max(1)
+    }
+
     pub(super) fn on_steal_grant(&mut self, from: PeerId, grants: Vec<Grant>) {
         if !grants.is_empty() {
             self.steal_misses = 0;
