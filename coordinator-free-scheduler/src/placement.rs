@@ -93,6 +93,20 @@ pub fn region(ring: &[Member], me: &PeerId, window: usize) -> Option<(u64, u64)>
     Some((pred.point, ring[i].point))
 }
 
+/// Capacity per architecture class: sums `(class, cores)` pairs, one entry per class, sorted
+/// by class. (How a submitter weighs the classes of same-arch units; see [`pick_class`].)
+pub fn capacity_by_class(members: impl Iterator<Item = (ArchClass, u32)>) -> Vec<(ArchClass, u32)> {
+    let mut classes: Vec<(ArchClass, u32)> = Vec::new();
+    for (arch, cores) in members {
+        match classes.iter_mut().find(|(a, _)| *a == arch) {
+            Some((_, n)) => *n += cores,
+            None => classes.push((arch, cores)),
+        }
+    }
+    classes.sort_unstable();
+    classes
+}
+
 /// Chooses the architecture class that runs a same-arch unit: weighted rendezvous over the
 /// classes the job's announcement lists (weight = the submitter's estimate of their capacity).
 pub fn pick_class(key: u64, classes: &[(ArchClass, u32)]) -> Option<ArchClass> {

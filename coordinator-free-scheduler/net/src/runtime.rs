@@ -1386,15 +1386,8 @@ fn take_ready<T>(rx: &mut mpsc::Receiver<T>, into: &mut Vec<T>) {
 fn capacity_census(
     peers: impl Iterator<Item = (ova_scheduler::ArchClass, u16)>,
 ) -> Vec<(ova_scheduler::ArchClass, u32)> {
-    let mut census: Vec<(ova_scheduler::ArchClass, u32)> = Vec::new();
-    for (arch, spare) in peers.filter(|(_, spare)| *spare > 0) {
-        match census.iter_mut().find(|(a, _)| *a == arch) {
-            Some((_, n)) => *n += u32::from(spare),
-            None => census.push((arch, u32::from(spare))),
-        }
-    }
-    census.sort_unstable_by_key(|(a, _)| a.0);
-    census
+    let spare = peers.filter(|(_, n)| *n > 0).map(|(a, n)| (a, u32::from(n)));
+    ova_scheduler::placement::capacity_by_class(spare)
 }
 
 /// Most modules kept in memory by [`ModuleCache`].

@@ -9,7 +9,7 @@ use super::scan::ScanProbe;
 use super::state::{JobState, Mine, Outcome};
 use super::{Action, FetchPurpose, Peer, TimerKind};
 use crate::message::{JobInfo, MAX_BATCH, Message};
-use crate::placement::{rank, unit_point};
+use crate::placement::{capacity_by_class, rank, unit_point};
 use crate::types::{ArchClass, PeerId, UnitRef};
 
 impl Peer {
@@ -23,13 +23,8 @@ impl Peer {
         // ring neighbourhood is a few dozen peers, far too few to estimate a class's share).
         let mut classes: Vec<(ArchClass, u32)> = self.census.clone();
         if classes.iter().all(|(_, w)| *w == 0) {
-            classes.clear();
-            for mem in self.view.ring(true).iter() {
-                match classes.iter_mut().find(|(c, _)| *c == mem.arch) {
-                    Some((_, w)) => *w += mem.weight as u32,
-                    None => classes.push((mem.arch, mem.weight as u32)),
-                }
-            }
+            let ring = self.view.ring(true).iter();
+            classes = capacity_by_class(ring.map(|m| (m.arch, u32::from(m.weight))));
         }
         classes.sort();
         classes.truncate(crate::message::MAX_ANNOUNCE_LIST);
