@@ -4,7 +4,8 @@
 # 1. builds the example work units to wasm (installing the wasm toolchain if needed),
 # 2. checks formatting and lints (warnings are errors),
 # 3. runs every test of every crate (with cargo-nextest when installed, which kills and
-#    reports a test that hangs; then the doctests).
+#    reports a test that hangs; then the doctests),
+# 4. checks, lints and tests the example jobs natively (their own workspace, examples/).
 #
 # Set CARGO_TARGET_DIR to reuse a build directory between clones (CI does).
 set -euo pipefail
@@ -30,3 +31,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked
 fi
+
+step "example jobs, natively (examples/ is a workspace of its own)"
+(
+    cd examples
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked --release -- -D warnings
+    cargo test --workspace --locked --release
+)

@@ -109,7 +109,7 @@ pub fn parse_unit(args: &[String]) -> Result<(View, u32), String> {
     let index = parse_args(index_args)?;
     let mut view = DEFAULT_VIEW;
     if let Some(px) = size {
-        if px < 16 || view.width % px != 0 || view.height % px != 0 {
+        if px < 16 || !view.width.is_multiple_of(px) || !view.height.is_multiple_of(px) {
             return Err(format!("tile size {px} must divide {} and be at least 16", view.width));
         }
         view.tile = px;
