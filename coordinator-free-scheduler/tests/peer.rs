@@ -223,6 +223,9 @@ struct Net {
     lossy: std::collections::BTreeMap<(usize, usize), u64>,
     /// Peers that crash (stop, silently) at the given time (ms).
     crashed: std::collections::BTreeMap<usize, u64>,
+    /// Steal grants are lost in transit until this time (ms); how many were.
+    grants_lost_until: u64,
+    grants_lost: usize,
     /// (peer, unit) pairs whose first attempt already failed (`Exec::FlakyInputs`).
     failed_once: std::collections::BTreeSet<(usize, u32)>,
     runs: u64,
@@ -268,6 +271,8 @@ impl Net {
             failed_once: Default::default(),
             lossy: Default::default(),
             crashed: Default::default(),
+            grants_lost_until: 0,
+            grants_lost: 0,
             runs: 0,
             log: Vec::new(),
         };
@@ -303,6 +308,10 @@ impl Net {
                         if !matches!(msg, Message::Advert(_))
                             && self.lossy.get(&(i, j)).is_some_and(|&end| now < end)
                         {
+                            continue;
+                        }
+                        if matches!(msg, Message::StealGrant(_)) && now < self.grants_lost_until {
+                            self.grants_lost += 1;
                             continue;
                         }
                         let at = now + self.delay[i][j];
@@ -427,6 +436,79 @@ fn small_job(units: usize, quorum: u8, deadline_ms: u64) -> Manifest {
     m.replication = Replication { quorum, max_replicas: quorum.max(2) + 2, result_copies: 1 };
     m.limits.deadline_ms = deadline_ms;
     m
+}
+
+/// Issue #6: units handed to a thief never wait for a lease to lapse, whichever way the thief
+/// got them. A victim granting units from its region scan (never claimed, so it sent no
+/// release) left the unit's other primary believing the victim would run it: the two gave each
+/// other implicit leases and waited a minute, every peer idle (the P3 benchmark at quorum 2).
+#[test]
+fn stolen_units_never_wait_for_a_lease_to_lapse() {
+    let cfg = shell_config();
+    let deadline_ms = 120_000;
+    let mut stolen = 0;
+    for seed in 0..24u8 {
+        let slow = 300 + 50 * (seed as u64 % 4);
+        let workers = [(1, Exec::Run(30)), (1, Exec::Run(slow)), (1, Exec::Run(slow))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        let units = 64 + 16 * (seed as usize % 3);
+        net.push(
+            submit_at,
+            Ev::Event(0, Event::Submit(Box::new(small_job(units, 2, deadline_ms)))),
+        );
+        net.run_until(submit_at + 2 * deadline_ms);
+        stolen += net.ps.iter().map(|p| p.stats().stolen).sum::<u64>();
+        let verified = net.verified();
+        let mut done: Vec<u32> = verified.iter().map(|(_, u)| *u).collect();
+        done.sort_unstable();
+        done.dedup();
+        assert_eq!(done.len(), units, "seed {seed}");
+        // About 2 × 80 runs over ~3.5 runs/s at worst: under a minute, and far under when
+        // the fast worker steals. A unit that waited out an implicit lease (claim_grace_ms,
+        // a minute) or a stolen unit's lease (the deadline) would end far later.
+        let last = verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
+        assert!(last < 50_000, "seed {seed}: the last unit verified {last} ms after submission");
+    }
+    assert!(stolen > 0, "no unit was ever stolen: the test does not exercise its case");
+}
+
+/// Issue #6: a steal grant lost in transit (the shell dropped it, or the thief never got it)
+/// costs a few probe waits, not a lease. The victim used to record the thief's lease for the
+/// unit's whole deadline at once, and nobody ran the unit until it lapsed: the P3 benchmark
+/// stalled for a minute with every peer idle. Now the thief's lease is short until its own
+/// claim confirms it.
+#[test]
+fn a_lost_steal_grant_costs_seconds_not_a_lease() {
+    let cfg = shell_config();
+    let deadline_ms = 120_000;
+    let mut lost = 0;
+    for seed in 0..8u8 {
+        // One fast worker and two slow ones: the fast one runs dry and steals.
+        let workers = [(1, Exec::Run(40)), (1, Exec::Run(400)), (1, Exec::Run(400))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        net.grants_lost_until = submit_at + 4_000;
+        net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(small_job(48, 2, deadline_ms)))));
+        net.run_until(submit_at + 2 * deadline_ms);
+        lost += net.grants_lost;
+        let verified = net.verified();
+        let mut units: Vec<u32> = verified.iter().map(|(_, u)| *u).collect();
+        units.sort_unstable();
+        units.dedup();
+        assert_eq!(units, (0..48).collect::<Vec<_>>(), "seed {seed}");
+        let last = verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
+        // The work takes about 48 × 2 replicas over ~3.2 units/s: 15 s at worst, plus a few
+        // probe waits per lost grant. A lost grant's lease would be the whole deadline.
+        assert!(
+            last < 40_000,
+            "seed {seed}: the last unit verified {last} ms after submission ({} grants lost)",
+            net.grants_lost
+        );
+    }
+    assert!(lost > 0, "no steal grant was ever sent: the test does not exercise its case");
 }
 
 /// Issue #6: a worker whose allow-list excludes the submitter declines every unit it is given

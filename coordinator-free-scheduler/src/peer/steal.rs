@@ -48,15 +48,19 @@ impl Peer {
     }
 
     /// Hands units from our scan backlog straight to a thief (up to `want` granted in all):
-    /// units we rank among the top `quorum` for but have not queued, so never reserved (no
-    /// release is needed; the thief's claim tells the watchers). A busy region's backlog sits
-    /// mostly in its scans, where a ready-queue steal cannot reach it.
+    /// units we rank among the top `quorum` for but have not queued, so never reserved. A busy
+    /// region's backlog sits mostly in its scans, where a ready-queue steal cannot reach it.
+    /// Each goes into `handed` too: the watchers must hear that we stepped aside, not only the
+    /// thief's claim. (They did not: the unit's other primary took the thief's replica for an
+    /// extra one and waited for ours, while we waited for its — each gave the other an
+    /// implicit lease, and the unit sat for a minute.)
     pub(super) fn grant_from_scan(
         &mut self,
         thief: PeerId,
         thief_arch: ArchClass,
         want: usize,
         granted: &mut Vec<UKey>,
+        handed: &mut Vec<(UKey, UnitRef, Millis)>,
     ) {
         // Units looked at: most in a region are not ours (or are known already).
         let mut budget = 8 * want + 64;
@@ -96,11 +100,15 @@ impl Peer {
                 }
                 let lease = self.lease_len(s as u32);
                 let mut u = UnitState::new();
-                u.leases.claim(thief, self.now + lease);
+                u.leases.claim(thief, self.unconfirmed_grant_until(lease));
                 // We step aside for it (see `evaluate`) as for a unit taken from our queue.
-                u.leases.hand_over(self.id, self.now + self.handover_grace().min(lease));
+                let handover = self.now + self.handover_grace().min(lease);
+                u.leases.hand_over(self.id, handover);
                 self.units.insert(key, u);
+                self.add_timer(self.unconfirmed_grant_until(lease), TimerKind::Unit(s as u32, idx));
                 granted.push(key);
+                let unit = UnitRef { job: self.jobs[s].info.job_id, index: idx };
+                handed.push((key, unit, handover));
             }
         }
     }
@@ -190,7 +198,9 @@ impl Peer {
                 && !u.leases.lapsed(&thief, self.now)
             {
                 u.mine = Mine::None;
-                u.leases.claim(thief, self.now + lease);
+                let until = self.unconfirmed_grant_until(lease);
+                let u = self.units.get_mut(&key).expect("tracked");
+                u.leases.claim(thief, until);
                 // Our reservation shrinks to a short hand-over grace (never extended): by then
                 // the thief's own claim has reached the watchers. Without this the watchers
                 // would count our stale reservation as a live replica for minutes.
@@ -200,7 +210,7 @@ impl Peer {
                 // unit's watchers, so nobody else would send them, and it needs them for its
                 // verdict.
                 known.extend(u.tally.commits().iter().cloned());
-                self.add_timer(self.now + lease, TimerKind::Unit(key.0, key.1));
+                self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 self.ready.remove(i);
                 granted.push(key);
                 handed.push((key, unit, handover));
@@ -208,7 +218,7 @@ impl Peer {
         }
         // ...then units of our region scan not queued yet.
         if granted.len() < want && self.scanning > 0 {
-            self.grant_from_scan(thief, thief_arch, want, &mut granted);
+            self.grant_from_scan(thief, thief_arch, want, &mut granted, &mut handed);
         }
         if granted.is_empty() {
             if hops > 0 {
@@ -260,6 +270,16 @@ impl Peer {
     /// stalls of the P4 benchmark, every peer idle).
     pub(super) fn handover_grace(&self) -> Millis {
         (2 * self.cfg.probe_wait_ms).max(1)
+    }
+
+    /// Until when a victim counts a thief's lease on a unit it granted, before the thief's
+    /// own claim confirms it (which then sets the lease): a hand-over grace, not the unit's
+    /// lease. A grant can be lost (a shell drops messages it cannot queue); with the whole
+    /// lease recorded at once, nobody ran the unit until it lapsed — a minute with every peer
+    /// idle in the P3 benchmark. A lapsed, unconfirmed grant is extended briefly while the
+    /// thief is probed (as any lapsed lease), then the unit is placed again.
+    fn unconfirmed_grant_until(&self, lease: Millis) -> Millis {
+        self.now + self.handover_grace().min(lease)
     }
 
     pub(super) fn on_steal_grant(&mut self, from: PeerId, grants: Vec<Grant>) {
