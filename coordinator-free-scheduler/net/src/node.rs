@@ -82,7 +82,8 @@ pub struct NodeConfig {
     pub max_inbound_connections: usize,
     /// Most cached outbound frame connections.
     pub max_outbound_connections: usize,
-    /// Capacity of the events queue to the driver (full: events are dropped and counted).
+    /// Capacity of the events queue to the driver. When it is full, gossip is dropped (and
+    /// counted); a direct message waits for room, which slows its sender down.
     pub event_capacity: usize,
     /// Capacity of the gossip subscription buffer.
     pub gossip_capacity: usize,
@@ -695,6 +696,19 @@ impl Shared {
         }
     }
 
+    /// Hands a direct message to the application, waiting for room in the events queue
+    /// rather than dropping it: direct messages are the protocol's claims, grants and commits,
+    /// and a lost one can stall a unit until a lease lapses (a lost steal grant did, for a
+    /// minute). While the queue is full this connection's reader waits, so QUIC flow control
+    /// slows that sender down; other senders' readers wait for room too, so one flooding peer
+    /// gets no more than its turn. `false` when the node is stopping.
+    async fn deliver(&self, event: NetEvent) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            sent = self.events.send(event) => sent.is_ok(),
+        }
+    }
+
     fn bump_peers(&self) {
         self.peers_version.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -1016,17 +1030,25 @@ impl ProtocolHandler for FrameHandler {
                 };
             shared.stats.received_bytes(bytes.len());
             match wire::decode::<DirectFrame>(&bytes, max) {
-                Ok(DirectFrame::App(payload)) => shared.emit(NetEvent::Direct {
-                    from,
-                    payload: Payload { bytes: payload, _permit: Some(Arc::new(permit)) },
-                }),
+                Ok(DirectFrame::App(payload)) => {
+                    let ev = NetEvent::Direct {
+                        from,
+                        payload: Payload { bytes: payload, _permit: Some(Arc::new(permit)) },
+                    };
+                    if !shared.deliver(ev).await {
+                        break;
+                    }
+                }
                 Ok(DirectFrame::Batch(payloads)) => {
                     let permit = Arc::new(permit);
                     for payload in payloads {
-                        shared.emit(NetEvent::Direct {
+                        let ev = NetEvent::Direct {
                             from,
                             payload: Payload { bytes: payload, _permit: Some(permit.clone()) },
-                        });
+                        };
+                        if !shared.deliver(ev).await {
+                            return Ok(());
+                        }
                     }
                 }
                 Ok(DirectFrame::Goodbye(sealed)) => shared.on_goodbye(&sealed, from),

@@ -442,6 +442,44 @@ async fn a_batch_larger_than_a_frame_arrives_whole_and_in_order() -> Result<()> 
     Ok(())
 }
 
+/// Direct messages are the protocol's claims, grants and commits: a burst larger than the
+/// receiver's events queue waits for room (slowing the sender) instead of being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_events_queue_is_delivered_not_dropped() -> Result<()> {
+    init_tracing();
+    let deadline = Instant::now() + DEADLINE;
+    let network = unique_network("burst");
+    let mut a_cfg = config(&network);
+    a_cfg.event_capacity = 4;
+    let a = Node::spawn(a_cfg).await?;
+    let mut b_cfg = config(&network);
+    b_cfg.bootstrap = vec![a.ticket()];
+    let b = Node::spawn(b_cfg).await?;
+    wait_until(&b, deadline, "a known to b", |n| n.peers().len() == 1).await?;
+    let mut events_a = a.take_events().context("events")?;
+
+    // 2,000 small messages, packed into a few frames of hundreds each: far more than the 4
+    // events a's queue holds.
+    let payloads: Vec<Vec<u8>> = (0..2_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let sender = b.clone();
+    let to = a.id();
+    let send = tokio::spawn(async move { sender.send_batch(to, payloads).await });
+    for i in 0..2_000u32 {
+        let ev = next_event(&mut events_a, deadline, "burst message", |e| {
+            matches!(e, NetEvent::Direct { .. })
+        })
+        .await?;
+        let NetEvent::Direct { payload, .. } = ev else { unreachable!() };
+        assert_eq!(payload[..], i.to_le_bytes(), "messages arrive whole and in order");
+    }
+    timeout_at(deadline, send).await.context("send_batch finished")???;
+    assert_eq!(a.stats().dropped(DropReason::QueueFull), 0, "nothing was dropped");
+    for n in [&a, &b] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 #[test]
 fn ticket_of_a_node_round_trips() {
     let t = NodeTicket {
