@@ -327,6 +327,7 @@ impl Runtime {
             last_state_log: Instant::now(),
             pending: Vec::new(),
             blobs_changed: false,
+            finished: Vec::new(),
             verifier,
             load: Load::default(),
             outbox_commits: 0,
@@ -493,6 +494,9 @@ struct Driver {
     last_state_log: Instant,
     /// Writes waiting for the next group commit ([`Driver::start_commit`]).
     pending: Vec<Pending>,
+    /// Units that finished while a group commit was in flight, handed to the core together
+    /// when it ends (see [`Driver::on_done`]).
+    finished: Vec<(UnitRef, Result<BlobId, LocalFailure>)>,
     /// Blobs were added since the store's size was last reported.
     blobs_changed: bool,
     /// Checks commit signatures, each distinct one once (shared with the core).
@@ -630,6 +634,7 @@ impl Driver {
                 self.on_net(ev, &done_tx);
             }
             if commit.is_none() {
+                self.feed_finished(&done_tx);
                 commit = self.start_commit();
             }
         }
@@ -637,6 +642,7 @@ impl Driver {
             let r = (&mut c.task).await;
             self.finish_commit(c, r);
         }
+        self.feed_finished(&done_tx);
         self.flush().await;
         self.blobs.close();
         if let Err(e) = self.store.sync() {
@@ -704,10 +710,12 @@ impl Driver {
         }
     }
 
-    /// Units and fetches that ended. The units go to the core in one event, so the commits
-    /// of everything that finished while the loop was busy share one signature.
+    /// Units and fetches that ended. Fetches go to the core at once; finished units are
+    /// gathered until no group commit is in flight ([`Driver::feed_finished`]): their commits could not leave before the
+    /// commit in flight ends anyway (messages wait for the writes they acknowledge), and
+    /// handed over together they are signed once, as one batch. Fed one by one as they came,
+    /// tiny units were signed (and checked by every receiver) nearly one at a time.
     fn on_done(&mut self, dones: Vec<Done>, done_tx: &mpsc::Sender<Done>) {
-        let mut finished = Vec::new();
         for done in dones {
             match done {
                 Done::Unit(unit, result, took) => {
@@ -721,7 +729,7 @@ impl Driver {
                         }
                         id
                     });
-                    finished.push((unit, result));
+                    self.finished.push((unit, result));
                 }
                 Done::Fetch(blob, purpose, fetched) => {
                     let ok = fetched.is_ok();
@@ -733,6 +741,11 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Hands the units gathered by [`Driver::on_done`] to the core, in one event.
+    fn feed_finished(&mut self, done_tx: &mpsc::Sender<Done>) {
+        let mut finished = std::mem::take(&mut self.finished);
         match finished.len() {
             0 => {}
             1 => {
