@@ -190,13 +190,16 @@ impl View {
             }
             let reweight = m.weight != ad.spare_cores;
             let moved = m.arch != ad.arch;
+            // The own-class ring's copy of the queue length (only members of our class are in
+            // it, and it equals the member's until this advert).
+            let requeue = m.queue_len != ad.queue_len && ad.arch == self.me.arch && !moved;
             m.seq = ad.seq;
             m.weight = ad.spare_cores;
             m.queue_len = ad.queue_len;
             m.expires = expires;
             m.arch = ad.arch;
             let key = (m.point, m.peer);
-            if let Ok(i) = self.own.binary_search_by(|x| (x.point, x.peer).cmp(&key)) {
+            if requeue && let Ok(i) = self.own.binary_search_by(|x| (x.point, x.peer).cmp(&key)) {
                 self.own[i].queue_len = ad.queue_len;
             }
             if moved {

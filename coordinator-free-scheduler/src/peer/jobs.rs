@@ -78,6 +78,9 @@ impl Peer {
             still_sweeps: 0,
         });
         self.job_ids.push(info.job_id);
+        self.job_order.push(slot);
+        let jobs = &self.jobs;
+        self.job_order.sort_by_key(|&s| std::cmp::Reverse(jobs[s as usize].info.manifest.priority));
         if late && self.now < self.online_at + self.cfg.warmup_ms {
             self.add_timer(self.online_at + self.cfg.warmup_ms, TimerKind::Scan);
         }
@@ -152,7 +155,7 @@ impl Peer {
             // (verified or not), so commits lost while the submitter was away return.
             // Others answer with the tallies of recent verdicts they keep: an executor that
             // crashed while sending its commit may have reached only them.
-            let verified_here = matches!(u.outcome, Some(Outcome::Verified(_)));
+            let verified_here = matches!(u.outcome, Some(Outcome::Verified));
             if (u.tally.has(&self.id) && !matches!(u.outcome, Some(Outcome::Failed)))
                 || verified_here
             {

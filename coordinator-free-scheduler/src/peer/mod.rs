@@ -270,6 +270,9 @@ pub struct Peer {
     jobs: Vec<JobState>,
     /// Job ids by slot (a short list: a linear search beats hashing 32-byte ids).
     job_ids: Vec<JobId>,
+    /// Job slots by descending priority (ties by slot): the order the region scans fill the
+    /// ready queue in.
+    job_order: Vec<u32>,
     requested: FxHashSet<JobId>,
     /// Jobs asked for because a claim about them arrived before their announcement.
     asked: FxHashSet<JobId>,
@@ -351,6 +354,7 @@ impl Peer {
             advertised: (0, 0, false),
             jobs: Vec::new(),
             job_ids: Vec::new(),
+            job_order: Vec::new(),
             requested: FxHashSet::default(),
             asked: FxHashSet::default(),
             units: FxHashMap::default(),

@@ -90,9 +90,8 @@ impl Peer {
         if self.ready.len() >= want || self.scanning == 0 {
             return;
         }
-        let mut order: Vec<usize> = (0..self.jobs.len()).collect();
-        order.sort_by_key(|&s| std::cmp::Reverse(self.jobs[s].info.manifest.priority));
-        for s in order {
+        for k in 0..self.job_order.len() {
+            let s = self.job_order[k] as usize;
             if self.now < self.jobs[s].scan_after {
                 continue;
             }

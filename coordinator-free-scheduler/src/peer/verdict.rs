@@ -101,7 +101,7 @@ impl Peer {
         match u.tally.verdict(rep.quorum, rep.max_replicas, same_arch) {
             Verdict::Pending { .. } => self.evaluate(key),
             Verdict::Verified { result, arch } => {
-                u.outcome = Some(Outcome::Verified(result));
+                u.outcome = Some(Outcome::Verified);
                 let signers: Vec<PeerId> = u
                     .tally
                     .commits()

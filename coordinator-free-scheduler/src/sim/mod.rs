@@ -415,6 +415,11 @@ pub struct Sim {
     /// partition group (a compact copy of [`SimPeer`]'s fields: checked on every delivery,
     /// and a `SimPeer` is large).
     reach: Vec<u8>,
+    /// Per peer, its id and its link delay: compact copies of [`SimPeer`]'s fields, read on
+    /// every send and delivery (touching the large `SimPeer` of both ends cost a cache miss
+    /// each).
+    ids: Vec<PeerId>,
+    delays: Vec<u64>,
     index: FxHashMap<PeerId, u32>,
     ring_any: Vec<(u64, u32)>,
     ring_class: FxHashMap<ArchClass, Vec<(u64, u32)>>,
@@ -495,6 +500,8 @@ impl Sim {
             now: 0,
             peers: Vec::new(),
             reach: Vec::new(),
+            ids: Vec::new(),
+            delays: Vec::new(),
             index: FxHashMap::default(),
             ring_any: Vec::new(),
             ring_class: FxHashMap::default(),
@@ -664,6 +671,8 @@ impl Sim {
             has_bundle: i == 0,
         });
         self.reach.push(0);
+        self.ids.push(id);
+        self.delays.push(delay);
     }
 
     /// Copies peer `i`'s alive, online and group fields into [`Sim::reach`].
@@ -764,7 +773,7 @@ impl Sim {
     }
 
     fn link_delay(&mut self, a: u32, b: u32) -> u64 {
-        let d = (self.peers[a as usize].delay + self.peers[b as usize].delay) / 2;
+        let d = (self.delays[a as usize] + self.delays[b as usize]) / 2;
         d + self.rng.below(d / 4 + 1)
     }
 
@@ -1052,12 +1061,12 @@ impl Sim {
                     if !self.reachable(from, to) {
                         continue;
                     }
-                    let fromid = self.peers[from as usize].id;
+                    let fromid = self.ids[from as usize];
                     self.call(to, Event::Message { from: fromid, msg });
                 }
                 Ev::Multi { from, slot } => {
                     let (msg, to) = self.unstow(slot);
-                    let fromid = self.peers[from as usize].id;
+                    let fromid = self.ids[from as usize];
                     let last = to.len().saturating_sub(1);
                     let mut msg = Some(msg);
                     for (k, &t) in to.iter().enumerate() {
