@@ -66,9 +66,10 @@ impl Leases {
         {
             self.v.swap_remove(i);
         }
-        // Exact growth: a unit has a handful of leases, and millions of units are tracked
-        // network-wide, so the default doubling (4 slots at once) would double their memory.
-        self.v.reserve_exact(1);
+        // Near-exact growth: a unit has a handful of leases, and millions of units are tracked
+        // network-wide, so the default doubling (4 slots at once) would double their memory;
+        // room for two at the first (two replicas claim most units).
+        self.v.reserve_exact(if self.v.is_empty() { 2 } else { 1 });
         self.v.push((Lease { holder, until }, flag));
     }
 

@@ -166,6 +166,11 @@ impl View {
         if strict { &self.any } else { &self.own }
     }
 
+    /// Our own index in [`View::ring`]`(strict)`.
+    pub fn my_index(&self, strict: bool) -> usize {
+        if strict { self.me_any } else { self.me_own }
+    }
+
     /// The ring arc `(start, end]` holding every unit point whose `window` contains us, in the
     /// ring for `strict` jobs, or `None` when that ring is no larger than the window (see
     /// [`crate::placement::region`]; this one is O(1)).

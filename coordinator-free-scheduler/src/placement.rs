@@ -77,6 +77,40 @@ pub fn rank(ring: &[Member], key: u64, window: usize, out: &mut Vec<(f64, PeerId
     out.extend(tmp.iter().map(|&(s, i)| (s, ring[i].peer)));
 }
 
+/// Whether the member at index `me` of `ring` ranks among the first `top` candidates for the
+/// unit with ring point `key`: the answer of `position(rank(..), me) < top`, without ranking
+/// everyone. Counts the candidates ranked ahead (lower race time; ties by peer id, as in
+/// [`rank`]) and stops at `top`. A region scan asks this of every unit in the region, and
+/// most are not ours.
+pub fn ranks_within(ring: &[Member], me: usize, key: u64, window: usize, top: usize) -> bool {
+    if top == 0 || me >= ring.len() {
+        return false;
+    }
+    let start = successor(ring, key);
+    let n = window.min(ring.len());
+    if (me + ring.len() - start) % ring.len() >= n || ring[me].weight == 0 {
+        return false;
+    }
+    let m = &ring[me];
+    let mine = score(key, m.point, m.weight);
+    let mut ahead = 0;
+    for k in 0..n {
+        let i = (start + k) % ring.len();
+        let o = &ring[i];
+        if i == me || o.weight == 0 {
+            continue;
+        }
+        let s = score(key, o.point, o.weight);
+        if s.total_cmp(&mine).then_with(|| o.peer.cmp(&m.peer)).is_lt() {
+            ahead += 1;
+            if ahead >= top {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Where `me` ranks for a unit (0 = best), if it is a candidate.
 pub fn position(ranked: &[(f64, PeerId)], me: &PeerId) -> Option<usize> {
     ranked.iter().position(|(_, p)| p == me)
@@ -172,6 +206,23 @@ mod tests {
             rank(&r, key, 6, &mut out);
             let inside = key.wrapping_sub(a).wrapping_sub(1) < b.wrapping_sub(a);
             assert_eq!(inside, position(&out, &me).is_some(), "key {key}");
+        }
+    }
+
+    #[test]
+    fn ranks_within_agrees_with_rank() {
+        let mut rng = Rng::new(4);
+        let r = ring(40, &mut rng, |i| (i % 5) as u16);
+        let mut out = Vec::new();
+        for _ in 0..3000 {
+            let key = rng.next_u64();
+            rank(&r, key, 10, &mut out);
+            for (me, m) in r.iter().enumerate() {
+                for top in 0..4 {
+                    let want = position(&out, &m.peer).is_some_and(|p| p < top);
+                    assert_eq!(ranks_within(&r, me, key, 10, top), want, "key {key} me {me}");
+                }
+            }
         }
     }
 

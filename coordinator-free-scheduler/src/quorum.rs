@@ -92,9 +92,10 @@ impl Tally {
         if self.commits.len() >= MAX_COMMITS_PER_UNIT {
             return Added::Duplicate;
         }
-        // Exact growth: a tally holds `quorum` commits or a few more, and the default doubling
-        // would reserve 4 (800 bytes) at the first one.
-        self.commits.reserve_exact(1);
+        // Near-exact growth: a tally holds `quorum` commits (usually two) or a few more; the
+        // default doubling would reserve 4 (800 bytes) at the first one, and growing by one
+        // moved the first commit again at the second.
+        self.commits.reserve_exact(if self.commits.is_empty() { 2 } else { 1 });
         self.commits.push(c);
         Added::New
     }

@@ -13,6 +13,9 @@ use crate::util::FxHashMap;
 /// lease lapsing).
 pub(super) const MAX_HOLDERS: usize = 256;
 
+/// Most [`Peer::heard_from`] calls logged before they are applied.
+pub(super) const MAX_HEARD_LOG: usize = 256;
+
 /// Claims remembered per holder. A new claim replaces one whose unit no longer waits on the
 /// holder, or the oldest when all still do (then any of the others justifies a ping).
 const HOLDER_CLAIMS: usize = 8;
@@ -52,10 +55,27 @@ fn waits_on(units: &FxHashMap<UKey, UnitState>, key: &UKey, holder: &PeerId, now
 }
 
 impl Peer {
-    /// A message came from `from`: if it holds leases we follow, it is alive now.
+    /// A message came from `from`: if it holds leases we follow, it is alive now. Logged, and
+    /// applied to [`Holder::heard`] before anything reads it ([`Peer::apply_heard`]): a
+    /// lookup in the holder table on every claim and commit missed the cache.
     pub(super) fn heard_from(&mut self, from: &PeerId) {
-        if let Some(h) = self.holders.get_mut(from) {
-            h.heard = self.now;
+        if self.holders.is_empty() {
+            return;
+        }
+        if self.heard_log.len() >= MAX_HEARD_LOG {
+            self.apply_heard();
+        }
+        self.heard_log.push((*from, self.now));
+    }
+
+    /// Applies the logged [`Peer::heard_from`] calls, in order: the same `heard` times as
+    /// setting them at once. (An entry created after a logged message has a later `heard`
+    /// already, so the maximum leaves it; times only grow.)
+    fn apply_heard(&mut self) {
+        for (p, t) in self.heard_log.drain(..) {
+            if let Some(h) = self.holders.get_mut(&p) {
+                h.heard = h.heard.max(t);
+            }
         }
     }
 
@@ -159,6 +179,7 @@ impl Peer {
     /// repeated (the ping or its answer may have been lost), after a second the peer is taken
     /// as gone — it leaves our view, its leases end and its units are placed again.
     pub(super) fn check_pinged(&mut self) {
+        self.apply_heard();
         let now = self.now;
         let wait = self.cfg.probe_wait_ms;
         let (mut gone, mut again) = (Vec::new(), Vec::new());

@@ -253,71 +253,80 @@ pub enum Action {
 }
 
 /// One peer's protocol state.
+///
+/// `repr(C)`, hot fields first: every event touches a peer whose state is cold in the cache
+/// (the simulator drives thousands), so the fields most events read (time, output, the unit,
+/// holder and job tables, the ready queue, timers, the ranking memo) share a few cache lines
+/// instead of being spread over all of the struct's.
+#[repr(C)]
 pub struct Peer {
+    now: Millis,
     id: PeerId,
-    arch: ArchClass,
-    cores: u16,
-    /// Units started at once per core (see [`Peer::set_run_slots_per_core`]).
-    slots_per_core: u32,
-    cfg: Config,
-    signer: Box<dyn Signer>,
-    verifier: Arc<dyn Verifier>,
-    rng: Rng,
-    view: View,
-    advert_seq: u64,
-    /// When we last advertised, with the spare cores and whether we had units to spare.
-    advertised: (Millis, u16, bool),
-    jobs: Vec<JobState>,
-    /// Job ids by slot (a short list: a linear search beats hashing 32-byte ids).
-    job_ids: Vec<JobId>,
-    /// Job slots by descending priority (ties by slot): the order the region scans fill the
-    /// ready queue in.
-    job_order: Vec<u32>,
-    requested: FxHashSet<JobId>,
-    /// Jobs asked for because a claim about them arrived before their announcement.
-    asked: FxHashSet<JobId>,
+    out: Vec<Action>,
     units: FxHashMap<UKey, UnitState>,
     /// Units resolved here that we did not sign: only the key is kept (bounded by
     /// `max_tracked_units`), so late claims and commits for them are ignored cheaply.
     done: FxHashSet<UKey>,
+    /// Peers holding leases on units we watch, followed for liveness (at most
+    /// [`liveness::MAX_HOLDERS`]).
+    holders: FxHashMap<PeerId, Holder>,
+    /// Messages from peers that may be followed holders, not yet applied to `holders` (see
+    /// [`Peer::heard_from`]; at most [`liveness::MAX_HEARD_LOG`]).
+    heard_log: Vec<(PeerId, Millis)>,
+    /// Job ids by slot (a short list: a linear search beats hashing 32-byte ids).
+    job_ids: Vec<JobId>,
+    jobs: Vec<JobState>,
+    /// Job slots by descending priority (ties by slot): the order the region scans fill the
+    /// ready queue in.
+    job_order: Vec<u32>,
+    ready: VecDeque<UKey>,
+    running: u32,
+    cores: u16,
+    /// Units started at once per core (see [`Peer::set_run_slots_per_core`]).
+    slots_per_core: u32,
+    /// Jobs whose region scan is not finished.
+    scanning: u32,
+    timers: BTreeSet<(Millis, TimerKind)>,
+    /// The earliest entry of `timers` (kept alongside: `arm` runs on every event).
+    first_timer: Option<Millis>,
+    wake: Option<Millis>,
+    scratch: Vec<(f64, PeerId)>,
+    /// What `scratch` ranks: (unit point, strict ring, view epoch). One message often ranks
+    /// the same unit several times (evaluate, watchers, result holders).
+    ranked: Option<(u64, bool, u64)>,
+    /// Stolen units not resolved yet: who granted each, and the peers that watch it (named
+    /// by the victim: we may be far from the unit on the ring, where our view cannot rank it).
+    stolen: FxHashMap<UKey, Stolen>,
+    stats: Stats,
+    view: View,
+    cfg: Config,
+    arch: ArchClass,
+    signer: Box<dyn Signer>,
+    verifier: Arc<dyn Verifier>,
+    rng: Rng,
+    advert_seq: u64,
+    /// When we last advertised, with the spare cores and whether we had units to spare.
+    advertised: (Millis, u16, bool),
+    requested: FxHashSet<JobId>,
+    /// Jobs asked for because a claim about them arrived before their announcement.
+    asked: FxHashSet<JobId>,
     /// Resolved units we did not sign whose tally is still kept, oldest first (at most
     /// `kept_verdicts`; see [`Config::kept_verdicts`]).
     kept: VecDeque<UKey>,
     /// Results of ours finished in this event, to be signed together at its end.
     to_sign: Vec<CommitBody>,
     online_at: Millis,
-    ready: VecDeque<UKey>,
-    running: u32,
-    timers: BTreeSet<(Millis, TimerKind)>,
-    /// The earliest entry of `timers` (kept alongside: `arm` runs on every event).
-    first_timer: Option<Millis>,
-    wake: Option<Millis>,
     last_steal: Option<Millis>,
-    /// Stolen units not resolved yet: who granted each, and the peers that watch it (named
-    /// by the victim: we may be far from the unit on the ring, where our view cannot rank it).
-    stolen: FxHashMap<UKey, Stolen>,
     /// Steal attempts since the last grant (each doubles the wait before the next).
     steal_misses: u32,
-    /// Jobs whose region scan is not finished.
-    scanning: u32,
     sweeps: u64,
     dissent: DissentBook,
-    stats: Stats,
-    out: Vec<Action>,
-    scratch: Vec<(f64, PeerId)>,
-    /// What `scratch` ranks: (unit point, strict ring, view epoch). One message often ranks
-    /// the same unit several times (evaluate, watchers, result holders).
-    ranked: Option<(u64, bool, u64)>,
     /// Spare cores per architecture class in the whole network, as the shell counted them
     /// (see [`Peer::set_capacity_census`]); empty if it did not.
     census: Vec<(ArchClass, u32)>,
     /// Silent peers we pinged and have not heard from since (at most one entry per peer, and
     /// only view members and followed holders: bounded by those tables).
     pinged: Vec<Pinged>,
-    /// Peers holding leases on units we watch, followed for liveness (at most
-    /// [`liveness::MAX_HOLDERS`]).
-    holders: FxHashMap<PeerId, Holder>,
-    now: Millis,
 }
 
 impl std::fmt::Debug for Peer {
@@ -380,6 +389,7 @@ impl Peer {
             census: Vec::new(),
             pinged: Vec::new(),
             holders: FxHashMap::default(),
+            heard_log: Vec::new(),
             now: 0,
         }
     }
@@ -482,6 +492,20 @@ impl Peer {
 
     /// Handles one event at time `now` and returns the actions to perform, in order.
     pub fn handle(&mut self, event: Event, now: Millis) -> std::vec::Drain<'_, Action> {
+        self.step(event, now);
+        self.out.drain(..)
+    }
+
+    /// Like [`Peer::handle`], but appends the actions to `out` (the shell's own buffer: the
+    /// peer writes into it directly, no copy).
+    pub fn handle_into(&mut self, event: Event, now: Millis, out: &mut Vec<Action>) {
+        // `self.out` is empty between events: the peer appends to the caller's buffer.
+        std::mem::swap(&mut self.out, out);
+        self.step(event, now);
+        std::mem::swap(&mut self.out, out);
+    }
+
+    fn step(&mut self, event: Event, now: Millis) {
         self.now = now.max(self.now);
         match event {
             Event::Online => self.on_online(),
@@ -521,7 +545,6 @@ impl Peer {
         }
         self.pump();
         self.arm();
-        self.out.drain(..)
     }
 
     /// Dispatches a message to the submodule that owns it.

@@ -5,7 +5,7 @@
 use super::state::{Mine, UnitState};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::Message;
-use crate::placement::{position, unit_point};
+use crate::placement::{ranks_within, unit_point};
 use crate::types::UnitRef;
 
 /// Which units of a (re)started scan are probed before they run.
@@ -124,11 +124,6 @@ impl Peer {
 
     pub(super) fn scan_unit(&mut self, slot: u32, idx: u32) {
         let key = (slot, idx);
-        // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
-        // only looks for units we do not know yet.
-        if self.done.contains(&key) || self.units.contains_key(&key) {
-            return;
-        }
         let j = &self.jobs[slot as usize];
         let strict = j.info.strict();
         if !strict && j.d.class_of[idx as usize] != self.arch {
@@ -136,12 +131,19 @@ impl Peer {
         }
         let q = j.info.manifest.replication.quorum as usize;
         let point = unit_point(&j.d.unit_ids[idx as usize]);
-        let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
-        let unit = UnitRef { job: j.info.job_id, index: idx };
-        self.rank_unit(point, strict);
-        if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
+        // Most units of the region are not ours: that is decided on the (cache-warm) ring
+        // first, before the table lookups.
+        let (ring, me) = (self.view.ring(strict), self.view.my_index(strict));
+        if !ranks_within(ring, me, point, self.cfg.window, q) {
             return;
         }
+        // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
+        // only looks for units we do not know yet.
+        if self.done.contains(&key) || self.units.contains_key(&key) {
+            return;
+        }
+        let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
+        let unit = UnitRef { job: j.info.job_id, index: idx };
         if self.units.len() >= self.cfg.max_tracked_units {
             self.stats.table_full += 1;
             return;

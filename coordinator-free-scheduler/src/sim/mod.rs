@@ -858,11 +858,11 @@ impl Sim {
         let mut buf = std::mem::take(&mut self.buf);
         if self.time_handle && self.handle_calls.is_multiple_of(8) {
             let t = std::time::Instant::now();
-            buf.extend(self.peers[i as usize].peer.handle(ev, now));
+            self.peers[i as usize].peer.handle_into(ev, now, &mut buf);
             self.handle_nanos += t.elapsed().as_nanos();
             self.handle_sampled += 1;
         } else {
-            buf.extend(self.peers[i as usize].peer.handle(ev, now));
+            self.peers[i as usize].peer.handle_into(ev, now, &mut buf);
         }
         // Consecutive sends of the same claim, commit or probe (to a unit's watchers) travel
         // as one multicast.
