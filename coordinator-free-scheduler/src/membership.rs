@@ -79,11 +79,18 @@ pub struct View {
     members: FxHashMap<PeerId, Member>,
     own: Vec<Member>,
     any: Vec<Member>,
+    /// The ring points of `own` and `any`, in the same order: the binary searches by point
+    /// (placement, adverts) read these few cache lines, not the members'.
+    own_pts: Vec<u64>,
+    any_pts: Vec<u64>,
     /// Our index in `own` and in `any`.
     me_own: usize,
     me_any: usize,
     /// Bumped whenever ring membership changes; placement caches key on it.
     pub epoch: u64,
+    /// No member expires before this (a lower bound, made exact by every full scan): the
+    /// periodic expiry and silence checks skip scanning every member when nobody is due.
+    earliest: Millis,
 }
 
 fn cw(from: u64, to: u64) -> u64 {
@@ -108,9 +115,12 @@ impl View {
             members: FxHashMap::default(),
             own: Vec::new(),
             any: Vec::new(),
+            own_pts: Vec::new(),
+            any_pts: Vec::new(),
             me_own: 0,
             me_any: 0,
             epoch: 0,
+            earliest: Millis::MAX,
         };
         v.rebuild();
         v
@@ -127,8 +137,7 @@ impl View {
         self.me.weight = cores;
         self.me.queue_len = queue_len;
         if changed {
-            let me = self.me.peer;
-            self.reweight(&me, cores);
+            self.reweight((self.me.point, self.me.peer), cores);
         }
     }
 
@@ -164,6 +173,14 @@ impl View {
     /// [`View::get`].
     pub fn ring(&self, strict: bool) -> &[Member] {
         if strict { &self.any } else { &self.own }
+    }
+
+    /// Index in [`View::ring`]`(strict)` of the first member at or after ring `point`
+    /// (wrapping), as [`crate::placement::rank`] starts from.
+    pub fn successor(&self, strict: bool, point: u64) -> usize {
+        let pts = if strict { &self.any_pts } else { &self.own_pts };
+        let i = pts.partition_point(|&p| p < point);
+        if i == pts.len() { 0 } else { i }
     }
 
     /// Our own index in [`View::ring`]`(strict)`.
@@ -202,15 +219,16 @@ impl View {
             m.weight = ad.spare_cores;
             m.queue_len = ad.queue_len;
             m.expires = expires;
+            self.earliest = self.earliest.min(expires);
             m.arch = ad.arch;
             let key = (m.point, m.peer);
-            if requeue && let Ok(i) = self.own.binary_search_by(|x| (x.point, x.peer).cmp(&key)) {
+            if requeue && let Some(i) = find(&self.own, &self.own_pts, key) {
                 self.own[i].queue_len = ad.queue_len;
             }
             if moved {
                 self.rebuild();
             } else if reweight {
-                self.reweight(&ad.peer, ad.spare_cores);
+                self.reweight(key, ad.spare_cores);
             }
             return AdvertEffect::Refreshed;
         }
@@ -228,6 +246,7 @@ impl View {
             expires,
         };
         self.members.insert(ad.peer, m);
+        self.earliest = self.earliest.min(expires);
         if self.members.len() <= 2 * self.side {
             // Everyone fits in both rings (see `nearest`): the newcomer only takes its place.
             self.insert_in_rings(m);
@@ -246,19 +265,16 @@ impl View {
     /// holds the `side` nearest members each way, so counting its entries between us and the
     /// newcomer (two binary searches) answers it.
     fn would_keep(&self, point: u64, arch: ArchClass) -> bool {
-        let near = |ring: &[Member]| {
-            let n = ring.len();
-            let Ok(i) =
-                ring.binary_search_by(|m| (m.point, m.peer).cmp(&(self.me.point, self.me.peer)))
-            else {
-                return true;
-            };
-            let k = ring.partition_point(|m| m.point < point);
+        // `i`: our index in the ring (kept alongside it).
+        let near = |pts: &[u64], i: usize| {
+            let n = pts.len();
+            let k = pts.partition_point(|&p| p < point);
             let closer_cw = (k + n - i - 1) % n;
             let closer_ccw = (n - 1) - closer_cw;
             closer_cw < self.side || closer_ccw < self.side
         };
-        near(&self.any) || (arch == self.me.arch && near(&self.own))
+        near(&self.any_pts, self.me_any)
+            || (arch == self.me.arch && near(&self.own_pts, self.me_own))
     }
 
     /// How many ring positions separate `peer` from us (the nearer way), in the ring that
@@ -269,6 +285,29 @@ impl View {
         let me = ring.iter().position(|m| m.peer == self.me.peer)?;
         let d = i.abs_diff(me);
         Some(d.min(ring.len() - d))
+    }
+
+    /// The members whose entries expire in `(after, by]`, in no particular order. Scans the
+    /// members only when one may be due (see `earliest`).
+    pub fn expiring(&mut self, after: Millis, by: Millis) -> Vec<PeerId> {
+        self.due(by, |e| e > after)
+    }
+
+    /// The members whose entries expire by `by` and pass `keep` (given the expiry).
+    fn due(&mut self, by: Millis, keep: impl Fn(Millis) -> bool) -> Vec<PeerId> {
+        if self.earliest > by {
+            return Vec::new();
+        }
+        let mut earliest = Millis::MAX;
+        let mut out = Vec::new();
+        for m in self.members.values() {
+            earliest = earliest.min(m.expires);
+            if m.expires <= by && keep(m.expires) {
+                out.push(m.peer);
+            }
+        }
+        self.earliest = earliest;
+        out
     }
 
     /// Keeps a member at least until `until` (it answered us directly: it is alive).
@@ -295,8 +334,7 @@ impl View {
 
     /// Like [`View::expire`], and also returns the members that expired (sorted).
     pub fn expire_gone(&mut self, now: Millis, near: usize) -> (bool, Vec<PeerId>) {
-        let mut gone: Vec<PeerId> =
-            self.members.values().filter(|m| m.expires <= now).map(|m| m.peer).collect();
+        let mut gone = self.due(now, |_| true);
         if gone.is_empty() {
             return (false, gone);
         }
@@ -315,10 +353,10 @@ impl View {
     /// A member's (or our) weight changed, nothing else that places it: the same members
     /// stay in the same ring positions (neighbourhoods go by ring point), so only the ring
     /// entries' weights change — what a [`View::rebuild`] would give, without re-sorting.
-    fn reweight(&mut self, peer: &PeerId, weight: u16) {
-        for ring in [&mut self.any, &mut self.own] {
-            if let Some(m) = ring.iter_mut().find(|m| m.peer == *peer) {
-                m.weight = weight;
+    fn reweight(&mut self, key: (u64, PeerId), weight: u16) {
+        for (ring, pts) in [(&mut self.any, &self.any_pts), (&mut self.own, &self.own_pts)] {
+            if let Some(i) = find(ring, pts, key) {
+                ring[i].weight = weight;
             }
         }
         self.epoch += 1;
@@ -331,12 +369,14 @@ impl View {
         let me = (self.me.point, self.me.peer);
         let i = self.any.partition_point(|x| (x.point, x.peer) < key);
         self.any.insert(i, m);
+        self.any_pts.insert(i, m.point);
         if key < me {
             self.me_any += 1;
         }
         if m.arch == self.me.arch {
             let i = self.own.partition_point(|x| (x.point, x.peer) < key);
             self.own.insert(i, m);
+            self.own_pts.insert(i, m.point);
             if key < me {
                 self.me_own += 1;
             }
@@ -366,10 +406,25 @@ impl View {
         let at = |ring: &[Member]| ring.iter().position(|m| m.peer == me.peer).unwrap_or(0);
         self.me_any = at(&any);
         self.me_own = at(&own);
+        self.any_pts = any.iter().map(|m| m.point).collect();
+        self.own_pts = own.iter().map(|m| m.point).collect();
         self.any = any;
         self.own = own;
         self.epoch += 1;
     }
+}
+
+/// The index of the member with ring `key` (point, peer) in `ring` (sorted by key; `pts` its
+/// points), if it is there.
+fn find(ring: &[Member], pts: &[u64], key: (u64, PeerId)) -> Option<usize> {
+    let mut i = pts.partition_point(|&p| p < key.0);
+    while i < pts.len() && pts[i] == key.0 {
+        if ring[i].peer == key.1 {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The up-to-`side` nearest members clockwise and counter-clockwise of `point` (deduplicated):

@@ -43,11 +43,24 @@ fn successor(ring: &[Member], point: u64) -> usize {
 /// Ranks the candidates for a unit with ring point `key`: the `window` ring successors of
 /// `key`, best first, leaving out peers with no spare cores. Writes into `out` (cleared).
 pub fn rank(ring: &[Member], key: u64, window: usize, out: &mut Vec<(f64, PeerId)>) {
+    let start = if ring.is_empty() { 0 } else { successor(ring, key) };
+    rank_from(ring, start, key, window, out);
+}
+
+/// [`rank`], with `start` the index of `key`'s ring successor (see
+/// [`View::successor`](crate::membership::View::successor), which finds it without touching
+/// the members).
+pub fn rank_from(
+    ring: &[Member],
+    start: usize,
+    key: u64,
+    window: usize,
+    out: &mut Vec<(f64, PeerId)>,
+) {
     out.clear();
     if ring.is_empty() {
         return;
     }
-    let start = successor(ring, key);
     let n = window.min(ring.len());
     // Sort small (score, index) pairs, not (score, peer id): ranking runs on most messages.
     let mut tmp = [(0f64, 0usize); 64];
@@ -82,11 +95,18 @@ pub fn rank(ring: &[Member], key: u64, window: usize, out: &mut Vec<(f64, PeerId
 /// everyone. Counts the candidates ranked ahead (lower race time; ties by peer id, as in
 /// [`rank`]) and stops at `top`. A region scan asks this of every unit in the region, and
 /// most are not ours.
-pub fn ranks_within(ring: &[Member], me: usize, key: u64, window: usize, top: usize) -> bool {
+/// `start` is the index of `key`'s ring successor (see [`rank_from`]).
+pub fn ranks_within(
+    ring: &[Member],
+    start: usize,
+    me: usize,
+    key: u64,
+    window: usize,
+    top: usize,
+) -> bool {
     if top == 0 || me >= ring.len() {
         return false;
     }
-    let start = successor(ring, key);
     let n = window.min(ring.len());
     if (me + ring.len() - start) % ring.len() >= n || ring[me].weight == 0 {
         return false;
@@ -220,7 +240,9 @@ mod tests {
             for (me, m) in r.iter().enumerate() {
                 for top in 0..4 {
                     let want = position(&out, &m.peer).is_some_and(|p| p < top);
-                    assert_eq!(ranks_within(&r, me, key, 10, top), want, "key {key} me {me}");
+                    let start = successor(&r, key);
+                    let got = ranks_within(&r, start, me, key, 10, top);
+                    assert_eq!(got, want, "key {key} me {me}");
                 }
             }
         }

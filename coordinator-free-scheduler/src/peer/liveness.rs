@@ -99,6 +99,7 @@ impl Peer {
         });
         h.heard = now;
         h.until = h.until.max(until);
+        self.holders_until = self.holders_until.min(h.until);
         let n = usize::from(h.n_claims);
         if h.claims[..n].contains(&key) {
             return;
@@ -127,14 +128,19 @@ impl Peer {
         let mut ping: Vec<PeerId> = Vec::new();
         if self.cfg.silence_probe_ms < ttl {
             let silent_before = now.saturating_add(ttl).saturating_sub(self.cfg.silence_probe_ms);
-            ping.extend(
-                self.view
-                    .members()
-                    .filter(|m| m.expires <= silent_before && m.expires > now)
-                    .map(|m| m.peer),
-            );
+            ping.extend(self.view.expiring(now, silent_before));
         }
-        self.holders.retain(|_, h| h.until > now);
+        if self.holders_until <= now {
+            let mut earliest = Millis::MAX;
+            self.holders.retain(|_, h| {
+                let keep = h.until > now;
+                if keep {
+                    earliest = earliest.min(h.until);
+                }
+                keep
+            });
+            self.holders_until = earliest;
+        }
         // Only while we have a free run slot and nothing queued: a crashed holder's unit is
         // then one we could run at once. A busy peer would only queue it behind its own work,
         // and live holders that are quiet toward us (their queues' other units have other
@@ -144,8 +150,9 @@ impl Peer {
             let (units, view) = (&self.units, &self.view);
             for (p, h) in &self.holders {
                 // A member's adverts count too (when it last advertised, from its expiry).
-                let advert_at = view.get(p).map_or(0, |m| m.expires.saturating_sub(ttl));
-                if h.heard.max(advert_at) > quiet_since {
+                if h.heard > quiet_since
+                    || view.get(p).is_some_and(|m| m.expires.saturating_sub(ttl) > quiet_since)
+                {
                     continue;
                 }
                 let waiting =

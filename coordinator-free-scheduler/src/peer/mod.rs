@@ -273,6 +273,9 @@ pub struct Peer {
     /// Messages from peers that may be followed holders, not yet applied to `holders` (see
     /// [`Peer::heard_from`]; at most [`liveness::MAX_HEARD_LOG`]).
     heard_log: Vec<(PeerId, Millis)>,
+    /// No entry of `holders` ends before this (a lower bound): the tick's clean-up of ended
+    /// holders skips the table while none is due.
+    holders_until: Millis,
     /// Job ids by slot (a short list: a linear search beats hashing 32-byte ids).
     job_ids: Vec<JobId>,
     jobs: Vec<JobState>,
@@ -390,6 +393,7 @@ impl Peer {
             pinged: Vec::new(),
             holders: FxHashMap::default(),
             heard_log: Vec::new(),
+            holders_until: Millis::MAX,
             now: 0,
         }
     }

@@ -5,7 +5,7 @@
 use super::state::{Mine, UKey};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::Message;
-use crate::placement::{rank, unit_point};
+use crate::placement::{rank_from, unit_point};
 use crate::quorum::Verdict;
 use crate::types::{PeerId, UnitRef};
 
@@ -154,7 +154,8 @@ impl Peer {
     pub(super) fn rank_unit(&mut self, point: u64, strict: bool) {
         let key = (point, strict, self.view.epoch);
         if self.ranked != Some(key) {
-            rank(self.view.ring(strict), point, self.cfg.window, &mut self.scratch);
+            let start = self.view.successor(strict, point);
+            rank_from(self.view.ring(strict), start, point, self.cfg.window, &mut self.scratch);
             self.ranked = Some(key);
         }
     }

@@ -134,7 +134,8 @@ impl Peer {
         // Most units of the region are not ours: that is decided on the (cache-warm) ring
         // first, before the table lookups.
         let (ring, me) = (self.view.ring(strict), self.view.my_index(strict));
-        if !ranks_within(ring, me, point, self.cfg.window, q) {
+        let start = self.view.successor(strict, point);
+        if !ranks_within(ring, start, me, point, self.cfg.window, q) {
             return;
         }
         // Tracked units re-evaluate on their own (claims, commits, lease timers); a rescan
