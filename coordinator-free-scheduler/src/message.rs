@@ -49,6 +49,9 @@ pub struct JobInfo {
 pub struct Derived {
     /// Unit ids, by index.
     pub unit_ids: Vec<UnitId>,
+    /// Ring points ([`unit_point`]), by index: a quarter of the ids' bytes, for the lookups
+    /// placement makes on most messages.
+    pub points: Vec<u64>,
     /// (ring point, index), sorted.
     pub by_point: Vec<(u64, u32)>,
     /// Class of each unit for same-arch jobs.
@@ -99,16 +102,15 @@ impl JobInfo {
                     .iter()
                     .map(|u| UnitId::derive(&module, &u.input, &u.args))
                     .collect();
+                let points: Vec<u64> = unit_ids.iter().map(unit_point).collect();
                 let mut by_point: Vec<(u64, u32)> =
-                    unit_ids.iter().enumerate().map(|(i, id)| (unit_point(id), i as u32)).collect();
+                    points.iter().enumerate().map(|(i, &p)| (p, i as u32)).collect();
                 by_point.sort_unstable();
-                let class_of = unit_ids
+                let class_of = points
                     .iter()
-                    .map(|id| {
-                        pick_class(unit_point(id), &self.class_weights).unwrap_or(ArchClass(0))
-                    })
+                    .map(|&p| pick_class(p, &self.class_weights).unwrap_or(ArchClass(0)))
                     .collect();
-                Some(Arc::new(Derived { unit_ids, by_point, class_of }))
+                Some(Arc::new(Derived { unit_ids, points, by_point, class_of }))
             })
             .as_ref()
     }

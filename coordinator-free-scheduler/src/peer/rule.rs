@@ -5,7 +5,7 @@
 use super::state::{Mine, UKey};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::Message;
-use crate::placement::{rank_from, unit_point};
+use crate::placement::rank_from;
 use crate::quorum::Verdict;
 use crate::types::{PeerId, UnitRef};
 
@@ -29,7 +29,7 @@ impl Peer {
             Verdict::Pending { need } => need as usize,
             _ => return,
         };
-        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        let point = j.d.points[key.1 as usize];
         let strict = j.info.strict();
         let now = self.now;
         let lease_len = self.lease_len(key.0);
@@ -175,7 +175,7 @@ impl Peer {
         }
         let j = &self.jobs[key.0 as usize];
         let n = (j.info.manifest.replication.max_replicas as usize + 1).min(self.cfg.window);
-        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        let point = j.d.points[key.1 as usize];
         let strict = j.info.strict();
         self.rank_unit(point, strict);
         let leases = self.units.get(&key).map(|u| &u.leases);

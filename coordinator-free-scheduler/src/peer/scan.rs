@@ -5,7 +5,7 @@
 use super::state::{Mine, UnitState};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::Message;
-use crate::placement::{ranks_within, unit_point};
+use crate::placement::ranks_within;
 use crate::types::UnitRef;
 
 /// Which units of a (re)started scan are probed before they run.
@@ -96,21 +96,22 @@ impl Peer {
                 continue;
             }
             while self.ready.len() < want {
-                let Some(idx) = self.next_scan_index(s) else { break };
-                self.scan_unit(s as u32, idx);
+                let Some((idx, point)) = self.next_scan_index(s) else { break };
+                self.scan_unit(s as u32, idx, point);
             }
         }
     }
 
-    /// Advances job `s`'s scan: the next unit index in our region, or `None` when done.
-    pub(super) fn next_scan_index(&mut self, s: usize) -> Option<u32> {
+    /// Advances job `s`'s scan: the next unit index in our region and its ring point, or
+    /// `None` when done.
+    pub(super) fn next_scan_index(&mut self, s: usize) -> Option<(u32, u64)> {
         let j = &mut self.jobs[s];
         loop {
             let r = j.scan.first_mut()?;
             if r.0 < r.1 {
-                let (_, idx) = j.d.by_point[r.0];
+                let (point, idx) = j.d.by_point[r.0];
                 r.0 += 1;
-                return Some(idx);
+                return Some((idx, point));
             }
             j.scan.remove(0);
             if j.scan.is_empty() {
@@ -122,7 +123,9 @@ impl Peer {
         }
     }
 
-    pub(super) fn scan_unit(&mut self, slot: u32, idx: u32) {
+    /// Queues (or first probes) the unit `idx` at ring `point` of job `slot` if we rank among
+    /// its first `quorum` and do not know it yet.
+    pub(super) fn scan_unit(&mut self, slot: u32, idx: u32, point: u64) {
         let key = (slot, idx);
         let j = &self.jobs[slot as usize];
         let strict = j.info.strict();
@@ -130,7 +133,6 @@ impl Peer {
             return;
         }
         let q = j.info.manifest.replication.quorum as usize;
-        let point = unit_point(&j.d.unit_ids[idx as usize]);
         // Most units of the region are not ours: that is decided on the (cache-warm) ring
         // first, before the table lookups.
         let (ring, me) = (self.view.ring(strict), self.view.my_index(strict));

@@ -7,7 +7,7 @@ use super::scan::in_arc;
 use super::state::{Mine, UKey, UnitState};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::{Grant, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
-use crate::placement::{position, unit_point};
+use crate::placement::position;
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 
 /// A stolen unit: its victim (told directly if we cannot run it) and its watchers.
@@ -70,7 +70,7 @@ impl Peer {
                 continue;
             }
             while granted.len() < want && budget > 0 {
-                let Some(idx) = self.next_scan_index(s) else { break };
+                let Some((idx, point)) = self.next_scan_index(s) else { break };
                 budget -= 1;
                 let key = (s as u32, idx);
                 if self.units.contains_key(&key) || self.done.contains(&key) {
@@ -82,7 +82,6 @@ impl Peer {
                     continue;
                 }
                 let q = j.info.manifest.replication.quorum as usize;
-                let point = unit_point(&j.d.unit_ids[idx as usize]);
                 let probe = j.probe_all || j.probe_arcs.iter().any(|&(a, b)| in_arc(point, a, b));
                 self.rank_unit(point, strict);
                 if position(&self.scratch, &self.id).is_none_or(|p| p >= q) {
@@ -91,7 +90,7 @@ impl Peer {
                 if probe || position(&self.scratch, &thief).is_some_and(|p| p < q) {
                     // Not one to hand out unseen (it may have run already, or the thief runs
                     // it anyway): ours as usual.
-                    self.scan_unit(s as u32, idx);
+                    self.scan_unit(s as u32, idx, point);
                     continue;
                 }
                 if self.units.len() >= self.cfg.max_tracked_units {
@@ -176,7 +175,7 @@ impl Peer {
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
             let unit = UnitRef { job: j.info.job_id, index: key.1 };
             let q = j.info.manifest.replication.quorum as usize;
-            let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+            let point = j.d.points[key.1 as usize];
             let strict = j.info.strict();
             self.rank_unit(point, strict);
             // Not a unit the thief runs anyway (one of its primaries).

@@ -7,7 +7,6 @@ use super::{Action, FetchPurpose, Peer};
 use crate::commit::{self, CommitError, SignedCommit};
 use crate::lease::Leases;
 use crate::message::{MAX_BATCH, Message};
-use crate::placement::unit_point;
 use crate::quorum::{Added, Verdict};
 use crate::types::{PeerId, UnitRef};
 
@@ -129,13 +128,14 @@ impl Peer {
                     self.running = self.running.saturating_sub(1);
                     u.mine = Mine::Gave;
                 }
-                let j = &mut self.jobs[key.0 as usize];
-                let keep = j.mine || self.is_result_holder(key, &signers);
+                // A signer keeps its own result: no fetch, and no ranking to rule on it.
+                let keep = !me_signed
+                    && (self.jobs[key.0 as usize].mine || self.is_result_holder(key, &signers));
                 let j = &mut self.jobs[key.0 as usize];
                 if j.mine {
                     j.verified += 1;
                 }
-                if keep && !me_signed {
+                if keep {
                     self.out.push(Action::FetchBlob {
                         blob: result,
                         from: signers.clone(),
@@ -201,7 +201,7 @@ impl Peer {
     pub(super) fn is_result_holder(&mut self, key: UKey, signers: &[PeerId]) -> bool {
         let j = &self.jobs[key.0 as usize];
         let r = j.info.manifest.replication.result_copies as usize;
-        let point = unit_point(&j.d.unit_ids[key.1 as usize]);
+        let point = j.d.points[key.1 as usize];
         let strict = j.info.strict();
         self.rank_unit(point, strict);
         self.scratch

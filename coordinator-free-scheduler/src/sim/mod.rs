@@ -423,7 +423,6 @@ struct SimPeer {
     alive: bool,
     online: bool,
     group: u8,
-    timer_at: Option<Millis>,
     running: FxHashMap<UnitRef, Running>,
     /// Units that were running when the peer went offline: reported as cancelled when it
     /// comes back (a shell must report every unit it started).
@@ -458,6 +457,8 @@ pub struct Sim {
     /// each).
     ids: Vec<PeerId>,
     delays: Vec<u64>,
+    /// Per peer, the time of the timer it asked for (a later request replaces it).
+    timer_at: Vec<Option<Millis>>,
     index: FxHashMap<PeerId, u32>,
     ring_any: Vec<(u64, u32)>,
     ring_class: FxHashMap<ArchClass, Vec<(u64, u32)>>,
@@ -540,6 +541,7 @@ impl Sim {
             reach: Vec::new(),
             ids: Vec::new(),
             delays: Vec::new(),
+            timer_at: Vec::new(),
             index: FxHashMap::default(),
             ring_any: Vec::new(),
             ring_class: FxHashMap::default(),
@@ -703,7 +705,6 @@ impl Sim {
             alive: false,
             online: false,
             group: 0,
-            timer_at: None,
             running: FxHashMap::default(),
             interrupted: Vec::new(),
             has_bundle: i == 0,
@@ -711,6 +712,7 @@ impl Sim {
         self.reach.push(0);
         self.ids.push(id);
         self.delays.push(delay);
+        self.timer_at.push(None);
     }
 
     /// Copies peer `i`'s alive, online and group fields into [`Sim::reach`].
@@ -971,9 +973,8 @@ impl Sim {
                 self.multicast(i, targets, msg);
             }
             Action::SetTimer(at) => {
-                let p = &mut self.peers[i as usize];
-                if p.timer_at != Some(at) {
-                    p.timer_at = Some(at);
+                if self.timer_at[i as usize] != Some(at) {
+                    self.timer_at[i as usize] = Some(at);
                     self.push(at, Ev::Timer { peer: i });
                 }
             }
@@ -1122,11 +1123,13 @@ impl Sim {
                 }
                 Ev::Timer { peer } => {
                     let at = q.at;
-                    let p = &mut self.peers[peer as usize];
-                    if p.timer_at != Some(at) || !p.alive || !p.online {
+                    // Alive and online: bits 0 and 1 of `reach`.
+                    if self.timer_at[peer as usize] != Some(at)
+                        || self.reach[peer as usize] & 3 != 3
+                    {
                         continue;
                     }
-                    p.timer_at = None;
+                    self.timer_at[peer as usize] = None;
                     self.trace_mix(at, peer as u64 | 1 << 40);
                     self.call(peer, Event::Timer);
                 }
@@ -1232,10 +1235,12 @@ impl Sim {
                 }
                 Ev::Partition(on) => self.partitioned = on,
                 Ev::Offline(i, off) => {
+                    if off {
+                        self.timer_at[i as usize] = None;
+                    }
                     let p = &mut self.peers[i as usize];
                     if off {
                         p.online = false;
-                        p.timer_at = None;
                         let mut lost: Vec<(UnitRef, Running)> = p.running.drain().collect();
                         lost.sort_unstable_by_key(|(u, _)| *u);
                         p.interrupted = lost.iter().map(|(u, _)| *u).collect();
