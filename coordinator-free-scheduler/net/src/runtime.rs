@@ -234,8 +234,10 @@ enum Command {
 
 enum Done {
     /// A unit ended: its result record's id, with the record's bytes when they are new here
-    /// (the driver stores them with its next group commit), or why it has no result.
-    Unit(UnitRef, Result<(BlobId, Option<Vec<u8>>), LocalFailure>, Option<Duration>),
+    /// (the driver stores them with its next group commit), or why it has no result; and,
+    /// when it ran, how long it took from hand-over to result with the run slots per core
+    /// at hand-over (see [`Driver::tune_run_slots`]).
+    Unit(UnitRef, Result<(BlobId, Option<Vec<u8>>), LocalFailure>, Option<(Duration, u32)>),
     /// A fetch ended; a single fetched result record comes with its bytes, to be stored with
     /// the next group commit (bundle copies are stored by the fetch itself).
     Fetch(BlobId, FetchPurpose, Result<Option<Vec<u8>>, ()>),
@@ -508,7 +510,8 @@ struct Driver {
     outbox_commits: u64,
     /// Units in flight per core (see [`Driver::tune_run_slots`]).
     run_slots: u32,
-    /// Average seconds from hand-over to result since `run_slots` last changed.
+    /// Average seconds a unit took to run (see [`Driver::tune_run_slots`]) since `run_slots`
+    /// last changed.
     unit_latency: Option<f64>,
 }
 
@@ -528,9 +531,10 @@ struct Load {
 /// Most events taken in one turn of the driver's loop (between two group commits).
 const MAX_BATCH_EVENTS: usize = 256;
 
-/// Units taking less than this from hand-over to result deepen the pipeline.
+/// Units taking less than this to run deepen the pipeline (at most
+/// `max_run_slots_per_core` of them wait per core: 1.6 s at the default of 32).
 const FAST_UNIT_SECS: f64 = 0.05;
-/// Units taking more than this make it shallower.
+/// Units taking more than this to run make it shallower.
 const SLOW_UNIT_SECS: f64 = 0.5;
 
 /// How often [`Driver::log_state`] logs.
@@ -686,12 +690,18 @@ impl Driver {
         }
     }
 
-    /// Adapts the units kept in flight per core to how long units take from hand-over to
-    /// result: short units get a deep pipeline (their input fetches, commits and messages
-    /// overlap with execution), long ones at most two in flight per core, so a unit never
-    /// waits in the executor's queue long enough for its lease to lapse.
-    fn tune_run_slots(&mut self, took: Duration) {
-        let s = took.as_secs_f64();
+    /// Adapts the units kept in flight per core to how long a unit takes to run: short units
+    /// get a deep pipeline (their input fetches, commits and messages overlap with
+    /// execution), long ones a shallow one, so a unit never waits in the executor's queue long
+    /// enough for its lease to lapse.
+    ///
+    /// A unit handed over `took` before its result, with `depth` units in flight per core,
+    /// waited behind about `depth - 1` others: the time one unit takes is `took / depth`.
+    /// (Judged on `took` alone, a deep pipeline of 13 ms Mandelbrot tiles looked like
+    /// half-second units: the slots fell from 32 to 1 per core within a few results, and the
+    /// executor sat idle between units for the rest of the job.)
+    fn tune_run_slots(&mut self, took: Duration, depth: u32) {
+        let s = took.as_secs_f64() / f64::from(depth.max(1));
         let ewma = self.unit_latency.map_or(s, |e| 0.9 * e + 0.1 * s);
         self.unit_latency = Some(ewma);
         let max = u32::from(self.config.max_run_slots_per_core.max(1));
@@ -720,8 +730,8 @@ impl Driver {
             match done {
                 Done::Unit(unit, result, took) => {
                     self.running.remove(&unit);
-                    if let Some(took) = took {
-                        self.tune_run_slots(took);
+                    if let Some((took, depth)) = took {
+                        self.tune_run_slots(took, depth);
                     }
                     let result = result.map(|(id, bytes)| {
                         if let Some(bytes) = bytes {
@@ -1257,6 +1267,7 @@ impl Driver {
         done_tx: &mpsc::Sender<Done>,
     ) {
         let done_tx = done_tx.clone();
+        let depth = self.run_slots;
         let Some(runner) = self.runner.clone() else {
             done_tx.try_send(Done::Unit(unit, Err(LocalFailure::Cancelled), None)).ok();
             return;
@@ -1366,7 +1377,7 @@ impl Driver {
                 }
                 None => Err(LocalFailure::Cancelled),
             };
-            done_tx.send(Done::Unit(unit, result, Some(took))).await.ok();
+            done_tx.send(Done::Unit(unit, result, Some((took, depth)))).await.ok();
         });
         self.running.insert(unit, task);
     }
