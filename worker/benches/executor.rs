@@ -319,7 +319,9 @@ fn main() {
         Kernel {
             name: "primes (u64 sieve)",
             module: example("primes"),
-            units: (0..8 * scale)
+            // Four times the units of the others: a prime unit is short, and a batch of a
+            // tenth of a second timed best of two swung by a fifth from run to run.
+            units: (0..32 * scale)
                 .map(|i| (i.to_string().into_bytes(), s(&["--span", "4000000"])))
                 .collect(),
             native: native_primes,
