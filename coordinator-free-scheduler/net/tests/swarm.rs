@@ -72,6 +72,25 @@ async fn wait_until(
     }
 }
 
+/// Nodes `a` and `b` of a fresh network named after `name` (`b` joins through `a`'s ticket),
+/// once `b` knows `a`, with `a`'s events; `tweak` adjusts `a`'s configuration first.
+async fn pair(
+    name: &str,
+    deadline: Instant,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> Result<(Node, Node, mpsc::Receiver<NetEvent>)> {
+    let network = unique_network(name);
+    let mut a_cfg = config(&network);
+    tweak(&mut a_cfg);
+    let a = Node::spawn(a_cfg).await?;
+    let mut b_cfg = config(&network);
+    b_cfg.bootstrap = vec![a.ticket()];
+    let b = Node::spawn(b_cfg).await?;
+    wait_until(&b, deadline, "a known to b", |n| n.peers().len() == 1).await?;
+    let events_a = a.take_events().context("events")?;
+    Ok((a, b, events_a))
+}
+
 /// Polls a condition that has no change notification (counters) until a deadline.
 async fn poll_until(deadline: Instant, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     while !cond() {
@@ -407,15 +426,8 @@ async fn rogue_peer_is_dropped_and_the_others_keep_working() -> Result<()> {
 async fn a_batch_larger_than_a_frame_arrives_whole_and_in_order() -> Result<()> {
     init_tracing();
     let deadline = Instant::now() + DEADLINE;
-    let network = unique_network("batch");
-    let a_cfg = config(&network);
-    let max_frame = a_cfg.max_frame_bytes;
-    let a = Node::spawn(a_cfg).await?;
-    let mut b_cfg = config(&network);
-    b_cfg.bootstrap = vec![a.ticket()];
-    let b = Node::spawn(b_cfg).await?;
-    wait_until(&b, deadline, "a known to b", |n| n.peers().len() == 1).await?;
-    let mut events_a = a.take_events().context("events")?;
+    let (a, b, mut events_a) = pair("batch", deadline, |_| {}).await?;
+    let max_frame = a.config().max_frame_bytes;
 
     // 300 messages of 1 KiB: about five frames' worth. One in the middle is over the frame
     // cap on its own: it is refused, the batch reports the error, and the rest still arrive.
@@ -448,15 +460,7 @@ async fn a_batch_larger_than_a_frame_arrives_whole_and_in_order() -> Result<()> 
 async fn a_burst_larger_than_the_events_queue_is_delivered_not_dropped() -> Result<()> {
     init_tracing();
     let deadline = Instant::now() + DEADLINE;
-    let network = unique_network("burst");
-    let mut a_cfg = config(&network);
-    a_cfg.event_capacity = 4;
-    let a = Node::spawn(a_cfg).await?;
-    let mut b_cfg = config(&network);
-    b_cfg.bootstrap = vec![a.ticket()];
-    let b = Node::spawn(b_cfg).await?;
-    wait_until(&b, deadline, "a known to b", |n| n.peers().len() == 1).await?;
-    let mut events_a = a.take_events().context("events")?;
+    let (a, b, mut events_a) = pair("burst", deadline, |c| c.event_capacity = 4).await?;
 
     // 2,000 small messages, packed into a few frames of hundreds each: far more than the 4
     // events a's queue holds.
