@@ -98,13 +98,14 @@ impl Peer {
                     return;
                 }
                 let lease = self.lease_len(s as u32);
+                let until = self.unconfirmed_grant_until(lease);
                 let mut u = UnitState::new();
-                u.leases.claim(thief, self.unconfirmed_grant_until(lease));
+                u.leases.claim(thief, until);
                 // We step aside for it (see `evaluate`) as for a unit taken from our queue.
                 let handover = self.now + self.handover_grace().min(lease);
                 u.leases.hand_over(self.id, handover);
                 self.units.insert(key, u);
-                self.add_timer(self.unconfirmed_grant_until(lease), TimerKind::Unit(s as u32, idx));
+                self.add_timer(until, TimerKind::Unit(s as u32, idx));
                 granted.push(key);
                 let unit = UnitRef { job: self.jobs[s].info.job_id, index: idx };
                 handed.push((key, unit, handover));
