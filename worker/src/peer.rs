@@ -24,7 +24,7 @@ use ova_net::endpoint::EndpointConfig;
 use ova_net::node::NodeConfig;
 use ova_net::runtime::{BoxFuture, RunOutput, RunRequest, Runtime, RuntimeConfig, UnitRunner};
 use ova_net::stats::DropReason;
-use ova_net::store::Store;
+use ova_net::store::{Durability, Store};
 use ova_net::{Capacity, identity};
 use ova_scheduler::PeerId;
 use tokio::task::JoinHandle;
@@ -80,6 +80,9 @@ pub struct WorkerOptions {
     pub allowed_submitters: Option<Vec<EndpointId>>,
     /// Where to serve `/metrics`, `/` and `/api/status` (`None`: not served).
     pub http: Option<SocketAddr>,
+    /// What a store commit survives (`--durability`): the process being killed (default),
+    /// or a power cut too (an fsync per group commit).
+    pub durability: Durability,
     /// Runtime tunables (cores and the allow-list are filled in from the fields above).
     pub runtime: RuntimeConfig,
 }
@@ -101,6 +104,7 @@ impl WorkerOptions {
             cache_dir: default_cache_dir(),
             allowed_submitters: None,
             http: None,
+            durability: Durability::default(),
             runtime: RuntimeConfig::default(),
         })
     }
@@ -159,10 +163,11 @@ impl WorkerPeer {
             cache_dir,
             allowed_submitters,
             http,
+            durability,
             runtime: mut rc,
         } = opts;
         let store = Arc::new(
-            Store::open(data_dir.join("store.redb"))
+            Store::open_with(data_dir.join("store.redb"), durability)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?,
         );
         let mut sensor = SpareCpu::new(spare, node.total_cores);

@@ -58,6 +58,7 @@ pub mod signatures;
 pub mod signed;
 pub mod stats;
 pub mod store;
+mod store_file;
 pub mod ticket;
 
 pub use advert::{Advert, ArchClass, Capacity};

@@ -11,12 +11,18 @@
 //! - **verified**: units this peer saw reach quorum, with the agreed result id.
 //!
 //! Every write is a durable redb transaction: once a method returns, a SIGKILL loses nothing.
-//! Writes that belong together go through [`Store::write`] as one transaction.
+//! Writes that belong together go through [`Store::write`] as one transaction. How far
+//! "durable" reaches is the store's [`Durability`]: by default a commit is handed to the
+//! operating system (it survives the process being killed, not a power cut); with
+//! [`Durability::Disk`] every durable commit is also flushed to the disk (fsync).
 
 use std::path::Path;
 
 use ova_jobs::{BlobId, JobId, Manifest, UnitId};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub use crate::store_file::Durability;
+use crate::store_file::StoreFile;
 
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
@@ -143,9 +149,17 @@ impl Write<'_> {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`, with the default [`Durability`] (a commit
+    /// survives the process being killed).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = Database::create(path.as_ref()).map_err(dberr)?;
+        Self::open_with(path, Durability::default())
+    }
+
+    /// Opens (or creates) the store at `path`; `durability` says what a durable commit
+    /// survives.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        let file = StoreFile::open(path.as_ref(), durability).map_err(dberr)?;
+        let db = redb::Builder::new().create_with_backend(file).map_err(dberr)?;
         // Create every table up front so readers never meet a missing one.
         let tx = db.begin_write().map_err(dberr)?;
         tx.open_table(BLOBS).map_err(dberr)?;
@@ -379,6 +393,73 @@ mod tests {
         assert_eq!(s.jobs().unwrap().len(), 1);
         assert_eq!(s.verified(&unit).unwrap(), Some(blob));
         assert_eq!(s.announces().unwrap(), vec![(job, b"announce".to_vec())]);
+    }
+
+    #[test]
+    fn both_durabilities_keep_what_was_written_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        for d in [Durability::Disk, Durability::Process] {
+            let blob = Store::open_with(&path, d).unwrap().put_blob(format!("{d:?}").as_bytes());
+            let blob = blob.unwrap();
+            // Reopened the other way: the file format does not depend on the durability.
+            let other = if d == Durability::Disk { Durability::Process } else { Durability::Disk };
+            let s = Store::open_with(&path, other).unwrap();
+            assert_eq!(s.blob(&blob).unwrap().as_deref(), Some(format!("{d:?}").as_bytes()));
+        }
+        assert_eq!("disk".parse::<Durability>(), Ok(Durability::Disk));
+        assert_eq!("process".parse::<Durability>(), Ok(Durability::Process));
+        assert!("fsync".parse::<Durability>().unwrap_err().contains("process or disk"));
+    }
+
+    /// The child side of [`a_sigkilled_process_loses_no_commit_that_returned`]: writes blobs
+    /// one durable commit each, says so after each, then waits to be killed.
+    #[test]
+    #[ignore = "run by a_sigkilled_process_loses_no_commit_that_returned"]
+    fn sigkill_child() {
+        use std::io::{BufRead, Write as _};
+        let Some(path) = std::env::var_os("OVA_STORE_KILL_PATH") else { return };
+        let s = Store::open(path).unwrap();
+        let mut out = std::io::stdout().lock();
+        for i in 0..200u32 {
+            s.put_blob(&i.to_le_bytes()).unwrap();
+            writeln!(out, "committed {i}").unwrap();
+            out.flush().unwrap();
+        }
+        // Blocks until the parent kills us (or closes our stdin if it fails first).
+        let _ = std::io::stdin().lock().read_line(&mut String::new());
+    }
+
+    #[test]
+    fn a_sigkilled_process_loses_no_commit_that_returned() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::tests::sigkill_child", "--ignored", "--nocapture"])
+            .env("OVA_STORE_KILL_PATH", &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut last = None;
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some(i) = line.strip_prefix("committed ") {
+                last = Some(i.parse::<u32>().unwrap());
+                if last == Some(199) {
+                    break;
+                }
+            }
+        }
+        assert_eq!(last, Some(199), "the child committed every blob");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let s = Store::open(&path).unwrap();
+        for i in 0..200u32 {
+            assert!(s.has_blob(&BlobId::of(&i.to_le_bytes())).unwrap(), "blob {i} survived");
+        }
     }
 
     #[test]

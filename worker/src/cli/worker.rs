@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use iroh::EndpointId;
 use ova_net::control::{self, ControlServer};
+use ova_net::store::Durability;
 use tracing::info;
 
 use super::net::NetArgs;
@@ -57,6 +58,10 @@ pub struct WorkerArgs {
     /// Run units in this process with epoch checks instead of a supervised executor process.
     #[arg(long)]
     in_process: bool,
+    /// What a stored result survives: `process` (the worker being killed; results are also
+    /// held by other peers) or `disk` (a power cut too: an fsync per store commit).
+    #[arg(long, value_name = "WHAT", default_value = "process")]
+    durability: Durability,
     /// Seconds between capacity adverts.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     advert_interval: f64,
@@ -116,6 +121,7 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     opts.sense_load = !args.dedicated;
     opts.allowed_submitters = (!args.allow.is_empty()).then(|| args.allow.clone());
     opts.http = args.metrics;
+    opts.durability = args.durability;
     if args.in_process {
         opts.executor = ExecutorChoice::InProcess;
     }

@@ -188,6 +188,7 @@ fn script(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
 }
 
 /// Waits for `n` results on `rx`; a missing one is a hang, reported after a generous bound.
+#[cfg(debug_assertions)] // used by the fault-injection tests only
 fn collect<T>(rx: &std::sync::mpsc::Receiver<T>, n: usize) -> Vec<T> {
     (0..n)
         .map(|i| {
