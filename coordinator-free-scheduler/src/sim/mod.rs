@@ -18,7 +18,7 @@
 //!   (it is outside their bounded neighbourhood), so skipping them saves CPU, not behaviour.
 //!   Announcements, bundle notices and sync requests reach every online peer.
 //! - Blob fetches take one link delay and succeed when a source is online and reachable.
-//! - Signatures use [`SimKeys`] (keyed BLAKE3) instead of ed25519.
+//! - Signatures use [`SimKeys`] (a keyed hash) instead of ed25519.
 //! - The submitter's shell counts spare cores per architecture class from every advert it
 //!   hears ([`Peer::set_capacity_census`]); the simulator computes that census from the
 //!   reachable online peers when the jobs are submitted instead of delivering every advert
