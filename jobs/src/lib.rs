@@ -33,6 +33,7 @@ pub use manifest::{
     Determinism, Limits, MANIFEST_VERSION, Manifest, ManifestError, Replication, UnitSpec,
 };
 pub use outcome::{
-    Outcome, OutcomeKind, Phase, Provenance, Resource, ResultHash, TrapKind, UnitResult,
+    COMPUTE_ABI, Outcome, OutcomeKind, Phase, Provenance, Resource, ResultHash, TrapKind,
+    UnitResult,
 };
 pub use pack::{PackError, pack_dir};

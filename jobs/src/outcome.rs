@@ -317,6 +317,13 @@ impl TrapKind {
     }
 }
 
+/// What this release computes results with: the wasm engine and the WASI host's ABI (the
+/// worker's `ENGINE_NAME` is this). Results of different engines or hosts may differ, so a
+/// result names it in its [`Provenance`], and peers of different ABIs form different
+/// networks (ova-net derives its protocol names and gossip topic from it): their results
+/// are never compared with each other.
+pub const COMPUTE_ABI: &str = "wasmtime 48.0.8; ova-wasi-p1 1";
+
 /// Who produced a result, so that only comparable results are compared.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Provenance {

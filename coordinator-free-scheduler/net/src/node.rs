@@ -97,6 +97,10 @@ pub struct NodeConfig {
     pub arch: ArchClass,
     /// Capacity to advertise until [`Node::set_capacity`] is called.
     pub capacity: Capacity,
+    /// What this peer's results are computed with ([`ova_jobs::COMPUTE_ABI`]). Part of the
+    /// network's identity: peers of different ABIs use different protocol names and gossip
+    /// topics, so they never meet and their results are never compared.
+    pub compute_abi: String,
 }
 
 impl NodeConfig {
@@ -128,49 +132,47 @@ impl NodeConfig {
             total_cores,
             arch: ArchClass::current(),
             capacity: Capacity { spare_cores: total_cores, busy_cores: 0, queue_len: 0 },
+            compute_abi: ova_jobs::COMPUTE_ABI.to_string(),
         }
     }
 
-    /// The gossip topic of this network.
+    /// The gossip topic of this network (its name, compute ABI and secret).
     pub fn topic(&self) -> TopicId {
-        match &self.network_secret {
-            None => TopicId::from_bytes(blake3::derive_key(
-                "ova-net gossip topic v1",
-                self.network.as_bytes(),
-            )),
-            Some(secret) => TopicId::from_bytes(blake3::derive_key(
-                "ova-net private gossip topic v1",
-                &private_material(&self.network, secret),
-            )),
-        }
+        let context = match self.network_secret {
+            None => "ova-net gossip topic v2",
+            Some(_) => "ova-net private gossip topic v2",
+        };
+        TopicId::from_bytes(blake3::derive_key(context, &self.network_material()))
     }
 
-    /// The ALPN this node uses for protocol `base`: `base` itself on an open network, `base`
-    /// followed by a tag derived from the secret on a private one (TLS then refuses
-    /// connections from nodes that do not know the secret).
+    /// The ALPN this node uses for protocol `base`: `base`, a slash and a tag derived from the
+    /// network's name, compute ABI and (on a private network) secret. TLS refuses connections
+    /// between nodes whose tags differ: nodes that do not know the secret, and nodes whose
+    /// results are not comparable.
     pub fn alpn(&self, base: &[u8]) -> Vec<u8> {
-        match &self.network_secret {
-            None => base.to_vec(),
-            Some(secret) => {
-                let key = blake3::derive_key(
-                    "ova-net private alpn v1",
-                    &private_material(&self.network, secret),
-                );
-                let mut out = base.to_vec();
-                out.push(b'/');
-                out.extend(key[..16].iter().flat_map(|b| format!("{b:02x}").into_bytes()));
-                out
-            }
-        }
+        let context = match self.network_secret {
+            None => "ova-net alpn v2",
+            Some(_) => "ova-net private alpn v2",
+        };
+        let key = blake3::derive_key(context, &self.network_material());
+        let mut out = base.to_vec();
+        out.push(b'/');
+        out.extend(key[..16].iter().flat_map(|b| format!("{b:02x}").into_bytes()));
+        out
     }
-}
 
-fn private_material(network: &str, secret: &str) -> Vec<u8> {
-    let mut m = Vec::with_capacity(network.len() + secret.len() + 9);
-    m.extend((network.len() as u64).to_le_bytes());
-    m.extend(network.as_bytes());
-    m.extend(secret.as_bytes());
-    m
+    /// The network's identity, unambiguously encoded: name, compute ABI, secret.
+    fn network_material(&self) -> Vec<u8> {
+        let mut m = Vec::new();
+        for part in [self.network.as_bytes(), self.compute_abi.as_bytes()] {
+            m.extend((part.len() as u64).to_le_bytes());
+            m.extend(part);
+        }
+        if let Some(secret) = &self.network_secret {
+            m.extend(secret.as_bytes());
+        }
+        m
+    }
 }
 
 /// What the node tells its driver.

@@ -294,6 +294,7 @@ async fn rogue_peer_is_dropped_and_the_others_keep_working() -> Result<()> {
     let max_broadcast = a_cfg.max_broadcast_bytes;
     let max_frame = a_cfg.max_frame_bytes;
     let topic = a_cfg.topic();
+    let (gossip_alpn, frame_alpn) = (a_cfg.alpn(iroh_gossip::ALPN), a_cfg.alpn(FRAME_ALPN));
     let a = Node::spawn(a_cfg).await?;
     let mut b_cfg = config(&network);
     b_cfg.bootstrap = vec![a.ticket()];
@@ -308,15 +309,13 @@ async fn rogue_peer_is_dropped_and_the_others_keep_working() -> Result<()> {
 
     // The rogue: a bare iroh endpoint speaking gossip (with a huge size limit) and frames.
     let rogue_key = SecretKey::generate();
-    let (rogue_ep, rogue_mem): (_, MemoryLookup) = endpoint::bind(
-        &EndpointConfig::loopback(),
-        rogue_key.clone(),
-        vec![iroh_gossip::ALPN.to_vec()],
-    )
-    .await?;
-    let rogue_gossip = Gossip::builder().max_message_size(1 << 20).spawn(rogue_ep.clone());
+    let (rogue_ep, rogue_mem): (_, MemoryLookup) =
+        endpoint::bind(&EndpointConfig::loopback(), rogue_key.clone(), vec![gossip_alpn.clone()])
+            .await?;
+    let rogue_gossip =
+        Gossip::builder().max_message_size(1 << 20).alpn(&gossip_alpn).spawn(rogue_ep.clone());
     let rogue_router =
-        Router::builder(rogue_ep.clone()).accept(iroh_gossip::ALPN, rogue_gossip.clone()).spawn();
+        Router::builder(rogue_ep.clone()).accept(gossip_alpn, rogue_gossip.clone()).spawn();
     rogue_mem.add_endpoint_info(a.addr());
     let mut topic_handle =
         rogue_gossip.subscribe_with_opts(topic, JoinOptions::with_bootstrap([a.id()])).await?;
@@ -349,7 +348,7 @@ async fn rogue_peer_is_dropped_and_the_others_keep_working() -> Result<()> {
     .await?;
 
     // Direct frames: a lying length, garbage that fits, and a truncated frame.
-    let conn = rogue_ep.connect(a.addr(), FRAME_ALPN).await?;
+    let conn = rogue_ep.connect(a.addr(), &frame_alpn).await?;
     let mut s = conn.open_uni().await?;
     s.write_all(&u32::MAX.to_be_bytes()).await?;
     s.write_all(&[0u8; 64]).await?;
@@ -492,4 +491,35 @@ fn ticket_of_a_node_round_trips() {
         relay: None,
     };
     assert_eq!(t.to_string().parse::<NodeTicket>().unwrap(), t);
+}
+
+/// Peers whose results are computed differently (another engine or WASI host) are different
+/// networks: every protocol name and the gossip topic differ, and a connection between them
+/// is refused, so their results can never be compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_another_compute_abi_cannot_connect() -> Result<()> {
+    init_tracing();
+    let deadline = Instant::now() + DEADLINE;
+    let network = unique_network("abi");
+    let a_cfg = config(&network);
+    let mut other = config(&network);
+    other.compute_abi = "wasmtime 99.0.0; ova-wasi-p1 7".into();
+    assert_ne!(a_cfg.alpn(FRAME_ALPN), other.alpn(FRAME_ALPN));
+    assert_ne!(a_cfg.topic(), other.topic());
+    let same = config(&network);
+    assert_eq!(a_cfg.alpn(FRAME_ALPN), same.alpn(FRAME_ALPN), "the ALPN is the network's");
+    assert_eq!(a_cfg.topic(), same.topic());
+
+    let a = Node::spawn(a_cfg).await?;
+    for (cfg, accepted) in [(same, true), (other, false)] {
+        let alpn = cfg.alpn(FRAME_ALPN);
+        let (ep, mem): (_, MemoryLookup) =
+            endpoint::bind(&EndpointConfig::loopback(), SecretKey::generate(), vec![]).await?;
+        mem.add_endpoint_info(a.addr());
+        let conn = timeout_at(deadline, ep.connect(a.addr(), &alpn)).await?;
+        assert_eq!(conn.is_ok(), accepted, "ABI {:?}: {:?}", cfg.compute_abi, conn.err());
+        ep.close().await;
+    }
+    a.shutdown().await;
+    Ok(())
 }

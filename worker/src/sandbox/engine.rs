@@ -20,8 +20,9 @@ use super::state::UnitState;
 
 /// What computes a unit's result, recorded in every result's [`ova_jobs::Provenance`] (and
 /// so in its comparison class) and in cache keys: the wasmtime version and the WASI host's
-/// ABI ([`super::wasi::HOST_ABI`], which it ends with).
-pub const ENGINE_NAME: &str = "wasmtime 48.0.8; ova-wasi-p1 1";
+/// ABI ([`super::wasi::HOST_ABI`], which it ends with). It is [`ova_jobs::COMPUTE_ABI`], which
+/// also sets which network a peer joins (peers only meet peers of the same ABI).
+pub const ENGINE_NAME: &str = ova_jobs::COMPUTE_ABI;
 
 /// Largest linear memory any unit can be given (the whole wasm32 address space). Pool slots
 /// reserve this much *virtual* memory; the per-unit limit is enforced by the store's limiter.
@@ -171,5 +172,25 @@ mod tests {
     #[test]
     fn the_engine_name_names_the_wasi_host() {
         assert!(super::ENGINE_NAME.ends_with(&format!("; {}", super::super::wasi::HOST_ABI)));
+    }
+
+    /// The engine name is written by hand: it must follow the wasmtime the lock file builds.
+    #[test]
+    fn the_engine_name_names_the_wasmtime_that_is_built() {
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+            .expect("the workspace's Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find_map(|p| {
+                let p = p.trim();
+                p.strip_prefix("name = \"wasmtime\"\nversion = \"")
+                    .and_then(|rest| rest.split('"').next())
+            })
+            .expect("wasmtime in Cargo.lock");
+        assert!(
+            super::ENGINE_NAME.starts_with(&format!("wasmtime {version};")),
+            "ENGINE_NAME {:?} does not name wasmtime {version}: update ova_jobs::COMPUTE_ABI",
+            super::ENGINE_NAME
+        );
     }
 }
