@@ -15,8 +15,8 @@
 //!
 //! What must survive a restart goes to the [`Store`] before anyone is told about it: job
 //! announcements, every signed commit seen, result records, verified results and this peer's
-//! own jobs. The writes of one or more loop turns go in one transaction (a group commit, one
-//! fsync) that runs off the loop while it takes in further events; the messages of those turns
+//! own jobs. The writes of one or more loop turns go in one durable transaction (a group
+//! commit; see [`crate::store::Durability`] for what durable means) that runs off the loop while it takes in further events; the messages of those turns
 //! leave only once it is durable, so a peer killed at any point never acknowledged what it
 //! lost. A restarted peer replays the store into a fresh core, so it keeps serving the results
 //! it held and, as a submitter, resumes its jobs.
@@ -1046,7 +1046,7 @@ impl Driver {
         self.outbox.push(out);
     }
 
-    /// Group commit: makes this turn's writes durable with one fsync, then releases the
+    /// Group commit: makes this turn's writes durable in one transaction, then releases the
     /// messages that acknowledge them (commits, announcements). A peer killed at any point
     /// has therefore never told anyone about a result it could lose.
     async fn flush(&mut self) {
@@ -1057,7 +1057,7 @@ impl Driver {
     }
 
     /// Starts the group commit of everything this turn (and any turn since the last commit)
-    /// wrote and wants to send: one write transaction, durable (one fsync) when messages
+    /// wrote and wants to send: one write transaction, durable when messages
     /// wait on it; with nothing to acknowledge yet it becomes durable with a later commit. It
     /// runs off the async threads while the loop goes on taking in events; their writes and
     /// messages wait for the next commit. `None`: nothing to commit.
@@ -1454,7 +1454,8 @@ enum Pending {
     Blob(BlobId, Vec<u8>),
 }
 
-/// Applies a turn's writes in one transaction; `durable`: fsync it (and everything before).
+/// Applies a turn's writes in one transaction; `durable`: make it (and everything before)
+/// durable.
 fn persist(store: &Store, writes: &[Pending], durable: bool) -> Result<(), StoreError> {
     if writes.is_empty() {
         return if durable { store.sync() } else { Ok(()) };

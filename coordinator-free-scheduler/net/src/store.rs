@@ -173,8 +173,8 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction that is not yet durable: it survives a crash only
-    /// once [`Store::sync`] (or any durable write) has followed. Cheap — no fsync — so hot
-    /// paths batch many of these behind one `sync` (group commit).
+    /// once [`Store::sync`] (or any durable write) has followed. Cheap (redb keeps it from the
+    /// file until then), so hot paths batch many of these behind one `sync` (group commit).
     pub fn write_deferred<T>(
         &self,
         f: impl FnOnce(&Write<'_>) -> Result<T, StoreError>,
@@ -187,8 +187,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes every earlier [`Store::write_deferred`] durable (one fsync); a no-op when there
-    /// is nothing to persist.
+    /// Makes every earlier [`Store::write_deferred`] durable (one commit, written to the file;
+    /// flushed to the disk with [`Durability::Disk`]); a no-op when there is nothing to
+    /// persist.
     pub fn sync(&self) -> Result<(), StoreError> {
         if self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
             let tx = self.db.begin_write().map_err(dberr)?;
