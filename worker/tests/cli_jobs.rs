@@ -176,13 +176,15 @@ fn a_job_survives_a_sigkilled_worker_and_the_cli_reports_it() {
 
     // The CLI on the submitter's data directory.
     let data = ["--data-dir", sub.to_str().unwrap()];
-    let verify = ova(&[]).args(["job", "verify", &job_id]).args(data).output().unwrap();
+    // The 12-digit short id `submit` and `list` print names the job too.
+    let short = &job_id[..12];
+    let verify = ova(&[]).args(["job", "verify", short]).args(data).output().unwrap();
     let text = ok(verify, "ova job verify");
     assert!(text.contains(&format!("{UNITS} of {UNITS} units verified")), "{text}");
     let list = ok(ova(&[]).args(["job", "list"]).args(data).output().unwrap(), "ova job list");
     assert!(list.contains(&job_id) && list.contains("done"), "{list}");
     let status = ova(&[])
-        .args(["job", "status", &job_id, "--net", "loopback", "--sync", "1"])
+        .args(["job", "status", short, "--net", "loopback", "--sync", "1"])
         .args(data)
         .output()
         .unwrap();
@@ -203,5 +205,8 @@ fn a_job_survives_a_sigkilled_worker_and_the_cli_reports_it() {
     let out = ova(&[]).args(["job", "verify", &bogus]).args(data).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("not known here"));
+    let out = ova(&[]).args(["job", "verify", "000000"]).args(data).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job known here starts with 000000"));
     drop((w0, w1));
 }

@@ -48,8 +48,8 @@ pub enum JobCommand {
     /// distinct peers agree on each result, and that each result held hashes to it. Exits
     /// non-zero on any problem.
     Verify {
-        /// The job id.
-        job: ova_jobs::JobId,
+        /// The job id, or a unique prefix of it.
+        job: submit::JobArg,
         #[command(flatten)]
         local: LocalArgs,
     },

@@ -74,8 +74,8 @@ pub struct SubmitArgs {
 /// Options of `ova job status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The job id (printed by `submit`; `ova job list` shows them).
-    job: JobId,
+    /// The job id (printed by `submit`; `ova job list` shows them), or a unique prefix of it.
+    job: JobArg,
     /// Seconds to spend catching up with the network before answering.
     #[arg(long, value_name = "SECS", default_value_t = 3)]
     sync: u64,
@@ -86,8 +86,8 @@ pub struct StatusArgs {
 /// Options of `ova job results`.
 #[derive(Args, Debug)]
 pub struct ResultsArgs {
-    /// The job id.
-    job: JobId,
+    /// The job id, or a unique prefix of it.
+    job: JobArg,
     /// Directory to write `unit-NNNNN.out` files and `summary.tsv` to.
     #[arg(short = 'o', long = "out", value_name = "DIR")]
     out: PathBuf,
@@ -103,6 +103,65 @@ pub struct ResultsArgs {
 pub struct LocalArgs {
     #[command(flatten)]
     data_dir: DataDirArg,
+}
+
+/// Fewest hex digits a job prefix may have.
+const MIN_JOB_PREFIX: usize = 6;
+
+/// A job named on the command line: its id, or a prefix of it (like the 12-digit short ids
+/// `submit`, `list` and the demo print) that names one job this data directory knows.
+#[derive(Debug, Clone)]
+pub struct JobArg(String);
+
+impl std::str::FromStr for JobArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase();
+        if (MIN_JOB_PREFIX..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s))
+        } else {
+            Err(format!(
+                "{s:?} is not a job id or a prefix of one ({MIN_JOB_PREFIX} to 64 hex digits)"
+            ))
+        }
+    }
+}
+
+impl JobArg {
+    /// The whole id as given, if it is one (then no store is needed to resolve it).
+    fn whole(&self) -> Option<JobId> {
+        if self.0.len() == 64 { self.0.parse().ok() } else { None }
+    }
+
+    /// The job this names: the id itself, or the one job known in `store` (submitted from
+    /// here, or announced to this peer) whose id starts with the prefix.
+    pub fn resolve(&self, store: &Store) -> anyhow::Result<JobId> {
+        if let Some(id) = self.whole() {
+            return Ok(id);
+        }
+        let mut known: Vec<JobId> = store.jobs()?.into_iter().map(|(id, _)| id).collect();
+        known.extend(store.manifests()?.into_iter().map(|(id, _)| id));
+        self.pick(known)
+    }
+
+    /// The one of `known` this prefix names.
+    fn pick(&self, mut known: Vec<JobId>) -> anyhow::Result<JobId> {
+        known.sort();
+        known.dedup();
+        let matching: Vec<JobId> =
+            known.into_iter().filter(|id| id.to_string().starts_with(&self.0)).collect();
+        match matching.as_slice() {
+            [one] => Ok(*one),
+            [] => bail!("no job known here starts with {} (`ova job list` shows them)", self.0),
+            many => bail!(
+                "{} names {} jobs: {}; give more digits",
+                self.0,
+                many.len(),
+                many.iter().map(JobId::short).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
 }
 
 fn client_dir(d: &DataDirArg) -> anyhow::Result<PathBuf> {
@@ -385,7 +444,8 @@ pub(super) fn report(job: &Job, out: Option<&Path>) -> anyhow::Result<ExitCode> 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let session = Session::connect(&args.client).await?;
-        let job = session.client.job(args.job)?;
+        let id = args.job.resolve(session.client.runtime().store())?;
+        let job = session.client.job(id)?;
         // Let the network catch us up, ending early once the job is complete here.
         let until = Instant::now() + Duration::from_secs(args.sync);
         let mut job = job;
@@ -428,7 +488,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 pub fn results(args: ResultsArgs) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let session = Session::connect(&args.client).await?;
-        let mut job = session.client.job(args.job)?;
+        let id = args.job.resolve(session.client.runtime().store())?;
+        let mut job = session.client.job(id)?;
         let waited = job.wait(Duration::from_secs(args.timeout)).await;
         if let Err(e) = &waited {
             eprintln!("warning: {e}; writing the results held so far");
@@ -465,8 +526,9 @@ fn open_store(d: &DataDirArg) -> anyhow::Result<Store> {
 }
 
 /// `ova job verify`: re-checks a job from the signed records held here, without the network.
-pub fn verify(job: JobId, args: LocalArgs) -> anyhow::Result<ExitCode> {
+pub fn verify(job: JobArg, args: LocalArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.data_dir)?;
+    let job = job.resolve(&store)?;
     let report = runtime::verify_job(&store, &job)?;
     for p in &report.problems {
         println!("problem: {p}");
@@ -509,4 +571,40 @@ pub fn list(args: LocalArgs) -> anyhow::Result<ExitCode> {
         println!("{id:<64}  {name:<20} {units:>8} {verified:>9}  {state}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(first: u8, second: u8) -> JobId {
+        let mut b = [7u8; 32];
+        b[0] = first;
+        b[1] = second;
+        JobId(b)
+    }
+
+    #[test]
+    fn a_job_is_named_by_its_id_or_a_unique_prefix() {
+        let arg = |s: &str| s.parse::<JobArg>();
+        let (a, b, c) = (id(0xab, 0xcd), id(0xab, 0xce), id(0x12, 0x34));
+        let known = vec![a, b, c, a];
+        // A unique prefix, in any case; the whole id even when nothing is known.
+        assert_eq!(arg("ABCD07").unwrap().pick(known.clone()).unwrap(), a);
+        assert_eq!(arg("123407").unwrap().pick(known.clone()).unwrap(), c);
+        assert_eq!(arg(&b.to_string()).unwrap().whole(), Some(b));
+        // The same job listed twice is one job; ambiguous or unknown prefixes are errors
+        // that say so.
+        assert_eq!(arg(&a.to_string()[..6]).unwrap().pick(vec![a, a]).unwrap(), a);
+        let mut twin = a.0;
+        twin[31] = 0;
+        let e = arg("abcd07").unwrap().pick(vec![a, JobId(twin)]).unwrap_err().to_string();
+        assert!(e.contains("names 2 jobs"), "{e}");
+        let e = arg("ffffff").unwrap().pick(known).unwrap_err().to_string();
+        assert!(e.contains("no job known here starts with ffffff"), "{e}");
+        // Not hex, too short or too long: refused before anything is looked up.
+        for bad in ["abcde", "abcdeg", &"a".repeat(65), "job-1"] {
+            assert!(arg(bad).unwrap_err().contains("not a job id"), "{bad}");
+        }
+    }
 }
