@@ -263,8 +263,28 @@ fn peer_id(e: &EndpointId) -> PeerId {
     PeerId(*e.as_bytes())
 }
 
+/// Most peer ids [`endpoint_id`] remembers (past this it starts afresh).
+const ENDPOINT_IDS_KEPT: usize = 16_384;
+
+/// The node id of a scheduler peer id (`None`: not a valid ed25519 public key).
+///
+/// Checking a key decompresses a curve point (a field square root, ~10 µs), and every
+/// message sent and every blob fetch names a peer: done afresh each time, that was 5 % of a
+/// busy worker's CPU. So the valid ones are remembered, process-wide (a key's validity never
+/// changes).
 fn endpoint_id(p: &PeerId) -> Option<EndpointId> {
-    EndpointId::from_bytes(&p.0).ok()
+    static KNOWN: std::sync::LazyLock<std::sync::Mutex<HashMap<PeerId, EndpointId>>> =
+        std::sync::LazyLock::new(Default::default);
+    if let Some(e) = crate::node::lock(&KNOWN).get(p) {
+        return Some(*e);
+    }
+    let e = EndpointId::from_bytes(&p.0).ok()?;
+    let mut known = crate::node::lock(&KNOWN);
+    if known.len() >= ENDPOINT_IDS_KEPT {
+        known.clear();
+    }
+    known.insert(*p, e);
+    Some(e)
 }
 
 impl Runtime {
@@ -1673,6 +1693,20 @@ mod tests {
     use ova_scheduler::ArchClass;
 
     use super::capacity_census;
+
+    #[test]
+    fn remembered_node_ids_are_the_ones_a_fresh_check_gives() {
+        let mut rejected = 0;
+        for round in 0..2 {
+            for i in 0..=255u8 {
+                let p = super::PeerId([i; 32]);
+                let fresh = iroh::EndpointId::from_bytes(&p.0).ok();
+                assert_eq!(super::endpoint_id(&p), fresh, "key {i}, round {round}");
+                rejected += usize::from(fresh.is_none());
+            }
+        }
+        assert!(rejected > 0, "some of these byte strings are not valid keys");
+    }
 
     #[test]
     fn the_census_sums_spare_cores_per_class_and_leaves_out_idle_classes() {
