@@ -1,13 +1,21 @@
 //! Content-addressed blob transfer between peers: modules, inputs and results, by BLAKE3 id.
 //!
-//! One request per bidirectional QUIC stream on a connection with ALPN [`BLOB_ALPN`]:
+//! One request per bidirectional QUIC stream on a connection with ALPN [`BLOB_ALPN`]; a request
+//! asks for one blob or several:
 //!
 //! ```text
-//! request:  blob id (32 bytes)
-//! response: status (1 byte: 0 = here, 1 = not here) ‖ length (u64 big-endian) ‖ bytes
+//! request:  count (u16 big-endian, 1 ..= MAX_PER_REQUEST) ‖ count × blob id (32 bytes)
+//! response: per id, in order: status (1 byte: 0 = here, 1 = not here) ‖ length (u64
+//!           big-endian) ‖ bytes (length of them; none when not here)
 //! ```
 //!
-//! The fetcher refuses a length over its cap before reading, and stores nothing whose bytes do
+//! The client gathers the fetches that wait for the same peer into one request (group fetch,
+//! like the runtime's group commit): while a request to a peer is in flight, the next fetches
+//! for that peer queue, and go together in the next. A worker starting many short units, or
+//! a submitter collecting their results, then costs the peer one stream and one store read
+//! per batch instead of per blob; an idle client still sends each fetch at once.
+//!
+//! The fetcher refuses a length over its cap before reading, and keeps nothing whose bytes do
 //! not hash to the id it asked for, so a lying or broken peer costs a retry elsewhere, never a
 //! wrong blob. The server answers from a [`BlobSource`] (the peer's store) with a bounded
 //! number of concurrent requests per connection. (A hand-rolled exchange rather than
@@ -24,21 +32,28 @@ use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use iroh::{Endpoint, EndpointId};
 use ova_jobs::BlobId;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 /// ALPN of blob transfer.
-pub const BLOB_ALPN: &[u8] = b"ova/blob/1";
+pub const BLOB_ALPN: &[u8] = b"ova/blob/2";
 /// Concurrent requests served per connection.
 const PER_CONNECTION: usize = 16;
+/// Most blobs one request asks for.
+pub const MAX_PER_REQUEST: usize = 64;
 
 /// Where the blob server reads blobs from.
 pub trait BlobSource: Send + Sync + 'static {
     /// The blob's bytes, if held here.
     fn get(&self, id: &BlobId) -> Option<Vec<u8>>;
+
+    /// Several blobs' bytes, in the order asked (a source may read them in one go).
+    fn get_many(&self, ids: &[BlobId]) -> Vec<Option<Vec<u8>>> {
+        ids.iter().map(|id| self.get(id)).collect()
+    }
 }
 
 /// Fetching a blob failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     /// Could not reach the peer.
     #[error("connect: {0}")]
@@ -91,26 +106,40 @@ impl ProtocolHandler for BlobHandler {
             let sent = self.sent.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let mut id = [0u8; 32];
-                if recv.read_exact(&mut id).await.is_err() {
+                let mut count = [0u8; 2];
+                if recv.read_exact(&mut count).await.is_err() {
                     return;
                 }
-                let id = BlobId(id);
-                let blob =
-                    tokio::task::spawn_blocking(move || source.get(&id)).await.ok().flatten();
-                let mut head = [0u8; 9];
-                match &blob {
-                    Some(b) => head[1..].copy_from_slice(&(b.len() as u64).to_be_bytes()),
-                    None => head[0] = 1,
-                }
-                if send.write_all(&head).await.is_err() {
+                let count = usize::from(u16::from_be_bytes(count));
+                if count == 0 || count > MAX_PER_REQUEST {
+                    recv.stop(1u32.into()).ok();
                     return;
                 }
-                if let Some(b) = blob {
-                    if send.write_all(&b).await.is_err() {
+                let mut raw = vec![0u8; count * 32];
+                if recv.read_exact(&mut raw).await.is_err() {
+                    return;
+                }
+                let ids: Vec<BlobId> =
+                    raw.chunks_exact(32).map(|c| BlobId(c.try_into().unwrap_or([0; 32]))).collect();
+                let Ok(blobs) = tokio::task::spawn_blocking(move || source.get_many(&ids)).await
+                else {
+                    return;
+                };
+                for blob in blobs {
+                    let mut head = [0u8; 9];
+                    match &blob {
+                        Some(b) => head[1..].copy_from_slice(&(b.len() as u64).to_be_bytes()),
+                        None => head[0] = 1,
+                    }
+                    if send.write_all(&head).await.is_err() {
                         return;
                     }
-                    sent(b.len() as u64 + 9);
+                    if let Some(b) = blob {
+                        if send.write_all(&b).await.is_err() {
+                            return;
+                        }
+                        sent(b.len() as u64 + 9);
+                    }
                 }
                 send.finish().ok();
             });
@@ -123,13 +152,31 @@ impl ProtocolHandler for BlobHandler {
 const MAX_CONNECTIONS: usize = 64;
 
 /// Fetches blobs from peers over cached connections: one QUIC handshake per peer, then one
-/// stream per blob (a connection per blob cost a key exchange per tiny input).
+/// stream per request (a connection per blob cost a key exchange per tiny input), and the
+/// fetches waiting for the same peer gathered into one request (see the module docs).
 #[derive(Clone)]
 pub struct BlobClient {
     endpoint: Endpoint,
     alpn: Arc<[u8]>,
     connect_timeout: Duration,
     conns: Arc<Mutex<HashMap<EndpointId, Connection>>>,
+    queues: Arc<Mutex<HashMap<EndpointId, PeerQueue>>>,
+}
+
+/// One fetch waiting for its peer's next request.
+struct Waiter {
+    id: BlobId,
+    max: u64,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Vec<u8>, FetchError>>,
+}
+
+/// The fetches waiting for one peer. A queue exists only while a task sends its requests;
+/// that task takes at most [`MAX_PER_REQUEST`] distinct blobs per request, so a queue is
+/// bounded by the fetches callers are awaiting.
+#[derive(Default)]
+struct PeerQueue {
+    waiting: Vec<Waiter>,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -143,7 +190,13 @@ impl BlobClient {
     /// giving up on a new connection after `connect_timeout` (a crashed peer never answers,
     /// and the next holder of the blob should be tried well before the fetch's own deadline).
     pub fn new(endpoint: Endpoint, alpn: &[u8], connect_timeout: Duration) -> Self {
-        Self { endpoint, alpn: alpn.into(), connect_timeout, conns: Default::default() }
+        Self {
+            endpoint,
+            alpn: alpn.into(),
+            connect_timeout,
+            conns: Default::default(),
+            queues: Default::default(),
+        }
     }
 
     /// This client's endpoint.
@@ -152,8 +205,9 @@ impl BlobClient {
     }
 
     /// Fetches blob `id` from `peer`, refusing more than `max` bytes and anything that does
-    /// not hash to `id`; the whole exchange (connecting included) is bounded by `timeout`.
-    /// A cached connection that turns out dead is replaced once.
+    /// not hash to `id`; the whole exchange (connecting and waiting for the request in flight
+    /// to the same peer included) is bounded by `timeout`. A cached connection that turns out
+    /// dead is replaced once.
     pub async fn fetch(
         &self,
         peer: EndpointId,
@@ -161,29 +215,92 @@ impl BlobClient {
         max: u64,
         timeout: Duration,
     ) -> Result<Vec<u8>, FetchError> {
-        let work = async {
-            let mut fresh = false;
-            loop {
-                let conn = match self.cached(&peer) {
-                    Some(c) => c,
-                    None => {
-                        fresh = true;
-                        self.connect(peer).await?
-                    }
-                };
-                match exchange(&conn, id, max).await {
-                    Err(FetchError::Stream(e)) if !fresh => {
-                        // Probably a connection the peer closed (restart, idle timeout).
-                        tracing::debug!(peer = %peer.fmt_short(), "blob stream failed ({e}); reconnecting");
-                        self.forget(&peer, &conn);
-                    }
-                    r => return r,
-                }
-            }
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut queues = lock(&self.queues);
+            let (queue, start) = match queues.get_mut(&peer) {
+                Some(q) => (q, false),
+                None => (queues.entry(peer).or_default(), true),
+            };
+            queue.waiting.push(Waiter { id, max, timeout, reply });
+            start
         };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| FetchError::Stream(format!("timed out after {timeout:?}")))?
+        if start {
+            let client = self.clone();
+            tokio::spawn(async move { client.drain(peer).await });
+        }
+        let timed_out = || FetchError::Stream(format!("timed out after {timeout:?}"));
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(FetchError::Stream("the fetch task ended".into())),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
+    /// Sends `peer`'s queued fetches, a request at a time, until none wait; then the queue
+    /// goes (the next fetch starts a new task).
+    async fn drain(&self, peer: EndpointId) {
+        loop {
+            let batch = {
+                let mut queues = lock(&self.queues);
+                let Some(queue) = queues.get_mut(&peer) else { return };
+                // Fetches whose caller gave up are dropped here, unsent.
+                queue.waiting.retain(|w| !w.reply.is_closed());
+                if queue.waiting.is_empty() {
+                    queues.remove(&peer);
+                    return;
+                }
+                take_batch(&mut queue.waiting)
+            };
+            let ids: Vec<BlobId> = distinct(batch.iter().map(|w| w.id));
+            let max = batch.iter().map(|w| w.max).max().unwrap_or(0);
+            let timeout = batch.iter().map(|w| w.timeout).max().unwrap_or_default();
+            let results = match tokio::time::timeout(timeout, self.request(peer, &ids, max)).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::Stream(format!("timed out after {timeout:?}"))),
+            };
+            for w in batch {
+                let r = match &results {
+                    Err(e) => Err(e.clone()),
+                    Ok(rs) => match ids.iter().position(|i| *i == w.id).map(|i| &rs[i]) {
+                        Some(Ok(b)) if b.len() as u64 > w.max => {
+                            Err(FetchError::TooLarge { len: b.len() as u64, max: w.max })
+                        }
+                        Some(r) => r.clone(),
+                        None => Err(FetchError::NotFound(w.id)),
+                    },
+                };
+                w.reply.send(r).ok();
+            }
+        }
+    }
+
+    /// One request for `ids` on a cached (or new) connection, reconnecting once when a cached
+    /// one turns out dead.
+    async fn request(
+        &self,
+        peer: EndpointId,
+        ids: &[BlobId],
+        max: u64,
+    ) -> Result<Vec<Result<Vec<u8>, FetchError>>, FetchError> {
+        let mut fresh = false;
+        loop {
+            let conn = match self.cached(&peer) {
+                Some(c) => c,
+                None => {
+                    fresh = true;
+                    self.connect(peer).await?
+                }
+            };
+            match exchange(&conn, ids, max).await {
+                Err(FetchError::Stream(e)) if !fresh => {
+                    // Probably a connection the peer closed (restart, idle timeout).
+                    tracing::debug!(peer = %peer.fmt_short(), "blob stream failed ({e}); reconnecting");
+                    self.forget(&peer, &conn);
+                }
+                r => return r,
+            }
+        }
     }
 
     fn cached(&self, peer: &EndpointId) -> Option<Connection> {
@@ -226,25 +343,74 @@ impl BlobClient {
     }
 }
 
-/// One request on `conn`: asks for `id`, reads at most `max` bytes, checks the hash.
-async fn exchange(conn: &Connection, id: BlobId, max: u64) -> Result<Vec<u8>, FetchError> {
-    let (mut send, mut recv) =
-        conn.open_bi().await.map_err(|e| FetchError::Stream(e.to_string()))?;
-    send.write_all(&id.0).await.map_err(|e| FetchError::Stream(e.to_string()))?;
+/// Takes the waiters of the next request out of `waiting`: the first [`MAX_PER_REQUEST`]
+/// distinct blobs asked for, with every waiter for any of them (a blob several callers wait
+/// for is asked once).
+fn take_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
+    let mut ids: Vec<BlobId> = Vec::new();
+    for w in waiting.iter() {
+        if ids.len() == MAX_PER_REQUEST {
+            break;
+        }
+        if !ids.contains(&w.id) {
+            ids.push(w.id);
+        }
+    }
+    let (batch, rest) = std::mem::take(waiting).into_iter().partition(|w| ids.contains(&w.id));
+    *waiting = rest;
+    batch
+}
+
+/// `ids` without repeats, in first-seen order.
+fn distinct(ids: impl Iterator<Item = BlobId>) -> Vec<BlobId> {
+    let mut out: Vec<BlobId> = Vec::new();
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// One request on `conn`: asks for `ids` (1 ..= [`MAX_PER_REQUEST`]), reads each answer, at
+/// most `max` bytes each, and checks each against its id. A blob the peer lacks, or sends
+/// wrong, fails alone; a broken stream fails the request.
+async fn exchange(
+    conn: &Connection,
+    ids: &[BlobId],
+    max: u64,
+) -> Result<Vec<Result<Vec<u8>, FetchError>>, FetchError> {
+    let stream = |e: &dyn std::fmt::Display| FetchError::Stream(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream(&e))?;
+    let mut request = Vec::with_capacity(2 + 32 * ids.len());
+    request.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        request.extend_from_slice(&id.0);
+    }
+    send.write_all(&request).await.map_err(|e| stream(&e))?;
     send.finish().ok();
-    let mut head = [0u8; 9];
-    recv.read_exact(&mut head).await.map_err(|e| FetchError::Stream(e.to_string()))?;
-    if head[0] != 0 {
-        return Err(FetchError::NotFound(id));
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let mut head = [0u8; 9];
+        recv.read_exact(&mut head).await.map_err(|e| stream(&e))?;
+        if head[0] != 0 {
+            out.push(Err(FetchError::NotFound(id)));
+            continue;
+        }
+        let len = u64::from_be_bytes(head[1..].try_into().unwrap_or([0; 8]));
+        if len > max {
+            // The rest of the stream is that blob: the request ends here, unread. Any blob
+            // after it fails too (a retry asks again).
+            recv.stop(1u32.into()).ok();
+            out.push(Err(FetchError::TooLarge { len, max }));
+            while out.len() < ids.len() {
+                out.push(Err(FetchError::Stream("an earlier blob was over the limit".into())));
+            }
+            return Ok(out);
+        }
+        let mut buf = vec![0u8; len as usize];
+        recv.read_exact(&mut buf).await.map_err(|e| stream(&e))?;
+        out.push(if BlobId::of(&buf) == id { Ok(buf) } else { Err(FetchError::Corrupt(id)) });
     }
-    let len = u64::from_be_bytes(head[1..].try_into().unwrap_or([0; 8]));
-    if len > max {
-        return Err(FetchError::TooLarge { len, max });
-    }
-    let mut buf = vec![0u8; len as usize];
-    recv.read_exact(&mut buf).await.map_err(|e| FetchError::Stream(e.to_string()))?;
-    if BlobId::of(&buf) != id {
-        return Err(FetchError::Corrupt(id));
-    }
-    Ok(buf)
+    Ok(out)
 }

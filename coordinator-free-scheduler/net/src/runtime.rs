@@ -1671,6 +1671,10 @@ impl crate::blobs::BlobSource for Store {
     fn get(&self, id: &BlobId) -> Option<Vec<u8>> {
         self.blob(id).ok().flatten()
     }
+
+    fn get_many(&self, ids: &[BlobId]) -> Vec<Option<Vec<u8>>> {
+        self.blobs(ids).unwrap_or_else(|_| vec![None; ids.len()])
+    }
 }
 
 /// Spawns a node that also serves blobs from `store` (what [`Runtime::start`] expects).

@@ -232,6 +232,13 @@ impl Store {
         Ok(t.get(&id.0).map_err(dberr)?.map(|v| v.value().to_vec()))
     }
 
+    /// Several blobs' bytes, in the order asked, read in one transaction.
+    pub fn blobs(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        ids.iter().map(|id| Ok(t.get(&id.0).map_err(dberr)?.map(|v| v.value().to_vec()))).collect()
+    }
+
     /// Whether a blob is here.
     pub fn has_blob(&self, id: &BlobId) -> Result<bool, StoreError> {
         let tx = self.db.begin_read().map_err(dberr)?;
