@@ -241,7 +241,7 @@ impl BlobClient {
     /// goes (the next fetch starts a new task).
     async fn drain(&self, peer: EndpointId) {
         loop {
-            let batch = {
+            let (batch, ids) = {
                 let mut queues = lock(&self.queues);
                 let Some(queue) = queues.get_mut(&peer) else { return };
                 // Fetches whose caller gave up are dropped here, unsent.
@@ -252,7 +252,6 @@ impl BlobClient {
                 }
                 take_batch(&mut queue.waiting)
             };
-            let ids: Vec<BlobId> = distinct(batch.iter().map(|w| w.id));
             let max = batch.iter().map(|w| w.max).max().unwrap_or(0);
             let timeout = batch.iter().map(|w| w.timeout).max().unwrap_or_default();
             let results = match tokio::time::timeout(timeout, self.request(peer, &ids, max)).await {
@@ -344,9 +343,9 @@ impl BlobClient {
 }
 
 /// Takes the waiters of the next request out of `waiting`: the first [`MAX_PER_REQUEST`]
-/// distinct blobs asked for, with every waiter for any of them (a blob several callers wait
-/// for is asked once).
-fn take_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
+/// distinct blobs asked for (returned too, in order), with every waiter for any of them (a
+/// blob several callers wait for is asked once).
+fn take_batch(waiting: &mut Vec<Waiter>) -> (Vec<Waiter>, Vec<BlobId>) {
     let mut ids: Vec<BlobId> = Vec::new();
     for w in waiting.iter() {
         if ids.len() == MAX_PER_REQUEST {
@@ -358,18 +357,7 @@ fn take_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
     }
     let (batch, rest) = std::mem::take(waiting).into_iter().partition(|w| ids.contains(&w.id));
     *waiting = rest;
-    batch
-}
-
-/// `ids` without repeats, in first-seen order.
-fn distinct(ids: impl Iterator<Item = BlobId>) -> Vec<BlobId> {
-    let mut out: Vec<BlobId> = Vec::new();
-    for id in ids {
-        if !out.contains(&id) {
-            out.push(id);
-        }
-    }
-    out
+    (batch, ids)
 }
 
 /// One request on `conn`: asks for `ids` (1 ..= [`MAX_PER_REQUEST`]), reads each answer, at
