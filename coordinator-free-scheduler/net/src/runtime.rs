@@ -16,10 +16,11 @@
 //! What must survive a restart goes to the [`Store`] before anyone is told about it: job
 //! announcements, every signed commit seen, result records, verified results and this peer's
 //! own jobs. The writes of one or more loop turns go in one durable transaction (a group
-//! commit; see [`crate::store::Durability`] for what durable means) that runs off the loop while it takes in further events; the messages of those turns
-//! leave only once it is durable, so a peer killed at any point never acknowledged what it
-//! lost. A restarted peer replays the store into a fresh core, so it keeps serving the results
-//! it held and, as a submitter, resumes its jobs.
+//! commit; see [`crate::store::Durability`] for what durable means) that runs off the loop
+//! while it takes in further events; the messages of those turns leave only once it is
+//! durable, so a peer killed at any point never acknowledged what it lost. A restarted peer
+//! replays the store into a fresh core, so it keeps serving the results it held and, as a
+//! submitter, resumes its jobs.
 //!
 //! The core is given adaptive run slots per core ([`Peer::set_run_slots_per_core`]): short
 //! units are kept in flight several per core, so fetching inputs, the group commit and the
