@@ -226,6 +226,9 @@ struct Net {
     /// Steal grants are lost in transit until this time (ms); how many were.
     grants_lost_until: u64,
     grants_lost: usize,
+    /// Extra delay (ms) of broadcast job announcements to a peer: the gossip that carries
+    /// them can be slower than the direct messages about the job's units.
+    announce_delay: std::collections::BTreeMap<usize, u64>,
     /// (peer, unit) pairs whose first attempt already failed (`Exec::FlakyInputs`).
     failed_once: std::collections::BTreeSet<(usize, u32)>,
     runs: u64,
@@ -273,6 +276,7 @@ impl Net {
             crashed: Default::default(),
             grants_lost_until: 0,
             grants_lost: 0,
+            announce_delay: Default::default(),
             runs: 0,
             log: Vec::new(),
         };
@@ -321,7 +325,11 @@ impl Net {
                 Action::Broadcast(msg) => {
                     for j in 0..self.ps.len() {
                         if j != i {
-                            let at = now + self.delay[i][j];
+                            let late = match msg {
+                                Message::Announce(_) => self.announce_delay.get(&j).copied(),
+                                _ => None,
+                            };
+                            let at = now + self.delay[i][j] + late.unwrap_or(0);
                             self.push(at, Ev::Event(j, Event::Message { from, msg: msg.clone() }));
                         }
                     }
@@ -472,6 +480,115 @@ fn stolen_units_never_wait_for_a_lease_to_lapse() {
         assert!(last < 50_000, "seed {seed}: the last unit verified {last} ms after submission");
     }
     assert!(stolen > 0, "no unit was ever stolen: the test does not exercise its case");
+}
+
+/// Issue #6: messages about a job that arrive before its announcement are not lost. The
+/// announcement travels by gossip, claims and releases go straight to the peer, so a worker can
+/// hear of a unit before it knows the job. It used to drop those messages: a victim's release
+/// of a unit it handed to a thief was lost, the worker expected the victim to run the unit and
+/// the victim expected the worker, and the unit waited a minute with every peer idle (the
+/// P4 benchmark, about one run in twelve).
+#[test]
+fn messages_that_arrive_before_their_job_are_kept() {
+    let cfg = shell_config();
+    let deadline_ms = 120_000;
+    let (mut stolen, mut held) = (0, 0);
+    for seed in 0..24u8 {
+        let slow = 300 + 50 * (seed as u64 % 4);
+        let workers = [(1, Exec::Run(5)), (1, Exec::Run(slow)), (1, Exec::Run(slow))];
+        let mut net = Net::new(cfg.clone(), &workers, seed);
+        // One slow worker is far away and hears of the job late: claims and releases of its
+        // units reach it first, and asking for the job takes a round trip.
+        let late = 2 + seed as usize % 2;
+        for i in 0..net.ps.len() {
+            if i != late {
+                net.delay[i][late] = 100 + 10 * (seed as u64 % 7);
+                net.delay[late][i] = 100 + 10 * (seed as u64 % 7);
+            }
+        }
+        net.announce_delay.insert(late, 2_000);
+        net.run_until(3_000);
+        let submit_at = net.now;
+        let units = 64 + 16 * (seed as usize % 3);
+        net.push(
+            submit_at,
+            Ev::Event(0, Event::Submit(Box::new(small_job(units, 2, deadline_ms)))),
+        );
+        net.run_until(submit_at + 2 * deadline_ms);
+        stolen += net.ps.iter().map(|p| p.stats().stolen).sum::<u64>();
+        let verified = net.verified();
+        held += net.ps.iter().map(|p| p.stats().held_early).sum::<u64>();
+        let mut done: Vec<u32> = verified.iter().map(|(_, u)| *u).collect();
+        done.sort_unstable();
+        done.dedup();
+        assert_eq!(done.len(), units, "seed {seed}");
+        // As in `stolen_units_never_wait_for_a_lease_to_lapse`: under a minute even at worst;
+        // a unit that waited out an implicit lease (claim_grace_ms) ends far later.
+        let last = verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
+        assert!(last < 50_000, "seed {seed}: the last unit verified {last} ms after submission");
+    }
+    assert!(stolen > 0, "no unit was ever stolen: the test does not exercise its case");
+    assert!(held > 0, "no message arrived before its job: the test does not exercise its case");
+}
+
+/// Messages held for jobs not known yet are bounded: per job, and in the number of jobs (the
+/// oldest job's are dropped for a new one). Held ones are replayed when the job arrives; the
+/// sender is asked for the job once.
+#[test]
+fn messages_held_for_unknown_jobs_are_bounded_and_replayed() {
+    let (mut ps, _) = peers(2);
+    settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
+    let from = ps[0].id();
+    // Jobs peer 0 knows and peer 1 does not: their announcements, kept back from peer 1.
+    let announce = |p: &mut Peer, units: usize| {
+        let acts: Vec<Action> = p.handle(Event::Submit(Box::new(manifest(units))), 10).collect();
+        acts.into_iter()
+            .find_map(|a| match a {
+                Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+                _ => None,
+            })
+            .expect("a submitted job is announced")
+    };
+    let jobs: Vec<(ova_jobs::JobId, Message)> = (0..10)
+        .map(|k| {
+            let m = announce(&mut ps[0], 4 + k);
+            let Message::Announce(info) = &m else { unreachable!() };
+            (info.job_id, m)
+        })
+        .collect();
+    let claim = |job, index| Message::Claim { unit: UnitRef { job, index }, until: 50_000 };
+    let p = &mut ps[1];
+    let mut asked = 0;
+    let mut send = |p: &mut Peer, msg: Message| {
+        let acts: Vec<Action> = p.handle(Event::Message { from, msg }, 20).collect();
+        asked += acts
+            .iter()
+            .filter(|a| matches!(a, Action::Send { msg: Message::GetJob(_), .. }))
+            .count();
+    };
+    // One job: more messages than it may hold.
+    let per_job = 4096;
+    for i in 0..=per_job {
+        send(p, claim(jobs[0].0, i % 4));
+    }
+    assert_eq!((p.stats().held_early, p.stats().early_dropped), (per_job as u64, 1));
+    // Eight more jobs: the first job's messages make room.
+    for (job, _) in &jobs[1..9] {
+        send(p, claim(*job, 1));
+    }
+    assert_eq!(p.stats().early_dropped, 1 + per_job as u64);
+    assert_eq!(asked, 9, "each unknown job is asked for once");
+    // The first job arrives: nothing of it is held any more, so no claim is replayed.
+    let _ = p.handle(Event::Message { from, msg: jobs[0].1.clone() }, 30).count();
+    for index in 0..4 {
+        let what = p.describe_unit(&UnitRef { job: jobs[0].0, index }).unwrap_or_default();
+        assert!(!what.contains("until: 50000"), "unit {index}: {what}");
+    }
+    // The second arrives: its claim is replayed, and the unit is known as claimed by `from`.
+    let _ = p.handle(Event::Message { from, msg: jobs[1].1.clone() }, 30).count();
+    let unit = UnitRef { job: jobs[1].0, index: 1 };
+    let what = p.describe_unit(&unit).expect("the held claim was replayed");
+    assert!(what.contains("until: 50000"), "{what}");
 }
 
 /// Issue #6: a steal grant lost in transit (the shell dropped it, or the thief never got it)

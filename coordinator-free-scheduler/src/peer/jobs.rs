@@ -12,6 +12,13 @@ use crate::message::{JobInfo, MAX_BATCH, Message};
 use crate::placement::{capacity_by_class, rank, unit_point};
 use crate::types::{ArchClass, PeerId, UnitRef};
 
+/// Most jobs whose early messages are held at once (see [`Peer::hold_early`]).
+pub(super) const MAX_EARLY_JOBS: usize = 8;
+
+/// Most early messages held per job: a burst of claims and commits for the units of one job
+/// while its announcement is on its way.
+pub(super) const MAX_EARLY_MESSAGES: usize = 4096;
+
 impl Peer {
     pub(super) fn on_submit(&mut self, m: Manifest) {
         if m.validate().is_err() {
@@ -92,11 +99,48 @@ impl Peer {
             });
         }
         self.start_scan(slot, if late { ScanProbe::All } else { ScanProbe::None });
+        // What arrived about the job before its announcement, in the order it arrived.
+        if let Some(i) = self.early.iter().position(|(j, _)| *j == info.job_id) {
+            let (_, held) = self.early.remove(i);
+            for (from, msg) in held {
+                self.dispatch(from, msg);
+            }
+        }
     }
 
-    /// A claim arrived for a job we do not know (its announcement is still on its way, or was
-    /// lost): ask the claimant for it, once. Its reply repeats the hand-backs we are dropping
-    /// now, so a unit given up before we knew its job is not stranded.
+    /// Holds a message about a unit of `job`, which we do not know yet, and asks the sender
+    /// for the job. The announcement travels by gossip while claims, releases and commits go
+    /// straight to their watchers, so they can arrive first; dropped, a victim's release of a
+    /// unit it handed to a thief was lost, and this peer and the victim each waited for the
+    /// other to run the unit until an implicit lease lapsed (a minute, every peer idle, in
+    /// the P4 benchmark). Bounded: at most [`MAX_EARLY_JOBS`] jobs (the oldest is dropped for
+    /// a new one) of at most [`MAX_EARLY_MESSAGES`] messages each.
+    pub(super) fn hold_early(&mut self, from: PeerId, job: JobId, msg: Message) {
+        self.ask_if_unknown(from, job);
+        let i = match self.early.iter().position(|(j, _)| *j == job) {
+            Some(i) => i,
+            None => {
+                if self.early.len() >= MAX_EARLY_JOBS {
+                    let (_, dropped) = self.early.remove(0);
+                    self.stats.early_dropped += dropped.len() as u64;
+                }
+                self.early.push((job, Vec::new()));
+                self.early.len() - 1
+            }
+        };
+        let held = &mut self.early[i].1;
+        if held.len() >= MAX_EARLY_MESSAGES {
+            self.stats.early_dropped += 1;
+            return;
+        }
+        held.push((from, msg));
+        self.stats.held_early += 1;
+    }
+
+    /// A message arrived about a job we do not know (its announcement is still on its way, or
+    /// was lost): ask its sender for it, once. The message itself is held meanwhile (see
+    /// [`Peer::hold_early`]); the reply also repeats the sender's hand-backs, in case the
+    /// holding space was full.
     pub(super) fn ask_if_unknown(&mut self, from: PeerId, job: JobId) {
         if self.slot(&job).is_none()
             && !self.requested.contains(&job)
@@ -112,8 +156,8 @@ impl Peer {
         if let Some(s) = self.slot(&job) {
             let info = self.jobs[s as usize].info.clone();
             self.out.push(Action::Send { to: from, msg: Message::Announce(info) });
-            // The asker may have dropped our hand-backs because they arrived before
-            // it knew the job: repeat them, after the announcement.
+            // The asker may have dropped our hand-backs because they arrived before it knew
+            // the job (and its holding space was full): repeat them, after the announcement.
             let mut gave: Vec<u32> = self
                 .units
                 .iter()

@@ -313,6 +313,9 @@ pub struct Peer {
     requested: FxHashSet<JobId>,
     /// Jobs asked for because a claim about them arrived before their announcement.
     asked: FxHashSet<JobId>,
+    /// Messages about units of jobs not announced to us yet, held until the announcement
+    /// arrives (see [`Peer::hold_early`]): oldest job first, bounded.
+    early: Vec<(JobId, Vec<(PeerId, Message)>)>,
     /// Resolved units we did not sign whose tally is still kept, oldest first (at most
     /// `kept_verdicts`; see [`Config::kept_verdicts`]).
     kept: VecDeque<UKey>,
@@ -369,6 +372,7 @@ impl Peer {
             job_order: Vec::new(),
             requested: FxHashSet::default(),
             asked: FxHashSet::default(),
+            early: Vec::new(),
             units: FxHashMap::default(),
             done: FxHashSet::default(),
             kept: VecDeque::new(),
@@ -567,6 +571,23 @@ impl Peer {
                 | Message::Pong
         ) {
             self.heard_from(&from);
+        }
+        self.dispatch(from, msg);
+    }
+
+    /// Hands a message to the submodule that owns it, or holds it if it is about a unit of a
+    /// job we do not know yet.
+    fn dispatch(&mut self, from: PeerId, msg: Message) {
+        let early_job = match &msg {
+            Message::Claim { unit, .. } | Message::Release { unit, .. } => Some(unit.job),
+            Message::Commit(c) => Some(c.body.unit.job),
+            _ => None,
+        };
+        if let Some(job) = early_job
+            && self.slot(&job).is_none()
+        {
+            self.hold_early(from, job, msg);
+            return;
         }
         match msg {
             Message::Advert(ad) => self.on_advert(from, ad),

@@ -15,6 +15,11 @@ pub struct Stats {
     pub bad_unit: u64,
     /// Messages about jobs we do not know.
     pub unknown_job: u64,
+    /// Messages held because they arrived before their job's announcement (replayed when it
+    /// arrives).
+    pub held_early: u64,
+    /// Held messages dropped because the holding space was full.
+    pub early_dropped: u64,
     /// Announcements that did not validate.
     pub bad_announce: u64,
     /// Executors that signed two different results for one unit.
