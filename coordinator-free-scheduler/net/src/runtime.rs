@@ -644,7 +644,7 @@ impl Driver {
                     if std::mem::take(&mut self.blobs_changed) {
                         self.report_store();
                     }
-                    self.log_state();
+                    self.log_state(commit.as_ref().map(|c| c.started.elapsed()));
                 }
             }
             // Take in whatever else is already waiting (bounded), so one group commit covers
@@ -675,17 +675,26 @@ impl Driver {
         }
     }
 
-    /// Every few seconds, at debug level: what the core tracks and does (for diagnosing a
-    /// stuck or slow peer).
-    fn log_state(&mut self) {
+    /// Every few seconds, at debug level under the target `ova_net::state` (so it can be
+    /// turned on alone: `RUST_LOG=warn,ova_net::state=debug`): what the core tracks and does,
+    /// and what it knows of the first few units still pending (for diagnosing a stuck or slow
+    /// peer without the timing changes of a per-message log).
+    fn log_state(&mut self, commit_in_flight: Option<Duration>) {
         if self.last_state_log.elapsed() < STATE_LOG_INTERVAL {
             return;
         }
         self.last_state_log = Instant::now();
+        if !tracing::enabled!(target: "ova_net::state", tracing::Level::DEBUG) {
+            return;
+        }
         let s = self.peer.stats();
+        let pending = self.peer.pending_units(usize::MAX);
         debug!(
+            target: "ova_net::state",
             me = ?self.peer.id(),
+            now = self.now(),
             tracked = self.peer.tracked_units(),
+            pending = pending.len(),
             done = self.peer.done_units(),
             running = self.running.len(),
             started = s.started,
@@ -699,15 +708,18 @@ impl Driver {
             event_ms = self.load.event_time.as_millis() as u64,
             commits = self.load.commits,
             commit_ms = self.load.commit_time.as_millis() as u64,
+            commit_in_flight_ms = commit_in_flight.map(|d| d.as_millis() as u64),
             "core state"
         );
-        // A handful of units left pending is what a stall looks like: say what we know of each.
-        let pending = self.peer.pending_units(PENDING_LOGGED + 1);
-        if pending.len() <= PENDING_LOGGED {
-            for unit in pending {
-                let what = self.peer.describe_unit(&unit).unwrap_or_default();
-                debug!(me = ?self.peer.id(), job = %unit.job.short(), unit = unit.index, "pending: {what}");
-            }
+        for unit in pending.into_iter().take(PENDING_LOGGED) {
+            let what = self.peer.describe_unit(&unit).unwrap_or_default();
+            debug!(
+                target: "ova_net::state",
+                me = ?self.peer.id(),
+                job = %unit.job.short(),
+                unit = unit.index,
+                "pending: {what}"
+            );
         }
     }
 
