@@ -591,6 +591,39 @@ fn messages_held_for_unknown_jobs_are_bounded_and_replayed() {
     assert!(what.contains("until: 50000"), "{what}");
 }
 
+/// A steal grant for a job the thief does not know yet (a thief with no work asks at once; the
+/// victim grants units of a job just announced) is held like other early messages and taken up
+/// when the announcement arrives, instead of being dropped.
+#[test]
+fn steal_grants_for_a_job_not_known_yet_are_kept() {
+    let (mut ps, _) = peers(2);
+    settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
+    let from = ps[0].id();
+    let acts: Vec<Action> = ps[0].handle(Event::Submit(Box::new(manifest(4))), 10).collect();
+    let announce = acts
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("a submitted job is announced");
+    let Message::Announce(info) = &announce else { unreachable!() };
+    let unit = UnitRef { job: info.job_id, index: 2 };
+    let grant = ova_scheduler::message::Grant { unit, watchers: vec![from], leases: Vec::new() };
+    let p = &mut ps[1];
+    let msg = Message::StealGrant(vec![grant]);
+    let acts: Vec<Action> = p.handle(Event::Message { from, msg }, 20).collect();
+    assert!(!acts.iter().any(|a| matches!(a, Action::StartUnit { .. })), "{acts:?}");
+    assert_eq!((p.stats().held_early, p.stats().stolen), (1, 0));
+    // The announcement arrives: the granted unit is taken up as stolen and started.
+    let acts: Vec<Action> = p.handle(Event::Message { from, msg: announce.clone() }, 30).collect();
+    assert_eq!(p.stats().stolen, 1);
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::StartUnit { unit: u, .. } if *u == unit)),
+        "{acts:?}"
+    );
+}
+
 /// Issue #6: a steal grant lost in transit (the shell dropped it, or the thief never got it)
 /// costs a few probe waits, not a lease. The victim used to record the thief's lease for the
 /// unit's whole deadline at once, and nobody ran the unit until it lapsed: the P3 benchmark

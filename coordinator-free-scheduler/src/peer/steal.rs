@@ -286,7 +286,19 @@ impl Peer {
         if !grants.is_empty() {
             self.steal_misses = 0;
         }
-        for Grant { unit, watchers, leases } in grants.into_iter().take(MAX_BATCH) {
+        // Grants of a job whose announcement has not reached us yet (a thief with no work
+        // asks at once, and a victim grants units of a job just announced) are held until it
+        // arrives, like the claims and releases about it (see `hold_early`); dropped, each cost
+        // its unit a lapsed hand-over and a probe.
+        let (grants, mut early): (Vec<Grant>, Vec<Grant>) =
+            grants.into_iter().take(MAX_BATCH).partition(|g| self.slot(&g.unit.job).is_some());
+        while let Some(job) = early.first().map(|g| g.unit.job) {
+            let (this, rest): (Vec<Grant>, Vec<Grant>) =
+                early.into_iter().partition(|g| g.unit.job == job);
+            self.hold_early(from, job, Message::StealGrant(this));
+            early = rest;
+        }
+        for Grant { unit, watchers, leases } in grants {
             let done = self.slot(&unit.job).is_some_and(|s| self.done.contains(&(s, unit.index)));
             let key = if done { None } else { self.resolve(&unit, true) };
             let Some(key) = key else {
