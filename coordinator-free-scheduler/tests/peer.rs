@@ -531,35 +531,21 @@ fn messages_that_arrive_before_their_job_are_kept() {
     assert!(held > 0, "no message arrived before its job: the test does not exercise its case");
 }
 
-/// Messages held for jobs not known yet are bounded: per job, and in the number of jobs (the
-/// oldest job's are dropped for a new one). Held ones are replayed when the job arrives; the
-/// sender is asked for the job once.
+/// Messages held for jobs not known yet are bounded: per job, in jobs (the oldest job's are
+/// dropped for a new one) and in jobs one sender may open. Held ones are replayed when the job
+/// arrives; each unknown job is asked for once. With the jobs table full nothing is held.
 #[test]
 fn messages_held_for_unknown_jobs_are_bounded_and_replayed() {
     let (mut ps, _) = peers(2);
     settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
     let from = ps[0].id();
     // Jobs peer 0 knows and peer 1 does not: their announcements, kept back from peer 1.
-    let announce = |p: &mut Peer, units: usize| {
-        let acts: Vec<Action> = p.handle(Event::Submit(Box::new(manifest(units))), 10).collect();
-        acts.into_iter()
-            .find_map(|a| match a {
-                Action::Broadcast(m @ Message::Announce(_)) => Some(m),
-                _ => None,
-            })
-            .expect("a submitted job is announced")
-    };
-    let jobs: Vec<(ova_jobs::JobId, Message)> = (0..10)
-        .map(|k| {
-            let m = announce(&mut ps[0], 4 + k);
-            let Message::Announce(info) = &m else { unreachable!() };
-            (info.job_id, m)
-        })
-        .collect();
+    let jobs: Vec<(ova_jobs::JobId, Message)> =
+        (0..10).map(|k| announcement(&mut ps[0], 4 + k)).collect();
     let claim = |job, index| Message::Claim { unit: UnitRef { job, index }, until: 50_000 };
     let p = &mut ps[1];
     let mut asked = 0;
-    let mut send = |p: &mut Peer, msg: Message| {
+    let mut send = |p: &mut Peer, from: PeerId, msg: Message| {
         let acts: Vec<Action> = p.handle(Event::Message { from, msg }, 20).collect();
         asked += acts
             .iter()
@@ -569,14 +555,18 @@ fn messages_held_for_unknown_jobs_are_bounded_and_replayed() {
     // One job: more messages than it may hold.
     let per_job = 4096;
     for i in 0..=per_job {
-        send(p, claim(jobs[0].0, i % 4));
+        send(p, from, claim(jobs[0].0, i % 4));
     }
     assert_eq!((p.stats().held_early, p.stats().early_dropped), (per_job as u64, 1));
-    // Eight more jobs: the first job's messages make room.
-    for (job, _) in &jobs[1..9] {
-        send(p, claim(*job, 1));
+    // A second job from the same sender is held; a third is not (it is still asked for).
+    send(p, from, claim(jobs[1].0, 1));
+    send(p, from, claim(jobs[2].0, 1));
+    assert_eq!((p.stats().held_early, p.stats().early_dropped), (per_job as u64 + 1, 2));
+    // Seven more jobs from other senders: the first job's messages make room for the last.
+    for (k, (job, _)) in jobs[2..9].iter().enumerate() {
+        send(p, PeerId([100 + k as u8; 32]), claim(*job, 1));
     }
-    assert_eq!(p.stats().early_dropped, 1 + per_job as u64);
+    assert_eq!(p.stats().early_dropped, 2 + per_job as u64);
     assert_eq!(asked, 9, "each unknown job is asked for once");
     // The first job arrives: nothing of it is held any more, so no claim is replayed.
     let _ = p.handle(Event::Message { from, msg: jobs[0].1.clone() }, 30).count();
@@ -589,6 +579,32 @@ fn messages_held_for_unknown_jobs_are_bounded_and_replayed() {
     let unit = UnitRef { job: jobs[1].0, index: 1 };
     let what = p.describe_unit(&unit).expect("the held claim was replayed");
     assert!(what.contains("until: 50000"), "{what}");
+
+    // A peer whose jobs table is full holds nothing and asks for nothing: the job could not
+    // be taken in anyway.
+    let cfg = Config { max_jobs: 1, ..Config::default() };
+    let keys = Arc::new(SimKeys::default());
+    let mut full =
+        Peer::new(cfg, ArchClass::X86_64, 2, Box::new(SimSigner(PeerId([9; 32]))), keys, 9);
+    let _ = full.handle(Event::Message { from, msg: jobs[0].1.clone() }, 40).count();
+    let acts: Vec<Action> =
+        full.handle(Event::Message { from, msg: claim(jobs[1].0, 1) }, 40).collect();
+    assert_eq!(full.stats().held_early, 0);
+    assert!(!acts.iter().any(|a| matches!(a, Action::Send { msg: Message::GetJob(_), .. })));
+}
+
+/// Submits a job of `units` units on `p`; returns its id and announcement.
+fn announcement(p: &mut Peer, units: usize) -> (ova_jobs::JobId, Message) {
+    let acts: Vec<Action> = p.handle(Event::Submit(Box::new(manifest(units))), 10).collect();
+    let msg = acts
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("a submitted job is announced");
+    let Message::Announce(info) = &msg else { unreachable!() };
+    (info.job_id, msg)
 }
 
 /// A steal grant for a job the thief does not know yet (a thief with no work asks at once; the
@@ -599,16 +615,8 @@ fn steal_grants_for_a_job_not_known_yet_are_kept() {
     let (mut ps, _) = peers(2);
     settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
     let from = ps[0].id();
-    let acts: Vec<Action> = ps[0].handle(Event::Submit(Box::new(manifest(4))), 10).collect();
-    let announce = acts
-        .into_iter()
-        .find_map(|a| match a {
-            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
-            _ => None,
-        })
-        .expect("a submitted job is announced");
-    let Message::Announce(info) = &announce else { unreachable!() };
-    let unit = UnitRef { job: info.job_id, index: 2 };
+    let (job, announce) = announcement(&mut ps[0], 4);
+    let unit = UnitRef { job, index: 2 };
     let grant = ova_scheduler::message::Grant { unit, watchers: vec![from], leases: Vec::new() };
     let p = &mut ps[1];
     let msg = Message::StealGrant(vec![grant]);
@@ -618,10 +626,71 @@ fn steal_grants_for_a_job_not_known_yet_are_kept() {
     // The announcement arrives: the granted unit is taken up as stolen and started.
     let acts: Vec<Action> = p.handle(Event::Message { from, msg: announce.clone() }, 30).collect();
     assert_eq!(p.stats().stolen, 1);
+    assert_eq!(p.run_cause(&unit), Some(ova_scheduler::RunCause::Steal));
     assert!(
         acts.iter().any(|a| matches!(a, Action::StartUnit { unit: u, .. } if *u == unit)),
         "{acts:?}"
     );
+}
+
+/// A claim held for a job not known yet is not replayed once its sender is known to have left:
+/// it would stand as a live lease of a departed peer.
+#[test]
+fn held_claims_of_a_peer_that_left_are_not_replayed() {
+    let (mut ps, _) = peers(2);
+    settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
+    let from = ps[0].id();
+    let (job, announce) = announcement(&mut ps[0], 4);
+    let unit = UnitRef { job, index: 1 };
+    let p = &mut ps[1];
+    let claim = Message::Claim { unit, until: 50_000 };
+    let _ = p.handle(Event::Message { from, msg: claim }, 20).count();
+    assert_eq!(p.stats().held_early, 1);
+    let _ = p.handle(Event::PeerLeft(from), 25).count();
+    let _ = p.handle(Event::Message { from, msg: announce.clone() }, 30).count();
+    let what = p.describe_unit(&unit).unwrap_or_default();
+    assert!(!what.contains("until: 50000"), "{what}");
+}
+
+/// A peer asking for a job hears, after the announcement, of the units the victim handed to a
+/// thief (a release each), not only of its hand-backs: its own copy of a release may have
+/// been dropped before it knew the job, and a lost release stalls a unit for a minute.
+#[test]
+fn asking_for_a_job_brings_the_releases_of_units_handed_to_a_thief() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let (job, announce) = announcement(&mut ps[0], 64);
+    let (submitter, thief) = (ps[0].id(), ps[2].id());
+    let victim = &mut ps[1];
+    let _ = victim.handle(Event::Message { from: submitter, msg: announce }, 20).count();
+    let steal = Message::StealRequest { max: 4, thief, arch: ArchClass::X86_64, hops: 0 };
+    let acts: Vec<Action> = victim.handle(Event::Message { from: thief, msg: steal }, 30).collect();
+    let granted: Vec<UnitRef> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { msg: Message::StealGrant(g), .. } => Some(g.iter().map(|g| g.unit)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!granted.is_empty(), "the victim had queued units to give: {acts:?}");
+    let asker = PeerId([42; 32]);
+    let acts: Vec<Action> =
+        victim.handle(Event::Message { from: asker, msg: Message::GetJob(job) }, 40).collect();
+    let released: Vec<UnitRef> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, msg: Message::Release { unit, .. } } if *to == asker => Some(*unit),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(acts.first(), Some(Action::Send { msg: Message::Announce(_), .. })),
+        "{acts:?}"
+    );
+    let mut granted = granted;
+    granted.sort_by_key(|u| u.index);
+    assert_eq!(released, granted);
 }
 
 /// Issue #6: a steal grant lost in transit (the shell dropped it, or the thief never got it)

@@ -8,16 +8,44 @@ use ova_jobs::{JobId, Manifest, UnitId};
 use super::scan::ScanProbe;
 use super::state::{JobState, Mine, Outcome};
 use super::{Action, FetchPurpose, Peer, TimerKind};
-use crate::message::{JobInfo, MAX_BATCH, Message};
+use crate::commit::{self, CommitError};
+use crate::message::{JobInfo, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
 use crate::placement::{capacity_by_class, rank, unit_point};
-use crate::types::{ArchClass, PeerId, UnitRef};
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 
 /// Most jobs whose early messages are held at once (see [`Peer::hold_early`]).
 pub(super) const MAX_EARLY_JOBS: usize = 8;
 
+/// Most of those jobs whose first held message came from one sender.
+pub(super) const MAX_EARLY_JOBS_PER_SENDER: usize = 2;
+
 /// Most early messages held per job: a burst of claims and commits for the units of one job
 /// while its announcement is on its way.
 pub(super) const MAX_EARLY_MESSAGES: usize = 4096;
+
+/// Most bytes (estimated, see [`held_size`]) of early messages held in all.
+pub(super) const MAX_EARLY_BYTES: usize = 4 << 20;
+
+/// Messages held for one job we do not know yet (see [`Peer::hold_early`]).
+pub(super) struct EarlyJob {
+    job: JobId,
+    /// Who sent the first of them.
+    opened_by: PeerId,
+    /// Their estimated size.
+    bytes: usize,
+    held: Vec<(PeerId, Message)>,
+}
+
+/// A held message's size in memory, roughly (an estimate is enough for a bound).
+fn held_size(msg: &Message) -> usize {
+    match msg {
+        Message::Commit(c) => 256 + c.batch.as_ref().map_or(0, |b| 32 * b.path.len()),
+        Message::StealGrant(grants) => {
+            grants.iter().map(|g| 64 + 32 * g.watchers.len() + 48 * g.leases.len()).sum()
+        }
+        _ => 64,
+    }
+}
 
 impl Peer {
     pub(super) fn on_submit(&mut self, m: Manifest) {
@@ -57,10 +85,12 @@ impl Peer {
         }
         let Some(d) = info.derived().cloned() else {
             self.stats.bad_announce += 1;
+            self.take_early(&info.job_id);
             return;
         };
         if self.jobs.len() >= self.cfg.max_jobs {
             self.stats.table_full += 1;
+            self.take_early(&info.job_id);
             return;
         }
         let late = self.requested.contains(&info.job_id);
@@ -99,41 +129,105 @@ impl Peer {
             });
         }
         self.start_scan(slot, if late { ScanProbe::All } else { ScanProbe::None });
-        // What arrived about the job before its announcement, in the order it arrived.
-        if let Some(i) = self.early.iter().position(|(j, _)| *j == info.job_id) {
-            let (_, held) = self.early.remove(i);
-            for (from, msg) in held {
-                self.dispatch(from, msg);
+        // What arrived about the job before its announcement, in the order it arrived. A
+        // claim that lapsed meanwhile is left out: replayed, it would read as a hand-back
+        // (final), and its holder renews it or commits anyway.
+        for (from, msg) in self.take_early(&info.job_id) {
+            if matches!(msg, Message::Claim { until, .. } if until != 0 && until <= self.now) {
+                continue;
             }
+            self.dispatch(from, msg);
+        }
+    }
+
+    /// Removes and returns what is held for `job` (see [`Peer::hold_early`]).
+    fn take_early(&mut self, job: &JobId) -> Vec<(PeerId, Message)> {
+        match self.early.iter().position(|e| e.job == *job) {
+            Some(i) => {
+                let e = self.early.remove(i);
+                self.early_bytes -= e.bytes;
+                e.held
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Drops held claims, releases and grants from peers that left (replayed, they would
+    /// stand as live leases of a departed holder); their signed commits still count.
+    pub(super) fn forget_early_from(&mut self, gone: &[PeerId]) {
+        for e in &mut self.early {
+            e.held.retain(|(from, msg)| matches!(msg, Message::Commit(_)) || !gone.contains(from));
+            let bytes = e.held.iter().map(|(_, m)| held_size(m)).sum();
+            self.early_bytes -= e.bytes - bytes;
+            e.bytes = bytes;
         }
     }
 
     /// Holds a message about a unit of `job`, which we do not know yet, and asks the sender
-    /// for the job. The announcement travels by gossip while claims, releases and commits go
-    /// straight to their watchers, so they can arrive first; dropped, a victim's release of a
-    /// unit it handed to a thief was lost, and this peer and the victim each waited for the
-    /// other to run the unit until an implicit lease lapsed (a minute, every peer idle, in
-    /// the P4 benchmark). Bounded: at most [`MAX_EARLY_JOBS`] jobs (the oldest is dropped for
-    /// a new one) of at most [`MAX_EARLY_MESSAGES`] messages each.
-    pub(super) fn hold_early(&mut self, from: PeerId, job: JobId, msg: Message) {
+    /// for the job. The announcement travels by gossip while claims, releases, commits and
+    /// steal grants go straight to their peers, so they can arrive first; dropped, a victim's
+    /// release of a unit it handed to a thief was lost, and this peer and the victim each
+    /// waited for the other to run the unit until an implicit lease lapsed (a minute, every
+    /// peer idle, in the P4 benchmark).
+    ///
+    /// Bounded in jobs ([`MAX_EARLY_JOBS`], the oldest dropped for a new one; at most
+    /// [`MAX_EARLY_JOBS_PER_SENDER`] opened by one sender, so one peer naming made-up jobs
+    /// cannot push out the others'), in messages per job ([`MAX_EARLY_MESSAGES`]) and in bytes
+    /// ([`MAX_EARLY_BYTES`]). What could never be used is not held: commits whose signature
+    /// does not check, and anything while our jobs table is full.
+    pub(super) fn hold_early(&mut self, from: PeerId, job: JobId, mut msg: Message) {
+        if self.jobs.len() >= self.cfg.max_jobs {
+            self.stats.table_full += 1;
+            return;
+        }
+        match &mut msg {
+            Message::Commit(c) => match commit::verify(&*self.verifier, c) {
+                Ok(()) => {}
+                Err(CommitError::BadSignature) => {
+                    self.stats.bad_signature += 1;
+                    return;
+                }
+                Err(CommitError::UnknownSigner) => {
+                    self.stats.unknown_signer += 1;
+                    return;
+                }
+            },
+            Message::StealGrant(grants) => {
+                for g in grants.iter_mut() {
+                    g.watchers.truncate(MAX_ANNOUNCE_LIST);
+                    g.leases.truncate(MAX_ANNOUNCE_LIST);
+                }
+            }
+            _ => {}
+        }
         self.ask_if_unknown(from, job);
-        let i = match self.early.iter().position(|(j, _)| *j == job) {
+        let size = held_size(&msg);
+        let i = match self.early.iter().position(|e| e.job == job) {
             Some(i) => i,
             None => {
-                if self.early.len() >= MAX_EARLY_JOBS {
-                    let (_, dropped) = self.early.remove(0);
-                    self.stats.early_dropped += dropped.len() as u64;
+                if self.early.iter().filter(|e| e.opened_by == from).count()
+                    >= MAX_EARLY_JOBS_PER_SENDER
+                {
+                    self.stats.early_dropped += 1;
+                    return;
                 }
-                self.early.push((job, Vec::new()));
+                if self.early.len() >= MAX_EARLY_JOBS {
+                    let e = self.early.remove(0);
+                    self.early_bytes -= e.bytes;
+                    self.stats.early_dropped += e.held.len() as u64;
+                }
+                self.early.push(EarlyJob { job, opened_by: from, bytes: 0, held: Vec::new() });
                 self.early.len() - 1
             }
         };
-        let held = &mut self.early[i].1;
-        if held.len() >= MAX_EARLY_MESSAGES {
+        let e = &mut self.early[i];
+        if e.held.len() >= MAX_EARLY_MESSAGES || self.early_bytes + size > MAX_EARLY_BYTES {
             self.stats.early_dropped += 1;
             return;
         }
-        held.push((from, msg));
+        e.held.push((from, msg));
+        e.bytes += size;
+        self.early_bytes += size;
         self.stats.held_early += 1;
     }
 
@@ -156,20 +250,33 @@ impl Peer {
         if let Some(s) = self.slot(&job) {
             let info = self.jobs[s as usize].info.clone();
             self.out.push(Action::Send { to: from, msg: Message::Announce(info) });
-            // The asker may have dropped our hand-backs because they arrived before it knew
-            // the job (and its holding space was full): repeat them, after the announcement.
-            let mut gave: Vec<u32> = self
+            // The asker may have dropped our hand-backs and our releases of units handed to
+            // a thief because they arrived before it knew the job (and its holding space was
+            // full): repeat them, after the announcement. A lost release is a minute's stall
+            // (see `hold_early`).
+            let me = self.id;
+            let mut told: Vec<(u32, Millis)> = self
                 .units
                 .iter()
-                .filter(|(k, u)| {
-                    k.0 == s && matches!(u.mine, Mine::Gave | Mine::Declined) && u.outcome.is_none()
+                .filter(|(k, u)| k.0 == s && u.outcome.is_none())
+                .filter_map(|(k, u)| match u.mine {
+                    Mine::Gave | Mine::Declined => Some((k.1, 0)),
+                    Mine::None if u.leases.handed(&me) => {
+                        let until = u.leases.all().iter().find(|l| l.holder == me)?.until;
+                        Some((k.1, until.max(1)))
+                    }
+                    _ => None,
                 })
-                .map(|(k, _)| k.1)
                 .collect();
-            gave.sort_unstable();
-            for index in gave {
+            told.sort_unstable();
+            for (index, until) in told {
                 let unit = UnitRef { job, index };
-                self.out.push(Action::Send { to: from, msg: Message::Claim { unit, until: 0 } });
+                let msg = if until == 0 {
+                    Message::Claim { unit, until: 0 }
+                } else {
+                    Message::Release { unit, until }
+                };
+                self.out.push(Action::Send { to: from, msg });
             }
         }
     }

@@ -241,6 +241,7 @@ impl Peer {
         for p in gone {
             self.holders.remove(p);
         }
+        self.forget_early_from(gone);
         let now = self.now;
         let mut hit = Vec::new();
         for (k, u) in self.units.iter_mut() {

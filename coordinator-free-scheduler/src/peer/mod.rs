@@ -315,7 +315,9 @@ pub struct Peer {
     asked: FxHashSet<JobId>,
     /// Messages about units of jobs not announced to us yet, held until the announcement
     /// arrives (see [`Peer::hold_early`]): oldest job first, bounded.
-    early: Vec<(JobId, Vec<(PeerId, Message)>)>,
+    early: Vec<jobs::EarlyJob>,
+    /// Their estimated bytes in all.
+    early_bytes: usize,
     /// Resolved units we did not sign whose tally is still kept, oldest first (at most
     /// `kept_verdicts`; see [`Config::kept_verdicts`]).
     kept: VecDeque<UKey>,
@@ -373,6 +375,7 @@ impl Peer {
             requested: FxHashSet::default(),
             asked: FxHashSet::default(),
             early: Vec::new(),
+            early_bytes: 0,
             units: FxHashMap::default(),
             done: FxHashSet::default(),
             kept: VecDeque::new(),
