@@ -452,7 +452,8 @@ fn small_job(units: usize, quorum: u8, deadline_ms: u64) -> Manifest {
 /// other implicit leases and waited a minute, every peer idle (the P3 benchmark at quorum 2).
 #[test]
 fn stolen_units_never_wait_for_a_lease_to_lapse() {
-    let cfg = shell_config();
+    // Implicit leases of a minute (the old grace) make a mutual wait stand out from the work.
+    let cfg = Config { claim_grace_ms: 60_000, ..shell_config() };
     let deadline_ms = 120_000;
     let mut stolen = 0;
     for seed in 0..24u8 {
@@ -475,7 +476,7 @@ fn stolen_units_never_wait_for_a_lease_to_lapse() {
         assert_eq!(done.len(), units, "seed {seed}");
         // About 2 × 80 runs over ~3.5 runs/s at worst: under a minute, and far under when
         // the fast worker steals. A unit that waited out an implicit lease (claim_grace_ms,
-        // a minute) or a stolen unit's lease (the deadline) would end far later.
+        // a minute here) or a stolen unit's lease (the deadline) would end far later.
         let last = verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
         assert!(last < 50_000, "seed {seed}: the last unit verified {last} ms after submission");
     }
@@ -490,7 +491,8 @@ fn stolen_units_never_wait_for_a_lease_to_lapse() {
 /// P4 benchmark, about one run in twelve).
 #[test]
 fn messages_that_arrive_before_their_job_are_kept() {
-    let cfg = shell_config();
+    // Implicit leases of a minute (the old grace) make a mutual wait stand out from the work.
+    let cfg = Config { claim_grace_ms: 60_000, ..shell_config() };
     let deadline_ms = 120_000;
     let (mut stolen, mut held) = (0, 0);
     for seed in 0..24u8 {
