@@ -52,8 +52,10 @@ pub struct Derived {
     /// Ring points ([`unit_point`]), by index: a quarter of the ids' bytes, for the lookups
     /// placement makes on most messages.
     pub points: Vec<u64>,
-    /// (ring point, index), sorted.
-    pub by_point: Vec<(u64, u32)>,
+    /// (ring point, index, class of the unit for same-arch jobs), sorted. The class rides in
+    /// the entry's padding (16 bytes either way): a region scan walks this array in order and
+    /// reads the class of every unit, and `class_of[index]` was a cache miss per unit.
+    pub by_point: Vec<(u64, u32, ArchClass)>,
     /// Class of each unit for same-arch jobs.
     pub class_of: Vec<ArchClass>,
 }
@@ -103,13 +105,17 @@ impl JobInfo {
                     .map(|u| UnitId::derive(&module, &u.input, &u.args))
                     .collect();
                 let points: Vec<u64> = unit_ids.iter().map(unit_point).collect();
-                let mut by_point: Vec<(u64, u32)> =
-                    points.iter().enumerate().map(|(i, &p)| (p, i as u32)).collect();
-                by_point.sort_unstable();
-                let class_of = points
+                let class_of: Vec<ArchClass> = points
                     .iter()
                     .map(|&p| pick_class(p, &self.class_weights).unwrap_or(ArchClass(0)))
                     .collect();
+                let mut by_point: Vec<(u64, u32, ArchClass)> = points
+                    .iter()
+                    .zip(&class_of)
+                    .enumerate()
+                    .map(|(i, (&p, &c))| (p, i as u32, c))
+                    .collect();
+                by_point.sort_unstable();
                 Some(Arc::new(Derived { unit_ids, points, by_point, class_of }))
             })
             .as_ref()

@@ -14,6 +14,11 @@ const MAX_RESERVE_WAITS: Millis = 32;
 impl Peer {
     /// A claim (a lease until `until`; 0 hands the unit back).
     pub(super) fn on_claim(&mut self, from: PeerId, unit: UnitRef, until: Millis) {
+        // Looked up before the unit, not after: the three lookups (the claimant in the view
+        // and in the holder table, the unit) miss the cache and do not depend on each other,
+        // so the misses overlap.
+        let in_view = self.view.get(&from).is_some();
+        let known_holder = self.holders.contains_key(&from);
         self.ask_if_unknown(from, unit.job);
         let Some(key) = self.resolve(&unit, true) else { return };
         let lease_max = self.reserve_max(key.0);
@@ -38,15 +43,12 @@ impl Peer {
             // watched through its adverts: if it crashed, nothing would end a long
             // reservation. Its lease is kept short; when it lapses we ask it, and a
             // live holder renews it in its reply.
-            let lease_max = if self.view.get(&from).is_some() {
-                lease_max
-            } else {
-                lease_max.min(2 * self.lease_len(key.0))
-            };
+            let lease_max =
+                if in_view { lease_max } else { lease_max.min(2 * self.lease_len(key.0)) };
             let until = until.min(self.now + lease_max);
             let u = self.units.get_mut(&key).expect("resolved");
             u.leases.claim_from_holder(from, until, self.now);
-            self.note_holder(from, until, key);
+            self.note_holder(from, until, key, known_holder);
             self.add_timer(until, TimerKind::Unit(key.0, key.1));
         }
         self.evaluate(key);

@@ -54,6 +54,27 @@ fn waits_on(units: &FxHashMap<UKey, UnitState>, key: &UKey, holder: &PeerId, now
     })
 }
 
+/// The index of the first of a full claim list's units that does not wait on `holder` (see
+/// [`waits_on`]): the same answer as trying them one by one, but each step looks at all of
+/// them at once. The units' entries, lease lists and tallies are cold in the cache, and the
+/// lookups do not depend on each other, so the loads of all the claims are in flight together
+/// instead of one cache miss after another (most claims of a full list still wait, so the
+/// one-by-one search read all of them anyway; this was 6 % of the 10,000-peer bench's CPU).
+fn first_not_waiting(
+    units: &FxHashMap<UKey, UnitState>,
+    claims: &[UKey; HOLDER_CLAIMS],
+    holder: &PeerId,
+    now: Millis,
+) -> Option<usize> {
+    let found: [Option<&UnitState>; HOLDER_CLAIMS] = std::array::from_fn(|i| units.get(&claims[i]));
+    let live: [bool; HOLDER_CLAIMS] = std::array::from_fn(|i| {
+        found[i].is_some_and(|u| u.outcome.is_none() && u.leases.is_live(holder, now))
+    });
+    let waits: [bool; HOLDER_CLAIMS] =
+        std::array::from_fn(|i| live[i] && found[i].is_some_and(|u| !u.tally.has(holder)));
+    waits.iter().position(|w| !w)
+}
+
 impl Peer {
     /// A message came from `from`: if it holds leases we follow, it is alive now. Logged, and
     /// applied to [`Holder::heard`] before anything reads it ([`Peer::apply_heard`]): a
@@ -79,9 +100,11 @@ impl Peer {
         }
     }
 
-    /// `from` claimed the unit `key` until `until` (a live claim we recorded).
-    pub(super) fn note_holder(&mut self, from: PeerId, until: Millis, key: UKey) {
-        if !self.holders.contains_key(&from) && self.holders.len() >= MAX_HOLDERS {
+    /// `from` claimed the unit `key` until `until` (a live claim we recorded); `known` says
+    /// whether `holders` has an entry for it (the caller looked it up early, see
+    /// [`Peer::on_claim`]).
+    pub(super) fn note_holder(&mut self, from: PeerId, until: Millis, key: UKey, known: bool) {
+        if !known && self.holders.len() >= MAX_HOLDERS {
             let Some((&evict, h)) = self.holders.iter().min_by_key(|(p, h)| (h.until, **p)) else {
                 return;
             };
@@ -109,8 +132,7 @@ impl Peer {
             h.n_claims += 1;
             return;
         }
-        let units = &self.units;
-        let drop = h.claims.iter().position(|k| !waits_on(units, k, &from, now)).unwrap_or(0);
+        let drop = first_not_waiting(&self.units, &h.claims, &from, now).unwrap_or(0);
         h.claims.copy_within(drop + 1.., drop);
         h.claims[HOLDER_CLAIMS - 1] = key;
     }

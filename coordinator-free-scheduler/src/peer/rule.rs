@@ -22,7 +22,7 @@ impl Peer {
         let j = &self.jobs[key.0 as usize];
         let rep = j.info.manifest.replication;
         let same_arch = !j.info.strict();
-        if same_arch && j.d.class_of[key.1 as usize] != self.arch {
+        if same_arch && u.class != self.arch {
             return;
         }
         let need = match u.tally.verdict(rep.quorum, rep.max_replicas, same_arch) {

@@ -6,7 +6,7 @@ use super::state::{Mine, UnitState};
 use super::{Action, Peer, RunCause, TimerKind};
 use crate::message::Message;
 use crate::placement::ranks_within;
-use crate::types::UnitRef;
+use crate::types::{ArchClass, UnitRef};
 
 /// Which units of a (re)started scan are probed before they run.
 #[derive(Clone, Copy, Debug)]
@@ -63,8 +63,8 @@ impl Peer {
         match self.view.region(j.info.strict(), self.cfg.window) {
             None => j.scan.push((0, n)),
             Some((a, b)) => {
-                let lo = j.d.by_point.partition_point(|&(p, _)| p <= a);
-                let hi = j.d.by_point.partition_point(|&(p, _)| p <= b);
+                let lo = j.d.by_point.partition_point(|&(p, ..)| p <= a);
+                let hi = j.d.by_point.partition_point(|&(p, ..)| p <= b);
                 if a < b {
                     j.scan.push((lo, hi));
                 } else {
@@ -96,22 +96,22 @@ impl Peer {
                 continue;
             }
             while self.ready.len() < want {
-                let Some((idx, point)) = self.next_scan_index(s) else { break };
-                self.scan_unit(s as u32, idx, point);
+                let Some((idx, point, class)) = self.next_scan_index(s) else { break };
+                self.scan_unit(s as u32, idx, point, class);
             }
         }
     }
 
-    /// Advances job `s`'s scan: the next unit index in our region and its ring point, or
-    /// `None` when done.
-    pub(super) fn next_scan_index(&mut self, s: usize) -> Option<(u32, u64)> {
+    /// Advances job `s`'s scan: the next unit index in our region, its ring point and its
+    /// class (same-arch jobs), or `None` when done.
+    pub(super) fn next_scan_index(&mut self, s: usize) -> Option<(u32, u64, ArchClass)> {
         let j = &mut self.jobs[s];
         loop {
             let r = j.scan.first_mut()?;
             if r.0 < r.1 {
-                let (point, idx) = j.d.by_point[r.0];
+                let (point, idx, class) = j.d.by_point[r.0];
                 r.0 += 1;
-                return Some((idx, point));
+                return Some((idx, point, class));
             }
             j.scan.remove(0);
             if j.scan.is_empty() {
@@ -125,11 +125,11 @@ impl Peer {
 
     /// Queues (or first probes) the unit `idx` at ring `point` of job `slot` if we rank among
     /// its first `quorum` and do not know it yet.
-    pub(super) fn scan_unit(&mut self, slot: u32, idx: u32, point: u64) {
+    pub(super) fn scan_unit(&mut self, slot: u32, idx: u32, point: u64, class: ArchClass) {
         let key = (slot, idx);
         let j = &self.jobs[slot as usize];
         let strict = j.info.strict();
-        if !strict && j.d.class_of[idx as usize] != self.arch {
+        if !strict && class != self.arch {
             return;
         }
         let q = j.info.manifest.replication.quorum as usize;
@@ -151,7 +151,7 @@ impl Peer {
             self.stats.table_full += 1;
             return;
         }
-        let mut u = UnitState::new();
+        let mut u = UnitState::new(class);
         if probe {
             u.mine = Mine::Probing;
             u.cause = RunCause::Probe;

@@ -9,7 +9,7 @@ use super::{Peer, RunCause};
 use crate::lease::Leases;
 use crate::message::{Derived, JobInfo};
 use crate::quorum::Tally;
-use crate::types::{Millis, PeerId, UnitRef};
+use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 
 /// A unit's key in our tables: (job slot, unit index).
 pub(super) type UKey = (u32, u32);
@@ -58,11 +58,16 @@ pub(super) struct UnitState {
     pub(super) tally: Tally,
     pub(super) leases: Leases,
     pub(super) outcome: Option<Outcome>,
+    /// The unit's class (`Derived::class_of`), kept here (in what was padding) because the
+    /// placement rule checks it on every evaluation and the job's table of a million classes
+    /// is cold in the cache.
+    pub(super) class: ArchClass,
 }
 
 impl UnitState {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(class: ArchClass) -> Self {
         Self {
+            class,
             mine: Mine::None,
             cause: RunCause::Rule,
             done_hints: 0,
@@ -129,7 +134,8 @@ impl Peer {
                 self.stats.table_full += 1;
                 return None;
             }
-            self.units.insert(key, UnitState::new());
+            let class = self.jobs[s as usize].d.class_of[unit.index as usize];
+            self.units.insert(key, UnitState::new(class));
         }
         Some(key)
     }

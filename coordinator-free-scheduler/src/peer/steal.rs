@@ -70,7 +70,7 @@ impl Peer {
                 continue;
             }
             while granted.len() < want && budget > 0 {
-                let Some((idx, point)) = self.next_scan_index(s) else { break };
+                let Some((idx, point, class)) = self.next_scan_index(s) else { break };
                 budget -= 1;
                 let key = (s as u32, idx);
                 if self.units.contains_key(&key) || self.done.contains(&key) {
@@ -78,7 +78,7 @@ impl Peer {
                 }
                 let j = &self.jobs[s];
                 let strict = j.info.strict();
-                if !strict && j.d.class_of[idx as usize] != self.arch {
+                if !strict && class != self.arch {
                     continue;
                 }
                 let q = j.info.manifest.replication.quorum as usize;
@@ -90,7 +90,7 @@ impl Peer {
                 if probe || position(&self.scratch, &thief).is_some_and(|p| p < q) {
                     // Not one to hand out unseen (it may have run already, or the thief runs
                     // it anyway): ours as usual.
-                    self.scan_unit(s as u32, idx, point);
+                    self.scan_unit(s as u32, idx, point, class);
                     continue;
                 }
                 if self.units.len() >= self.cfg.max_tracked_units {
@@ -99,7 +99,7 @@ impl Peer {
                 }
                 let lease = self.lease_len(s as u32);
                 let until = self.unconfirmed_grant_until(lease);
-                let mut u = UnitState::new();
+                let mut u = UnitState::new(class);
                 u.leases.claim(thief, until);
                 // We step aside for it (see `evaluate`) as for a unit taken from our queue.
                 let handover = self.now + self.handover_grace().min(lease);

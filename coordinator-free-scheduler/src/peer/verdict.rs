@@ -12,6 +12,9 @@ use crate::types::{PeerId, UnitRef};
 
 impl Peer {
     pub(super) fn on_commit(&mut self, c: SignedCommit) {
+        // The executor's class as our view has it, looked up first: this lookup and the
+        // unit's below miss the cache and do not depend on each other, so they overlap.
+        let member_arch = self.view.get(&c.body.executor).map(|m| m.arch);
         // The very same signed commit again (a re-send, or one relayed in a probe or sync
         // reply): it was verified when it arrived first, so skip the signature check (an
         // ed25519 verification in production).
@@ -44,8 +47,8 @@ impl Peer {
             return;
         }
         if !j.info.strict()
-            && let Some(m) = self.view.get(&c.body.executor)
-            && m.arch != c.body.arch
+            && let Some(arch) = member_arch
+            && arch != c.body.arch
         {
             self.stats.bad_unit += 1;
             return;
