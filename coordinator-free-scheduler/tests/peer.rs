@@ -446,6 +446,22 @@ fn small_job(units: usize, quorum: u8, deadline_ms: u64) -> Manifest {
     m
 }
 
+/// Submits a job of `units` units at quorum 2 once the network has settled (3 s), runs for
+/// two deadlines, checks every unit was verified, and returns when the last one was (ms after
+/// submission).
+fn run_small_job(net: &mut Net, units: usize, deadline_ms: u64, seed: u8) -> u64 {
+    net.run_until(3_000);
+    let submit_at = net.now;
+    net.push(submit_at, Ev::Event(0, Event::Submit(Box::new(small_job(units, 2, deadline_ms)))));
+    net.run_until(submit_at + 2 * deadline_ms);
+    let verified = net.verified();
+    let mut done: Vec<u32> = verified.iter().map(|(_, u)| *u).collect();
+    done.sort_unstable();
+    done.dedup();
+    assert_eq!(done.len(), units, "seed {seed}");
+    verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at
+}
+
 /// Issue #6: units handed to a thief never wait for a lease to lapse, whichever way the thief
 /// got them. A victim granting units from its region scan (never claimed, so it sent no
 /// release) left the unit's other primary believing the victim would run it: the two gave each
@@ -460,24 +476,11 @@ fn stolen_units_never_wait_for_a_lease_to_lapse() {
         let slow = 300 + 50 * (seed as u64 % 4);
         let workers = [(1, Exec::Run(30)), (1, Exec::Run(slow)), (1, Exec::Run(slow))];
         let mut net = Net::new(cfg.clone(), &workers, seed);
-        net.run_until(3_000);
-        let submit_at = net.now;
-        let units = 64 + 16 * (seed as usize % 3);
-        net.push(
-            submit_at,
-            Ev::Event(0, Event::Submit(Box::new(small_job(units, 2, deadline_ms)))),
-        );
-        net.run_until(submit_at + 2 * deadline_ms);
+        let last = run_small_job(&mut net, 64 + 16 * (seed as usize % 3), deadline_ms, seed);
         stolen += net.ps.iter().map(|p| p.stats().stolen).sum::<u64>();
-        let verified = net.verified();
-        let mut done: Vec<u32> = verified.iter().map(|(_, u)| *u).collect();
-        done.sort_unstable();
-        done.dedup();
-        assert_eq!(done.len(), units, "seed {seed}");
         // About 2 × 80 runs over ~3.5 runs/s at worst: under a minute, and far under when
         // the fast worker steals. A unit that waited out an implicit lease (claim_grace_ms,
         // a minute here) or a stolen unit's lease (the deadline) would end far later.
-        let last = verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
         assert!(last < 50_000, "seed {seed}: the last unit verified {last} ms after submission");
     }
     assert!(stolen > 0, "no unit was ever stolen: the test does not exercise its case");
@@ -509,24 +512,11 @@ fn messages_that_arrive_before_their_job_are_kept() {
             }
         }
         net.announce_delay.insert(late, 2_000);
-        net.run_until(3_000);
-        let submit_at = net.now;
-        let units = 64 + 16 * (seed as usize % 3);
-        net.push(
-            submit_at,
-            Ev::Event(0, Event::Submit(Box::new(small_job(units, 2, deadline_ms)))),
-        );
-        net.run_until(submit_at + 2 * deadline_ms);
+        let last = run_small_job(&mut net, 64 + 16 * (seed as usize % 3), deadline_ms, seed);
         stolen += net.ps.iter().map(|p| p.stats().stolen).sum::<u64>();
-        let verified = net.verified();
         held += net.ps.iter().map(|p| p.stats().held_early).sum::<u64>();
-        let mut done: Vec<u32> = verified.iter().map(|(_, u)| *u).collect();
-        done.sort_unstable();
-        done.dedup();
-        assert_eq!(done.len(), units, "seed {seed}");
         // As in `stolen_units_never_wait_for_a_lease_to_lapse`: under a minute even at worst;
         // a unit that waited out an implicit lease (claim_grace_ms) ends far later.
-        let last = verified.iter().map(|(t, _)| *t).max().unwrap_or(0) - submit_at;
         assert!(last < 50_000, "seed {seed}: the last unit verified {last} ms after submission");
     }
     assert!(stolen > 0, "no unit was ever stolen: the test does not exercise its case");

@@ -8,7 +8,6 @@ use ova_jobs::{JobId, Manifest, UnitId};
 use super::scan::ScanProbe;
 use super::state::{JobState, Mine, Outcome};
 use super::{Action, FetchPurpose, Peer, TimerKind};
-use crate::commit::{self, CommitError};
 use crate::message::{JobInfo, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
 use crate::placement::{capacity_by_class, rank, unit_point};
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
@@ -181,17 +180,7 @@ impl Peer {
             return;
         }
         match &mut msg {
-            Message::Commit(c) => match commit::verify(&*self.verifier, c) {
-                Ok(()) => {}
-                Err(CommitError::BadSignature) => {
-                    self.stats.bad_signature += 1;
-                    return;
-                }
-                Err(CommitError::UnknownSigner) => {
-                    self.stats.unknown_signer += 1;
-                    return;
-                }
-            },
+            Message::Commit(c) if !self.signature_checks(c) => return,
             Message::StealGrant(grants) => {
                 for g in grants.iter_mut() {
                     g.watchers.truncate(MAX_ANNOUNCE_LIST);

@@ -11,6 +11,21 @@ use crate::quorum::{Added, Verdict};
 use crate::types::{PeerId, UnitRef};
 
 impl Peer {
+    /// Whether a commit's signature checks out; counts the ones that do not.
+    pub(super) fn signature_checks(&mut self, c: &SignedCommit) -> bool {
+        match commit::verify(&*self.verifier, c) {
+            Ok(()) => true,
+            Err(CommitError::BadSignature) => {
+                self.stats.bad_signature += 1;
+                false
+            }
+            Err(CommitError::UnknownSigner) => {
+                self.stats.unknown_signer += 1;
+                false
+            }
+        }
+    }
+
     pub(super) fn on_commit(&mut self, c: SignedCommit) {
         // The executor's class as our view has it, looked up first: this lookup and the
         // unit's below miss the cache and do not depend on each other, so they overlap.
@@ -29,16 +44,8 @@ impl Peer {
             // same id needs no second look into the job's (large) table of unit ids.
             vetted = u.tally.commits().first().is_some_and(|o| o.body.unit_id == c.body.unit_id);
         }
-        match commit::verify(&*self.verifier, &c) {
-            Ok(()) => {}
-            Err(CommitError::BadSignature) => {
-                self.stats.bad_signature += 1;
-                return;
-            }
-            Err(CommitError::UnknownSigner) => {
-                self.stats.unknown_signer += 1;
-                return;
-            }
+        if !self.signature_checks(&c) {
+            return;
         }
         let Some(key) = self.resolve(&c.body.unit, false) else { return };
         let j = &self.jobs[key.0 as usize];
