@@ -76,6 +76,8 @@ pub struct Metrics {
     pub frames_dropped: Family<KindLabel, Counter>,
     /// Signed commits this peer published.
     pub commits_published: Counter,
+    /// Messages about jobs not announced here yet, held until the announcement arrives.
+    pub messages_held_early: Counter,
     /// Commits received from other peers.
     pub commits_received: Counter,
     /// Commits rejected (bad signature, unknown signer…), by reason.
@@ -131,6 +133,7 @@ impl Metrics {
             received_bytes: Counter::default(),
             frames_dropped: Family::default(),
             commits_published: Counter::default(),
+            messages_held_early: Counter::default(),
             commits_received: Counter::default(),
             commits_rejected: Family::default(),
             results_verified: Counter::default(),
@@ -177,6 +180,11 @@ impl Metrics {
         );
         r.register("frames_dropped", "Frames dropped, by reason", m.frames_dropped.clone());
         r.register("commits_published", "Signed commits published", m.commits_published.clone());
+        r.register(
+            "messages_held_early",
+            "Messages held because they arrived before their job's announcement",
+            m.messages_held_early.clone(),
+        );
         r.register("commits_received", "Commits received", m.commits_received.clone());
         r.register("commits_rejected", "Commits rejected, by reason", m.commits_rejected.clone());
         r.register("results_verified", "Units seen reach quorum", m.results_verified.clone());
@@ -233,13 +241,16 @@ impl Metrics {
             "version",
             "undecodable",
             "trailing",
+            "early_overflow",
         ] {
             let _ = self.frames_dropped.get_or_create(&KindLabel { kind });
         }
         for kind in FAILURE_KINDS {
             let _ = self.units_failed.get_or_create(&KindLabel { kind });
         }
-        let _ = self.commits_rejected.get_or_create(&KindLabel { kind: "invalid" });
+        for kind in ["bad_signature", "unknown_signer", "equivocation"] {
+            let _ = self.commits_rejected.get_or_create(&KindLabel { kind });
+        }
     }
 }
 
@@ -285,6 +296,13 @@ impl ova_net::runtime::Observer for Metrics {
     fn blob_bytes(&self, sent: u64, received: u64) {
         self.sent_bytes.inc_by(sent);
         self.received_bytes.inc_by(received);
+    }
+    fn commits_rejected(&self, reason: &'static str, n: u64) {
+        self.commits_rejected.get_or_create(&KindLabel { kind: reason }).inc_by(n);
+    }
+    fn messages_held_early(&self, held: u64, dropped: u64) {
+        self.messages_held_early.inc_by(held);
+        self.frames_dropped.get_or_create(&KindLabel { kind: "early_overflow" }).inc_by(dropped);
     }
     fn blobs_stored(&self, count: u64, bytes: u64) {
         self.blobs_stored.set(count as i64);
@@ -355,6 +373,16 @@ mod tests {
             assert!(s.starts_with("ova_"), "{s}");
         }
         assert!(text.contains("ova_units_finished_total{kind=\"success\"} 1"), "{text}");
+        // What the runtime reports of the core: rejected commits and early messages.
+        use ova_net::runtime::Observer;
+        m.init_label_values();
+        m.commits_rejected("unknown_signer", 2);
+        m.messages_held_early(3, 1);
+        let text = m.encode();
+        assert!(text.contains("ova_commits_rejected_total{kind=\"unknown_signer\"} 2"), "{text}");
+        assert!(text.contains("ova_commits_rejected_total{kind=\"equivocation\"} 0"), "{text}");
+        assert!(text.contains("ova_messages_held_early_total 3"), "{text}");
+        assert!(text.contains("ova_frames_dropped_total{kind=\"early_overflow\"} 1"), "{text}");
         assert!(text.contains("ova_node_info{node_id=\"abc123\"} 1"));
         assert!(text.contains("ova_sent_bytes_total 0"));
         assert!(text.contains("ova_unit_cpu_seconds_total 0.5"));

@@ -112,6 +112,12 @@ pub trait Observer: Send + Sync + 'static {
     fn blob_bytes(&self, _sent: u64, _received: u64) {}
     /// Number of blobs and their bytes in the store changed.
     fn blobs_stored(&self, _count: u64, _bytes: u64) {}
+    /// `n` commits were rejected by the core since the last report, for `reason`
+    /// (`bad_signature`, `unknown_signer`, `equivocation`).
+    fn commits_rejected(&self, _reason: &'static str, _n: u64) {}
+    /// Messages about jobs not known yet were held (`held`) or dropped because the holding
+    /// space was full (`dropped`) since the last report.
+    fn messages_held_early(&self, _held: u64, _dropped: u64) {}
 }
 
 /// An [`Observer`] that records nothing.
@@ -348,6 +354,7 @@ impl Runtime {
             mine: Default::default(),
             modules: ModuleCache::default(),
             last_state_log: Instant::now(),
+            core_reported: ova_scheduler::Stats::default(),
             pending: Vec::new(),
             blobs_changed: false,
             finished: Vec::new(),
@@ -513,6 +520,8 @@ struct Driver {
     blobs: blobs::BlobClient,
     /// Modules of the jobs running here, read from the store once rather than per unit.
     modules: ModuleCache,
+    /// The core's counters as last handed to the observer ([`Driver::report_core_counts`]).
+    core_reported: ova_scheduler::Stats,
     /// When [`Driver::log_state`] last logged.
     last_state_log: Instant,
     /// Writes waiting for the next group commit ([`Driver::start_commit`]).
@@ -645,6 +654,7 @@ impl Driver {
                         self.report_store();
                     }
                     self.log_state(commit.as_ref().map(|c| c.started.elapsed()));
+                    self.report_core_counts();
                 }
             }
             // Take in whatever else is already waiting (bounded), so one group commit covers
@@ -673,6 +683,28 @@ impl Driver {
         if let Err(e) = self.store.sync() {
             warn!("store: {e}");
         }
+    }
+
+    /// Hands the observer what the core counted since the last report: commits it rejected
+    /// and messages it held for jobs not known yet.
+    fn report_core_counts(&mut self) {
+        let now = self.peer.stats();
+        let was = &self.core_reported;
+        for (reason, n) in [
+            ("bad_signature", now.bad_signature - was.bad_signature),
+            ("unknown_signer", now.unknown_signer - was.unknown_signer),
+            ("equivocation", now.equivocations - was.equivocations),
+        ] {
+            if n > 0 {
+                self.observer.commits_rejected(reason, n);
+            }
+        }
+        let (held, dropped) =
+            (now.held_early - was.held_early, now.early_dropped - was.early_dropped);
+        if held + dropped > 0 {
+            self.observer.messages_held_early(held, dropped);
+        }
+        self.core_reported = now.clone();
     }
 
     /// Every few seconds, at debug level under the target `ova_net::state` (so it can be

@@ -143,3 +143,66 @@ async fn three_workers_verify_a_job() {
     }
     client.shutdown().await;
 }
+
+/// Counts what the runtime reports about commits its core rejected.
+#[derive(Default)]
+struct Rejections(std::sync::Mutex<Vec<(&'static str, u64)>>);
+impl Observer for Rejections {
+    fn commits_rejected(&self, reason: &'static str, n: u64) {
+        self.0.lock().unwrap().push((reason, n));
+    }
+}
+
+/// A forged commit (signed by a key that is not its executor's) reaching a peer is rejected by
+/// its core and reported to the observer (an operator sees it as
+/// `ova_commits_rejected_total{kind="bad_signature"}`), whether or not the peer knows its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_commits_are_rejected_and_reported() {
+    use ova_scheduler::commit::{CommitBody, Ed25519Signer, sign};
+    use ova_scheduler::{ArchClass, Message, PeerId, UnitRef};
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let seen = Arc::new(Rejections::default());
+    let a = {
+        let dir = dirs[0].path();
+        let key = ova_net::identity::load_or_create(dir).unwrap();
+        let store = Arc::new(Store::open(dir.join("store.redb")).unwrap());
+        let mut cfg = NodeConfig::new(key, EndpointConfig::loopback());
+        cfg.local_discovery = false;
+        let node = spawn_node(cfg, store.clone(), Arc::new(NoObserver)).await.unwrap();
+        Runtime::start(node, store, None, seen.clone(), RuntimeConfig::default()).unwrap()
+    };
+    let b = peer(dirs[1].path(), vec![a.node().ticket()], None).await;
+    let b_id = PeerId(*b.node().id().as_bytes());
+    let forger = Ed25519Signer::from_seed([7; 32]);
+    let forged = |index| {
+        let body = CommitBody {
+            unit: UnitRef { job: ova_jobs::JobId([9; 32]), index },
+            unit_id: ova_jobs::UnitId([index as u8; 32]),
+            result: BlobId([1; 32]),
+            executor: b_id,
+            arch: ArchClass::X86_64,
+        };
+        Message::Commit(sign(&forger, body)).encode()
+    };
+    let frames = vec![forged(0), forged(1)];
+    tokio::time::timeout(Duration::from_secs(30), b.node().send_batch(a.node().id(), frames))
+        .await
+        .expect("sent in time")
+        .expect("sent");
+    // The runtime reports the core's counts about once a second: wait for both, bounded.
+    let reported = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let n: u64 = seen.0.lock().unwrap().iter().map(|(_, n)| n).sum();
+            if n >= 2 {
+                return seen.0.lock().unwrap().clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the rejections were reported within 30 s");
+    assert!(reported.iter().all(|(reason, _)| *reason == "bad_signature"), "{reported:?}");
+    assert_eq!(reported.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    b.shutdown().await;
+    a.shutdown().await;
+}
