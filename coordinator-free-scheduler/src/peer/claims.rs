@@ -19,7 +19,7 @@ impl Peer {
         // so the misses overlap.
         let in_view = self.view.get(&from).is_some();
         let known_holder = self.holders.contains_key(&from);
-        self.ask_if_unknown(from, unit.job);
+        // (A claim for a job we do not know never gets here: `dispatch` holds it.)
         let Some(key) = self.resolve(&unit, true) else { return };
         let lease_max = self.reserve_max(key.0);
         let u = self.units.get_mut(&key).expect("resolved");
@@ -56,7 +56,6 @@ impl Peer {
 
     /// A victim released its reservation of a unit it handed to a thief.
     pub(super) fn on_release(&mut self, from: PeerId, unit: UnitRef, until: Millis) {
-        self.ask_if_unknown(from, unit.job);
         let Some(key) = self.resolve(&unit, true) else { return };
         let until = until.min(self.now + self.cfg.claim_grace_ms);
         let u = self.units.get_mut(&key).expect("resolved");
