@@ -997,3 +997,75 @@ fn units_finished_together_are_signed_once_and_verified_everywhere() {
     assert!(batches < bodies.len(), "fewer signatures than commits");
     assert_eq!(ps[0].stats().bad_signature, 0);
 }
+
+/// The result fetches a peer asked its shell for, in order: (unit, blob, sources).
+fn result_fetches(acts: &[Action]) -> Vec<(UnitRef, BlobId, Vec<PeerId>)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::FetchBlob { blob, from, purpose: ova_scheduler::FetchPurpose::Result(u) } => {
+                Some((*u, *blob, from.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Feeds a peer one event and returns the result fetches it asked for.
+fn fetches_after(p: &mut Peer, ev: Event, now: u64) -> Vec<(UnitRef, BlobId, Vec<PeerId>)> {
+    result_fetches(&p.handle(ev, now).collect::<Vec<_>>())
+}
+
+fn fetched(unit: UnitRef, blob: BlobId, ok: bool) -> Event {
+    Event::BlobFetched { blob, purpose: ova_scheduler::FetchPurpose::Result(unit), ok }
+}
+
+/// Issue #6: a submitter's failed result fetch is tried again, with growing pauses, until it
+/// succeeds; a fetch its shell never answers counts as failed; and it gives up in the end. A
+/// submitter that came back to its job (its signers down for a while, or their addresses not
+/// known yet) used to see every unit verified but never get some results.
+#[test]
+fn failed_result_fetches_are_tried_again_until_they_succeed() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let acts = settle(&mut ps, vec![(0, Event::Submit(Box::new(manifest(12))))], 1_000);
+    let mine: Vec<Action> = acts.into_iter().filter(|(i, _)| *i == 0).map(|(_, a)| a).collect();
+    let first = result_fetches(&mine);
+    assert!(first.len() >= 2, "the submitter fetches results it did not sign: {first:?}");
+    let p = &mut ps[0];
+    let (unit, blob, signers) = first[0].clone();
+
+    // Fails: nothing at once, then a retry after 2 s, from the signers and the copy holders.
+    assert!(fetches_after(p, fetched(unit, blob, false), 2_000).is_empty());
+    assert!(fetches_after(p, Event::Timer, 3_999).is_empty());
+    let retry = fetches_after(p, Event::Timer, 4_000);
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    assert_eq!((retry[0].0, retry[0].1), (unit, blob));
+    assert!(signers.iter().all(|s| retry[0].2.contains(s)), "{retry:?}");
+    assert!(!retry[0].2.contains(&p.id()));
+    // Fails again: the pause doubles.
+    assert!(fetches_after(p, fetched(unit, blob, false), 4_100).is_empty());
+    assert!(fetches_after(p, Event::Timer, 8_099).is_empty());
+    assert_eq!(fetches_after(p, Event::Timer, 8_100).len(), 1);
+    // Succeeds: never fetched again.
+    assert!(fetches_after(p, fetched(unit, blob, true), 8_200).is_empty());
+    assert_eq!(p.stats().result_fetch_retries, 2);
+
+    // Another fetch is never answered: after two minutes it counts as failed and is retried.
+    // Its shell keeps failing it: the submitter gives up after 20 attempts (about 16 minutes).
+    for (u, b, _) in &first[2..] {
+        let _ = p.handle(fetched(*u, *b, true), 8_200).count();
+    }
+    let (other, other_blob, _) = first[1].clone();
+    let mut now = 8_200;
+    let mut attempts = 1;
+    while now < 3_600_000 {
+        now += 1_000;
+        for (u, b, _) in fetches_after(p, Event::Timer, now) {
+            assert_eq!((u, b), (other, other_blob));
+            attempts += 1;
+            let _ = p.handle(fetched(u, b, false), now).count();
+        }
+    }
+    assert_eq!(attempts, 20);
+    assert_eq!(p.stats().result_fetches_abandoned, 1);
+}

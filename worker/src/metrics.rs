@@ -78,6 +78,9 @@ pub struct Metrics {
     pub commits_published: Counter,
     /// Messages about jobs not announced here yet, held until the announcement arrives.
     pub messages_held_early: Counter,
+    /// Result fetches that failed and were tried again (`retried`) or given up after the
+    /// last attempt (`abandoned`).
+    pub result_fetches: Family<KindLabel, Counter>,
     /// Commits received from other peers.
     pub commits_received: Counter,
     /// Commits rejected (bad signature, unknown signer…), by reason.
@@ -134,6 +137,7 @@ impl Metrics {
             frames_dropped: Family::default(),
             commits_published: Counter::default(),
             messages_held_early: Counter::default(),
+            result_fetches: Family::default(),
             commits_received: Counter::default(),
             commits_rejected: Family::default(),
             results_verified: Counter::default(),
@@ -184,6 +188,11 @@ impl Metrics {
             "messages_held_early",
             "Messages held because they arrived before their job's announcement",
             m.messages_held_early.clone(),
+        );
+        r.register(
+            "result_fetches",
+            "Failed result fetches tried again or given up",
+            m.result_fetches.clone(),
         );
         r.register("commits_received", "Commits received", m.commits_received.clone());
         r.register("commits_rejected", "Commits rejected, by reason", m.commits_rejected.clone());
@@ -245,6 +254,9 @@ impl Metrics {
         ] {
             let _ = self.frames_dropped.get_or_create(&KindLabel { kind });
         }
+        for kind in ["retried", "abandoned"] {
+            let _ = self.result_fetches.get_or_create(&KindLabel { kind });
+        }
         for kind in FAILURE_KINDS {
             let _ = self.units_failed.get_or_create(&KindLabel { kind });
         }
@@ -303,6 +315,10 @@ impl ova_net::runtime::Observer for Metrics {
     fn messages_held_early(&self, held: u64, dropped: u64) {
         self.messages_held_early.inc_by(held);
         self.frames_dropped.get_or_create(&KindLabel { kind: "early_overflow" }).inc_by(dropped);
+    }
+    fn result_fetches(&self, retried: u64, abandoned: u64) {
+        self.result_fetches.get_or_create(&KindLabel { kind: "retried" }).inc_by(retried);
+        self.result_fetches.get_or_create(&KindLabel { kind: "abandoned" }).inc_by(abandoned);
     }
     fn blobs_stored(&self, count: u64, bytes: u64) {
         self.blobs_stored.set(count as i64);
@@ -378,7 +394,10 @@ mod tests {
         m.init_label_values();
         m.commits_rejected("unknown_signer", 2);
         m.messages_held_early(3, 1);
+        m.result_fetches(4, 0);
         let text = m.encode();
+        assert!(text.contains("ova_result_fetches_total{kind=\"retried\"} 4"), "{text}");
+        assert!(text.contains("ova_result_fetches_total{kind=\"abandoned\"} 0"), "{text}");
         assert!(text.contains("ova_commits_rejected_total{kind=\"unknown_signer\"} 2"), "{text}");
         assert!(text.contains("ova_commits_rejected_total{kind=\"equivocation\"} 0"), "{text}");
         assert!(text.contains("ova_messages_held_early_total 3"), "{text}");

@@ -118,6 +118,9 @@ pub trait Observer: Send + Sync + 'static {
     /// Messages about jobs not known yet were held (`held`) or dropped because the holding
     /// space was full (`dropped`) since the last report.
     fn messages_held_early(&self, _held: u64, _dropped: u64) {}
+    /// Result fetches that failed were tried again (`retried`), or given up after their last
+    /// attempt (`abandoned`), since the last report.
+    fn result_fetches(&self, _retried: u64, _abandoned: u64) {}
 }
 
 /// An [`Observer`] that records nothing.
@@ -685,8 +688,8 @@ impl Driver {
         }
     }
 
-    /// Hands the observer what the core counted since the last report: commits it rejected
-    /// and messages it held for jobs not known yet.
+    /// Hands the observer what the core counted since the last report: commits it rejected,
+    /// messages it held for jobs not known yet, and result fetches it retried or gave up.
     fn report_core_counts(&mut self) {
         let now = self.peer.stats();
         let was = &self.core_reported;
@@ -703,6 +706,13 @@ impl Driver {
             (now.held_early - was.held_early, now.early_dropped - was.early_dropped);
         if held + dropped > 0 {
             self.observer.messages_held_early(held, dropped);
+        }
+        let (retried, abandoned) = (
+            now.result_fetch_retries - was.result_fetch_retries,
+            now.result_fetches_abandoned - was.result_fetches_abandoned,
+        );
+        if retried + abandoned > 0 {
+            self.observer.result_fetches(retried, abandoned);
         }
         self.core_reported = now.clone();
     }

@@ -36,6 +36,16 @@ async fn peer(
     boot: Vec<NodeTicket>,
     runner: Option<Arc<dyn UnitRunner>>,
 ) -> Runtime {
+    observed_peer(dir, boot, runner, Arc::new(NoObserver)).await
+}
+
+/// [`peer`] reporting to `observer`.
+async fn observed_peer(
+    dir: &std::path::Path,
+    boot: Vec<NodeTicket>,
+    runner: Option<Arc<dyn UnitRunner>>,
+    observer: Arc<dyn Observer>,
+) -> Runtime {
     let key = ova_net::identity::load_or_create(dir).unwrap();
     let store = Arc::new(Store::open(dir.join("store.redb")).unwrap());
     let mut cfg = NodeConfig::new(key, EndpointConfig::loopback());
@@ -43,14 +53,8 @@ async fn peer(
     cfg.local_discovery = false;
     cfg.advert_interval = Duration::from_millis(500);
     let node = spawn_node(cfg, store.clone(), Arc::new(NoObserver)).await.unwrap();
-    Runtime::start(
-        node,
-        store,
-        runner,
-        Arc::new(NoObserver),
-        RuntimeConfig { cores: 2, ..Default::default() },
-    )
-    .unwrap()
+    Runtime::start(node, store, runner, observer, RuntimeConfig { cores: 2, ..Default::default() })
+        .unwrap()
 }
 
 fn job(n: usize, quorum: u8) -> Bundle {
@@ -205,4 +209,111 @@ async fn forged_commits_are_rejected_and_reported() {
     assert_eq!(reported.iter().map(|(_, n)| n).sum::<u64>(), 2);
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// Hashes like [`Hasher`], but only once the gate opens.
+struct Gated(tokio::sync::watch::Receiver<bool>);
+impl UnitRunner for Gated {
+    fn run(&self, req: RunRequest) -> BoxFuture<RunOutput> {
+        let mut gate = self.0.clone();
+        Box::pin(async move {
+            gate.wait_for(|open| *open).await.ok();
+            Hasher { lie: false }.run(req).await
+        })
+    }
+}
+
+/// Waits (bounded) until `cond` holds, re-checking every 100 ms.
+async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within {secs} s"));
+}
+
+/// Counts the result fetches the runtime reports as tried again.
+#[derive(Default)]
+struct Retries(std::sync::atomic::AtomicU64);
+impl Observer for Retries {
+    fn result_fetches(&self, retried: u64, _abandoned: u64) {
+        self.0.fetch_add(retried, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How many of `job`'s units `store` holds as verified, and how many of their results.
+fn verified_and_held(store: &Store, job: &Bundle) -> (usize, usize) {
+    let results: Vec<Option<BlobId>> =
+        job.manifest().unit_ids().iter().map(|u| store.verified(u).unwrap()).collect();
+    let held = results.iter().flatten().filter(|r| store.blob(r).unwrap().is_some()).count();
+    (results.iter().flatten().count(), held)
+}
+
+/// Issue #6: a submitter that comes back to its job while the signers of some results are
+/// down gets those results once a signer returns. It learns the verdicts from a peer that kept
+/// the signed commits but not the results (no copies besides the signers'); its first fetches
+/// fail, and it used to never try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_submitter_gets_results_whose_signers_come_back_later() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let runner = || Some(Arc::new(Gated(gate.clone())) as Arc<dyn UnitRunner>);
+    let keeper = peer(dirs[0].path(), vec![], runner()).await;
+    let boot = vec![keeper.node().ticket()];
+    let mut ws = vec![
+        peer(dirs[1].path(), boot.clone(), runner()).await,
+        peer(dirs[2].path(), boot.clone(), runner()).await,
+    ];
+    let client = peer(dirs[3].path(), boot.clone(), None).await;
+    until(30, "membership", || client.node().peers().len() >= 3).await;
+    let mut b = job(30, 2);
+    let (mut m, blobs) = b.into_parts();
+    m.replication.result_copies = 0;
+    b = Bundle::new(m, blobs.into_values()).unwrap();
+    let id = client.submit(b.clone()).await.unwrap();
+    // Leave once a worker holds the bundle, before any unit has run (the gate is shut).
+    let blob_ids = b.manifest().blob_ids();
+    until(30, "a replicated bundle", || {
+        ws.iter()
+            .chain([&keeper])
+            .any(|w| blob_ids.iter().all(|id| w.store().has_blob(id).unwrap()))
+    })
+    .await;
+    client.shutdown().await;
+    drop(client);
+    open.send(true).unwrap();
+    // The job completes without the submitter; then two of the three workers stop.
+    until(60, "every unit verified at the keeper", || {
+        verified_and_held(keeper.store(), &b).0 == 30
+    })
+    .await;
+    for w in ws.drain(..) {
+        w.shutdown().await;
+    }
+
+    // The submitter returns: the keeper tells it every verdict, but the results signed only by
+    // the two stopped workers cannot be fetched yet: their fetches fail and are tried again.
+    let retries = Arc::new(Retries::default());
+    let client = observed_peer(dirs[3].path(), boot.clone(), None, retries.clone()).await;
+    until(60, "every unit verified at the submitter", || {
+        verified_and_held(client.store(), &b).0 == 30
+    })
+    .await;
+    until(60, "a failed result fetch tried again", || {
+        retries.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+    })
+    .await;
+    let (_, held) = verified_and_held(client.store(), &b);
+    assert!(held < 30, "some results were signed only by the stopped workers");
+
+    // One of them comes back: the submitter's retries bring every result.
+    let back = peer(dirs[1].path(), boot.clone(), runner()).await;
+    until(60, "every result held", || verified_and_held(client.store(), &b).1 == 30).await;
+    let rep = verify_job(client.store(), &id).unwrap();
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    for p in [back, keeper, client] {
+        p.shutdown().await;
+    }
 }

@@ -70,6 +70,10 @@ pub struct Config {
     /// (from an advert), so its ring view fills first and it does not rank units against a
     /// near-empty view (which makes it run units others already hold).
     pub warmup_ms: Millis,
+    /// Most result fetches followed at once, in flight or waiting to be tried again after a
+    /// failure. When full, a fetch still goes out but is not retried if it fails; counted in
+    /// [`Stats::table_full`](super::Stats::table_full).
+    pub max_result_fetches: usize,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             max_dissent_records: 1 << 16,
             bundle_copies: 3,
             warmup_ms: 5_000,
+            max_result_fetches: 1 << 16,
         }
     }
 }

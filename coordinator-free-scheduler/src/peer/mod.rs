@@ -108,6 +108,7 @@ mod config;
 mod executor;
 mod jobs;
 mod liveness;
+mod refetch;
 mod rule;
 mod scan;
 mod state;
@@ -335,6 +336,11 @@ pub struct Peer {
     /// Silent peers we pinged and have not heard from since (at most one entry per peer, and
     /// only view members and followed holders: bounded by those tables).
     pinged: Vec<Pinged>,
+    /// Result fetches followed until they succeed (see [`refetch`]; at most
+    /// `max_result_fetches`).
+    result_fetches: FxHashMap<UnitRef, refetch::ResultFetch>,
+    /// The same, by due time: an answer expected, or the next attempt.
+    result_due: BTreeSet<(Millis, UnitRef)>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -398,6 +404,8 @@ impl Peer {
             ranked: None,
             census: Vec::new(),
             pinged: Vec::new(),
+            result_fetches: FxHashMap::default(),
+            result_due: BTreeSet::new(),
             holders: FxHashMap::default(),
             heard_log: Vec::new(),
             holders_until: Millis::MAX,
@@ -536,11 +544,13 @@ impl Peer {
                 }
                 self.sign_finished();
             }
-            Event::BlobFetched { purpose, ok, .. } => {
-                if let (FetchPurpose::Bundle(job), true) = (purpose, ok) {
+            Event::BlobFetched { blob, purpose, ok } => match purpose {
+                FetchPurpose::Bundle(job) if ok => {
                     self.out.push(Action::Broadcast(Message::HaveBundle(job)));
                 }
-            }
+                FetchPurpose::Bundle(_) => {}
+                FetchPurpose::Result(unit) => self.on_result_fetched(unit, blob, ok),
+            },
             Event::Timer => self.on_timer(),
             Event::PeerLeft(p) => {
                 let before = self.regions();

@@ -73,6 +73,10 @@ pub struct Stats {
     /// Peers (view members, or holders of leases we watch) taken as gone because they sent
     /// nothing, not even an answer to either of two pings.
     pub silent_dropped: u64,
+    /// Result fetches tried again after failing (see `refetch`).
+    pub result_fetch_retries: u64,
+    /// Result fetches given up after their last attempt failed.
+    pub result_fetches_abandoned: u64,
 }
 
 /// Why a unit was queued here (for the waste breakdown in the simulator's report).

@@ -19,6 +19,8 @@ pub(super) enum TimerKind {
     Scan,
     /// A ping's answer is due (see [`Peer::check_pinged`]).
     Pinged,
+    /// A result fetch's answer or next attempt is due (see [`super::refetch`]).
+    Refetch,
 }
 
 /// Granularity of lease-check timers.
@@ -86,6 +88,7 @@ impl Peer {
                 TimerKind::Unit(s, i) => self.evaluate((s, i)),
                 TimerKind::Scan => {}
                 TimerKind::Pinged => self.check_pinged(),
+                TimerKind::Refetch => self.retry_result_fetches(),
                 TimerKind::Probe(s, i) => {
                     if let Some(u) = self.units.get_mut(&(s, i))
                         && u.mine == Mine::Probing

@@ -3,7 +3,7 @@
 //! late executor the verdict.
 
 use super::state::{Mine, Outcome, UKey};
-use super::{Action, FetchPurpose, Peer};
+use super::{Action, Peer};
 use crate::commit::{self, CommitError, SignedCommit};
 use crate::lease::Leases;
 use crate::message::{MAX_BATCH, Message};
@@ -146,11 +146,7 @@ impl Peer {
                     j.verified += 1;
                 }
                 if keep {
-                    self.out.push(Action::FetchBlob {
-                        blob: result,
-                        from: signers.clone(),
-                        purpose: FetchPurpose::Result(unit),
-                    });
+                    self.fetch_result(unit, result, signers.clone());
                 }
                 self.out.push(Action::UnitVerified { unit, result, signers });
                 self.retire(key);

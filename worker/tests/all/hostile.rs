@@ -48,18 +48,69 @@ fn invalid(needle: &'static str) -> impl Fn(&UnitResult) + Send + Sync {
 
 /// A module whose compilation takes seconds: many large functions.
 fn slow_to_compile() -> Arc<ModuleSource> {
-    let mut body = String::from("(local i32)");
-    for i in 0..20_000 {
-        body.push_str(&format!(
-            " (local.set 0 (i32.add (local.get 0) (i32.mul (local.get 0) (i32.const {i}))))"
-        ));
+    // A 60 KB module that Cranelift needs about half a minute for here (11.6 s measured with
+    // 40 loops; 64 is (64/40)² of that), twenty times the test's compile timeout (the test
+    // waits only for the timeout). LOOPS nested loops; the
+    // innermost one adds 1 to each of LOCALS locals (read before written) and may branch back
+    // to any of the loops; afterwards the locals are summed. Every loop header then needs a
+    // parameter per local, and the compile time grows with the square of both counts
+    // (measured: doubling either quadruples it), so a faster machine cannot finish in time. A
+    // module of many ordinary functions (compile time linear in its size) took under a second
+    // on an idle machine and let the test pass or fail by the machine's speed.
+    const LOOPS: u32 = 64;
+    const LOCALS: u32 = 4_000;
+    fn leb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
     }
-    let mut m = String::from("(module (memory 1)");
-    for i in 0..24 {
-        m.push_str(&format!(" (func $f{i} {body})"));
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend_from_slice(body);
     }
-    m.push_str(" (func (export \"_start\")))");
-    wat(&m)
+    let mut body = vec![1];
+    leb(LOCALS, &mut body);
+    body.push(0x7e); // LOCALS locals of type i64
+    for _ in 0..LOOPS {
+        body.extend_from_slice(&[0x03, 0x40]); // loop (no results)
+    }
+    for x in 0..LOCALS {
+        body.push(0x20); // local.get x
+        leb(x, &mut body);
+        body.extend_from_slice(&[0x42, 1, 0x7c, 0x21]); // i64.const 1, i64.add, local.set x
+        leb(x, &mut body);
+    }
+    for depth in 0..LOOPS {
+        body.extend_from_slice(&[0x41, 0, 0x0d]); // i32.const 0, br_if depth (never taken)
+        leb(depth, &mut body);
+    }
+    body.extend(std::iter::repeat_n(0x0b, LOOPS as usize)); // end of each loop
+    body.extend_from_slice(&[0x42, 0]); // i64.const 0
+    for x in 0..LOCALS {
+        body.push(0x20); // local.get x, i64.add
+        leb(x, &mut body);
+        body.push(0x7c);
+    }
+    body.extend_from_slice(&[0x1a, 0x0b]); // drop, end
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut m); // one type: () -> ()
+    section(3, &[1, 0], &mut m); // one function of that type
+    let mut exports = vec![1, 6];
+    exports.extend_from_slice(b"_start");
+    exports.extend_from_slice(&[0, 0]); // function 0
+    section(7, &exports, &mut m);
+    let mut code = vec![1];
+    leb(body.len() as u32, &mut code);
+    code.extend_from_slice(&body);
+    section(10, &code, &mut m);
+    ModuleSource::new(m)
 }
 
 /// Errno-returning WASI calls end the unit with `proc_exit(errno)`.

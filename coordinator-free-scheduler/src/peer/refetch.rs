@@ -1,0 +1,173 @@
+//! Result fetches, followed until the bytes arrive: a failed one is tried again later.
+//!
+//! A verified result is fetched by the submitter and by the peers ranked to keep copies of it
+//! ([`FetchPurpose::Result`]). A fetch can fail for reasons that pass: the signers are down for
+//! a while, or a peer that has just restarted does not know their addresses yet. Before, a
+//! failed fetch was never tried again, so a submitter that came back to its job could see
+//! every unit verified yet never hold some results (until it restarted once more).
+//!
+//! Each result fetch is now an entry with a due time: while in flight, the time by which the
+//! shell must have answered ([`FETCH_ANSWER_MS`]: a peer that goes offline drops its fetches'
+//! answers); after a failure, the time of the next attempt, with a doubling pause. A retry asks
+//! the signers again and also the peers ranked to hold copies now (our view may have grown).
+//! The submitter tries [`OWN_ATTEMPTS`] times (about a quarter of an hour), a copy holder
+//! [`HOLDER_ATTEMPTS`] times; then the entry is dropped and counted in
+//! [`Stats::result_fetches_abandoned`](super::Stats::result_fetches_abandoned). A submitter that
+//! restarts verifies its units again from its stored commits and fetches what it still lacks.
+//!
+//! Bounded by [`Config::max_result_fetches`](super::Config::max_result_fetches): when full, a
+//! fetch still goes out but is not followed (counted in
+//! [`Stats::table_full`](super::Stats::table_full)).
+
+use ova_jobs::BlobId;
+
+use super::timers::TimerKind;
+use super::{Action, FetchPurpose, Peer};
+use crate::types::{Millis, PeerId, UnitRef};
+
+/// How long the shell has to report a fetch before it counts as failed.
+pub(super) const FETCH_ANSWER_MS: Millis = 120_000;
+/// Pause before the first retry; it doubles with each failure, up to [`MAX_PAUSE_MS`].
+const FIRST_PAUSE_MS: Millis = 2_000;
+/// Longest pause between two attempts.
+const MAX_PAUSE_MS: Millis = 60_000;
+/// Attempts at a result of one of our own jobs before giving up (2 + 4 + … + 60 s: about
+/// 16 minutes of trying).
+pub(super) const OWN_ATTEMPTS: u8 = 20;
+/// Attempts at a result we were only ranked to keep a copy of.
+pub(super) const HOLDER_ATTEMPTS: u8 = 4;
+/// Most retries started by one wake-up (the rest follow a second later), so a returning
+/// submitter with thousands of missing results does not ask for them all in one burst.
+const RETRIES_PER_WAKE: usize = 256;
+
+/// A result fetch in flight or waiting for its next attempt.
+#[derive(Debug)]
+pub(super) struct ResultFetch {
+    blob: BlobId,
+    signers: Vec<PeerId>,
+    /// Attempts made so far (the one in flight included).
+    attempts: u8,
+    /// Whether the unit is of our own job (more attempts).
+    own: bool,
+    /// The entry's key in [`Peer::result_due`].
+    due: Millis,
+    /// Whether an attempt is in flight (else `due` is the next attempt's time).
+    in_flight: bool,
+}
+
+impl Peer {
+    /// Asks the shell for a verified result's bytes from its signers, and follows the fetch.
+    pub(super) fn fetch_result(&mut self, unit: UnitRef, blob: BlobId, signers: Vec<PeerId>) {
+        let own = self.slot(&unit.job).is_some_and(|s| self.jobs[s as usize].mine);
+        if let Some(old) = self.result_fetches.remove(&unit) {
+            self.result_due.remove(&(old.due, unit));
+        }
+        if self.result_fetches.len() < self.cfg.max_result_fetches {
+            let due = self.now + FETCH_ANSWER_MS;
+            let entry = ResultFetch {
+                blob,
+                signers: signers.clone(),
+                attempts: 1,
+                own,
+                due,
+                in_flight: true,
+            };
+            self.result_fetches.insert(unit, entry);
+            self.result_due.insert((due, unit));
+            self.add_timer(due, TimerKind::Refetch);
+        } else {
+            self.stats.table_full += 1;
+        }
+        self.out.push(Action::FetchBlob {
+            blob,
+            from: signers,
+            purpose: FetchPurpose::Result(unit),
+        });
+    }
+
+    /// The shell reported a result fetch: done, or to be tried again later.
+    pub(super) fn on_result_fetched(&mut self, unit: UnitRef, blob: BlobId, ok: bool) {
+        let Some(f) = self.result_fetches.get(&unit) else { return };
+        if f.blob != blob || !f.in_flight {
+            return;
+        }
+        if ok {
+            let f = self.result_fetches.remove(&unit).expect("present");
+            self.result_due.remove(&(f.due, unit));
+            return;
+        }
+        self.fetch_failed(unit);
+    }
+
+    /// An attempt failed (reported so, or not reported in time): schedule the next one, or
+    /// give up.
+    fn fetch_failed(&mut self, unit: UnitRef) {
+        let Some(f) = self.result_fetches.get_mut(&unit) else { return };
+        self.result_due.remove(&(f.due, unit));
+        let limit = if f.own { OWN_ATTEMPTS } else { HOLDER_ATTEMPTS };
+        if f.attempts >= limit {
+            self.result_fetches.remove(&unit);
+            self.stats.result_fetches_abandoned += 1;
+            return;
+        }
+        let pause = (FIRST_PAUSE_MS << (f.attempts - 1).min(16)).min(MAX_PAUSE_MS);
+        f.due = self.now + pause;
+        f.in_flight = false;
+        let due = f.due;
+        self.result_due.insert((due, unit));
+        self.add_timer(due, TimerKind::Refetch);
+    }
+
+    /// The refetch timer fired: fetches not answered in time count as failed, and due
+    /// retries go out (at most [`RETRIES_PER_WAKE`]).
+    pub(super) fn retry_result_fetches(&mut self) {
+        let mut started = 0;
+        while let Some(&(due, unit)) = self.result_due.first() {
+            if due > self.now {
+                break;
+            }
+            if started == RETRIES_PER_WAKE {
+                self.add_timer(self.now + 1_000, TimerKind::Refetch);
+                return;
+            }
+            let in_flight = self.result_fetches.get(&unit).is_some_and(|f| f.in_flight);
+            if in_flight {
+                // Not answered in time: count it failed (this moves or drops its entry).
+                self.fetch_failed(unit);
+                continue;
+            }
+            self.result_due.pop_first();
+            let Some(slot) = self.slot(&unit.job) else {
+                self.result_fetches.remove(&unit);
+                continue;
+            };
+            let Some(f) = self.result_fetches.get(&unit) else { continue };
+            let (blob, signers) = (f.blob, f.signers.clone());
+            let from = self.result_sources((slot, unit.index), &signers);
+            let f = self.result_fetches.get_mut(&unit).expect("present");
+            f.attempts += 1;
+            f.in_flight = true;
+            f.due = self.now + FETCH_ANSWER_MS;
+            let due = f.due;
+            self.result_due.insert((due, unit));
+            self.add_timer(due, TimerKind::Refetch);
+            self.stats.result_fetch_retries += 1;
+            self.out.push(Action::FetchBlob { blob, from, purpose: FetchPurpose::Result(unit) });
+            started += 1;
+        }
+    }
+
+    /// Where a retry looks for a result: its signers, then the peers ranked (in our view as it
+    /// is now) to hold copies of it, ourselves left out.
+    fn result_sources(&mut self, key: (u32, u32), signers: &[PeerId]) -> Vec<PeerId> {
+        let j = &self.jobs[key.0 as usize];
+        let r = j.info.manifest.replication.result_copies as usize;
+        let point = j.d.points[key.1 as usize];
+        let strict = j.info.strict();
+        self.rank_unit(point, strict);
+        let mut from = signers.to_vec();
+        from.extend(self.scratch.iter().map(|(_, p)| *p).filter(|p| !signers.contains(p)).take(r));
+        from.retain(|p| *p != self.id);
+        from
+    }
+}
