@@ -204,6 +204,11 @@ pub enum Message {
     SyncRequest(JobId),
     /// Verified commits for the requester's job, from a peer that tallied them (direct).
     SyncReply(Vec<SignedCommit>),
+    /// A small result's bytes, from its executor to the job's submitter, just before the
+    /// commit that names their hash (direct): the submitter then needs no fetch. For the
+    /// shells: the core ignores it, and a shell keeps the bytes only once a signed commit for
+    /// one of its own jobs names them.
+    ResultBytes(Vec<u8>),
 }
 
 impl Message {
@@ -240,6 +245,7 @@ impl Message {
             Message::Pong => "pong",
             Message::SyncRequest(_) => "sync_request",
             Message::SyncReply(_) => "sync_reply",
+            Message::ResultBytes(_) => "result_bytes",
         }
     }
 }

@@ -251,6 +251,7 @@ impl Metrics {
             "undecodable",
             "trailing",
             "early_overflow",
+            "unwanted_result",
         ] {
             let _ = self.frames_dropped.get_or_create(&KindLabel { kind });
         }

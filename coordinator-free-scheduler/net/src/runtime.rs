@@ -366,6 +366,7 @@ impl Runtime {
             outbox_commits: 0,
             run_slots,
             unit_latency: None,
+            inline_results: InlineResults::default(),
             blobs: blobs::BlobClient::new(
                 node.endpoint().clone(),
                 &node.config().alpn(blobs::BLOB_ALPN),
@@ -543,6 +544,9 @@ struct Driver {
     outbox_commits: u64,
     /// Units in flight per core (see [`Driver::tune_run_slots`]).
     run_slots: u32,
+    /// Result bytes that arrived with their commits (see [`Message::ResultBytes`]), until
+    /// the core asks for them.
+    inline_results: InlineResults,
     /// Average seconds a unit took to run (see [`Driver::tune_run_slots`]) since `run_slots`
     /// last changed.
     unit_latency: Option<f64>,
@@ -580,6 +584,52 @@ const PENDING_LOGGED: usize = 5;
 const MAX_CACHED_JOBS: usize = 1024;
 
 const MAX_FIRST_RESULTS: usize = 1 << 17;
+
+/// Largest result sent along with its commit to the submitter (larger ones are fetched).
+const MAX_INLINE_RESULT_BYTES: usize = 64 << 10;
+
+/// Most bytes of results held in [`InlineResults`] (the oldest go first; a result forgotten
+/// is fetched as usual once verified).
+const MAX_INLINE_HELD_BYTES: usize = 16 << 20;
+
+/// Results of our jobs whose executors sent them with their commits, waiting for the units
+/// to be verified: at most [`MAX_INLINE_HELD_BYTES`], oldest forgotten first.
+#[derive(Default)]
+struct InlineResults {
+    by_id: HashMap<BlobId, Vec<u8>>,
+    order: std::collections::VecDeque<BlobId>,
+    bytes: usize,
+}
+
+impl InlineResults {
+    fn put(&mut self, id: BlobId, bytes: Vec<u8>) {
+        if self.by_id.contains_key(&id) {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.by_id.insert(id, bytes);
+        self.order.push_back(id);
+        while self.bytes > MAX_INLINE_HELD_BYTES
+            && let Some(old) = self.order.pop_front()
+        {
+            if let Some(b) = self.by_id.remove(&old) {
+                self.bytes -= b.len();
+            }
+        }
+        // Ids taken out of the map leave stale entries in `order`: drop them when they
+        // outnumber the live ones.
+        if self.order.len() > 2 * self.by_id.len() + 64 {
+            let live = &self.by_id;
+            self.order.retain(|id| live.contains_key(id));
+        }
+    }
+
+    fn take(&mut self, id: &BlobId) -> Option<Vec<u8>> {
+        let bytes = self.by_id.remove(id)?;
+        self.bytes -= bytes.len();
+        Some(bytes)
+    }
+}
 
 impl Driver {
     fn now(&self) -> Millis {
@@ -1045,6 +1095,10 @@ impl Driver {
             }
         };
         drop(payload);
+        let msg = match msg {
+            Message::ResultBytes(bytes) => return self.keep_inline_result(bytes),
+            msg => msg,
+        };
         let from = peer_id(&from);
         match &msg {
             Message::Announce(info) if info.derived().is_some() => {
@@ -1099,6 +1153,7 @@ impl Driver {
         if let Ok(bytes) = postcard::to_stdvec(c) {
             self.pending.push(Pending::Commit { unit_id: b.unit_id, signer: b.executor.0, bytes });
         }
+
         self.events
             .send(JobEvent::UnitCommitted { unit: b.unit, by: b.executor, result: b.result })
             .ok();
@@ -1189,6 +1244,10 @@ impl Driver {
                     && c.body.executor == self.peer.id()
                 {
                     self.outbox_commits += 1;
+                    if let (Some(bytes), Some(id)) = (self.inline_result(&to, c), endpoint_id(&to))
+                    {
+                        self.enqueue(Outgoing::Send(id, Message::ResultBytes(bytes).encode()));
+                    }
                 }
                 match endpoint_id(&to) {
                     Some(id) => self.enqueue(Outgoing::Send(id, msg.encode())),
@@ -1254,6 +1313,37 @@ impl Driver {
         }
     }
 
+    /// The bytes of our result that commit `c` names, if `to` is the job's submitter and
+    /// they are small: they go just before the commit, so the submitter needs no fetch.
+    fn inline_result(&self, to: &PeerId, c: &SignedCommit) -> Option<Vec<u8>> {
+        if *to == self.peer.id() || self.peer.job_submitter(&c.body.unit.job) != Some(*to) {
+            return None;
+        }
+        let id = c.body.result;
+        // Usually still waiting for this turn's group commit; a re-sent commit's is stored.
+        let bytes = self
+            .pending
+            .iter()
+            .rev()
+            .find_map(|p| match p {
+                Pending::Blob(b, bytes) if *b == id => Some(bytes.clone()),
+                _ => None,
+            })
+            .or_else(|| self.store.blob(&id).ok().flatten())?;
+        (bytes.len() <= MAX_INLINE_RESULT_BYTES).then_some(bytes)
+    }
+
+    /// A result's bytes sent ahead of its commit: held until the core, having verified the
+    /// unit, asks for that result ([`Driver::fetch`]); results that never reach quorum (a
+    /// liar's) are never stored, and are forgotten oldest first.
+    fn keep_inline_result(&mut self, bytes: Vec<u8>) {
+        if self.mine.is_empty() || bytes.len() > MAX_INLINE_RESULT_BYTES {
+            self.observer.frame_dropped("unwanted_result");
+            return;
+        }
+        self.inline_results.put(BlobId::of(&bytes), bytes);
+    }
+
     fn is_mine(&self, job: &JobId) -> bool {
         self.mine.contains(job)
     }
@@ -1305,6 +1395,17 @@ impl Driver {
         purpose: FetchPurpose,
         done_tx: &mpsc::Sender<Done>,
     ) {
+        if let FetchPurpose::Result(_) = purpose
+            && let Some(bytes) = self.inline_results.take(&blob)
+        {
+            // Its executor sent it with its commit: stored with this turn's writes.
+            self.pending.push(Pending::Blob(blob, bytes));
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                done_tx.send(Done::Fetch(blob, purpose, Ok(None))).await.ok();
+            });
+            return;
+        }
         // A bundle copy is the module and every input, so the job survives its submitter.
         let wanted: Vec<BlobId> = match purpose {
             FetchPurpose::Bundle(job) => match self.store.manifest(&job) {
@@ -1747,7 +1848,7 @@ pub async fn spawn_node(
 mod tests {
     use ova_scheduler::ArchClass;
 
-    use super::capacity_census;
+    use super::{BlobId, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census};
 
     #[test]
     fn remembered_node_ids_are_the_ones_a_fresh_check_gives() {
@@ -1769,6 +1870,27 @@ mod tests {
         let peers = [(arm, 4), (x86, 2), (riscv, 0), (x86, 0), (arm, 1), (x86, 8)];
         assert_eq!(capacity_census(peers.into_iter()), vec![(x86, 10), (arm, 5)]);
         assert!(capacity_census(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn inline_results_are_bounded_oldest_first_and_taken_once() {
+        let mut held = InlineResults::default();
+        let chunk = MAX_INLINE_HELD_BYTES / 4;
+        let ids: Vec<BlobId> = (0..6u8).map(|i| BlobId([i; 32])).collect();
+        for id in &ids[..4] {
+            held.put(*id, vec![0; chunk]);
+        }
+        assert_eq!(held.take(&ids[1]).map(|b| b.len()), Some(chunk));
+        assert_eq!(held.take(&ids[1]), None, "taken once");
+        held.put(ids[4], vec![0; chunk]);
+        held.put(ids[5], vec![0; chunk]);
+        // Five chunks were put while one was taken: the oldest left makes room.
+        assert!(held.bytes <= MAX_INLINE_HELD_BYTES);
+        assert_eq!(held.take(&ids[0]), None, "the oldest was forgotten");
+        for id in [ids[2], ids[3], ids[4], ids[5]] {
+            assert!(held.take(&id).is_some());
+        }
+        assert_eq!(held.bytes, 0);
     }
 
     #[test]

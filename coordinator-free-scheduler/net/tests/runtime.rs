@@ -83,7 +83,8 @@ async fn three_workers_verify_a_job() {
         boot = vec![p.node().ticket()];
         peers.push(p);
     }
-    let client = peer(dirs[3].path(), boot.clone(), None).await;
+    let fetched = Arc::new(Fetched::default());
+    let client = observed_peer(dirs[3].path(), boot.clone(), None, fetched.clone()).await;
     // Wait for membership.
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -142,10 +143,29 @@ async fn three_workers_verify_a_job() {
     let rep = verify_job(client.store(), &id).unwrap();
     assert!(rep.problems.is_empty(), "{:?}", rep.problems);
     assert_eq!(rep.verified, 40);
+    // Small results come with their executors' commits: (nearly) none is fetched.
+    let fetched = fetched.0.load(std::sync::atomic::Ordering::Relaxed);
+    let results: usize = b
+        .manifest()
+        .unit_ids()
+        .iter()
+        .map(|u| client.store().blob(&client.store().verified(u).unwrap().unwrap()).unwrap())
+        .map(|r| r.unwrap().len())
+        .sum();
+    assert!(fetched < results as u64 / 2, "{fetched} of {results} result bytes fetched");
     for p in peers {
         p.shutdown().await;
     }
     client.shutdown().await;
+}
+
+/// Counts the blob bytes a peer fetched.
+#[derive(Default)]
+struct Fetched(std::sync::atomic::AtomicU64);
+impl Observer for Fetched {
+    fn blob_bytes(&self, _sent: u64, received: u64) {
+        self.0.fetch_add(received, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Counts what the runtime reports about commits its core rejected.

@@ -479,6 +479,11 @@ impl Peer {
         Some((j.d.unit_ids.len() as u32, j.verified, j.failed))
     }
 
+    /// Who submitted `job`, if this peer knows the job.
+    pub fn job_submitter(&self, job: &JobId) -> Option<PeerId> {
+        Some(self.jobs[self.slot(job)? as usize].info.submitter)
+    }
+
     /// A one-line description of what this peer knows about a unit (for debugging).
     pub fn describe_unit(&self, unit: &UnitRef) -> Option<String> {
         let s = self.slot(&unit.job)?;
@@ -631,6 +636,8 @@ impl Peer {
                     self.on_commit(c);
                 }
             }
+            // The shell's business (see the message).
+            Message::ResultBytes(_) => {}
         }
     }
 }

@@ -1478,7 +1478,7 @@ impl Sim {
 }
 
 /// Message kinds as [`Message::kind`] names them, in the report's (alphabetical) order.
-const MESSAGE_KINDS: [&str; 15] = [
+const MESSAGE_KINDS: [&str; 16] = [
     "advert",
     "announce",
     "claim",
@@ -1490,6 +1490,7 @@ const MESSAGE_KINDS: [&str; 15] = [
     "probe",
     "probe_reply",
     "release",
+    "result_bytes",
     "steal_grant",
     "steal_request",
     "sync_reply",
@@ -1510,10 +1511,11 @@ fn kind_ix(m: &Message) -> usize {
         Message::Probe(_) => 8,
         Message::ProbeReply { .. } => 9,
         Message::Release { .. } => 10,
-        Message::StealGrant(_) => 11,
-        Message::StealRequest { .. } => 12,
-        Message::SyncReply(_) => 13,
-        Message::SyncRequest(_) => 14,
+        Message::ResultBytes(_) => 11,
+        Message::StealGrant(_) => 12,
+        Message::StealRequest { .. } => 13,
+        Message::SyncReply(_) => 14,
+        Message::SyncRequest(_) => 15,
     }
 }
 
