@@ -206,8 +206,8 @@ pub enum Message {
     SyncReply(Vec<SignedCommit>),
     /// A small result's bytes, from its executor to the job's submitter, just before the
     /// commit that names their hash (direct): the submitter then needs no fetch. For the
-    /// shells: the core ignores it, and a shell keeps the bytes only once a signed commit for
-    /// one of its own jobs names them.
+    /// shells: the core ignores it, and a shell keeps the bytes only until its core, having
+    /// verified a unit of one of its own jobs, asks for that result.
     ResultBytes(Vec<u8>),
 }
 

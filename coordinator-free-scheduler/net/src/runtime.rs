@@ -1153,7 +1153,6 @@ impl Driver {
         if let Ok(bytes) = postcard::to_stdvec(c) {
             self.pending.push(Pending::Commit { unit_id: b.unit_id, signer: b.executor.0, bytes });
         }
-
         self.events
             .send(JobEvent::UnitCommitted { unit: b.unit, by: b.executor, result: b.result })
             .ok();
@@ -1321,16 +1320,15 @@ impl Driver {
         }
         let id = c.body.result;
         // Usually still waiting for this turn's group commit; a re-sent commit's is stored.
-        let bytes = self
-            .pending
-            .iter()
-            .rev()
-            .find_map(|p| match p {
-                Pending::Blob(b, bytes) if *b == id => Some(bytes.clone()),
-                _ => None,
-            })
-            .or_else(|| self.store.blob(&id).ok().flatten())?;
-        (bytes.len() <= MAX_INLINE_RESULT_BYTES).then_some(bytes)
+        let pending = self.pending.iter().rev().find_map(|p| match p {
+            Pending::Blob(b, bytes) if *b == id => Some(bytes),
+            _ => None,
+        });
+        let small = |bytes: &Vec<u8>| bytes.len() <= MAX_INLINE_RESULT_BYTES;
+        match pending {
+            Some(bytes) => small(bytes).then(|| bytes.clone()),
+            None => self.store.blob(&id).ok().flatten().filter(small),
+        }
     }
 
     /// A result's bytes sent ahead of its commit: held until the core, having verified the

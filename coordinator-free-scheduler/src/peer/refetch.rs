@@ -160,11 +160,7 @@ impl Peer {
     /// Where a retry looks for a result: its signers, then the peers ranked (in our view as it
     /// is now) to hold copies of it, ourselves left out.
     fn result_sources(&mut self, key: (u32, u32), signers: &[PeerId]) -> Vec<PeerId> {
-        let j = &self.jobs[key.0 as usize];
-        let r = j.info.manifest.replication.result_copies as usize;
-        let point = j.d.points[key.1 as usize];
-        let strict = j.info.strict();
-        self.rank_unit(point, strict);
+        let r = self.rank_for_copies(key);
         let mut from = signers.to_vec();
         from.extend(self.scratch.iter().map(|(_, p)| *p).filter(|p| !signers.contains(p)).take(r));
         from.retain(|p| *p != self.id);

@@ -205,15 +205,22 @@ impl Peer {
 
     /// Whether we are one of the `result_copies` best-ranked non-signers for the unit.
     pub(super) fn is_result_holder(&mut self, key: UKey, signers: &[PeerId]) -> bool {
-        let j = &self.jobs[key.0 as usize];
-        let r = j.info.manifest.replication.result_copies as usize;
-        let point = j.d.points[key.1 as usize];
-        let strict = j.info.strict();
-        self.rank_unit(point, strict);
+        let r = self.rank_for_copies(key);
         self.scratch
             .iter()
             .filter(|(_, p)| !signers.contains(p))
             .take(r)
             .any(|(_, p)| *p == self.id)
+    }
+
+    /// Ranks the unit's candidates into `scratch` and returns how many result copies its
+    /// job asks for: the copy holders are the first that many non-signers.
+    pub(super) fn rank_for_copies(&mut self, key: UKey) -> usize {
+        let j = &self.jobs[key.0 as usize];
+        let r = j.info.manifest.replication.result_copies as usize;
+        let point = j.d.points[key.1 as usize];
+        let strict = j.info.strict();
+        self.rank_unit(point, strict);
+        r
     }
 }
