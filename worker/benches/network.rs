@@ -36,6 +36,25 @@ fn wanted(part: &str) -> bool {
     std::env::var("OVA_BENCH_ONLY").map_or(true, |only| only.eq_ignore_ascii_case(part))
 }
 
+/// `OVA_BENCH_TIMELINE=1` prints, every 20 ms that something changed, how many units each
+/// worker has started and how many commits it has published, with how busy the machine was
+/// since the line before (to see where a run's time goes).
+fn timeline() -> bool {
+    std::env::var_os("OVA_BENCH_TIMELINE").is_some()
+}
+
+/// Busy and total core-seconds of the whole machine since boot (Linux `/proc/stat`; `None`
+/// elsewhere): a run whose machine is not busy throughout loses time to waiting, not to work.
+fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> =
+        stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let all: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0.0);
+    Some(((all - idle) / 100.0, all / 100.0))
+}
+
 fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -70,10 +89,51 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
         workers.iter().map(|w| w.metrics().units_started.get()).sum()
     };
     let runs_before = started(&workers);
+    let sampler = timeline().then(|| {
+        let metrics: Vec<_> = workers.iter().map(|w| w.metrics().clone()).collect();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut last = Vec::new();
+            let mut cpu = machine_cpu();
+            loop {
+                let now: Vec<(u64, u64)> = metrics
+                    .iter()
+                    .map(|m| (m.units_started.get(), m.commits_published.get()))
+                    .collect();
+                let cpu_now = machine_cpu();
+                let busy = match (cpu, cpu_now) {
+                    (Some((b0, a0)), Some((b1, a1))) if a1 > a0 => {
+                        format!("{:>3.0} %", 100.0 * (b1 - b0) / (a1 - a0))
+                    }
+                    _ => "    ".into(),
+                };
+                if now != last {
+                    let t = t0.elapsed().as_secs_f64();
+                    eprintln!("  t={t:>6.3} busy {busy} started/committed {now:?}");
+                    last = now;
+                    cpu = cpu_now;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let cpu0 = machine_cpu();
     let t0 = Instant::now();
     let mut job = client.submit(bundle).await.unwrap();
     let s = job.wait(Duration::from_secs(1800)).await.unwrap();
     let secs = t0.elapsed().as_secs_f64();
+    if let (Some((busy0, all0)), Some((busy1, all1))) = (cpu0, machine_cpu()) {
+        println!(
+            "  machine CPU busy {:.0} % of the run ({:.2} of {:.2} core-seconds, all processes)",
+            100.0 * (busy1 - busy0) / (all1 - all0).max(1e-9),
+            busy1 - busy0,
+            all1 - all0
+        );
+    }
+    if let Some(sampler) = sampler {
+        sampler.abort();
+        eprintln!("  t={secs:>6.3} every unit verified");
+    }
     assert_eq!((s.verified, s.failed), (n, 0), "every unit verified");
     // Runs still going (extra replicas) when the job was verified are counted too.
     let runs = started(&workers) - runs_before;
@@ -127,6 +187,20 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+    // The workers run units in their supervised `ova-executor` child, found beside this
+    // program (or `$OVA_EXECUTOR`). Without it they fall back to in-process execution with
+    // epoch checks, a third slower on float kernels: say so, or the ratios mislead.
+    let program = ova_worker::supervisor::find_executor();
+    if ova_worker::supervisor::executor_available(&program) {
+        println!("executor program: {}", program.display());
+    } else {
+        println!(
+            "WARNING: executor program {} not found; workers run units in process with epoch \
+             checks (slower than production). Run from the build's deps directory or set \
+             OVA_EXECUTOR.",
+            program.display()
+        );
     }
     let cores = machine_cores();
     let cores_each = (cores / WORKERS).max(1) as u16;

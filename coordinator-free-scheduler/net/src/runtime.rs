@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use iroh::EndpointId;
@@ -217,7 +218,12 @@ impl Default for RuntimeConfig {
             advert_interval_ms: 5_000,
             advert_ttl_ms: 20_000,
             probe_wait_ms: 500,
-            steal_cooldown_ms: 1_000,
+            // A peer that runs dry asks for work at once, and again 100 ms later at the
+            // soonest (doubling up to 1.6 s while requests bring nothing). At one request a
+            // second, the first worker done with a job's units sat idle through the tail
+            // while another still had ten tiles queued: the machine was half idle for the
+            // last 100 ms of a 1.4 s Mandelbrot job.
+            steal_cooldown_ms: 100,
             lease_slack_ms: 5_000,
             ..CoreConfig::default()
         };
@@ -245,8 +251,8 @@ enum Command {
 enum Done {
     /// A unit ended: its result record's id, with the record's bytes when they are new here
     /// (the driver stores them with its next group commit), or why it has no result; and,
-    /// when it ran, how long it took from hand-over to result with the run slots per core
-    /// at hand-over (see [`Driver::tune_run_slots`]).
+    /// when it ran, how long it took from hand-over to result with the units at the runner
+    /// per core at hand-over (see [`Driver::tune_run_slots`]).
     Unit(UnitRef, Result<(BlobId, Option<Vec<u8>>), LocalFailure>, Option<(Duration, u32)>),
     /// A fetch ended; a single fetched result record comes with its bytes, to be stored with
     /// the next group commit (bundle copies are stored by the fetch itself).
@@ -366,6 +372,7 @@ impl Runtime {
             outbox_commits: 0,
             run_slots,
             unit_latency: None,
+            at_runner: Arc::new(AtomicU32::new(0)),
             inline_results: InlineResults::default(),
             blobs: blobs::BlobClient::new(
                 node.endpoint().clone(),
@@ -550,6 +557,25 @@ struct Driver {
     /// Average seconds a unit took to run (see [`Driver::tune_run_slots`]) since `run_slots`
     /// last changed.
     unit_latency: Option<f64>,
+    /// Units handed to the runner and not back yet (shared with the units' tasks).
+    at_runner: Arc<AtomicU32>,
+}
+
+/// Counts a unit as at the runner while alive (an aborted unit task is counted out too).
+struct AtRunner(Arc<AtomicU32>);
+
+impl AtRunner {
+    /// Counts one more unit in; returns the guard and the units now at the runner.
+    fn enter(count: &Arc<AtomicU32>) -> (Self, u32) {
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        (Self(count.clone()), n)
+    }
+}
+
+impl Drop for AtRunner {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters of the driver's own work.
@@ -568,11 +594,31 @@ struct Load {
 /// Most events taken in one turn of the driver's loop (between two group commits).
 const MAX_BATCH_EVENTS: usize = 256;
 
-/// Units taking less than this to run deepen the pipeline (at most
-/// `max_run_slots_per_core` of them wait per core: 1.6 s at the default of 32).
-const FAST_UNIT_SECS: f64 = 0.05;
-/// Units taking more than this to run make it shallower.
+/// Work kept in flight per core, in seconds of running: enough for a unit's input fetch, its
+/// commit and the next hand-over to overlap with execution, and no more. Units handed to the
+/// executor can no longer move to an idle peer, so a deeper pipeline makes a job's tail
+/// longer: at 32 slots per core, 5 ms Mandelbrot tiles kept 160 ms of work on each worker
+/// that the others, done with theirs, could not take.
+const QUEUED_SECS: f64 = 0.025;
+/// Units taking more than this to run get one slot per core (the unit in flight only), so a
+/// unit never waits behind another long enough for its lease to lapse.
 const SLOW_UNIT_SECS: f64 = 0.5;
+
+/// Run slots per core for units that take `unit_secs` each, from `current`: about
+/// [`QUEUED_SECS`] of work per core, at least 2 (the next unit waits while one runs), 1 for
+/// units over [`SLOW_UNIT_SECS`], at most `max`. The depth moves at most a factor of 2 at a
+/// time, since `unit_secs` is itself measured at the current depth.
+fn run_slots_for(current: u32, unit_secs: f64, max: u16) -> u32 {
+    let max = u32::from(max.max(1));
+    let target = if unit_secs > SLOW_UNIT_SECS {
+        1
+    } else {
+        let want = (QUEUED_SECS / unit_secs.max(1e-6)).ceil();
+        // Float to integer casts saturate; `want` is at least 1.
+        (want as u32).max(2)
+    };
+    target.clamp(current.div_ceil(2).max(1), current.saturating_mul(2).max(1)).min(max)
+}
 
 /// How often [`Driver::log_state`] logs.
 const STATE_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -675,6 +721,7 @@ impl Driver {
                     }
                     Some(Command::Capacity(c)) => {
                         if self.runner.is_some() {
+                            self.config.cores = c;
                             self.feed(Event::Capacity(c), &done_tx);
                         }
                     }
@@ -815,13 +862,14 @@ impl Driver {
         }
     }
 
-    /// Adapts the units kept in flight per core to how long a unit takes to run: short units
-    /// get a deep pipeline (their input fetches, commits and messages overlap with
-    /// execution), long ones a shallow one, so a unit never waits in the executor's queue long
-    /// enough for its lease to lapse.
+    /// Adapts the units kept in flight per core to how long a unit takes to run (see
+    /// [`run_slots_for`]).
     ///
-    /// A unit handed over `took` before its result, with `depth` units in flight per core,
-    /// waited behind about `depth - 1` others: the time one unit takes is `took / depth`.
+    /// A unit handed to the runner `took` before its result, with `depth` units there per core
+    /// (itself included), waited behind about `depth - 1` others: the time one unit takes is
+    /// `took / depth`. (The depth counted is the units really at the runner, not the slots:
+    /// right after the slots grow, the queue is still short, and `took / slots` made units
+    /// look several times faster than they were.)
     /// (Judged on `took` alone, a deep pipeline of 13 ms Mandelbrot tiles looked like
     /// half-second units: the slots fell from 32 to 1 per core within a few results, and the
     /// executor sat idle between units for the rest of the job.)
@@ -829,14 +877,7 @@ impl Driver {
         let s = took.as_secs_f64() / f64::from(depth.max(1));
         let ewma = self.unit_latency.map_or(s, |e| 0.9 * e + 0.1 * s);
         self.unit_latency = Some(ewma);
-        let max = u32::from(self.config.max_run_slots_per_core.max(1));
-        let next = if ewma > SLOW_UNIT_SECS && self.run_slots > 1 {
-            self.run_slots / 2
-        } else if ewma < FAST_UNIT_SECS && self.run_slots < max {
-            (self.run_slots * 2).min(max)
-        } else {
-            self.run_slots
-        };
+        let next = run_slots_for(self.run_slots, ewma, self.config.max_run_slots_per_core);
         if next != self.run_slots {
             debug!(from = self.run_slots, to = next, unit_secs = ewma, "run slots per core");
             self.run_slots = next;
@@ -1441,7 +1482,8 @@ impl Driver {
         done_tx: &mpsc::Sender<Done>,
     ) {
         let done_tx = done_tx.clone();
-        let depth = self.run_slots;
+        let cores = u32::from(self.config.cores.max(1));
+        let at_runner = self.at_runner.clone();
         let Some(runner) = self.runner.clone() else {
             done_tx.try_send(Done::Unit(unit, Err(LocalFailure::Cancelled), None)).ok();
             return;
@@ -1541,9 +1583,13 @@ impl Driver {
                 limits: m.limits,
                 determinism: m.determinism,
             };
+            // The units ahead of this one per core (itself included): it waits behind them.
+            let (counted, in_flight) = AtRunner::enter(&at_runner);
+            let depth = in_flight.div_ceil(cores);
             let t0 = Instant::now();
             let out = runner.run(req).await;
             let took = t0.elapsed();
+            drop(counted);
             let result = match out.record {
                 Some(record) => {
                     let bytes = record.encode();
@@ -1846,7 +1892,39 @@ pub async fn spawn_node(
 mod tests {
     use ova_scheduler::ArchClass;
 
-    use super::{BlobId, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census};
+    use super::{BlobId, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census, run_slots_for};
+
+    /// Settles the depth for units of `secs`, as the driver does one result at a time.
+    fn settled(secs: f64, max: u16) -> u32 {
+        let mut slots = 2;
+        for _ in 0..16 {
+            slots = run_slots_for(slots, secs, max);
+        }
+        slots
+    }
+
+    #[test]
+    fn run_slots_keep_a_short_queue_of_work_per_core() {
+        // Tiny units fill the pipeline up to the cap, doubling from the initial 2.
+        assert_eq!(run_slots_for(2, 0.0001, 32), 4);
+        assert_eq!(settled(0.0001, 32), 32);
+        assert_eq!(settled(0.0, 32), 32, "a unit measured at no time at all");
+        // 5 ms tiles: 25 ms of work per core, not 32 tiles (160 ms) that no other peer
+        // could take at the end of a job.
+        assert_eq!(settled(0.005, 32), 5);
+        assert_eq!(run_slots_for(32, 0.005, 32), 16, "a step down halves at most");
+        // Units of 20 ms to half a second: the next one waits while one runs.
+        assert_eq!(settled(0.02, 32), 2);
+        assert_eq!(settled(0.4, 32), 2);
+        // Long units: one at a time, so none waits for its lease to lapse.
+        assert_eq!(settled(2.0, 32), 1);
+        assert_eq!(run_slots_for(1, 2.0, 32), 1);
+        // The cap holds, even a cap of 1 or 0.
+        assert_eq!(settled(0.0001, 8), 8);
+        assert_eq!(settled(0.0001, 1), 1);
+        assert_eq!(settled(0.0001, 0), 1);
+        assert_eq!(run_slots_for(32, 0.0001, 4), 4, "a lowered cap applies at once");
+    }
 
     #[test]
     fn remembered_node_ids_are_the_ones_a_fresh_check_gives() {
