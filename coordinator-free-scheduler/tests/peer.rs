@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ova_jobs::{BlobId, Manifest, Replication};
+use ova_jobs::{BlobId, JobId, Manifest, Replication};
 use ova_scheduler::commit::{CommitBody, sign};
 use ova_scheduler::{
     Action, Advert, ArchClass, Config, Event, Message, Peer, PeerId, SimKeys, SimSigner, UnitRef,
@@ -1068,4 +1068,106 @@ fn failed_result_fetches_are_tried_again_until_they_succeed() {
     }
     assert_eq!(attempts, 20);
     assert_eq!(p.stats().result_fetches_abandoned, 1);
+}
+
+/// The bundle-copy fetches among `acts`: (job, module blob, sources).
+fn bundle_fetches(acts: &[Action]) -> Vec<(JobId, BlobId, Vec<PeerId>)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::FetchBlob { blob, from, purpose: ova_scheduler::FetchPurpose::Bundle(j) } => {
+                Some((*j, *blob, from.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn bundle_fetched(job: JobId, blob: BlobId, ok: bool) -> Event {
+    Event::BlobFetched { blob, purpose: ova_scheduler::FetchPurpose::Bundle(job), ok }
+}
+
+/// Feeds a peer one event; returns its bundle-copy fetches and whether it said it holds the
+/// bundle now.
+fn copy_fetches_after(
+    p: &mut Peer,
+    ev: Event,
+    now: u64,
+) -> (Vec<(JobId, BlobId, Vec<PeerId>)>, bool) {
+    let acts: Vec<Action> = p.handle(ev, now).collect();
+    let have = acts.iter().any(|a| matches!(a, Action::Broadcast(Message::HaveBundle(_))));
+    (bundle_fetches(&acts), have)
+}
+
+/// Issue #6: a peer chosen to keep a copy of a job's bundle tries again when the fetch fails
+/// (the submitter left right after announcing), asking the peers that hold the bundle before
+/// the submitter, with growing pauses; an unanswered fetch counts as failed; it gives up in
+/// the end. Before, one failed fetch left the job a copy short for good.
+#[test]
+fn failed_bundle_copy_fetches_are_tried_again_from_the_peers_that_hold_it() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let m = manifest(12);
+    let (job, module) = (m.job_id(), m.module);
+    let acts = settle(&mut ps, vec![(0, Event::Submit(Box::new(m)))], 1_000);
+    let submitter = ps[0].id();
+    for i in 1..3 {
+        let mine: Vec<Action> =
+            acts.iter().filter(|(j, _)| *j == i).map(|(_, a)| a.clone()).collect();
+        assert_eq!(
+            bundle_fetches(&mine),
+            vec![(job, module, vec![submitter])],
+            "peer {i} is a chosen holder and fetches the bundle from the submitter"
+        );
+    }
+    // Peer 2 got its copy and says so; peer 1 heard it.
+    let (_, have) = copy_fetches_after(&mut ps[2], bundle_fetched(job, module, true), 1_500);
+    assert!(have, "a holder that got its copy says so");
+    let holder2 = ps[2].id();
+    let _ = ps[1]
+        .handle(Event::Message { from: holder2, msg: Message::HaveBundle(job) }, 1_500)
+        .count();
+    assert!(copy_fetches_after(&mut ps[2], Event::Timer, 400_000).0.is_empty(), "done with it");
+
+    // Peer 1's fetch fails: a retry 2 s later, from peer 2 first and the submitter last.
+    let p = &mut ps[1];
+    let (again, have) = copy_fetches_after(p, bundle_fetched(job, module, false), 2_000);
+    assert!(again.is_empty() && !have);
+    assert!(copy_fetches_after(p, Event::Timer, 3_999).0.is_empty());
+    let (retry, _) = copy_fetches_after(p, Event::Timer, 4_000);
+    assert_eq!(retry, vec![(job, module, vec![holder2, submitter])]);
+    // It fails again: the pause doubles. Then it succeeds: never fetched again.
+    assert!(copy_fetches_after(p, bundle_fetched(job, module, false), 4_100).0.is_empty());
+    assert!(copy_fetches_after(p, Event::Timer, 8_099).0.is_empty());
+    assert_eq!(copy_fetches_after(p, Event::Timer, 8_100).0.len(), 1);
+    let (after, have) = copy_fetches_after(p, bundle_fetched(job, module, true), 8_200);
+    assert!(after.is_empty() && have);
+    assert!(copy_fetches_after(p, Event::Timer, 400_000).0.is_empty());
+    assert_eq!(p.stats().bundle_fetch_retries, 2);
+    assert_eq!(p.stats().bundle_fetches_abandoned, 0);
+
+    // In a fresh run of the same network, peer 2's shell never answers the first fetch, then
+    // fails every retry: after 20 attempts it gives up.
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    settle(&mut ps, vec![(0, Event::Submit(Box::new(manifest(12))))], 1_000);
+    let p = &mut ps[2];
+    let mut now = 1_000;
+    let mut attempts = 1;
+    let mut first_failed_at = None;
+    while now < 3_600_000 {
+        now += 1_000;
+        let (retries, _) = copy_fetches_after(p, Event::Timer, now);
+        for (j, b, _) in retries {
+            assert_eq!((j, b), (job, module));
+            attempts += 1;
+            first_failed_at.get_or_insert(now);
+            let _ = p.handle(bundle_fetched(j, b, false), now).count();
+        }
+    }
+    assert!(
+        first_failed_at.is_some_and(|t| t >= 1_000 + 120_000),
+        "the unanswered first attempt counts as failed after two minutes: {first_failed_at:?}"
+    );
+    assert_eq!(attempts, 20);
+    assert_eq!(p.stats().bundle_fetches_abandoned, 1);
 }

@@ -81,6 +81,9 @@ pub struct Metrics {
     /// Result fetches that failed and were tried again (`retried`) or given up after the
     /// last attempt (`abandoned`).
     pub result_fetches: Family<KindLabel, Counter>,
+    /// Fetches of a bundle copy this peer keeps that failed and were tried again (`retried`)
+    /// or given up after the last attempt (`abandoned`).
+    pub bundle_fetches: Family<KindLabel, Counter>,
     /// Commits received from other peers.
     pub commits_received: Counter,
     /// Commits rejected (bad signature, unknown signer…), by reason.
@@ -138,6 +141,7 @@ impl Metrics {
             commits_published: Counter::default(),
             messages_held_early: Counter::default(),
             result_fetches: Family::default(),
+            bundle_fetches: Family::default(),
             commits_received: Counter::default(),
             commits_rejected: Family::default(),
             results_verified: Counter::default(),
@@ -193,6 +197,11 @@ impl Metrics {
             "result_fetches",
             "Failed result fetches tried again or given up",
             m.result_fetches.clone(),
+        );
+        r.register(
+            "bundle_fetches",
+            "Failed fetches of a kept bundle copy tried again or given up",
+            m.bundle_fetches.clone(),
         );
         r.register("commits_received", "Commits received", m.commits_received.clone());
         r.register("commits_rejected", "Commits rejected, by reason", m.commits_rejected.clone());
@@ -257,6 +266,7 @@ impl Metrics {
         }
         for kind in ["retried", "abandoned"] {
             let _ = self.result_fetches.get_or_create(&KindLabel { kind });
+            let _ = self.bundle_fetches.get_or_create(&KindLabel { kind });
         }
         for kind in FAILURE_KINDS {
             let _ = self.units_failed.get_or_create(&KindLabel { kind });
@@ -320,6 +330,10 @@ impl ova_net::runtime::Observer for Metrics {
     fn result_fetches(&self, retried: u64, abandoned: u64) {
         self.result_fetches.get_or_create(&KindLabel { kind: "retried" }).inc_by(retried);
         self.result_fetches.get_or_create(&KindLabel { kind: "abandoned" }).inc_by(abandoned);
+    }
+    fn bundle_fetches(&self, retried: u64, abandoned: u64) {
+        self.bundle_fetches.get_or_create(&KindLabel { kind: "retried" }).inc_by(retried);
+        self.bundle_fetches.get_or_create(&KindLabel { kind: "abandoned" }).inc_by(abandoned);
     }
     fn blobs_stored(&self, count: u64, bytes: u64) {
         self.blobs_stored.set(count as i64);
@@ -396,7 +410,10 @@ mod tests {
         m.commits_rejected("unknown_signer", 2);
         m.messages_held_early(3, 1);
         m.result_fetches(4, 0);
+        m.bundle_fetches(0, 1);
         let text = m.encode();
+        assert!(text.contains("ova_bundle_fetches_total{kind=\"retried\"} 0"), "{text}");
+        assert!(text.contains("ova_bundle_fetches_total{kind=\"abandoned\"} 1"), "{text}");
         assert!(text.contains("ova_result_fetches_total{kind=\"retried\"} 4"), "{text}");
         assert!(text.contains("ova_result_fetches_total{kind=\"abandoned\"} 0"), "{text}");
         assert!(text.contains("ova_commits_rejected_total{kind=\"unknown_signer\"} 2"), "{text}");

@@ -122,6 +122,9 @@ pub trait Observer: Send + Sync + 'static {
     /// Result fetches that failed were tried again (`retried`), or given up after their last
     /// attempt (`abandoned`), since the last report.
     fn result_fetches(&self, _retried: u64, _abandoned: u64) {}
+    /// Fetches of a bundle copy we keep that failed were tried again (`retried`), or given
+    /// up after their last attempt (`abandoned`), since the last report.
+    fn bundle_fetches(&self, _retried: u64, _abandoned: u64) {}
 }
 
 /// An [`Observer`] that records nothing.
@@ -810,6 +813,13 @@ impl Driver {
         );
         if retried + abandoned > 0 {
             self.observer.result_fetches(retried, abandoned);
+        }
+        let (retried, abandoned) = (
+            now.bundle_fetch_retries - was.bundle_fetch_retries,
+            now.bundle_fetches_abandoned - was.bundle_fetches_abandoned,
+        );
+        if retried + abandoned > 0 {
+            self.observer.bundle_fetches(retried, abandoned);
         }
         self.core_reported = now.clone();
     }

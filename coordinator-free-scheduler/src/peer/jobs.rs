@@ -7,7 +7,7 @@ use ova_jobs::{JobId, Manifest, UnitId};
 
 use super::scan::ScanProbe;
 use super::state::{JobState, Mine, Outcome};
-use super::{Action, FetchPurpose, Peer, TimerKind};
+use super::{Action, Peer, TimerKind};
 use crate::message::{JobInfo, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
 use crate::placement::{capacity_by_class, rank, unit_point};
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
@@ -112,6 +112,7 @@ impl Peer {
             failed: 0,
             settled_at_sweep: 0,
             still_sweeps: 0,
+            copy_fetch: None,
         });
         self.job_ids.push(info.job_id);
         self.job_order.push(slot);
@@ -121,11 +122,7 @@ impl Peer {
             self.add_timer(self.online_at + self.cfg.warmup_ms, TimerKind::Scan);
         }
         if hold {
-            self.out.push(Action::FetchBlob {
-                blob: info.manifest.module,
-                from: vec![info.submitter],
-                purpose: FetchPurpose::Bundle(info.job_id),
-            });
+            self.fetch_bundle(slot);
         }
         self.start_scan(slot, if late { ScanProbe::All } else { ScanProbe::None });
         // What arrived about the job before its announcement, in the order it arrived. A

@@ -550,10 +550,7 @@ impl Peer {
                 self.sign_finished();
             }
             Event::BlobFetched { blob, purpose, ok } => match purpose {
-                FetchPurpose::Bundle(job) if ok => {
-                    self.out.push(Action::Broadcast(Message::HaveBundle(job)));
-                }
-                FetchPurpose::Bundle(_) => {}
+                FetchPurpose::Bundle(job) => self.on_bundle_fetched(job, ok),
                 FetchPurpose::Result(unit) => self.on_result_fetched(unit, blob, ok),
             },
             Event::Timer => self.on_timer(),

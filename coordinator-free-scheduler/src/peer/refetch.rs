@@ -1,4 +1,5 @@
-//! Result fetches, followed until the bytes arrive: a failed one is tried again later.
+//! Result and bundle-copy fetches, followed until the bytes arrive: a failed one is tried
+//! again later.
 //!
 //! A verified result is fetched by the submitter and by the peers ranked to keep copies of it
 //! ([`FetchPurpose::Result`]). A fetch can fail for reasons that pass: the signers are down for
@@ -18,11 +19,20 @@
 //! Bounded by [`Config::max_result_fetches`](super::Config::max_result_fetches): when full, a
 //! fetch still goes out but is not followed (counted in
 //! [`Stats::table_full`](super::Stats::table_full)).
+//!
+//! A peer chosen at announcement to keep a copy of a job's bundle ([`FetchPurpose::Bundle`]:
+//! the module and every input, so the job goes on while its submitter is away) follows that
+//! fetch the same way, one entry per job ([`BundleFetch`]). It first asks the submitter; a
+//! retry asks the peers that said they hold the bundle and the other chosen holders first,
+//! the submitter last, [`OWN_ATTEMPTS`] times in all. Before, a failed copy fetch (the
+//! submitter left right after announcing, or the fetch timed out) was never tried again, and
+//! the job had one copy fewer for the rest of its life.
 
 use ova_jobs::BlobId;
 
 use super::timers::TimerKind;
 use super::{Action, FetchPurpose, Peer};
+use crate::message::Message;
 use crate::types::{Millis, PeerId, UnitRef};
 
 /// How long the shell has to report a fetch before it counts as failed.
@@ -31,8 +41,8 @@ pub(super) const FETCH_ANSWER_MS: Millis = 120_000;
 const FIRST_PAUSE_MS: Millis = 2_000;
 /// Longest pause between two attempts.
 const MAX_PAUSE_MS: Millis = 60_000;
-/// Attempts at a result of one of our own jobs before giving up (2 + 4 + … + 60 s: about
-/// 16 minutes of trying).
+/// Attempts at a result of one of our own jobs, or at a bundle copy we were chosen to keep,
+/// before giving up (2 + 4 + … + 60 s: about 16 minutes of trying).
 pub(super) const OWN_ATTEMPTS: u8 = 20;
 /// Attempts at a result we were only ranked to keep a copy of.
 pub(super) const HOLDER_ATTEMPTS: u8 = 4;
@@ -55,7 +65,101 @@ pub(super) struct ResultFetch {
     in_flight: bool,
 }
 
+/// The fetch of a bundle copy we keep, in flight or waiting for its next attempt (in its
+/// job's state: one per job).
+#[derive(Debug)]
+pub(super) struct BundleFetch {
+    /// Attempts made so far (the one in flight included).
+    attempts: u8,
+    /// When the attempt in flight counts as failed, or when the next one starts.
+    due: Millis,
+    /// Whether an attempt is in flight.
+    in_flight: bool,
+}
+
 impl Peer {
+    /// Asks the shell for a copy of the bundle of the job in `slot` from its submitter, and
+    /// follows the fetch.
+    pub(super) fn fetch_bundle(&mut self, slot: u32) {
+        let due = self.now + FETCH_ANSWER_MS;
+        let j = &mut self.jobs[slot as usize];
+        j.copy_fetch = Some(BundleFetch { attempts: 1, due, in_flight: true });
+        let (blob, job, from) = (j.info.manifest.module, j.info.job_id, vec![j.info.submitter]);
+        self.add_timer(due, TimerKind::Refetch);
+        self.out.push(Action::FetchBlob { blob, from, purpose: FetchPurpose::Bundle(job) });
+    }
+
+    /// The shell reported a bundle-copy fetch: we hold the copy (and say so), or try again
+    /// later.
+    pub(super) fn on_bundle_fetched(&mut self, job: ova_jobs::JobId, ok: bool) {
+        if ok {
+            self.out.push(Action::Broadcast(Message::HaveBundle(job)));
+        }
+        let Some(slot) = self.slot(&job) else { return };
+        let j = &mut self.jobs[slot as usize];
+        if !j.copy_fetch.as_ref().is_some_and(|f| f.in_flight) {
+            return;
+        }
+        if ok {
+            j.copy_fetch = None;
+        } else {
+            self.bundle_fetch_failed(slot);
+        }
+    }
+
+    /// A bundle-copy attempt failed: schedule the next one, or give up.
+    fn bundle_fetch_failed(&mut self, slot: u32) {
+        let now = self.now;
+        let j = &mut self.jobs[slot as usize];
+        let Some(f) = j.copy_fetch.as_mut() else { return };
+        if f.attempts >= OWN_ATTEMPTS {
+            j.copy_fetch = None;
+            self.stats.bundle_fetches_abandoned += 1;
+            return;
+        }
+        f.due = now + (FIRST_PAUSE_MS << (f.attempts - 1).min(16)).min(MAX_PAUSE_MS);
+        f.in_flight = false;
+        let due = f.due;
+        self.add_timer(due, TimerKind::Refetch);
+    }
+
+    /// Bundle-copy fetches due: unanswered ones count as failed, retries go out.
+    fn retry_bundle_fetches(&mut self) {
+        for slot in 0..self.jobs.len() as u32 {
+            let j = &self.jobs[slot as usize];
+            let Some(f) = &j.copy_fetch else { continue };
+            if f.due > self.now {
+                continue;
+            }
+            if f.in_flight {
+                self.bundle_fetch_failed(slot);
+                continue;
+            }
+            // Peers that said they hold it and the other chosen holders first: the submitter
+            // already failed us once (it may have left).
+            let info = &j.info;
+            let mut from: Vec<PeerId> = Vec::new();
+            for p in j.sources.iter().chain(&info.holders).chain([&info.submitter]) {
+                if *p != self.id && !from.contains(p) {
+                    from.push(*p);
+                }
+            }
+            if let Some(i) = from.iter().position(|p| *p == info.submitter) {
+                let s = from.remove(i);
+                from.push(s);
+            }
+            let (blob, job) = (info.manifest.module, info.job_id);
+            let due = self.now + FETCH_ANSWER_MS;
+            let f = self.jobs[slot as usize].copy_fetch.as_mut().expect("present");
+            f.attempts += 1;
+            f.in_flight = true;
+            f.due = due;
+            self.add_timer(due, TimerKind::Refetch);
+            self.stats.bundle_fetch_retries += 1;
+            self.out.push(Action::FetchBlob { blob, from, purpose: FetchPurpose::Bundle(job) });
+        }
+    }
+
     /// Asks the shell for a verified result's bytes from its signers, and follows the fetch.
     pub(super) fn fetch_result(&mut self, unit: UnitRef, blob: BlobId, signers: Vec<PeerId>) {
         let own = self.slot(&unit.job).is_some_and(|s| self.jobs[s as usize].mine);
@@ -119,8 +223,13 @@ impl Peer {
     }
 
     /// The refetch timer fired: fetches not answered in time count as failed, and due
-    /// retries go out (at most [`RETRIES_PER_WAKE`]).
-    pub(super) fn retry_result_fetches(&mut self) {
+    /// retries go out (at most [`RETRIES_PER_WAKE`] result fetches).
+    pub(super) fn retry_fetches(&mut self) {
+        self.retry_bundle_fetches();
+        self.retry_result_fetches();
+    }
+
+    fn retry_result_fetches(&mut self) {
         let mut started = 0;
         while let Some(&(due, unit)) = self.result_due.first() {
             if due > self.now {

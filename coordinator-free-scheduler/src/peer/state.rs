@@ -102,6 +102,9 @@ pub(super) struct JobState {
     /// in a row found it unchanged.
     pub(super) settled_at_sweep: u32,
     pub(super) still_sweeps: u8,
+    /// The fetch of the bundle copy we were chosen to keep, while it is followed (see
+    /// `refetch`).
+    pub(super) copy_fetch: Option<super::refetch::BundleFetch>,
 }
 
 impl Peer {

@@ -77,6 +77,10 @@ pub struct Stats {
     pub result_fetch_retries: u64,
     /// Result fetches given up after their last attempt failed.
     pub result_fetches_abandoned: u64,
+    /// Fetches of a bundle copy we keep, tried again after failing (see `refetch`).
+    pub bundle_fetch_retries: u64,
+    /// Bundle-copy fetches given up after their last attempt failed.
+    pub bundle_fetches_abandoned: u64,
 }
 
 /// Why a unit was queued here (for the waste breakdown in the simulator's report).

@@ -19,7 +19,8 @@ pub(super) enum TimerKind {
     Scan,
     /// A ping's answer is due (see [`Peer::check_pinged`]).
     Pinged,
-    /// A result fetch's answer or next attempt is due (see [`super::refetch`]).
+    /// A result or bundle-copy fetch's answer or next attempt is due (see
+    /// [`super::refetch`]).
     Refetch,
 }
 
@@ -88,7 +89,7 @@ impl Peer {
                 TimerKind::Unit(s, i) => self.evaluate((s, i)),
                 TimerKind::Scan => {}
                 TimerKind::Pinged => self.check_pinged(),
-                TimerKind::Refetch => self.retry_result_fetches(),
+                TimerKind::Refetch => self.retry_fetches(),
                 TimerKind::Probe(s, i) => {
                     if let Some(u) = self.units.get_mut(&(s, i))
                         && u.mine == Mine::Probing
