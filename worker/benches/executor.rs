@@ -1,11 +1,12 @@
 //! Executor benchmarks. Prints figures measured side by side in one run; asserts nothing.
 //!
-//! - P1: each example kernel as wasm under the production executor (supervised child, no
-//!   per-loop checks: deadline protection is the watchdog) vs the same kernel built natively,
+//! - P1: each example kernel as wasm under the production executor (supervised children, one
+//!   per core, no per-loop checks: deadline protection is the watchdog) vs the same kernel built natively,
 //!   on the same cores. Beside it: strict (NaN-canonical) mode, fuel metering, and in-process
 //!   epoch checks — the alternative deadline protection we did not choose.
 //! - P2: trivial units (64-byte echo) through the executor, on 1 core and on all cores, plain
-//!   vs epoch vs fuel, and in-process without supervision for reference; submitted in batches
+//!   vs epoch vs fuel, one child for all cores (the design a child per core replaced: see
+//!   `supervisor::shards`), and in-process without supervision for reference; submitted in batches
 //!   ([`Executor::submit_batch`]). Beside them, the ceiling: bare wasmtime (same pooling
 //!   engine) instantiating and running an empty module, with no WASI and no executor. Each row
 //!   also gives the CPU time spent per unit by all threads (the executor process's included):
@@ -26,8 +27,8 @@ use std::time::Instant;
 use ova_jobs::{BlobId, Determinism, Limits, Outcome, UnitId};
 use ova_worker::sandbox::{Flavor, engine};
 use ova_worker::{
-    Completion, Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, SupervisedExecutor,
-    SupervisorConfig, UnitRequest,
+    Completion, Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, ShardedExecutor,
+    SupervisedExecutor, SupervisorConfig, UnitRequest,
 };
 
 fn limits() -> Limits {
@@ -116,18 +117,13 @@ fn bare_wasmtime(threads: usize, n: usize) -> (f64, f64) {
         }
     };
     run(1000);
-    measure(
-        2,
-        n / threads * threads,
-        || None,
-        || {
-            std::thread::scope(|s| {
-                for _ in 0..threads {
-                    s.spawn(|| run(n / threads));
-                }
-            });
-        },
-    )
+    measure(2, n / threads * threads, Vec::new, || {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| run(n / threads));
+            }
+        });
+    })
 }
 
 /// [`Sandbox::run`] called directly in a loop on `threads` threads (WASI and our per-unit
@@ -142,23 +138,18 @@ fn sandbox_direct(threads: usize, reqs: &[UnitRequest]) -> (f64, f64) {
         assert_eq!(sb.run(r).outcome, Outcome::Success);
     }
     let per = reqs.len() / threads;
-    measure(
-        2,
-        per * threads,
-        || None,
-        || {
-            std::thread::scope(|s| {
-                for c in reqs.chunks(per).take(threads) {
-                    let sb = &sb;
-                    s.spawn(move || {
-                        for r in c {
-                            std::hint::black_box(sb.run(r));
-                        }
-                    });
-                }
-            });
-        },
-    )
+    measure(2, per * threads, Vec::new, || {
+        std::thread::scope(|s| {
+            for c in reqs.chunks(per).take(threads) {
+                let sb = &sb;
+                s.spawn(move || {
+                    for r in c {
+                        std::hint::black_box(sb.run(r));
+                    }
+                });
+            }
+        });
+    })
 }
 
 /// `n` distinct trivial units: a module that echoes its 64-byte input.
@@ -189,13 +180,23 @@ fn echo_requests(n: usize) -> Vec<UnitRequest> {
         .collect()
 }
 
-fn supervised(cores: usize) -> SupervisedExecutor {
+fn supervisor_config(cores: usize) -> SupervisorConfig {
     let mut c = SupervisorConfig::new(cores);
     // `OVA_EXECUTOR` (which `SupervisorConfig::new` reads) runs another build's executor.
     if std::env::var_os("OVA_EXECUTOR").is_none() {
         c.program = PathBuf::from(env!("CARGO_BIN_EXE_ova-executor"));
     }
-    SupervisedExecutor::start(c).expect("starting ova-executor")
+    c
+}
+
+/// The production executor: a supervised single-threaded child per core.
+fn supervised(cores: usize) -> ShardedExecutor {
+    ShardedExecutor::start(supervisor_config(cores)).expect("starting ova-executor")
+}
+
+/// The design it replaced: one supervised child with a thread per core.
+fn one_child(cores: usize) -> SupervisedExecutor {
+    SupervisedExecutor::start(supervisor_config(cores)).expect("starting ova-executor")
 }
 
 fn in_process(cores: usize) -> PoolExecutor {
@@ -240,7 +241,7 @@ fn native_batch(pool: &rayon::ThreadPool, k: &Kernel) -> f64 {
 
 /// CPU time (user + system, all threads) used so far by this process and by `child`.
 /// (`/proc/<pid>/stat`, in clock ticks of 10 ms.)
-fn cpu_used(child: Option<u32>) -> f64 {
+fn cpu_used(children: Vec<u32>) -> f64 {
     let of = |pid: String| -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -248,15 +249,15 @@ fn cpu_used(child: Option<u32>) -> f64 {
         // Fields 14 and 15 (utime, stime); `after` starts at field 3.
         f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
     };
-    of("self".into()) + child.map_or(0.0, |p| of(p.to_string()))
+    of("self".into()) + children.into_iter().map(|p| of(p.to_string())).sum::<f64>()
 }
 
 /// Runs `f` (which does `units` units) `n` times; the best wall time as units/s, and the
-/// least CPU time (this process and `child`) as µs per unit.
+/// least CPU time (this process and the `child` processes) as µs per unit.
 fn measure(
     n: usize,
     units: usize,
-    child: impl Fn() -> Option<u32>,
+    child: impl Fn() -> Vec<u32>,
     mut f: impl FnMut(),
 ) -> (f64, f64) {
     let (mut secs, mut cpu) = (f64::INFINITY, f64::INFINITY);
@@ -302,7 +303,7 @@ fn main() {
         let (rate, cpu) = measure(
             2,
             n,
-            || exec.child_pid(),
+            || exec.child_pids(),
             || {
                 run_batch(&exec, &reqs, 8192);
             },
@@ -451,7 +452,7 @@ fn main() {
         "CPU µs/unit"
     );
     let mut p2_all = 0.0;
-    let rate = |exec: &dyn Executor, child: &dyn Fn() -> Option<u32>, reqs: &[UnitRequest]| {
+    let rate = |exec: &dyn Executor, child: &dyn Fn() -> Vec<u32>, reqs: &[UnitRequest]| {
         run_batch(exec, &reqs[..1000.min(reqs.len())], 4096);
         measure(2, reqs.len(), child, || {
             run_batch(exec, reqs, 8192);
@@ -470,6 +471,7 @@ fn main() {
         ("supervised, plain (production)", 0),
         ("supervised, epoch checks", 1),
         ("supervised, fuel", 2),
+        ("supervised, plain, one child for all cores", 5),
         ("in process, no supervision", 3),
         ("in process, epoch checks (PoolExecutor)", 4),
     ] {
@@ -480,11 +482,16 @@ fn main() {
         };
         let mut figs = [(0.0, 0.0); 2];
         for (f, c) in figs.iter_mut().zip([1, cores]) {
-            *f = if kind >= 3 {
-                rate(&in_process(c), &|| None, rs)
-            } else {
-                let exec = supervised(c);
-                rate(&exec, &|| exec.child_pid(), rs)
+            *f = match kind {
+                3 | 4 => rate(&in_process(c), &Vec::new, rs),
+                5 => {
+                    let exec = one_child(c);
+                    rate(&exec, &|| exec.child_pid().into_iter().collect(), rs)
+                }
+                _ => {
+                    let exec = supervised(c);
+                    rate(&exec, &|| exec.child_pids(), rs)
+                }
             };
         }
         row(label, figs[0], figs[1]);

@@ -39,4 +39,4 @@ pub mod supervisor;
 
 pub use executor::{Completion, Executor, ExecutorExt, PoolExecutor};
 pub use sandbox::{ModuleSource, Sandbox, SandboxConfig, UnitRequest};
-pub use supervisor::{SupervisedExecutor, SupervisorConfig};
+pub use supervisor::{ShardedExecutor, SupervisedExecutor, SupervisorConfig};

@@ -35,14 +35,14 @@ use crate::metrics::{Metrics, inc_kind};
 use crate::runner::ExecutorRunner;
 use crate::spare_cpu::{self, SpareCpu, SpareCpuConfig};
 use crate::status::{RecentUnit, StatusBoard};
-use crate::supervisor::{SupervisedExecutor, SupervisorConfig, executor_available, find_executor};
+use crate::supervisor::{ShardedExecutor, SupervisorConfig, executor_available, find_executor};
 use crate::{Executor, PoolExecutor, Sandbox, SandboxConfig};
 
 /// Which executor runs the units.
 #[derive(Clone)]
 pub enum ExecutorChoice {
-    /// The supervised `ova-executor` child process (production; falls back to in-process with
-    /// epoch checks when the program cannot be found).
+    /// Supervised `ova-executor` child processes, one per core (production; falls back to
+    /// in-process with epoch checks when the program cannot be found).
     Supervised,
     /// In this process, epoch checks on every unit.
     InProcess,
@@ -213,7 +213,7 @@ impl WorkerPeer {
                 loop {
                     tick.tick().await;
                     let mut own = vec![std::process::id()];
-                    own.extend(supervised.as_ref().and_then(|s| s.child_pid()));
+                    own.extend(supervised.as_ref().map(|s| s.child_pids()).unwrap_or_default());
                     match spare_cpu::read_sample(&own) {
                         Ok(s) => {
                             if let Some(n) = sensor.update(s) {
@@ -282,8 +282,8 @@ impl WorkerPeer {
     }
 }
 
-/// The executor, and the supervised one again when it is that (for its child's pid).
-type BuiltExecutor = (Arc<dyn Executor>, Option<Arc<SupervisedExecutor>>);
+/// The executor, and the supervised one again when it is that (for its children's pids).
+type BuiltExecutor = (Arc<dyn Executor>, Option<Arc<ShardedExecutor>>);
 
 fn build_executor(
     choice: ExecutorChoice,
@@ -308,7 +308,7 @@ fn build_executor(
                 config.program = program;
                 config.cache_dir = cache_dir;
                 let s = Arc::new(
-                    SupervisedExecutor::start(config).context("starting the executor process")?,
+                    ShardedExecutor::start(config).context("starting the executor processes")?,
                 );
                 (s.clone() as Arc<dyn Executor>, Some(s))
             } else {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::peer::default_cache_dir;
 use crate::supervisor::{executor_available, find_executor};
 use crate::{
-    Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, SupervisedExecutor,
+    Executor, ModuleSource, PoolExecutor, Sandbox, SandboxConfig, ShardedExecutor,
     SupervisorConfig, UnitRequest,
 };
 use anyhow::Context;
@@ -61,7 +61,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<std::process::ExitCode> {
         let mut config = SupervisorConfig::new(cores);
         config.program = program;
         config.cache_dir = cache_dir;
-        Box::new(SupervisedExecutor::start(config).context("starting the executor process")?)
+        Box::new(ShardedExecutor::start(config).context("starting the executor processes")?)
     } else {
         if !args.in_process {
             eprintln!(

@@ -60,8 +60,10 @@ use crate::ipc::{self, FromChild, ToChild};
 use crate::sandbox::UnitRequest;
 
 mod child;
+mod shards;
 
 pub use child::{BATCH_BYTES, REPORT_STARTED_AFTER, TICK, child_main};
+pub use shards::ShardedExecutor;
 
 /// The delay before the second restart in a row with no unit finished in between; it doubles
 /// with each further one, up to [`RESTART_BACKOFF_MAX`]. The first restart is immediate.

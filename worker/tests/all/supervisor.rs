@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use ova_jobs::{Outcome, Phase};
-use ova_worker::{Executor, ExecutorExt, Sandbox, SandboxConfig, SupervisedExecutor};
+use ova_worker::{
+    Executor, ExecutorExt, Sandbox, SandboxConfig, ShardedExecutor, SupervisedExecutor,
+};
 
 use crate::common::*;
 
@@ -308,4 +310,65 @@ fn output_caps_over_the_manifest_maximum_are_refused_not_run() {
     let r = exec.run_blocking(request(&example("primes"), b"0 1000", &[], small_limits()));
     assert_eq!(r.stdout, b"168\n");
     assert_eq!(exec.restarts(), 0);
+}
+
+/// CPU seconds a process has used so far (Linux `/proc`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    (f[11] + f[12]) / 100.0
+}
+
+/// Issue #3 (P2): a worker runs one single-threaded child per core, so the children do not
+/// contend for one process's memory map. Units are spread over the children, give the same
+/// results as one child, and a runaway unit kills and restarts its own child only.
+#[test]
+fn a_child_per_core_shares_the_units_and_a_runaway_restarts_only_its_own_child() {
+    let exec = ShardedExecutor::start(supervisor_config(2)).unwrap();
+    assert_eq!(exec.cores(), 2);
+    let pids = exec.child_pids();
+    assert_eq!(pids.len(), 2, "one child per core");
+    assert_ne!(pids[0], pids[1]);
+
+    let primes = example("primes");
+    let reqs: Vec<_> = (0..16usize)
+        .map(|i| {
+            let input = (i * 1_000_000).to_string();
+            request(&primes, input.as_bytes(), &["--span", "1000000"], small_limits())
+        })
+        .collect();
+    let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
+    let results = exec.run_batch_blocking(reqs.clone());
+    let one = supervised(1).run_batch_blocking(reqs.clone());
+    for (i, (r, o)) in results.iter().zip(&one).enumerate() {
+        assert_eq!(r.outcome, Outcome::Success, "unit {i}");
+        assert_eq!(r.result_hash, o.result_hash, "unit {i}: same result as one child");
+    }
+    assert_eq!(exec.in_flight(), vec![0, 0], "every unit counted out");
+    for (k, &p) in pids.iter().enumerate() {
+        assert!(cpu_seconds(p) > cpu_before[k], "child {k} ran units");
+    }
+
+    // A runaway unit, then innocents: the ones queued behind it in its child are re-run after
+    // the kill; the other child is never restarted.
+    let spin = wat(r#"(module (func (export "_start") (loop br 0)))"#);
+    let mut loop_limits = small_limits();
+    loop_limits.deadline_ms = 200;
+    let mut batch = vec![request(&spin, b"", &[], loop_limits)];
+    batch.extend(reqs[..8].iter().cloned());
+    let results = exec.run_batch_blocking(batch);
+    assert_eq!(results[0].outcome, Outcome::Timeout { phase: Phase::Run, deadline_ms: 200 });
+    for (i, r) in results[1..].iter().enumerate() {
+        assert_eq!(r.result_hash, one[i].result_hash, "innocent unit {i}");
+    }
+    assert_eq!(exec.restarts(), 1, "only the runaway's child was restarted");
+    let after = exec.child_pids();
+    assert_eq!(after.len(), 2);
+    assert_eq!(
+        after.iter().zip(&pids).filter(|(a, b)| a != b).count(),
+        1,
+        "one child replaced: {pids:?} -> {after:?}"
+    );
+    assert_eq!(exec.in_flight(), vec![0, 0]);
 }
