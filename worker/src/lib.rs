@@ -10,10 +10,10 @@
 //!   our own.
 //! - [`executor`]: the [`Executor`] trait (what the scheduler needs; fakeable) and
 //!   [`PoolExecutor`], units on a dedicated `rayon::ThreadPool`, with an async API for tokio.
-//! - [`supervisor`]: [`SupervisedExecutor`], the production executor — a child process runs
-//!   units check-free at full speed; a unit past its deadline gets the child killed and
-//!   restarted (innocent in-flight units re-run) and its module is run with epoch checks from
-//!   then on.
+//! - [`supervisor`]: the production executor — [`ShardedExecutor`], one single-threaded
+//!   [`SupervisedExecutor`] child process per core, each running units check-free at full
+//!   speed; a unit past its deadline gets its child killed and restarted (innocent in-flight
+//!   units re-run) and its module is run with epoch checks from then on.
 //! - [`ipc`]: the framed messages between the supervisor and its executor process.
 //! - [`runner`]: the seam to the network runtime — units the scheduler assigns run on an
 //!   [`Executor`] and come back as result records.

@@ -1,4 +1,5 @@
-//! The production executor: units run check-free in a supervised child process.
+//! The production executor: units run check-free in supervised child processes, one
+//! single-threaded child per core ([`ShardedExecutor`]; why one per core: `shards`).
 //!
 //! # Why a child process
 //!
