@@ -85,7 +85,14 @@ pub struct WorkerOptions {
     pub durability: Durability,
     /// Runtime tunables (cores and the allow-list are filled in from the fields above).
     pub runtime: RuntimeConfig,
+    /// Niceness of the executor processes (`--nice`; see [`SupervisorConfig::nice`]):
+    /// [`VOLUNTEER_NICE`] by default. Units run in process are not reniced.
+    pub nice: i32,
 }
+
+/// The niceness a worker's units run at by default: the lowest priority, so the machine's
+/// owner never waits for them.
+pub const VOLUNTEER_NICE: i32 = 19;
 
 impl WorkerOptions {
     /// Options for a worker keeping its state in `data_dir`, reaching peers through `endpoint`.
@@ -106,13 +113,16 @@ impl WorkerOptions {
             http: None,
             durability: Durability::default(),
             runtime: RuntimeConfig::default(),
+            nice: VOLUNTEER_NICE,
         })
     }
 }
 
 impl WorkerOptions {
     /// A worker on 127.0.0.1 only (no discovery), offering `cores` whatever the machine's
-    /// load, re-advertising every second: the demo, benchmarks and tests.
+    /// load, re-advertising every second, running units at normal priority (niceness 0: a
+    /// benchmark measures them, and a test's units must not starve behind other tests): the
+    /// demo, benchmarks and tests.
     pub fn loopback(data_dir: impl Into<PathBuf>, cores: u16) -> anyhow::Result<Self> {
         let mut o = Self::new(data_dir, EndpointConfig::loopback())?;
         o.node.local_discovery = false;
@@ -120,6 +130,7 @@ impl WorkerOptions {
         o.node.advert_ttl = Duration::from_secs(5);
         o.spare = SpareCpuConfig { cores: Some(cores), ..SpareCpuConfig::default() };
         o.sense_load = false;
+        o.nice = 0;
         Ok(o)
     }
 }
@@ -165,6 +176,7 @@ impl WorkerPeer {
             http,
             durability,
             runtime: mut rc,
+            nice,
         } = opts;
         let store = Arc::new(
             Store::open_with(data_dir.join("store.redb"), durability)
@@ -173,7 +185,7 @@ impl WorkerPeer {
         let mut sensor = SpareCpu::new(spare, node.total_cores);
         let cap = sensor.cap().max(1);
 
-        let (executor, supervised) = build_executor(executor, cap as usize, cache_dir)?;
+        let (executor, supervised) = build_executor(executor, cap as usize, cache_dir, nice)?;
         let metrics = Arc::new(Metrics::new());
         metrics.init_label_values();
         metrics.pool_threads.set(executor.cores() as i64);
@@ -289,6 +301,7 @@ fn build_executor(
     choice: ExecutorChoice,
     cores: usize,
     cache_dir: Option<PathBuf>,
+    nice: i32,
 ) -> anyhow::Result<BuiltExecutor> {
     let in_process = |cache_dir| -> anyhow::Result<Arc<dyn Executor>> {
         let config = SandboxConfig {
@@ -307,6 +320,7 @@ fn build_executor(
                 let mut config = SupervisorConfig::new(cores);
                 config.program = program;
                 config.cache_dir = cache_dir;
+                config.nice = nice;
                 let s = Arc::new(
                     ShardedExecutor::start(config).context("starting the executor processes")?,
                 );

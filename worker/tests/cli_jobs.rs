@@ -36,7 +36,9 @@ fn job_dir(root: &Path) -> PathBuf {
 /// Starts `ova worker` and returns it with its metrics address (read from its stdout).
 fn worker(dir: &Path, boot: Option<&str>) -> (Proc, SocketAddr) {
     let mut c = ova(&[]);
-    c.args(["worker", "--net", "loopback", "--dedicated", "--cores", "1", "--data-dir"])
+    // `--nice 0`: these units must not starve behind other tests running at the same time.
+    c.args(["worker", "--net", "loopback", "--dedicated", "--cores", "1", "--nice", "0"])
+        .arg("--data-dir")
         .arg(dir)
         .args(["--advert-interval", "0.5", "--advert-ttl", "3", "--metrics", "127.0.0.1:0"]);
     if let Some(t) = boot {

@@ -58,6 +58,12 @@ pub struct WorkerArgs {
     /// Run units in this process with epoch checks instead of a supervised executor process.
     #[arg(long)]
     in_process: bool,
+    /// Scheduling niceness of the processes that run units: 19 (the default) is the lowest
+    /// priority, so your own programs take the CPU back at once; 0 runs units at your
+    /// programs' priority.
+    #[arg(long, value_name = "N", default_value_t = crate::peer::VOLUNTEER_NICE,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    nice: i32,
     /// What a stored result survives: `process` (the worker being killed; results are also
     /// held by other peers) or `disk` (a power cut too: an fsync per store commit).
     #[arg(long, value_name = "WHAT", default_value = "process")]
@@ -122,6 +128,7 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     opts.allowed_submitters = (!args.allow.is_empty()).then(|| args.allow.clone());
     opts.http = args.metrics;
     opts.durability = args.durability;
+    opts.nice = args.nice;
     if args.in_process {
         opts.executor = ExecutorChoice::InProcess;
     }

@@ -33,6 +33,11 @@ pub fn child_main() -> std::io::Result<()> {
         match a.as_str() {
             "--threads" => threads = args.next().and_then(|v| v.parse().ok()).unwrap_or(1),
             "--cache-dir" => config.cache_dir = args.next().map(PathBuf::from),
+            "--nice" => {
+                let n: i32 = args.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                // Before any thread starts: threads inherit their creator's niceness.
+                set_niceness(n)?;
+            }
             other => {
                 return Err(std::io::Error::other(format!(
                     "unknown argument {other:?}; ova-executor is started by the ova worker"
@@ -390,4 +395,17 @@ mod fault {
             std::process::exit(134);
         }
     }
+}
+
+/// Sets this process's niceness (its threads started afterwards inherit it).
+#[cfg(unix)]
+fn set_niceness(n: i32) -> std::io::Result<()> {
+    rustix::process::setpriority_process(None, n)
+        .map_err(|e| std::io::Error::other(format!("cannot set niceness {n}: {e}")))
+}
+
+/// Niceness is a Unix notion: elsewhere the child runs at its parent's priority.
+#[cfg(not(unix))]
+fn set_niceness(_n: i32) -> std::io::Result<()> {
+    Ok(())
 }

@@ -97,6 +97,11 @@ pub struct SupervisorConfig {
     /// How long a child may take to say hello: at start ([`SupervisedExecutor::start`] fails)
     /// and after every restart (the watchdog kills it and counts it as a silent child).
     pub hello_timeout: Duration,
+    /// Niceness the child sets for itself before it starts its threads (Unix; 0: that of
+    /// this process). A worker's children run at 19, the lowest priority, as volunteer
+    /// computing clients do: the owner's programs get the CPU back at once, before the
+    /// spare-CPU sensor has even noticed them, and units lose nothing on an idle machine.
+    pub nice: i32,
 }
 
 impl SupervisorConfig {
@@ -110,6 +115,7 @@ impl SupervisorConfig {
             guard_grace: Duration::from_secs(1),
             max_crashes: 2,
             hello_timeout: HELLO_TIMEOUT,
+            nice: 0,
         }
     }
 }
@@ -412,6 +418,9 @@ impl Shared {
         let c = &self.config;
         let mut cmd = Command::new(&c.program);
         cmd.arg("--threads").arg(c.threads.to_string());
+        if c.nice != 0 {
+            cmd.arg("--nice").arg(c.nice.to_string());
+        }
         if let Some(d) = &c.cache_dir {
             cmd.arg("--cache-dir").arg(d);
         }

@@ -372,3 +372,41 @@ fn a_child_per_core_shares_the_units_and_a_runaway_restarts_only_its_own_child()
     );
     assert_eq!(exec.in_flight(), vec![0, 0]);
 }
+
+/// The niceness of every thread of process `pid` (Linux `/proc`).
+fn thread_niceness(pid: &str) -> Vec<i64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            let after = stat.rsplit_once(')').unwrap().1;
+            // Field 19 (nice); `after` starts at field 3.
+            after.split_whitespace().nth(16).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// A worker's units run at the lowest priority (the owner's programs come first): every
+/// thread of the executor children has the niceness asked for, units still run, and a
+/// child started without it keeps the supervisor's own.
+#[test]
+fn executor_children_run_units_at_the_niceness_asked_for() {
+    let mut config = supervisor_config(2);
+    config.nice = 19;
+    let exec = ShardedExecutor::start(config).unwrap();
+    let primes = example("primes");
+    let r = exec.run_blocking(request(&primes, b"0", &["--span", "1000"], small_limits()));
+    assert_eq!(r.outcome, Outcome::Success);
+    let pids = exec.child_pids();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        let nice = thread_niceness(&pid.to_string());
+        assert!(nice.len() >= 2, "the unit thread and the child's others: {nice:?}");
+        assert!(nice.iter().all(|&n| n == 19), "child {pid}: {nice:?}");
+    }
+
+    let ours = thread_niceness("self")[0];
+    let plain = supervised(1);
+    let pid = plain.child_pid().unwrap();
+    assert!(thread_niceness(&pid.to_string()).iter().all(|&n| n == ours));
+}
