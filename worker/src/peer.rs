@@ -1,12 +1,13 @@
 //! A worker peer: everything `ova worker` runs, as one value a program or a test can start.
 //!
 //! [`WorkerPeer::start`] opens the data directory (identity, `store.redb`), joins the network,
-//! starts the executor (the supervised `ova-executor` child by default), and drives the
-//! scheduler core over the network ([`ova_net::runtime::Runtime`]) with units running on that
-//! executor. Around it run:
+//! starts the executor (supervised `ova-executor` children, one per core, by default), and
+//! drives the scheduler core over the network ([`ova_net::runtime::Runtime`]) with units
+//! running on that executor. Around it run:
 //!
 //! - spare-CPU sensing ([`crate::spare_cpu`]): once a second the offer to the network follows
-//!   the cores the owner's own work leaves free (the executor child's CPU time counts as ours);
+//!   the cores the owner's own work leaves free (the executor children's CPU time counts as
+//!   ours), and new units run on that many executor children only;
 //! - metrics ([`crate::metrics`]) fed by the runtime's [`Observer`] hooks, the runner and a
 //!   once-a-second refresh of network counters;
 //! - the status board ([`crate::status`]) and, when an address is given, the HTTP server with
@@ -233,6 +234,9 @@ impl WorkerPeer {
                                 let c = rt.node().capacity();
                                 rt.node().set_capacity(Capacity { spare_cores: n, ..c });
                                 rt.set_capacity(n).await;
+                                if let Some(s) = &supervised {
+                                    s.set_active(usize::from(n));
+                                }
                                 m.spare_cores.set(i64::from(n));
                             }
                         }

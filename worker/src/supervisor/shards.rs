@@ -17,13 +17,17 @@
 //! on-disk cache, so a module is compiled at most once per child (children compiling the same
 //! module at the same time each compile it; the cache's writes are atomic).
 //!
+//! Only the first [`ShardedExecutor::set_active`] children get new units: a worker whose owner
+//! is busy offers fewer cores, and its units then run on that many children, whatever the
+//! run slots queue (units already handed to a child finish there).
+//!
 //! What is per child: a unit that passes its deadline kills only its own child, so fewer
 //! innocent units are re-run than with one child for all cores; a module marked misbehaved
 //! (or uncompilable) by one child is marked by each other child after its own first timeout
 //! there, at the cost of one more restart per child.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use ova_jobs::BlobId;
 
@@ -37,12 +41,16 @@ pub struct ShardedExecutor {
     shards: Vec<Shard>,
     /// Where the search for the least-loaded child starts (turns among equally loaded ones).
     next: AtomicUsize,
+    /// How many children (the first ones) get new units.
+    active: AtomicUsize,
 }
 
 struct Shard {
     exec: SupervisedExecutor,
     /// Units handed to this child and not finished yet.
     in_flight: Arc<AtomicUsize>,
+    /// Units handed to this child so far.
+    placed: AtomicU64,
 }
 
 impl ShardedExecutor {
@@ -57,10 +65,22 @@ impl ShardedExecutor {
                 Ok(Shard {
                     exec: SupervisedExecutor::start(one.clone())?,
                     in_flight: Arc::new(AtomicUsize::new(0)),
+                    placed: AtomicU64::new(0),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(Self { shards, next: AtomicUsize::new(0) })
+        Ok(Self { shards, next: AtomicUsize::new(0), active: AtomicUsize::new(n) })
+    }
+
+    /// Runs new units on the first `cores` children only (at least one, at most all): the
+    /// cores the worker offers now. Units already handed to the others finish there.
+    pub fn set_active(&self, cores: usize) {
+        self.active.store(cores.clamp(1, self.shards.len()), Ordering::Relaxed);
+    }
+
+    /// Units handed to each child so far, in child order.
+    pub fn placed(&self) -> Vec<u64> {
+        self.shards.iter().map(|s| s.placed.load(Ordering::Relaxed)).collect()
     }
 
     /// How many times children have been restarted (after a timeout or a crash), in all.
@@ -84,10 +104,10 @@ impl ShardedExecutor {
         self.shards.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).collect()
     }
 
-    /// The child with the fewest units in flight, counting `extra` as already given to them,
-    /// searching from the one in turn.
+    /// The active child with the fewest units in flight, counting `extra` as already given to
+    /// them, searching from the one in turn.
     fn pick(&self, extra: &[usize]) -> usize {
-        let n = self.shards.len();
+        let n = self.active.load(Ordering::Relaxed).clamp(1, self.shards.len());
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
             .map(|k| (start + k) % n)
@@ -120,6 +140,7 @@ impl Executor for ShardedExecutor {
         for (shard, share) in self.shards.iter().zip(shares) {
             if !share.is_empty() {
                 shard.in_flight.fetch_add(share.len(), Ordering::Relaxed);
+                shard.placed.fetch_add(share.len() as u64, Ordering::Relaxed);
                 shard.exec.submit_batch(share);
             }
         }

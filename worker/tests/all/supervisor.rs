@@ -410,3 +410,25 @@ fn executor_children_run_units_at_the_niceness_asked_for() {
     let pid = plain.child_pid().unwrap();
     assert!(thread_niceness(&pid.to_string()).iter().all(|&n| n == ours));
 }
+
+/// A worker offering fewer cores than it has children (its owner got busy) runs new units on
+/// that many children only; offering more again spreads them again.
+#[test]
+fn new_units_go_only_to_the_children_of_the_cores_offered() {
+    let exec = ShardedExecutor::start(supervisor_config(2)).unwrap();
+    let primes = example("primes");
+    let reqs: Vec<_> = (0..8usize)
+        .map(|i| request(&primes, i.to_string().as_bytes(), &["--span", "1000"], small_limits()))
+        .collect();
+    exec.set_active(1);
+    let results = exec.run_batch_blocking(reqs.clone());
+    assert!(results.iter().all(|r| r.outcome == Outcome::Success));
+    assert_eq!(exec.placed(), vec![8, 0], "one core offered: one child");
+    exec.set_active(0);
+    let _ = exec.run_batch_blocking(reqs[..2].to_vec());
+    assert_eq!(exec.placed(), vec![10, 0], "none offered still runs what was handed over");
+    exec.set_active(5);
+    let _ = exec.run_batch_blocking(reqs.clone());
+    assert_eq!(exec.placed(), vec![14, 4], "both again (at most all)");
+    assert_eq!(exec.in_flight(), vec![0, 0]);
+}
