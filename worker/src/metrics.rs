@@ -50,6 +50,9 @@ pub struct Metrics {
     pub units_started: Counter,
     /// Units answered from an earlier verified result of the same computation, not run.
     pub units_memoised: Counter,
+    /// Executor child processes restarted (a unit past its deadline had its child killed, or
+    /// a child died), in all.
+    pub executor_restarts: Counter,
     /// Units that ended, by outcome kind.
     pub units_finished: Family<KindLabel, Counter>,
     /// Wall-clock time of each unit run.
@@ -126,6 +129,7 @@ impl Metrics {
             node_info: Family::default(),
             units_started: Counter::default(),
             units_memoised: Counter::default(),
+            executor_restarts: Counter::default(),
             units_finished: Family::default(),
             unit_duration: Histogram::new(exponential_buckets(0.0005, 2.5, 16)),
             unit_cpu_seconds: Counter::default(),
@@ -159,6 +163,11 @@ impl Metrics {
             "units_memoised",
             "Units answered from an earlier verified result, not run",
             m.units_memoised.clone(),
+        );
+        r.register(
+            "executor_restarts",
+            "Executor processes restarted (a runaway unit killed, or a crash)",
+            m.executor_restarts.clone(),
         );
         r.register("units_finished", "Units that ended, by outcome", m.units_finished.clone());
         r.register_with_unit(

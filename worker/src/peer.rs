@@ -217,6 +217,9 @@ impl WorkerPeer {
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(refresh(runtime.clone(), metrics.clone())));
+        if let Some(s) = supervised.clone() {
+            tasks.push(tokio::spawn(count_restarts(s, metrics.clone())));
+        }
         if sense_load {
             let rt = runtime.clone();
             let m = metrics.clone();
@@ -338,6 +341,18 @@ fn build_executor(
             }
         }
     })
+}
+
+/// Copies the executor children's restart count into the metrics once a second.
+async fn count_restarts(executor: Arc<ShardedExecutor>, metrics: Arc<Metrics>) {
+    let mut seen = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = executor.restarts();
+        metrics.executor_restarts.inc_by(now.saturating_sub(seen));
+        seen = seen.max(now);
+    }
 }
 
 /// Copies the network's counters into the metrics once a second.
