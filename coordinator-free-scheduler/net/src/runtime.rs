@@ -221,12 +221,7 @@ impl Default for RuntimeConfig {
             advert_interval_ms: 5_000,
             advert_ttl_ms: 20_000,
             probe_wait_ms: 500,
-            // A peer that runs dry asks for work at once, and again 100 ms later at the
-            // soonest (doubling up to 1.6 s while requests bring nothing). At one request a
-            // second, the first worker done with a job's units sat idle through the tail
-            // while another still had ten tiles queued: the machine was half idle for the
-            // last 100 ms of a 1.4 s Mandelbrot job.
-            steal_cooldown_ms: 100,
+            steal_cooldown_ms: 1_000,
             lease_slack_ms: 5_000,
             ..CoreConfig::default()
         };
