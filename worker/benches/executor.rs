@@ -244,10 +244,7 @@ fn native_batch(pool: &rayon::ThreadPool, k: &Kernel) -> f64 {
 fn cpu_used(children: Vec<u32>) -> f64 {
     let of = |pid: String| -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-        // Fields 14 and 15 (utime, stime); `after` starts at field 3.
-        f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
+        ova_worker::spare_cpu::parse_pid_stat(&stat).map_or(0.0, |t| t as f64 / 100.0)
     };
     of("self".into()) + children.into_iter().map(|p| of(p.to_string())).sum::<f64>()
 }

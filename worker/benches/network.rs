@@ -47,12 +47,8 @@ fn timeline() -> bool {
 /// elsewhere): a run whose machine is not busy throughout loses time to waiting, not to work.
 fn machine_cpu() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<f64> =
-        stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
-    let all: f64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0.0);
-    Some(((all - idle) / 100.0, all / 100.0))
+    let (all, idle) = ova_worker::spare_cpu::parse_proc_stat(&stat)?;
+    Some(((all - idle) as f64 / 100.0, all as f64 / 100.0))
 }
 
 fn machine_cores() -> usize {

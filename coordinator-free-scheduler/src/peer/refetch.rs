@@ -139,15 +139,12 @@ impl Peer {
             // already failed us once (it may have left).
             let info = &j.info;
             let mut from: Vec<PeerId> = Vec::new();
-            for p in j.sources.iter().chain(&info.holders).chain([&info.submitter]) {
-                if *p != self.id && !from.contains(p) {
+            for p in j.sources.iter().chain(&info.holders) {
+                if *p != self.id && *p != info.submitter && !from.contains(p) {
                     from.push(*p);
                 }
             }
-            if let Some(i) = from.iter().position(|p| *p == info.submitter) {
-                let s = from.remove(i);
-                from.push(s);
-            }
+            from.push(info.submitter);
             let (blob, job) = (info.manifest.module, info.job_id);
             let due = self.now + FETCH_ANSWER_MS;
             let f = self.jobs[slot as usize].copy_fetch.as_mut().expect("present");

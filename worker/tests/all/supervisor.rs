@@ -315,9 +315,7 @@ fn output_caps_over_the_manifest_maximum_are_refused_not_run() {
 /// CPU seconds a process has used so far (Linux `/proc`).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-    (f[11] + f[12]) / 100.0
+    ova_worker::spare_cpu::parse_pid_stat(&stat).unwrap() as f64 / 100.0
 }
 
 /// Issue #3 (P2): a worker runs one single-threaded child per core, so the children do not
