@@ -36,8 +36,13 @@ impl Peer {
                 return;
             }
         }
+        // A thief handing back a unit we lent it (it had it already, or cannot run it).
+        let handed_back = until <= self.now && self.lent.get(&key) == Some(&from);
         if until <= self.now {
             u.leases.give_up(&from, self.now);
+            if handed_back {
+                self.lent.remove(&key);
+            }
         } else {
             // A claimant outside our view (a thief far along the ring) cannot be
             // watched through its adverts: if it crashed, nothing would end a long
@@ -50,14 +55,22 @@ impl Peer {
             u.leases.claim_from_holder(from, until, self.now);
             self.note_holder(from, until, key, known_holder);
             self.add_timer(until, TimerKind::Unit(key.0, key.1));
+            self.confirm_grant(key, from);
         }
         self.evaluate(key);
+        // If we took it up again, our claim stands at the watchers (we never released it);
+        // if not, they must hear that we stepped aside.
+        if handed_back && self.units.get(&key).is_some_and(|u| u.mine == Mine::None) {
+            self.release_lent(key, from);
+        }
     }
 
     /// A victim released its reservation of a unit it handed to a thief.
     pub(super) fn on_release(&mut self, from: PeerId, unit: UnitRef, until: Millis) {
         let Some(key) = self.resolve(&unit, true) else { return };
-        let until = until.min(self.now + self.cfg.claim_grace_ms);
+        // (One that ended already, as a victim sends them, is recorded as ending now: a full
+        // lease table drops its earliest-ending lease first.)
+        let until = until.clamp(self.now, self.now + self.cfg.claim_grace_ms);
         let u = self.units.get_mut(&key).expect("resolved");
         u.leases.hand_over(from, until);
         self.add_timer(until, TimerKind::Unit(key.0, key.1));
@@ -99,6 +112,7 @@ impl Peer {
             u.done_hints = u.done_hints.saturating_add(1);
             if u.done_hints >= 2 {
                 self.units.remove(&key);
+                self.lent.remove(&key);
                 if self.done.len() < self.cfg.max_tracked_units {
                     self.done.insert(key);
                 }
@@ -114,6 +128,7 @@ impl Peer {
             }
         }
         let lease_max = self.reserve_max(key.0);
+        let thief = self.lent.get(&key).copied();
         for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
             if until > self.now
                 && let Some(u) = self.units.get_mut(&key)
@@ -122,6 +137,10 @@ impl Peer {
                 let until = until.min(self.now + lease_max);
                 u.leases.claim_hearsay(holder, until);
                 self.add_timer(until, TimerKind::Unit(key.0, key.1));
+                // The thief we lent the unit to holds it (its claim to us was lost).
+                if thief == Some(holder) {
+                    self.confirm_grant(key, holder);
+                }
             }
         }
         for c in commits.into_iter().take(MAX_BATCH) {

@@ -20,6 +20,8 @@ impl Peer {
     pub(super) fn enqueue(&mut self, key: UKey, cause: RunCause) {
         let until = self.now + self.reservation(key.0);
         let Some(u) = self.units.get_mut(&key) else { return };
+        // Lent to a thief that never confirmed it (the grant was lost): ours again.
+        self.lent.remove(&key);
         u.mine = Mine::Queued;
         u.cause = cause;
         u.leases.claim(self.id, until);

@@ -240,17 +240,16 @@ impl Peer {
             // a thief because they arrived before it knew the job (and its holding space was
             // full): repeat them, after the announcement. A lost release is a minute's stall
             // (see `hold_early`).
-            let me = self.id;
+            // (A unit lent to a thief that has not confirmed it yet is not released: see
+            // `confirm_grant`. A release we sent has ended already.)
+            let (me, lent) = (self.id, &self.lent);
             let mut told: Vec<(u32, Millis)> = self
                 .units
                 .iter()
                 .filter(|(k, u)| k.0 == s && u.outcome.is_none())
                 .filter_map(|(k, u)| match u.mine {
                     Mine::Gave | Mine::Declined => Some((k.1, 0)),
-                    Mine::None if u.leases.handed(&me) => {
-                        let until = u.leases.all().iter().find(|l| l.holder == me)?.until;
-                        Some((k.1, until.max(1)))
-                    }
+                    Mine::None if u.leases.handed(&me) && !lent.contains_key(k) => Some((k.1, 1)),
                     _ => None,
                 })
                 .collect();

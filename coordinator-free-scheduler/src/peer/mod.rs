@@ -301,6 +301,10 @@ pub struct Peer {
     /// Stolen units not resolved yet: who granted each, and the peers that watch it (named
     /// by the victim: we may be far from the unit on the ring, where our view cannot rank it).
     stolen: FxHashMap<UKey, Stolen>,
+    /// Units we granted to a thief whose claim has not confirmed the grant yet: the thief. The
+    /// peers holding our reservation are told that we stepped aside (a release) once it does,
+    /// or once the grant failed and we did not take the unit back (see `steal`).
+    lent: FxHashMap<UKey, PeerId>,
     stats: Stats,
     view: View,
     cfg: Config,
@@ -394,6 +398,7 @@ impl Peer {
             wake: None,
             last_steal: None,
             stolen: FxHashMap::default(),
+            lent: FxHashMap::default(),
             steal_misses: 0,
             scanning: 0,
             sweeps: 0,

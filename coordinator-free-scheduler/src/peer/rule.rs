@@ -15,6 +15,9 @@ pub(super) const MAX_WATCHERS: usize = 16;
 impl Peer {
     /// The one placement rule: should we run this unit now?
     pub(super) fn evaluate(&mut self, key: UKey) {
+        if !self.lent.is_empty() {
+            self.check_lent(key);
+        }
         let Some(u) = self.units.get(&key) else { return };
         if u.outcome.is_some() || u.mine != Mine::None {
             return;

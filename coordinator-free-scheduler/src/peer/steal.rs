@@ -50,17 +50,16 @@ impl Peer {
     /// Hands units from our scan backlog straight to a thief (up to `want` granted in all):
     /// units we rank among the top `quorum` for but have not queued, so never reserved. A busy
     /// region's backlog sits mostly in its scans, where a ready-queue steal cannot reach it.
-    /// Each goes into `handed` too: the watchers must hear that we stepped aside, not only the
-    /// thief's claim. (They did not: the unit's other primary took the thief's replica for an
-    /// extra one and waited for ours, while we waited for its — each gave the other an
-    /// implicit lease, and the unit sat for a minute.)
+    /// These are lent like units taken from our queue: the watchers must hear that we stepped
+    /// aside, not only the thief's claim. (They did not: the unit's other primary took the
+    /// thief's replica for an extra one and waited for ours, while we waited for its — each
+    /// gave the other an implicit lease, and the unit sat for a minute.)
     pub(super) fn grant_from_scan(
         &mut self,
         thief: PeerId,
         thief_arch: ArchClass,
         want: usize,
         granted: &mut Vec<UKey>,
-        handed: &mut Vec<(UKey, UnitRef, Millis)>,
     ) {
         // Units looked at: most in a region are not ours (or are known already).
         let mut budget = 8 * want + 64;
@@ -106,9 +105,8 @@ impl Peer {
                 u.leases.hand_over(self.id, handover);
                 self.units.insert(key, u);
                 self.add_timer(until, TimerKind::Unit(s as u32, idx));
+                self.lent.insert(key, thief);
                 granted.push(key);
-                let unit = UnitRef { job: self.jobs[s].info.job_id, index: idx };
-                handed.push((key, unit, handover));
             }
         }
     }
@@ -164,7 +162,6 @@ impl Peer {
         // Up to half our ready queue, newest first (the longest wait)...
         let give = want.min(self.ready.len() / 2);
         let mut granted = Vec::new();
-        let mut handed = Vec::new();
         let mut known = Vec::new();
         let grace = self.handover_grace();
         let mut i = self.ready.len();
@@ -174,7 +171,6 @@ impl Peer {
             let j = &self.jobs[key.0 as usize];
             let ok_arch = j.info.strict() || thief_arch == self.arch;
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
-            let unit = UnitRef { job: j.info.job_id, index: key.1 };
             let q = j.info.manifest.replication.quorum as usize;
             let point = j.d.points[key.1 as usize];
             let strict = j.info.strict();
@@ -201,9 +197,9 @@ impl Peer {
                 let until = self.unconfirmed_grant_until(lease);
                 let u = self.units.get_mut(&key).expect("tracked");
                 u.leases.claim(thief, until);
-                // Our reservation shrinks to a short hand-over grace (never extended): by then
-                // the thief's own claim has reached the watchers. Without this the watchers
-                // would count our stale reservation as a live replica for minutes.
+                // We step aside (see `evaluate`); the watchers hear it once the thief's claim
+                // confirms the grant (see `confirm_grant`). Our own record of it is a short
+                // hand-over grace, never extended.
                 let handover = self.now + grace.min(lease);
                 u.leases.hand_over(self.id, handover);
                 // Commits already in for the unit go along: the thief ranks outside the
@@ -212,13 +208,13 @@ impl Peer {
                 known.extend(u.tally.commits().iter().cloned());
                 self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 self.ready.remove(i);
+                self.lent.insert(key, thief);
                 granted.push(key);
-                handed.push((key, unit, handover));
             }
         }
         // ...then units of our region scan not queued yet.
         if granted.len() < want && self.scanning > 0 {
-            self.grant_from_scan(thief, thief_arch, want, &mut granted, &mut handed);
+            self.grant_from_scan(thief, thief_arch, want, &mut granted);
         }
         if granted.is_empty() {
             if hops > 0 {
@@ -253,21 +249,66 @@ impl Peer {
         for c in known {
             self.out.push(Action::Send { to: thief, msg: Message::Commit(c) });
         }
-        for (key, unit, until) in handed {
-            for to in self.watchers(key) {
-                if to != thief {
-                    self.out.push(Action::Send { to, msg: Message::Release { unit, until } });
+    }
+
+    /// `thief` confirmed a unit we lent it (its claim, its lease in a probe reply, or its
+    /// commit): we tell the unit's watchers that we stepped aside (see [`Peer::release_lent`]).
+    /// They hold the thief's claim by now (it went to them and to us at once), so they count
+    /// the thief's replica and not our reservation.
+    ///
+    /// The release used to go out with the grant, and ended a hand-over grace (two probe
+    /// waits) later. A watcher that heard the thief's claim before the release counted both
+    /// the release and the claim as live replicas of one unit and waited for the release to
+    /// end (and its lease timer to fire), every peer idle: at quorum 2, about one run in
+    /// seventeen of the P3 benchmark (with a 100 ms steal cooldown) ended with a unit stalled
+    /// for 1.5 s.
+    pub(super) fn confirm_grant(&mut self, key: UKey, thief: PeerId) {
+        if self.lent.get(&key) == Some(&thief) {
+            self.release_lent(key, thief);
+        }
+    }
+
+    /// A unit we lent whose thief has not confirmed it within the hand-over grace (the grant
+    /// or the claim was lost, or the thief is slow to hear of the job): we step aside all the
+    /// same, as if the grant had been confirmed, so the watchers do not wait for our
+    /// reservation; the unit is then placed as a lapse (we probe the thief, see `evaluate`).
+    pub(super) fn check_lent(&mut self, key: UKey) {
+        let Some(&thief) = self.lent.get(&key) else { return };
+        match self.units.get(&key) {
+            Some(u) if u.mine == Mine::None && u.outcome.is_none() => {
+                if !u.leases.is_live(&thief, self.now) {
+                    self.release_lent(key, thief);
                 }
+            }
+            _ => {
+                self.lent.remove(&key);
             }
         }
     }
 
-    /// Units granted to us by a victim.
-    /// How long the watchers keep counting a victim's reservation after it handed the unit to
-    /// a thief: the time the thief's own claim takes to reach them (two probe waits). It used
-    /// to be `claim_grace_ms` (a minute): when the thief had already committed and the victim
-    /// stepped aside, the remaining replica waited out the whole hand-over (seen as one-minute
-    /// stalls of the P4 benchmark, every peer idle).
+    /// Tells the peers that may hold our reservation of a unit we lent to `thief` (those our
+    /// claims go to) that we stepped aside, with a release that has already ended (its `until`
+    /// is 0: a later one in our clock could still be running in theirs).
+    pub(super) fn release_lent(&mut self, key: UKey, thief: PeerId) {
+        self.lent.remove(&key);
+        let (me, now) = (self.id, self.now);
+        if let Some(u) = self.units.get_mut(&key) {
+            u.leases.hand_over(me, now);
+        }
+        let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
+        for to in self.replica_peers(key) {
+            if to != thief {
+                self.out.push(Action::Send { to, msg: Message::Release { unit, until: 0 } });
+            }
+        }
+    }
+
+    /// How long a victim waits for the thief's claim to confirm a grant before it steps aside
+    /// all the same (see [`Peer::check_lent`]), and how long its own record of the hand-over
+    /// lasts: two probe waits. (Watchers used to count the victim's reservation for this long
+    /// after the grant, `claim_grace_ms` (a minute) before that: when the thief had already
+    /// committed and the victim stepped aside, the remaining replica waited out the whole
+    /// hand-over, seen as one-minute stalls of the P4 benchmark, every peer idle.)
     pub(super) fn handover_grace(&self) -> Millis {
         (2 * self.cfg.probe_wait_ms).max(1)
     }
@@ -282,6 +323,7 @@ impl Peer {
         self.now + self.handover_grace().min(lease)
     }
 
+    /// Units granted to us by a victim.
     pub(super) fn on_steal_grant(&mut self, from: PeerId, grants: Vec<Grant>) {
         if !grants.is_empty() {
             self.steal_misses = 0;

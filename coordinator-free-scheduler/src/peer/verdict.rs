@@ -75,6 +75,8 @@ impl Peer {
         if u.outcome.is_some() {
             return;
         }
+        // A thief we lent the unit to ran it (its claim to us was lost).
+        self.confirm_grant(key, executor);
         self.check_verdict(key);
     }
 
@@ -175,6 +177,7 @@ impl Peer {
     /// and only the key of older ones.
     pub(super) fn retire(&mut self, key: UKey) {
         self.stolen.remove(&key);
+        self.lent.remove(&key);
         let Some(u) = self.units.get_mut(&key) else { return };
         match u.mine {
             Mine::Committed => u.leases = Leases::default(),
