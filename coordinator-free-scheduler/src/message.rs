@@ -4,6 +4,13 @@
 //! On the wire every message goes through [`ova_jobs::wire`] ([`Message::encode`],
 //! [`Message::decode`]); the simulator passes them as values and shares the (large, immutable)
 //! job announcement through an `Arc`, as an in-process shell would.
+//!
+//! Lease ends in messages ([`Message::Claim`], [`Message::Release`], the leases of
+//! [`Message::ProbeReply`] and [`Grant`]) are times in the *sender's* clock, as the core
+//! hands them out. Peers' clocks are not shared (a shell counts from its own start), so on
+//! the wire they travel as time remaining: [`Message::to_wire_times`] before encoding,
+//! [`Message::from_wire_times`] after decoding. The simulator's peers share one clock and
+//! skip both.
 
 use std::sync::{Arc, OnceLock};
 
@@ -227,6 +234,36 @@ impl Message {
         matches!(self, Message::Advert(_) | Message::HaveBundle(_) | Message::SyncRequest(_))
     }
 
+    /// Applies `f` to every lease end the message carries.
+    fn map_times(&mut self, f: impl Fn(Millis) -> Millis) {
+        match self {
+            Message::Claim { until, .. } | Message::Release { until, .. } => *until = f(*until),
+            Message::ProbeReply { leases, .. } => {
+                leases.iter_mut().for_each(|l| l.until = f(l.until));
+            }
+            Message::StealGrant(grants) => {
+                for l in grants.iter_mut().flat_map(|g| g.leases.iter_mut()) {
+                    l.until = f(l.until);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Turns the lease ends the message carries from times in the sender's clock (`now` is
+    /// its time) into time remaining, to be encoded: 0 for one that has ended. See the
+    /// module docs.
+    pub fn to_wire_times(&mut self, now: Millis) {
+        self.map_times(|until| until.saturating_sub(now));
+    }
+
+    /// Turns the lease ends of a decoded message from time remaining into times in the
+    /// receiver's clock (`now` is its time). An ended one becomes 0, which every receiver
+    /// takes as ended (as a sender's 0 is).
+    pub fn from_wire_times(&mut self, now: Millis) {
+        self.map_times(|left| if left == 0 { 0 } else { now.saturating_add(left) });
+    }
+
     /// A short label for counters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -247,5 +284,50 @@ impl Message {
             Message::SyncReply(_) => "sync_reply",
             Message::ResultBytes(_) => "result_bytes",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim made by a peer whose clock is far ahead of the receiver's (it started an hour
+    /// earlier) lasts as long at the receiver as it was meant to, not an hour more.
+    #[test]
+    fn lease_ends_travel_as_time_remaining_between_clocks() {
+        let unit = UnitRef { job: JobId([7; 32]), index: 3 };
+        let sender_now = 3_600_000;
+        let receiver_now = 5_000;
+        let holder = PeerId([1; 32]);
+        let lease = |until| Lease { holder, until };
+        let sent = [
+            Message::Claim { unit, until: sender_now + 30_000 },
+            Message::Release { unit, until: 0 },
+            Message::ProbeReply {
+                unit,
+                commits: vec![],
+                leases: vec![lease(sender_now + 2_000), lease(sender_now - 1)],
+                done: false,
+            },
+            Message::StealGrant(vec![Grant {
+                unit,
+                watchers: vec![holder],
+                leases: vec![lease(sender_now + 9_000)],
+            }]),
+        ];
+        let mut got = Vec::new();
+        for mut m in sent {
+            m.to_wire_times(sender_now);
+            let mut m = Message::decode(&m.encode()).unwrap();
+            m.from_wire_times(receiver_now);
+            got.push(m);
+        }
+        assert!(matches!(got[0], Message::Claim { until, .. } if until == receiver_now + 30_000));
+        // Ended stays ended (0 is how a sender says it).
+        assert!(matches!(got[1], Message::Release { until: 0, .. }));
+        let Message::ProbeReply { leases, .. } = &got[2] else { panic!("{:?}", got[2]) };
+        assert_eq!(leases, &[lease(receiver_now + 2_000), lease(0)]);
+        let Message::StealGrant(grants) = &got[3] else { panic!("{:?}", got[3]) };
+        assert_eq!(grants[0].leases, [lease(receiver_now + 9_000)]);
     }
 }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// ALPN of ova-net's direct frames.
-pub const FRAME_ALPN: &[u8] = b"ova/frame/1";
+/// (Version 2: lease ends travel as time remaining, see [`ova_scheduler::message`].)
+pub const FRAME_ALPN: &[u8] = b"ova/frame/2";
 
 /// Stream error code: the frame was over the receiver's cap.
 pub const CODE_TOO_LARGE: VarInt = VarInt::from_u32(1);

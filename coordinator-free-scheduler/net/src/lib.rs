@@ -34,7 +34,7 @@
 //! | scheduler (`ova_scheduler::peer`) | ova-net |
 //! | --- | --- |
 //! | `Action::Broadcast(msg)` | [`Node::broadcast`]`(msg.encode())` (signed, gossiped) |
-//! | `Action::Send { to, msg }` | [`Node::send`]`(to, msg.encode())` (QUIC frame) |
+//! | `Action::Send { to, msg }` | [`Node::send`]`(to, msg.encode())` (QUIC frame; lease ends first made time remaining, `Message::to_wire_times`, and back in the receiver's clock on arrival) |
 //! | `Event::Frame { from, bytes }` | [`NetEvent::Broadcast`] / [`NetEvent::Direct`] |
 //! | `Event::PeerLeft(p)` | [`NetEvent::PeerExpired`] / [`NetEvent::PeerLeft`] |
 //! | `Event::Capacity(n)` | [`Node::set_capacity`] (also re-advertised here) |

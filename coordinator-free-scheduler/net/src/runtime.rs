@@ -1133,7 +1133,11 @@ impl Driver {
             }
         };
         let msg = match Message::decode(&payload) {
-            Ok(m) => m,
+            Ok(mut m) => {
+                // Lease ends come as time remaining (our clocks differ): now ours.
+                m.from_wire_times(self.now());
+                m
+            }
             Err(e) => {
                 debug!(peer = %from.fmt_short(), "undecodable message: {e}");
                 self.observer.frame_dropped(e.kind());
@@ -1284,7 +1288,9 @@ impl Driver {
 
     fn perform(&mut self, action: Action, done_tx: &mpsc::Sender<Done>) {
         match action {
-            Action::Send { to, msg } => {
+            Action::Send { to, mut msg } => {
+                // Lease ends leave as time remaining: the receiver's clock is not ours.
+                msg.to_wire_times(self.now());
                 if let Message::Commit(c) = &msg
                     && c.body.executor == self.peer.id()
                 {
