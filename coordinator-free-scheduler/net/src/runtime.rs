@@ -213,6 +213,12 @@ pub struct RuntimeConfig {
     /// How long a job of ours may wait for `quorum` distinct workers to be in the view before
     /// its units fail with that reason (the network is too small for the job).
     pub placement_timeout: Duration,
+    /// Shortest time between the starts of two group commits while work keeps coming: what
+    /// arrives meanwhile is stored (and what finished is signed) together, so a busy peer
+    /// pays a store transaction and a signature per batch rather than per handful of units.
+    /// An event after a quiet spell is committed at once; a batch reaching
+    /// [`GROUP_COMMIT_FULL`] writes does not wait either.
+    pub group_commit_interval: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -235,6 +241,7 @@ impl Default for RuntimeConfig {
             senders: 16,
             placement_timeout: Duration::from_secs(30),
             max_run_slots_per_core: 32,
+            group_commit_interval: Duration::from_millis(5),
         }
     }
 }
@@ -589,6 +596,20 @@ struct Load {
     commit_time: Duration,
 }
 
+/// Writes that start a group commit without waiting out [`RuntimeConfig::group_commit_interval`].
+const GROUP_COMMIT_FULL: usize = 512;
+
+/// Whether the next group commit may start (none is in flight): `interval` has passed since
+/// the last one started (after a quiet spell, at once), or `pending` writes fill a batch.
+///
+/// Starting one as soon as the last ended, a busy peer made hundreds of small commits a
+/// second: the P4 benchmark's workers each ran ~650 store transactions and ~350 signatures
+/// for ~2,500 units. Waiting out 5 ms gathers several turns of the loop into one: about 10 %
+/// more units per second there, and no loss on the P3 tiles.
+fn group_commit_due(since_last: Duration, interval: Duration, pending: usize) -> bool {
+    since_last >= interval || pending >= GROUP_COMMIT_FULL
+}
+
 /// Most events taken in one turn of the driver's loop (between two group commits).
 const MAX_BATCH_EVENTS: usize = 256;
 
@@ -689,6 +710,9 @@ impl Driver {
         self.flush().await;
         // The group commit in flight, if any (see `start_commit`).
         let mut commit: Option<GroupCommit> = None;
+        let interval = self.config.group_commit_interval;
+        // When the last group commit started (see `group_commit_due`).
+        let mut last_start = Instant::now().checked_sub(interval).unwrap_or_else(Instant::now);
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -746,6 +770,9 @@ impl Driver {
                         self.finish_commit(c, r);
                     }
                 }
+                // The interval since the last group commit is over: commit what waits.
+                _ = tokio::time::sleep_until((last_start + interval).into()),
+                    if commit.is_none() && self.has_uncommitted() => {}
                 _ = housekeeping.tick() => {
                     self.flush_pending_submits(&done_tx);
                     if std::mem::take(&mut self.blobs_changed) {
@@ -766,9 +793,14 @@ impl Driver {
                 let Ok(ev) = net.try_recv() else { break };
                 self.on_net(ev, &done_tx);
             }
-            if commit.is_none() {
+            if commit.is_none()
+                && group_commit_due(last_start.elapsed(), interval, self.pending.len())
+            {
                 self.feed_finished(&done_tx);
                 commit = self.start_commit();
+                if commit.is_some() {
+                    last_start = Instant::now();
+                }
             }
         }
         if let Some(mut c) = commit {
@@ -922,6 +954,11 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Whether writes, finished units or messages wait for the next group commit.
+    fn has_uncommitted(&self) -> bool {
+        !self.finished.is_empty() || !self.pending.is_empty() || !self.outbox.is_empty()
     }
 
     /// Hands the units gathered by [`Driver::on_done`] to the core, in one event.
@@ -1903,7 +1940,26 @@ pub async fn spawn_node(
 mod tests {
     use ova_scheduler::ArchClass;
 
-    use super::{BlobId, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census, run_slots_for};
+    use std::time::Duration;
+
+    use super::{
+        BlobId, GROUP_COMMIT_FULL, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census,
+        group_commit_due, run_slots_for,
+    };
+
+    #[test]
+    fn group_commits_wait_out_the_interval_unless_quiet_or_full() {
+        let interval = Duration::from_millis(5);
+        // After a quiet spell: at once.
+        assert!(group_commit_due(Duration::from_secs(3), interval, 1));
+        assert!(group_commit_due(interval, interval, 0));
+        // Work keeps coming: the next waits.
+        assert!(!group_commit_due(Duration::from_millis(1), interval, 40));
+        // ...unless a batch is full.
+        assert!(group_commit_due(Duration::ZERO, interval, GROUP_COMMIT_FULL));
+        // No interval: as soon as the last ended (the old behaviour).
+        assert!(group_commit_due(Duration::ZERO, Duration::ZERO, 0));
+    }
 
     /// Settles the depth for units of `secs`, as the driver does one result at a time.
     fn settled(secs: f64, max: u16) -> u32 {
