@@ -227,7 +227,14 @@ impl Default for RuntimeConfig {
             advert_interval_ms: 5_000,
             advert_ttl_ms: 20_000,
             probe_wait_ms: 500,
-            steal_cooldown_ms: 1_000,
+            // A peer that runs dry asks for work at once, and again 100 ms later at the
+            // soonest (doubling up to 1.6 s while requests bring nothing). At one request a
+            // second, the first worker done with a job's units sat idle through the tail
+            // while another still had ten tiles queued: the machine was half idle for the
+            // last 100 ms of a 1.4 s Mandelbrot job. (Tried once before and taken back: a
+            // watcher that heard a thief's claim before the victim's release counted two
+            // replicas and stalled a unit 1.5 s; the release now waits for the claim.)
+            steal_cooldown_ms: 100,
             lease_slack_ms: 5_000,
             ..CoreConfig::default()
         };
