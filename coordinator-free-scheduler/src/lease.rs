@@ -9,13 +9,26 @@
 //! at once when the holder is known gone ([`Leases::holder_gone`]). Implicit leases (handed by
 //! a watcher to a peer that has not claimed yet) are extended once, to ask their holder;
 //! handed-over and given-up claims are never extended.
+//!
+//! A give-up is kept apart from the leases when the table is full: the leases and the
+//! give-ups are each bounded ([`MAX_LEASES_PER_UNIT`], [`MAX_GIVE_UPS_PER_UNIT`]) and a new
+//! entry only ever replaces one of its own kind. A give-up ends when it is made, so under one
+//! shared bound it was the first entry a full table dropped; the holder's old lease (a long
+//! reservation, still circulating in probe replies and steal grants from peers that never
+//! heard the give-up) was then accepted again as a live replica, and the unit waited for it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Millis, PeerId};
 
-/// Most leases remembered per unit; when full, the earliest-expiring one is replaced.
+/// Most leases remembered per unit, give-ups aside; when full, the earliest-expiring one is
+/// replaced (never a give-up).
 pub const MAX_LEASES_PER_UNIT: usize = 8;
+
+/// Most give-ups remembered per unit, beside the leases; when full, the oldest is dropped (and
+/// its holder's old lease may then be accepted again, as before: a bound has to give somewhere,
+/// and in the `allow-lists` scenario sixteen did no better than eight).
+pub const MAX_GIVE_UPS_PER_UNIT: usize = 8;
 
 /// Most times a lapsed lease is extended while its holder is still alive in the view.
 pub const MAX_EXTENSIONS: u8 = 2;
@@ -61,8 +74,13 @@ impl Leases {
             }
             return;
         }
+        // A full table replaces its earliest-ending lease, never a give-up (see the module
+        // docs).
         if self.v.len() >= MAX_LEASES_PER_UNIT
-            && let Some(i) = (0..self.v.len()).min_by_key(|&i| self.v[i].0.until)
+            && self.v.iter().filter(|(_, f)| *f != GAVE).count() >= MAX_LEASES_PER_UNIT
+            && let Some(i) = (0..self.v.len())
+                .filter(|&i| self.v[i].1 != GAVE)
+                .min_by_key(|&i| self.v[i].0.until)
         {
             self.v.swap_remove(i);
         }
@@ -80,7 +98,8 @@ impl Leases {
 
     /// Records a lease we only heard about from a third peer (a probe reply). Hearsay never
     /// revives a lease that ended because its holder left: the replier may not have seen it go,
-    /// and a departed holder's reservation would otherwise circulate until it runs out.
+    /// and a departed holder's reservation would otherwise circulate until it runs out. Nor one
+    /// whose holder gave the unit up (as any claim from it, see [`Leases::give_up`]).
     pub fn claim_hearsay(&mut self, holder: PeerId, until: Millis) {
         if self.v.iter().any(|(l, f)| l.holder == holder && *f == FINAL) {
             return;
@@ -124,14 +143,21 @@ impl Leases {
     }
 
     /// `holder` gave the unit up: its lease ends at `now`, is never extended, and later claims
-    /// from it (sent before the give-up, arriving after it) are ignored.
+    /// from it (sent before the give-up, arriving after it) and leases of it heard from others
+    /// are ignored. Give-ups are bounded apart from the leases: past
+    /// [`MAX_GIVE_UPS_PER_UNIT`] the oldest give-up is dropped, never a lease.
     pub fn give_up(&mut self, holder: &PeerId, now: Millis) {
         self.release(holder);
+        let gave = self.v.iter().filter(|(_, f)| *f == GAVE).count();
+        if gave >= MAX_GIVE_UPS_PER_UNIT
+            && let Some(i) = (0..self.v.len())
+                .filter(|&i| self.v[i].1 == GAVE)
+                .min_by_key(|&i| self.v[i].0.until)
+        {
+            self.v.remove(i);
+        }
         self.v.reserve_exact(1);
         self.v.push((Lease { holder: *holder, until: now }, GAVE));
-        if self.v.len() > MAX_LEASES_PER_UNIT {
-            self.v.remove(0);
-        }
     }
 
     /// Ends every live lease held by `holder` at `now` (it left the network). Returns whether
@@ -291,5 +317,34 @@ mod tests {
         l.claim(a, 600);
         assert!(!l.is_live(&a, 120), "a stale claim does not revive a given-up lease");
         assert_eq!(l.extend_lapsed(200, 50, |_| true, |_| {}), None);
+    }
+
+    #[test]
+    fn a_full_table_keeps_its_give_ups_and_hearsay_does_not_revive_them() {
+        let mut l = Leases::default();
+        let p = |i: u8| PeerId([i; 32]);
+        // The first decliner's give-up ends earliest of all: one shared bound dropped it.
+        l.claim(p(1), 900);
+        l.give_up(&p(1), 10);
+        for i in 2..8u8 {
+            l.give_up(&p(i), 10 + i as u64);
+        }
+        for i in 20..40u8 {
+            l.claim(p(i), 100 + i as u64);
+            l.hand_over(p(i + 50), 50);
+        }
+        assert!((1..8u8).all(|i| l.gave_up(&p(i))), "{:?}", l.all());
+        l.claim_hearsay(p(1), 900);
+        l.claim(p(1), 900);
+        assert!(!l.is_live(&p(1), 100), "{:?}", l.all());
+        // Both kinds stay bounded; past its bound the oldest give-up goes, not a lease.
+        assert_eq!(l.all().len(), 7 + MAX_LEASES_PER_UNIT);
+        for i in 8..20u8 {
+            l.give_up(&p(i), 10 + i as u64);
+        }
+        assert_eq!(l.all().len(), MAX_GIVE_UPS_PER_UNIT + MAX_LEASES_PER_UNIT);
+        assert!(!l.gave_up(&p(1)) && l.gave_up(&p(19)));
+        // (The eighth lease is the last hand-over.)
+        assert_eq!(l.live(100).count(), MAX_LEASES_PER_UNIT - 1, "{:?}", l.all());
     }
 }

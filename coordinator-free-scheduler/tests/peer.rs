@@ -1299,3 +1299,92 @@ fn failed_bundle_copy_fetches_are_tried_again_from_the_peers_that_hold_it() {
     assert_eq!(attempts, 20);
     assert_eq!(p.stats().bundle_fetches_abandoned, 1);
 }
+
+/// A watcher's record that a peer gave a unit up (a worker whose allow-list excludes the
+/// submitter declined it) outlives a full lease table. With a quarter of the peers declining
+/// (the `allow-lists` scenario) a unit collects a give-up from every decliner that queued or
+/// stole it, and the table (eight leases) dropped its earliest-ending entry — the oldest
+/// give-up. A probe reply from a peer that never heard that give-up (the decliner leaves
+/// peers that gave up out of its hand-back) then brought the decliner's reservation back as
+/// a live replica, and the unit waited minutes for it with capable peers idle (seed 8: unit
+/// 1674's second replica started 174 s after its first commit).
+#[test]
+fn a_give_up_outlives_a_full_lease_table_and_hearsay_does_not_revive_it() {
+    let submitter = PeerId([1; 32]);
+    let mut s = Peer::new(
+        Config::default(),
+        ArchClass::X86_64,
+        2,
+        Box::new(SimSigner(submitter)),
+        Arc::new(SimKeys::default()),
+        1,
+    );
+    let mut m = manifest(4);
+    // Quorum 1: one live replica is all the unit needs, so the watcher waits while anybody
+    // (really or supposedly) holds it. Any architecture: the watcher ranks every unit.
+    m.replication = Replication { quorum: 1, max_replicas: 3, result_copies: 1 };
+    m.determinism = ova_jobs::Determinism::Strict;
+    let acts: Vec<Action> = s.handle(Event::Submit(Box::new(m)), 10).collect();
+    let announce = acts
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("announced");
+    let Message::Announce(info) = &announce else { unreachable!() };
+    let unit = UnitRef { job: info.job_id, index: 0 };
+    // The watcher: alone in its view, so it is the unit's only candidate.
+    let me = PeerId([2; 32]);
+    let mut w = Peer::new(
+        Config::default(),
+        ArchClass::X86_64,
+        2,
+        Box::new(SimSigner(me)),
+        Arc::new(SimKeys::default()),
+        2,
+    );
+    let _ = w.handle(Event::Online, 0).count();
+    // A replica holds the unit. Its claim arrives before the announcement (held, and replayed
+    // with it), so the watcher does not take the unit up in its first scan.
+    let holder = PeerId([50; 32]);
+    let claim = Message::Claim { unit, until: 100_000 };
+    let _ = w.handle(Event::Message { from: holder, msg: claim }, 5).count();
+    let acts: Vec<Action> =
+        w.handle(Event::Message { from: submitter, msg: announce }, 10).collect();
+    let started = |acts: &[Action]| {
+        acts.iter().any(|a| matches!(a, Action::StartUnit { unit: u, .. } if *u == unit))
+    };
+    assert!(!started(&acts), "{acts:?}");
+    let mut t = 20;
+    let mut send = |w: &mut Peer, from: PeerId, msg: Message| -> Vec<Action> {
+        t += 1;
+        w.handle(Event::Message { from, msg }, t).collect()
+    };
+    // The decliner queued the unit (a long reservation), then declined it.
+    let decliner = PeerId([60; 32]);
+    let _ = send(&mut w, decliner, Message::Claim { unit, until: 900_000 });
+    let _ = send(&mut w, decliner, Message::Claim { unit, until: 0 });
+    // Five more decliners (thieves that stole it and handed it back at once), and three
+    // victims that handed it over: a full table.
+    for k in 0..5u8 {
+        let d = PeerId([61 + k; 32]);
+        let _ = send(&mut w, d, Message::Claim { unit, until: 900_000 });
+        let _ = send(&mut w, d, Message::Claim { unit, until: 0 });
+    }
+    for k in 0..3u8 {
+        let _ = send(&mut w, PeerId([70 + k; 32]), Message::Release { unit, until: 0 });
+    }
+    // A peer that never heard the first decliner's give-up reports its reservation.
+    let stale = ova_scheduler::lease::Lease { holder: decliner, until: 900_000 };
+    let reply = Message::ProbeReply { unit, commits: Vec::new(), leases: vec![stale], done: false };
+    let _ = send(&mut w, PeerId([80; 32]), reply);
+    // The replica gives the unit up: nobody holds it, and the watcher takes it up at once (it
+    // queues it; it starts once it has the job's bundle).
+    let _ = send(&mut w, holder, Message::Claim { unit, until: 0 });
+    let what = w.describe_unit(&unit).unwrap_or_default();
+    assert!(
+        what.starts_with("mine=Queued") || what.starts_with("mine=Running"),
+        "the watcher waits for the decliner's old reservation: {what}"
+    );
+}

@@ -165,9 +165,12 @@ fn failed_units_always_carry_a_reason() {
 fn units_declined_by_allow_lists_are_placed_elsewhere() {
     // A quarter of the peers decline every unit (their allow-lists exclude the submitter).
     // Every unit must still be verified, in a makespan close to a network without those
-    // peers — not held up by lease lapses (the stall of issue #6 left units unresolved here).
+    // peers — not held up by lease lapses (the stall of issue #6 left units unresolved here),
+    // nor by a decliner's old reservation heard again after a full lease table dropped its
+    // give-up (3.18x here; 1.89x since give-ups are bounded apart from the leases, at most
+    // 2.31x over seeds 1-40).
     let r = run("allow-lists", 8);
     all_verified(&r);
     let ratio = r.makespan_ms as f64 / r.ideal_ms.max(1) as f64;
-    assert!(ratio < 5.0, "makespan {ratio:.2}x ideal: {}", r.render());
+    assert!(ratio < 2.6, "makespan {ratio:.2}x ideal: {}", r.render());
 }

@@ -54,10 +54,12 @@
 //!   hands it back with a claim ending at 0. Watchers leave that peer out of the unit's
 //!   watchers so the hand-back reaches further down the ranking, and the next eligible peer
 //!   takes the unit at once. The give-up is final at the watchers (a later claim from that
-//!   peer for the unit may be stale). A decline (policy) is final at the peer too; a
-//!   transient give-up (inputs unreachable, cancelled) is taken up again by the peer's
-//!   liveness sweep once nobody holds the unit, and its commit counts like any other: a unit
-//!   whose every candidate once failed to fetch its inputs is not stranded.
+//!   peer for the unit may be stale, and so may its lease in a probe reply or steal grant); a
+//!   full lease table never drops a give-up to make room for a lease (see [`crate::lease`]).
+//!   A decline (policy) is final at the peer too; a transient give-up (inputs unreachable,
+//!   cancelled) is taken up again by the peer's liveness sweep once nobody holds the unit, and
+//!   its commit counts like any other: a unit whose every candidate once failed to fetch its
+//!   inputs is not stranded.
 //! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
 //!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
 //!   round trip.
