@@ -28,6 +28,8 @@ use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 pub const MAX_FRAME_BYTES: usize = ova_jobs::manifest::MAX_MANIFEST_BYTES + (64 << 10);
 /// Most commits or units in one batch message.
 pub const MAX_BATCH: usize = 256;
+/// Most declined jobs a steal request names ([`Message::StealRequest`]).
+pub const MAX_STEAL_SKIP: usize = 8;
 /// Most classes or holders in one announcement.
 pub const MAX_ANNOUNCE_LIST: usize = 16;
 
@@ -199,6 +201,10 @@ pub enum Message {
         arch: ArchClass,
         /// How many more times the request may be forwarded.
         hops: u8,
+        /// Jobs the thief declines (its allow-list excludes their submitters; at most
+        /// [`MAX_STEAL_SKIP`]): their units are not granted to it, it would only hand them
+        /// back.
+        skip: Vec<JobId>,
     },
     /// Units handed over to the thief (direct, from the victim).
     StealGrant(Vec<Grant>),

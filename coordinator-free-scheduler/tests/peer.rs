@@ -151,7 +151,13 @@ fn messages_round_trip_through_the_wire_envelope() {
     let msgs = vec![
         Message::Announce(info),
         Message::Claim { unit: UnitRef { job: ova_jobs::JobId([2; 32]), index: 1 }, until: 77 },
-        Message::StealRequest { max: 3, thief: PeerId([3; 32]), arch: ArchClass(1), hops: 2 },
+        Message::StealRequest {
+            max: 3,
+            thief: PeerId([3; 32]),
+            arch: ArchClass(1),
+            hops: 2,
+            skip: vec![ova_jobs::JobId([4; 32])],
+        },
         Message::StealGrant(vec![ova_scheduler::Grant {
             unit: UnitRef { job: ova_jobs::JobId([2; 32]), index: 4 },
             watchers: vec![PeerId([5; 32])],
@@ -676,7 +682,8 @@ fn asking_for_a_job_brings_the_releases_of_units_handed_to_a_thief() {
     let (submitter, thief) = (ps[0].id(), ps[2].id());
     let victim = &mut ps[1];
     let _ = victim.handle(Event::Message { from: submitter, msg: announce }, 20).count();
-    let steal = Message::StealRequest { max: 4, thief, arch: ArchClass::X86_64, hops: 0 };
+    let steal =
+        Message::StealRequest { max: 4, thief, arch: ArchClass::X86_64, hops: 0, skip: vec![] };
     let acts: Vec<Action> = victim.handle(Event::Message { from: thief, msg: steal }, 30).collect();
     let granted: Vec<UnitRef> = acts
         .iter()
@@ -908,6 +915,74 @@ fn declined_units_are_taken_by_another_peer_promptly() {
             );
         }
     }
+}
+
+/// A peer whose shell declines a job (its allow-list excludes the submitter) names the job
+/// when it asks for work, and a victim grants it none of that job's units. It used to be
+/// granted them (an idle decliner asks often) and hand each back: in the simulator's
+/// allow-lists scenario a unit collected a dozen such give-ups.
+#[test]
+fn a_peer_that_declines_a_job_is_granted_none_of_its_units() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let (job, announce) = announcement(&mut ps[0], 64);
+    let submitter = ps[0].id();
+    // The thief's shell declines every unit of the job it is asked to start.
+    let thief_id = ps[2].id();
+    let thief = &mut ps[2];
+    let mut inbox = vec![Event::Message { from: submitter, msg: announce.clone() }];
+    let mut request = None;
+    let mut declined = 0;
+    for now in (20..60_000).step_by(50) {
+        inbox.push(Event::Timer);
+        for ev in std::mem::take(&mut inbox) {
+            for a in thief.handle(ev, now).collect::<Vec<_>>() {
+                match a {
+                    Action::StartUnit { unit, .. } => {
+                        declined += 1;
+                        let result = Err(ova_scheduler::LocalFailure::Declined);
+                        inbox.push(Event::UnitFinished { unit, result });
+                    }
+                    Action::Send { msg: m @ Message::StealRequest { .. }, .. } if declined > 0 => {
+                        request = Some(m);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if request.is_some() {
+            break;
+        }
+    }
+    let Some(Message::StealRequest { skip, .. }) = request else {
+        panic!("the idle decliner asked for work ({declined} units declined)")
+    };
+    assert_eq!(skip, vec![job]);
+    // A victim with the job's units queued grants none of them to it...
+    let victim = &mut ps[1];
+    let _ = victim.handle(Event::Message { from: submitter, msg: announce }, 20).count();
+    let granted = |acts: &[Action]| -> usize {
+        acts.iter()
+            .map(|a| match a {
+                Action::Send { msg: Message::StealGrant(g), .. } => g.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let ask = |skip| Message::StealRequest {
+        max: 4,
+        thief: thief_id,
+        arch: ArchClass::X86_64,
+        hops: 0,
+        skip,
+    };
+    let acts: Vec<Action> =
+        victim.handle(Event::Message { from: thief_id, msg: ask(vec![job]) }, 30).collect();
+    assert_eq!(granted(&acts), 0, "{acts:?}");
+    // ...and some to a thief that does not decline it.
+    let acts: Vec<Action> =
+        victim.handle(Event::Message { from: thief_id, msg: ask(vec![]) }, 31).collect();
+    assert!(granted(&acts) > 0, "{acts:?}");
 }
 
 /// Two replicas disagree: the extra replica that breaks the tie is reserved as soon as the

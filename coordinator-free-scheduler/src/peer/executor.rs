@@ -94,6 +94,9 @@ impl Peer {
                 let u = self.units.get_mut(&key).expect("tracked");
                 u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
                 u.leases.give_up(&self.id, self.now);
+                if why == LocalFailure::Declined {
+                    self.jobs[s as usize].declined = true;
+                }
                 if let Some(v) = victim
                     && !watchers.contains(&v)
                 {

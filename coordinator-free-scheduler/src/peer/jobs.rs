@@ -113,6 +113,7 @@ impl Peer {
             settled_at_sweep: 0,
             still_sweeps: 0,
             copy_fetch: None,
+            declined: false,
         });
         self.job_ids.push(info.job_id);
         self.job_order.push(slot);

@@ -56,7 +56,8 @@
 //!   takes the unit at once. The give-up is final at the watchers (a later claim from that
 //!   peer for the unit may be stale, and so may its lease in a probe reply or steal grant); a
 //!   full lease table never drops a give-up to make room for a lease (see [`crate::lease`]).
-//!   A decline (policy) is final at the peer too; a transient give-up (inputs unreachable,
+//!   A decline (policy) is final at the peer too, and for the whole job: the peer's steal
+//!   requests name the jobs it declines, and victims grant it none of their units. A transient give-up (inputs unreachable,
 //!   cancelled) is taken up again by the peer's liveness sweep once nobody holds the unit, and
 //!   its commit counts like any other: a unit whose every candidate once failed to fetch its
 //!   inputs is not stranded.
@@ -99,7 +100,7 @@ use ova_jobs::{BlobId, JobId, Manifest, UnitId};
 
 use crate::commit::{CommitBody, Signer, Verifier};
 use crate::membership::View;
-use crate::message::{JobInfo, MAX_BATCH, Message};
+use crate::message::{JobInfo, MAX_BATCH, MAX_STEAL_SKIP, Message};
 use crate::quorum::{DissentBook, DissentRecord, FailReason};
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 use crate::util::{FxHashMap, FxHashSet, Rng};
@@ -628,8 +629,9 @@ impl Peer {
             Message::ProbeReply { unit, commits, leases, done } => {
                 self.on_probe_reply(unit, commits, leases, done)
             }
-            Message::StealRequest { max, thief, arch, hops } => {
-                self.on_steal_request(from, thief, arch, max, hops)
+            Message::StealRequest { max, thief, arch, hops, mut skip } => {
+                skip.truncate(MAX_STEAL_SKIP);
+                self.on_steal_request(from, thief, arch, max, hops, skip)
             }
             Message::StealGrant(grants) => self.on_steal_grant(from, grants),
             Message::Ping => self.out.push(Action::Send { to: from, msg: Message::Pong }),

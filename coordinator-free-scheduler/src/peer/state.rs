@@ -105,6 +105,9 @@ pub(super) struct JobState {
     /// The fetch of the bundle copy we were chosen to keep, while it is followed (see
     /// `refetch`).
     pub(super) copy_fetch: Option<super::refetch::BundleFetch>,
+    /// Our shell declined a unit of this job (a policy: its allow-list excludes the
+    /// submitter), so it declines them all: our steal requests ask for none of its units.
+    pub(super) declined: bool,
 }
 
 impl Peer {

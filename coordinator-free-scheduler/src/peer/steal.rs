@@ -2,11 +2,13 @@
 //! from its ready queue or its scan backlog, or forwards the request; a thief takes what it
 //! was granted.
 
+use ova_jobs::JobId;
+
 use super::rule::MAX_WATCHERS;
 use super::scan::in_arc;
 use super::state::{Mine, UKey, UnitState};
 use super::{Action, Peer, RunCause, TimerKind};
-use crate::message::{Grant, MAX_ANNOUNCE_LIST, MAX_BATCH, Message};
+use crate::message::{Grant, MAX_ANNOUNCE_LIST, MAX_BATCH, MAX_STEAL_SKIP, Message};
 use crate::placement::position;
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 
@@ -43,7 +45,18 @@ impl Peer {
         let Some(v) = self.steal_target(&[], toward_cw) else { return };
         // Enough to fill our run slots and keep as many queued behind them.
         let max = (self.run_slots() - self.running.min(self.run_slots())) + self.run_slots();
-        let msg = Message::StealRequest { max, thief: self.id, arch: self.arch, hops: STEAL_HOPS };
+        // Jobs we decline: asking for their units would only bring them here to be handed
+        // back (a peer whose allow-list excludes a submitter is idle, and so kept stealing
+        // them: in the allow-lists scenario a unit collected a dozen such give-ups).
+        let skip = self
+            .jobs
+            .iter()
+            .filter(|j| j.declined)
+            .map(|j| j.info.job_id)
+            .take(MAX_STEAL_SKIP)
+            .collect();
+        let msg =
+            Message::StealRequest { max, thief: self.id, arch: self.arch, hops: STEAL_HOPS, skip };
         self.out.push(Action::Send { to: v, msg });
     }
 
@@ -59,13 +72,17 @@ impl Peer {
         thief: PeerId,
         thief_arch: ArchClass,
         want: usize,
+        skip: &[JobId],
         granted: &mut Vec<UKey>,
     ) {
         // Units looked at: most in a region are not ours (or are known already).
         let mut budget = 8 * want + 64;
         for s in 0..self.jobs.len() {
             let j = &self.jobs[s];
-            if self.now < j.scan_after || (!j.info.strict() && thief_arch != self.arch) {
+            if self.now < j.scan_after
+                || (!j.info.strict() && thief_arch != self.arch)
+                || skip.contains(&j.info.job_id)
+            {
                 continue;
             }
             while granted.len() < want && budget > 0 {
@@ -149,6 +166,7 @@ impl Peer {
         arch: ArchClass,
         max: u32,
         hops: u8,
+        skip: Vec<JobId>,
     ) {
         if thief == self.id {
             return;
@@ -169,7 +187,8 @@ impl Peer {
             i -= 1;
             let key = self.ready[i];
             let j = &self.jobs[key.0 as usize];
-            let ok_arch = j.info.strict() || thief_arch == self.arch;
+            let ok_arch =
+                (j.info.strict() || thief_arch == self.arch) && !skip.contains(&j.info.job_id);
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
             let q = j.info.manifest.replication.quorum as usize;
             let point = j.d.points[key.1 as usize];
@@ -214,7 +233,7 @@ impl Peer {
         }
         // ...then units of our region scan not queued yet.
         if granted.len() < want && self.scanning > 0 {
-            self.grant_from_scan(thief, thief_arch, want, &mut granted);
+            self.grant_from_scan(thief, thief_arch, want, &skip, &mut granted);
         }
         if granted.is_empty() {
             if hops > 0 {
@@ -226,7 +245,7 @@ impl Peer {
                     _ => false,
                 };
                 if let Some(next) = self.steal_target(&[from, thief], !came_cw) {
-                    let msg = Message::StealRequest { max, thief, arch, hops: hops - 1 };
+                    let msg = Message::StealRequest { max, thief, arch, hops: hops - 1, skip };
                     self.out.push(Action::Send { to: next, msg });
                 }
             }
@@ -351,8 +370,10 @@ impl Peer {
                 continue;
             };
             let lease_max = self.reserve_max(key.0);
+            // (A unit of a job we decline, from a victim that had not heard: handed back.)
+            let declined = self.jobs[key.0 as usize].declined;
             let u = self.units.get_mut(&key).expect("resolved");
-            if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) {
+            if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) && !declined {
                 let me = self.id;
                 let mut watchers: Vec<PeerId> =
                     watchers.into_iter().filter(|p| *p != me).take(MAX_WATCHERS).collect();
