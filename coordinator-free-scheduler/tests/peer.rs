@@ -985,6 +985,52 @@ fn a_peer_that_declines_a_job_is_granted_none_of_its_units() {
     assert!(granted(&acts) > 0, "{acts:?}");
 }
 
+/// A peer that runs dry asks for work at once, even though its earlier requests (made while
+/// every other peer had its own work) brought nothing and had stretched its wait: in the P3
+/// benchmark the first workers done with a job's tiles sat idle through its tail while
+/// another still had tiles queued.
+#[test]
+fn a_peer_that_runs_dry_asks_for_work_at_once() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let (_, announce) = announcement(&mut ps[0], 8);
+    let submitter = ps[0].id();
+    let p = &mut ps[2];
+    let asks = |acts: &[Action]| {
+        acts.iter()
+            .filter(|a| matches!(a, Action::Send { msg: Message::StealRequest { .. }, .. }))
+            .count()
+    };
+    // Idle with no job: nobody grants anything, so the requests back off (one at 0 s, while
+    // settling, one 10 s later; the next is due 20 s after that, at 30 s).
+    let mut early = 0;
+    for now in (20..25_000).step_by(250) {
+        early += asks(&p.handle(Event::Timer, now).collect::<Vec<_>>());
+    }
+    assert_eq!(early, 1, "requests from 20 ms to 25 s");
+    // A job: the peer runs what it is given, each unit finished at once.
+    let mut inbox = vec![Event::Message { from: submitter, msg: announce }];
+    let (mut ran, mut asked_after_running) = (0, 0);
+    for now in (25_000..27_000).step_by(10) {
+        inbox.push(Event::Timer);
+        for ev in std::mem::take(&mut inbox) {
+            let acts: Vec<Action> = p.handle(ev, now).collect();
+            if ran > 0 {
+                asked_after_running += asks(&acts);
+            }
+            for a in acts {
+                if let Action::StartUnit { unit, .. } = a {
+                    ran += 1;
+                    let result = Ok(BlobId::of(&unit.index.to_le_bytes()));
+                    inbox.push(Event::UnitFinished { unit, result });
+                }
+            }
+        }
+    }
+    assert!(ran > 0, "the peer ran none of the job's units");
+    assert!(asked_after_running > 0, "ran {ran} units, then waited out its back-off");
+}
+
 /// Two replicas disagree: the extra replica that breaks the tie is reserved as soon as the
 /// second (disagreeing) commit is known — not after some lease lapses.
 #[test]

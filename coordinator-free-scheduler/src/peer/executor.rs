@@ -50,6 +50,7 @@ impl Peer {
             let renew = !u.leases.is_live(&self.id, until);
             u.leases.claim(self.id, until);
             self.running += 1;
+            self.had_work = true;
             self.stats.started += 1;
             match u.cause {
                 RunCause::Scan => self.stats.started_scan += 1,
@@ -75,6 +76,14 @@ impl Peer {
             }
         }
         if self.running < self.run_slots() && self.ready.is_empty() {
+            if self.running == 0 && std::mem::take(&mut self.had_work) {
+                // Just ran dry: ask at once, with the back-off of requests made while we
+                // were busy forgotten. (They brought nothing because every peer had work, not
+                // because the network is dry; waiting them out, the first workers done with a
+                // job's units sat idle through its tail while another still had units queued.)
+                self.steal_misses = 0;
+                self.last_steal = None;
+            }
             self.try_steal();
         }
     }

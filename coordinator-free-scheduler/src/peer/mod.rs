@@ -335,6 +335,8 @@ pub struct Peer {
     last_steal: Option<Millis>,
     /// Steal attempts since the last grant (each doubles the wait before the next).
     steal_misses: u32,
+    /// We started a unit since we were last idle (see [`Peer::pump`]).
+    had_work: bool,
     sweeps: u64,
     dissent: DissentBook,
     /// Spare cores per architecture class in the whole network, as the shell counted them
@@ -403,6 +405,7 @@ impl Peer {
             stolen: FxHashMap::default(),
             lent: FxHashMap::default(),
             steal_misses: 0,
+            had_work: false,
             scanning: 0,
             sweeps: 0,
             dissent,
