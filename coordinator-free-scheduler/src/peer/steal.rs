@@ -187,7 +187,8 @@ impl Peer {
             i -= 1;
             let key = self.ready[i];
             let j = &self.jobs[key.0 as usize];
-            let ok_arch =
+            // A unit of the thief's class, of a job it does not decline.
+            let may_grant =
                 (j.info.strict() || thief_arch == self.arch) && !skip.contains(&j.info.job_id);
             let lease = j.info.manifest.limits.deadline_ms + self.cfg.lease_slack_ms;
             let q = j.info.manifest.replication.quorum as usize;
@@ -201,7 +202,7 @@ impl Peer {
                 self.ready.remove(i);
                 continue;
             };
-            if ok_arch
+            if may_grant
                 && thief_ok
                 && u.mine == Mine::Queued
                 && u.cause != RunCause::Steal
