@@ -229,6 +229,9 @@ impl std::ops::Deref for Payload {
     }
 }
 
+/// Why a send to a peer that announced its departure is refused.
+const PEER_LEFT: &str = "the peer left";
+
 /// A node operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -265,6 +268,19 @@ pub enum NetError {
     /// The node is shutting down.
     #[error("the node is shut down")]
     Closed,
+}
+
+impl NetError {
+    /// Whether sending again a little later may succeed: a connection that could not be made
+    /// (no address known yet for the peer, a timeout), not a peer that left or a frame that
+    /// is too large.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NetError::Connect { reason, .. } => reason != PEER_LEFT,
+            NetError::Send { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 struct Shared {
@@ -545,17 +561,37 @@ impl Node {
     /// frames as the frame cap allows (a payload too large for a frame on its own is refused
     /// and the rest still sent).
     pub async fn send_batch(&self, to: EndpointId, payloads: Vec<Vec<u8>>) -> Result<(), NetError> {
+        self.send_batch_keeping_unsent(to, payloads).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Node::send_batch`], handing back on failure the payloads of the frames that could
+    /// not be sent (to try them again later without a copy of every batch sent).
+    pub async fn send_batch_keeping_unsent(
+        &self,
+        to: EndpointId,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<(), (NetError, Vec<Vec<u8>>)> {
         let max = self.shared.config.max_frame_bytes;
         // Frame overhead: the enum tag and a varint length per payload (at most 5 bytes
         // each), plus the sequence length.
         let cost = |p: &Vec<u8>| p.len() + 5;
         let mut chunk: Vec<Vec<u8>> = Vec::new();
         let mut size = 16;
-        let mut result = Ok(());
+        let mut error = None;
+        let mut unsent = Vec::new();
+        let mut send = async |frame: DirectFrame, error: &mut Option<NetError>| {
+            if let Err(e) = self.send_frame(to, &frame).await {
+                error.get_or_insert(e);
+                match frame {
+                    DirectFrame::App(p) => unsent.push(p),
+                    DirectFrame::Batch(ps) => unsent.extend(ps),
+                    _ => {}
+                }
+            }
+        };
         for p in payloads {
             if size + cost(&p) > max && !chunk.is_empty() {
-                let full = DirectFrame::Batch(std::mem::take(&mut chunk));
-                result = result.and(self.send_frame(to, &full).await);
+                send(DirectFrame::Batch(std::mem::take(&mut chunk)), &mut error).await;
                 size = 16;
             }
             size += cost(&p);
@@ -563,11 +599,14 @@ impl Node {
         }
         if chunk.len() == 1 {
             let p = chunk.pop().unwrap_or_default();
-            result = result.and(self.send_frame(to, &DirectFrame::App(p)).await);
+            send(DirectFrame::App(p), &mut error).await;
         } else if !chunk.is_empty() {
-            result = result.and(self.send_frame(to, &DirectFrame::Batch(chunk)).await);
+            send(DirectFrame::Batch(chunk), &mut error).await;
         }
-        result
+        match error {
+            None => Ok(()),
+            Some(e) => Err((e, unsent)),
+        }
     }
 
     /// Stops cleanly: tells the others we leave, then closes every connection and task.
@@ -842,7 +881,7 @@ impl Shared {
             return Ok(c.clone());
         }
         if lock(&self.departed).contains(&to) {
-            return Err(NetError::Connect { peer: to, reason: "the peer left".into() });
+            return Err(NetError::Connect { peer: to, reason: PEER_LEFT.into() });
         }
         let alpn = self.config.alpn(FRAME_ALPN);
         let connecting = self.endpoint.connect(to, &alpn);

@@ -26,7 +26,7 @@
 //! units are kept in flight several per core, so fetching inputs, the group commit and the
 //! messages overlap with execution.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -466,21 +466,65 @@ enum Outgoing {
 /// Most queued messages a sender packs into one round of frames.
 const MAX_SENDER_BATCH: usize = 4096;
 
+/// Pauses before a failed send to a peer is tried again (then it is dropped). A peer that
+/// has just joined may be known (its claim or commit arrived) before its address is (its
+/// advert is still on its way): such a send failed with "no addressing information", and the
+/// lost claim or release left a unit waiting a lease out, 1–10 s with every peer idle (one
+/// demo run in five).
+const SEND_RETRY_PAUSES: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_millis(400), Duration::from_millis(1_600)];
+
+/// Most failed sends a sender keeps to try again (past this the oldest is dropped).
+const MAX_SEND_RETRIES: usize = 64;
+
+/// When a failed send is due again, or `None` when it has had its retries
+/// ([`SEND_RETRY_PAUSES`]).
+fn send_retry_due(failed_at: Instant, attempts: usize) -> Option<Instant> {
+    SEND_RETRY_PAUSES.get(attempts).map(|pause| failed_at + *pause)
+}
+
+/// A send that failed and will be tried again: the peer, its messages, the attempts so far
+/// and when the next is due.
+struct Retry {
+    to: EndpointId,
+    messages: Vec<Vec<u8>>,
+    attempts: usize,
+    due: Instant,
+}
+
 /// Drains one send queue: whatever has piled up while the last frames were on the wire is
 /// packed per destination, in order, into as few frames as possible ([`Node::send_batch`]).
+/// A send that fails for a reason that may pass (see [`crate::node::NetError::is_transient`])
+/// is tried again after [`SEND_RETRY_PAUSES`]; messages are idempotent, so one that did
+/// arrive after all costs a duplicate, not a wrong state.
 async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc<dyn Observer>) {
     let mut taken = Vec::new();
+    let mut retries: VecDeque<Retry> = VecDeque::new();
     loop {
-        if rx.recv_many(&mut taken, MAX_SENDER_BATCH).await == 0 {
-            return;
+        let next_due = retries.iter().map(|r| r.due).min();
+        let mut per_peer: Vec<(EndpointId, Vec<Vec<u8>>, usize)> = Vec::new();
+        tokio::select! {
+            n = rx.recv_many(&mut taken, MAX_SENDER_BATCH) => {
+                if n == 0 {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now).into()),
+                if next_due.is_some() => {}
         }
-        let mut per_peer: Vec<(EndpointId, Vec<Vec<u8>>)> = Vec::new();
+        let now = Instant::now();
+        while let Some(i) = retries.iter().position(|r| r.due <= now) {
+            let r = retries.remove(i).expect("found");
+            per_peer.push((r.to, r.messages, r.attempts));
+        }
         for out in taken.drain(..) {
             match out {
-                Outgoing::Send(to, bytes) => match per_peer.iter_mut().find(|(p, _)| *p == to) {
-                    Some((_, list)) => list.push(bytes),
-                    None => per_peer.push((to, vec![bytes])),
-                },
+                Outgoing::Send(to, bytes) => {
+                    match per_peer.iter_mut().find(|(p, _, a)| *p == to && *a == 0) {
+                        Some((_, list, _)) => list.push(bytes),
+                        None => per_peer.push((to, vec![bytes], 0)),
+                    }
+                }
                 Outgoing::Broadcast(bytes) => {
                     if let Err(e) = node.broadcast(bytes).await {
                         debug!("broadcast failed: {e}");
@@ -489,11 +533,22 @@ async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc
                 }
             }
         }
-        for (to, list) in per_peer {
+        for (to, list, attempts) in per_peer {
             let n = list.len();
-            if let Err(e) = node.send_batch(to, list).await {
-                debug!(peer = %to.fmt_short(), messages = n, "send failed: {e}");
-                observer.frame_dropped("send_failed");
+            let Err((e, list)) = node.send_batch_keeping_unsent(to, list).await else { continue };
+            match send_retry_due(Instant::now(), attempts).filter(|_| e.is_transient()) {
+                Some(due) => {
+                    debug!(peer = %to.fmt_short(), messages = n, attempts, "send failed: {e}; trying again");
+                    if retries.len() >= MAX_SEND_RETRIES {
+                        retries.pop_front();
+                        observer.frame_dropped("send_failed");
+                    }
+                    retries.push_back(Retry { to, messages: list, attempts: attempts + 1, due });
+                }
+                None => {
+                    debug!(peer = %to.fmt_short(), messages = n, "send failed: {e}");
+                    observer.frame_dropped("send_failed");
+                }
             }
         }
     }
@@ -669,7 +724,7 @@ const MAX_INLINE_HELD_BYTES: usize = 16 << 20;
 #[derive(Default)]
 struct InlineResults {
     by_id: HashMap<BlobId, Vec<u8>>,
-    order: std::collections::VecDeque<BlobId>,
+    order: VecDeque<BlobId>,
     bytes: usize,
 }
 
@@ -1951,8 +2006,34 @@ mod tests {
 
     use super::{
         BlobId, GROUP_COMMIT_FULL, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census,
-        group_commit_due, run_slots_for,
+        group_commit_due, run_slots_for, send_retry_due,
     };
+    use crate::node::NetError;
+
+    /// A send that failed because the peer's address is not known yet (it is on its way in
+    /// an advert) is tried again three times over about two seconds; one to a peer that
+    /// left, or too large to send, is not.
+    #[test]
+    fn failed_sends_are_tried_again_only_when_they_may_succeed() {
+        let t = std::time::Instant::now();
+        let due: Vec<_> = (0..4).map(|a| send_retry_due(t, a).map(|d| d - t)).collect();
+        assert_eq!(
+            due,
+            [
+                Some(Duration::from_millis(100)),
+                Some(Duration::from_millis(400)),
+                Some(Duration::from_millis(1_600)),
+                None
+            ]
+        );
+        let peer = iroh::SecretKey::from_bytes(&[3; 32]).public();
+        let no_address =
+            NetError::Connect { peer, reason: "No addressing information available".into() };
+        assert!(no_address.is_transient());
+        let left = NetError::Connect { peer, reason: "the peer left".into() };
+        assert!(!left.is_transient());
+        assert!(!NetError::TooLarge { len: 2, max: 1 }.is_transient());
+    }
 
     #[test]
     fn group_commits_wait_out_the_interval_unless_quiet_or_full() {
