@@ -495,8 +495,9 @@ struct Retry {
 /// Drains one send queue: whatever has piled up while the last frames were on the wire is
 /// packed per destination, in order, into as few frames as possible ([`Node::send_batch`]).
 /// A send that fails for a reason that may pass (see [`crate::node::NetError::is_transient`])
-/// is tried again after [`SEND_RETRY_PAUSES`]; messages are idempotent, so one that did
-/// arrive after all costs a duplicate, not a wrong state.
+/// is tried again after [`SEND_RETRY_PAUSES`], and later messages to that peer wait behind
+/// it (order is kept); messages are idempotent, so one that did arrive after all costs a
+/// duplicate, not a wrong state.
 async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc<dyn Observer>) {
     let mut taken = Vec::new();
     let mut retries: VecDeque<Retry> = VecDeque::new();
@@ -520,7 +521,13 @@ async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc
         for out in taken.drain(..) {
             match out {
                 Outgoing::Send(to, bytes) => {
-                    match per_peer.iter_mut().find(|(p, _, a)| *p == to && *a == 0) {
+                    // Behind the messages to the same peer still waiting to be tried again
+                    // (a commit must not overtake the claim before it).
+                    if let Some(r) = retries.iter_mut().find(|r| r.to == to) {
+                        r.messages.push(bytes);
+                        continue;
+                    }
+                    match per_peer.iter_mut().find(|(p, ..)| *p == to) {
                         Some((_, list, _)) => list.push(bytes),
                         None => per_peer.push((to, vec![bytes], 0)),
                     }
