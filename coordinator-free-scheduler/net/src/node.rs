@@ -579,7 +579,7 @@ impl Node {
         let mut size = 16;
         let mut error = None;
         let mut unsent = Vec::new();
-        let mut send = async |frame: DirectFrame, error: &mut Option<NetError>| {
+        let mut send = async |frame: DirectFrame| {
             if let Err(e) = self.send_frame(to, &frame).await {
                 error.get_or_insert(e);
                 match frame {
@@ -591,7 +591,7 @@ impl Node {
         };
         for p in payloads {
             if size + cost(&p) > max && !chunk.is_empty() {
-                send(DirectFrame::Batch(std::mem::take(&mut chunk)), &mut error).await;
+                send(DirectFrame::Batch(std::mem::take(&mut chunk))).await;
                 size = 16;
             }
             size += cost(&p);
@@ -599,9 +599,9 @@ impl Node {
         }
         if chunk.len() == 1 {
             let p = chunk.pop().unwrap_or_default();
-            send(DirectFrame::App(p), &mut error).await;
+            send(DirectFrame::App(p)).await;
         } else if !chunk.is_empty() {
-            send(DirectFrame::Batch(chunk), &mut error).await;
+            send(DirectFrame::Batch(chunk)).await;
         }
         match error {
             None => Ok(()),
