@@ -1509,3 +1509,141 @@ fn a_give_up_outlives_a_full_lease_table_and_hearsay_does_not_revive_it() {
         "the watcher waits for the decliner's old reservation: {what}"
     );
 }
+
+/// A unit's candidates are its `window` ring successors, so a newcomer among them pushes the
+/// farthest out: a peer that skipped a unit because that farthest one ranked ahead of it may
+/// now rank among its first `quorum`, and must take the unit up. (Before, a newcomer was taken
+/// to only push peers down the rankings, and such a unit could be left with no candidate
+/// tracking it: in a 10,000-peer simulation with churn, 3 of 300,000 units were never run.)
+#[test]
+fn a_newcomer_that_pushes_a_candidate_out_of_a_window_hands_its_unit_on() {
+    let newcomers = (13..=249u8).map(|k| advert(PeerId([k; 32]), 2, 1)).collect();
+    takes_up_the_unit_a_change_moves_it_up_for(newcomers);
+}
+
+/// Likewise when a candidate ranked ahead of us advertises fewer spare cores (its owner got
+/// busy): it races slower, and units it won may now be ours.
+#[test]
+fn a_candidate_whose_spare_cores_drop_hands_its_units_on() {
+    let lighter = (2..=12u8).map(|k| advert(PeerId([k; 32]), 1, 2)).collect();
+    takes_up_the_unit_a_change_moves_it_up_for(lighter);
+}
+
+fn advert(peer: PeerId, spare_cores: u16, seq: u64) -> Advert {
+    Advert {
+        peer,
+        arch: ArchClass::X86_64,
+        spare_cores,
+        queue_len: 0,
+        seq,
+        ttl_ms: 300_000,
+        jobs: Arc::from([]),
+    }
+}
+
+/// A peer that knows eleven members (two spare cores each) and a 64-unit job finishes its
+/// region scan; then one of `changes` (adverts) arrives: the first that moves it among the
+/// first two candidates of a unit it had skipped. It must take that unit up.
+fn takes_up_the_unit_a_change_moves_it_up_for(changes: Vec<Advert>) {
+    use ova_scheduler::membership::View;
+    use ova_scheduler::placement::rank;
+
+    let cfg = Config::default();
+    let me = PeerId([1; 32]);
+    let members: Vec<PeerId> = (2..=12u8).map(|k| PeerId([k; 32])).collect();
+    // The job, announced by a submitter outside our view.
+    let keys = Arc::new(SimKeys::default());
+    let s = PeerId([250; 32]);
+    let mut submitter =
+        Peer::new(cfg.clone(), ArchClass::X86_64, 2, Box::new(SimSigner(s)), keys, 3);
+    submitter.set_capacity_census(vec![(ArchClass::X86_64, 100)]);
+    let (job, announce) = announcement(&mut submitter, 64);
+    let Message::Announce(info) = &announce else { unreachable!() };
+    let points = info.derived().expect("a valid job").points.clone();
+
+    // Our view before and after the change, and whether we rank among a unit's first two.
+    let top = |view: &View, point: u64| -> bool {
+        let mut out = Vec::new();
+        rank(view.ring(false), point, cfg.window, &mut out);
+        out.iter().take(2).any(|(_, p)| *p == me)
+    };
+    let mut before = View::new(me, ArchClass::X86_64, 2, cfg.view_side);
+    for m in &members {
+        before.apply(&advert(*m, 2, 1), 0);
+    }
+    let (change, index) = changes
+        .into_iter()
+        .find_map(|ad| {
+            let mut after = before.clone();
+            after.apply(&ad, 0);
+            let i = points.iter().position(|&p| !top(&before, p) && top(&after, p))?;
+            Some((ad, i as u32))
+        })
+        .expect("some change moves us up for some unit");
+    let unit = UnitRef { job, index };
+
+    // We know the members and the job; our scan passes the unit by (with 32 units at once per
+    // core it ends at once).
+    let mut keys = SimKeys::default();
+    keys.register(me);
+    let mut p =
+        Peer::new(cfg.clone(), ArchClass::X86_64, 2, Box::new(SimSigner(me)), Arc::new(keys), 5);
+    p.set_run_slots_per_core(32);
+    let _ = p.handle(Event::Online, 0).count();
+    for (t, m) in members.iter().enumerate() {
+        let msg = Message::Advert(advert(*m, 2, 1));
+        let _ = p.handle(Event::Message { from: *m, msg }, 10 + t as u64).count();
+    }
+    let _ = p.handle(Event::Message { from: s, msg: announce.clone() }, 100).count();
+    assert_eq!(p.describe_unit(&unit), None, "we do not rank for the unit yet");
+
+    // The change arrives: the unit is ours now.
+    let from = change.peer;
+    let _ = p.handle(Event::Message { from, msg: Message::Advert(change) }, 200).count();
+    let what = p.describe_unit(&unit).unwrap_or_default();
+    assert!(
+        what.starts_with("mine=Queued") || what.starts_with("mine=Running"),
+        "the unit the change handed to us is not taken up: {what:?}"
+    );
+}
+
+/// A peer whose own spare cores grow races faster: units it skipped may be its own now. It
+/// was not among their watchers (their claims may not have reached it), so it probes them
+/// before running them.
+#[test]
+fn a_peer_whose_spare_cores_grow_takes_up_the_units_it_now_ranks_for() {
+    let cfg = Config::default();
+    let me = PeerId([1; 32]);
+    let keys = Arc::new(SimKeys::default());
+    let s = PeerId([250; 32]);
+    let mut submitter =
+        Peer::new(cfg.clone(), ArchClass::X86_64, 2, Box::new(SimSigner(s)), keys, 3);
+    submitter.set_capacity_census(vec![(ArchClass::X86_64, 100)]);
+    let (job, announce) = announcement(&mut submitter, 64);
+    let mut keys = SimKeys::default();
+    keys.register(me);
+    let mut p = Peer::new(cfg, ArchClass::X86_64, 1, Box::new(SimSigner(me)), Arc::new(keys), 5);
+    p.set_run_slots_per_core(64);
+    let _ = p.handle(Event::Online, 0).count();
+    for k in 2..=12u8 {
+        let m = PeerId([k; 32]);
+        let msg = Message::Advert(advert(m, 2, 1));
+        let _ = p.handle(Event::Message { from: m, msg }, 10 + k as u64).count();
+    }
+    let _ = p.handle(Event::Message { from: s, msg: announce }, 100).count();
+    let units = |p: &Peer, state: &str| -> Vec<u32> {
+        (0..64u32)
+            .filter(|&i| {
+                let d = p.describe_unit(&UnitRef { job, index: i });
+                d.is_some_and(|d| d.starts_with(state))
+            })
+            .collect()
+    };
+    let before: Vec<u32> =
+        (0..64u32).filter(|&i| p.describe_unit(&UnitRef { job, index: i }).is_some()).collect();
+    assert!(units(&p, "mine=Probing").is_empty());
+    let _ = p.handle(Event::Capacity(16), 200).count();
+    let probing = units(&p, "mine=Probing");
+    assert!(!probing.is_empty(), "no unit is taken up after our cores grew");
+    assert!(probing.iter().all(|i| !before.contains(i)), "{probing:?} {before:?}");
+}

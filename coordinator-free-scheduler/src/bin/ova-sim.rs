@@ -6,6 +6,10 @@
 //! ova-sim all [--seed N]               every scenario except the benchmark
 //! ova-sim bench [--seed N] [--peers N] [--units N]   the P5 benchmark (use --release)
 //! ```
+//!
+//! Debugging a stall: `OVA_SIM_DEBUG=1` prints what the peers know of up to a few units left
+//! unresolved (`unit JOB:INDEX`); `OVA_SIM_WATCH=JOB:INDEX` then prints every change of that
+//! unit's state at any peer, with the event behind it; `OVA_SIM_HORIZON=MS` ends a run early.
 
 use std::process::ExitCode;
 use std::time::Instant;

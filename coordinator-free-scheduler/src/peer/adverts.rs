@@ -1,6 +1,7 @@
 //! Capacity adverts: coming online, sending ours (on change, and as a rare heartbeat), and
 //! applying the ones we receive to the membership [`View`](crate::membership::View).
 
+use super::scan::ScanProbe;
 use super::{Action, Peer, TimerKind};
 use crate::membership::{Advert, AdvertEffect, MAX_ADVERT_JOBS};
 use crate::message::Message;
@@ -75,22 +76,41 @@ impl Peer {
         }
     }
 
+    /// Whether `peer` is within a window of us in either ring: then it is a candidate for
+    /// some unit of our region, and its arrival or departure can change our rankings.
+    pub(super) fn is_near(&self, peer: &PeerId) -> bool {
+        let w = self.cfg.window;
+        self.view.distance(peer, false).is_some_and(|d| d <= w)
+            || self.view.distance(peer, true).is_some_and(|d| d <= w)
+    }
+
     /// An advert: update the view, answer a newcomer, ask for jobs we do not know.
     pub(super) fn on_advert(&mut self, from: PeerId, ad: Advert) {
         if ad.peer != from {
             self.stats.malformed += 1;
             return;
         }
-        if self.view.apply(&ad, self.now) == AdvertEffect::Joined {
+        let old_weight = self.view.get(&ad.peer).map(|m| m.weight);
+        let effect = self.view.apply(&ad, self.now);
+        if effect == AdvertEffect::Joined && self.advert_seq > 0 {
             // Tell the newcomer about us right away (at our current sequence number,
             // so peers that already know us ignore it and the exchange stops): a
             // joining peer's view fills in one round trip, not one advert interval.
-            if self.advert_seq > 0 {
-                let mine = self.my_advert();
-                self.out.push(Action::Send { to: from, msg: Message::Advert(mine) });
+            let mine = self.my_advert();
+            self.out.push(Action::Send { to: from, msg: Message::Advert(mine) });
+        }
+        // A unit's candidates are its `window` ring successors. A newcomer among them pushes
+        // the farthest out of the window, and a member whose weight drops races slower: a
+        // unit we skipped because that member ranked ahead of us may now be ours. (Left
+        // unscanned, such a unit could have no candidate that tracks it, and wait forever.)
+        // Our region only shrinks, so nothing is probed: we ranked among the unit's first few
+        // before, and a claim for it would have reached us (we would track it).
+        let lighter =
+            effect == AdvertEffect::Refreshed && old_weight.is_some_and(|w| ad.spare_cores < w);
+        if (effect == AdvertEffect::Joined || lighter) && self.is_near(&ad.peer) {
+            for s in 0..self.jobs.len() {
+                self.start_scan(s as u32, ScanProbe::None);
             }
-            // A newcomer only pushes us down the rankings (and out of some windows):
-            // no unit we skipped becomes ours, so there is nothing to rescan.
         }
         for job in ad.jobs.iter().take(MAX_ADVERT_JOBS) {
             if self.slot(job).is_none()

@@ -24,9 +24,11 @@
 //!    lease, nor let one lapse, run it — as many as are still needed, never more than
 //!    `max_replicas` in all. This one rule covers the first run, extra replicas after a
 //!    mismatch and take-over after a lapsed lease.
-//! 5. When a neighbour leaves or expires, a peer rescans its region (a newcomer only pushes it
-//!    down the rankings); units in the arc its region gained are first probed
-//!    ([`Message::Probe`]) so finished work is not redone.
+//! 5. When a neighbour leaves or expires, a peer rescans its region; units in the arc its
+//!    region gained are first probed ([`Message::Probe`]) so finished work is not redone. A
+//!    newcomer within a window of it, or a neighbour whose weight drops, also starts a rescan
+//!    (no probes): a unit's candidates are its `window` ring successors, so a newcomer pushes
+//!    the farthest out, and a unit that one ranked ahead of us for may now be ours.
 //! 6. An idle peer with nothing left to scan asks the busiest peer it knows for queued units;
 //!    a peer with nothing to give forwards the request, and the grant names the unit's
 //!    watchers, so work moves between distant parts of the ring.
@@ -513,6 +515,34 @@ impl Peer {
         ))
     }
 
+    /// Why this peer does not track `unit` (debugging a stall together with
+    /// [`Peer::describe_unit`]): whether it keeps only the unit's key as resolved, whether it
+    /// ranks among the unit's first `quorum` candidates in its view, and whether its region
+    /// scan of the job is still under way. `None` if the peer does not know the job.
+    pub fn explain_unit(&self, unit: &UnitRef) -> Option<String> {
+        let s = self.slot(&unit.job)?;
+        let j = &self.jobs[s as usize];
+        let key = (s, unit.index);
+        let point = *j.d.points.get(unit.index as usize)?;
+        let strict = j.info.strict();
+        let (ring, me) = (self.view.ring(strict), self.view.my_index(strict));
+        let start = self.view.successor(strict, point);
+        let q = j.info.manifest.replication.quorum as usize;
+        let ranks = crate::placement::ranks_within(ring, start, me, point, self.cfg.window, q);
+        Some(format!(
+            "done={} tracked={} ranks_in_quorum={ranks} class={:?} my_arch={:?} scan_left={:?} scan_after={} view={} stolen={} lent={}",
+            self.done.contains(&key),
+            self.units.contains_key(&key),
+            j.d.class_of.get(unit.index as usize),
+            self.arch,
+            j.scan,
+            j.scan_after,
+            self.view.len(),
+            self.stolen.contains_key(&key),
+            self.lent.contains_key(&key),
+        ))
+    }
+
     /// Up to `max` units this peer tracks that have no outcome yet, in key order (for
     /// debugging a stall together with [`Peer::describe_unit`]).
     pub fn pending_units(&self, max: usize) -> Vec<UnitRef> {
@@ -573,8 +603,17 @@ impl Peer {
                 self.holders_gone(&[p]);
             }
             Event::Capacity(c) => {
+                let grew = c > self.cores;
                 self.cores = c;
                 self.view.set_my_capacity(c, self.ready.len() as u32);
+                // We race faster (or take part again, after offering no cores): units we
+                // skipped may be ours now. We were not among their watchers, so their claims
+                // may not have reached us: they are probed before they run.
+                if grew {
+                    for s in 0..self.jobs.len() {
+                        self.start_scan(s as u32, scan::ScanProbe::All);
+                    }
+                }
             }
         }
         self.pump();

@@ -498,6 +498,10 @@ pub struct Sim {
     pub time_handle: bool,
     handle_sampled: u64,
     handle_nanos: u128,
+    /// A unit (job index, unit index) whose every change of state at any peer is printed to
+    /// stderr, with the event that made it (from `OVA_SIM_WATCH=JOB:UNIT`; for debugging a
+    /// stall that [`Sim::describe_unresolved`] shows).
+    watch: Option<(usize, u32)>,
 }
 
 fn result_of(
@@ -573,6 +577,10 @@ impl Sim {
             time_handle: false,
             handle_sampled: 0,
             handle_nanos: 0,
+            watch: std::env::var("OVA_SIM_WATCH").ok().and_then(|v| {
+                let (job, unit) = v.split_once(':')?;
+                Some((job.parse().ok()?, unit.parse().ok()?))
+            }),
             cfg,
         };
         // Identities first, so the key registry is complete before peers are built.
@@ -895,6 +903,11 @@ impl Sim {
     fn call(&mut self, i: u32, ev: Event) {
         self.handle_calls += 1;
         let now = self.now;
+        let watch = self.watch.filter(|w| w.0 < self.jobs.len());
+        let before = watch.map(|(j, k)| {
+            let unit = UnitRef { job: self.jobs[j].0, index: k };
+            (unit, self.peers[i as usize].peer.describe_unit(&unit), ev.clone())
+        });
         let mut buf = std::mem::take(&mut self.buf);
         if self.time_handle && self.handle_calls.is_multiple_of(8) {
             let t = std::time::Instant::now();
@@ -932,6 +945,16 @@ impl Sim {
             self.multicast(i, tos, m);
         }
         self.buf = buf;
+        if let Some((unit, b, ev)) = before {
+            let a = self.peers[i as usize].peer.describe_unit(&unit);
+            if a != b {
+                let ev = format!("{ev:?}").chars().take(200).collect::<String>();
+                eprintln!(
+                    "WATCH t={now} peer={i} {:?} ev={ev}\n   before={b:?}\n   after={a:?}",
+                    self.ids[i as usize]
+                );
+            }
+        }
     }
 
     fn neighbours(ring: &[(u64, u32)], point: u64, side: usize, out: &mut Vec<u32>) {
@@ -1265,6 +1288,12 @@ impl Sim {
     }
 
     fn kill(&mut self, i: u32, graceful: bool) {
+        if self.watch.is_some() {
+            eprintln!(
+                "KILL t={} peer={i} {:?} graceful={graceful}",
+                self.now, self.ids[i as usize]
+            );
+        }
         let p = &mut self.peers[i as usize];
         p.alive = false;
         p.online = false;
@@ -1430,7 +1459,8 @@ impl Sim {
                     continue;
                 }
                 let unit = UnitRef { job: *id, index: k as u32 };
-                let _ = writeln!(out, "unit {k}:");
+                let ji = self.jobs.iter().position(|j| j.0 == *id).unwrap_or(0);
+                let _ = writeln!(out, "unit {ji}:{k}:");
                 for p in &self.peers {
                     if let Some(d) = p.peer.describe_unit(&unit) {
                         let _ = writeln!(
@@ -1438,6 +1468,11 @@ impl Sim {
                             "  {:?} alive={} arch={:?} fault={:?} {d}",
                             p.id, p.alive, p.arch, p.fault
                         );
+                    } else if let Some(e) = p.peer.explain_unit(&unit)
+                        && p.alive
+                        && (e.contains("done=true") || e.contains("ranks_in_quorum=true"))
+                    {
+                        let _ = writeln!(out, "  {:?} untracked: {e}", p.id);
                     }
                 }
             }
