@@ -1647,3 +1647,45 @@ fn a_peer_whose_spare_cores_grow_takes_up_the_units_it_now_ranks_for() {
     assert!(!probing.is_empty(), "no unit is taken up after our cores grew");
     assert!(probing.iter().all(|i| !before.contains(i)), "{probing:?} {before:?}");
 }
+
+/// A peer whose owner takes its cores back (no spare cores left) hands back every unit it
+/// has queued but not started: watchers hear a claim ending at 0 and the next candidate
+/// takes it up, instead of waiting for the owner to finish. Running units run on.
+#[test]
+fn a_peer_whose_spare_cores_shrink_hands_back_its_queued_units() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    // Peer 1 learns a 64-unit job and queues its share (2 cores, so 2 run, more wait).
+    let (job, announce) = announcement(&mut ps[0], 64);
+    let from = ps[0].id();
+    let acts: Vec<Action> = ps[1].handle(Event::Message { from, msg: announce }, 20).collect();
+    let started: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartUnit { unit, .. } => Some(unit.index),
+            _ => None,
+        })
+        .collect();
+    let state = |p: &Peer, i: u32| p.describe_unit(&UnitRef { job, index: i }).unwrap_or_default();
+    let queued: Vec<u32> =
+        (0..64).filter(|&i| state(&ps[1], i).starts_with("mine=Queued")).collect();
+    assert!(!started.is_empty() && !queued.is_empty(), "{started:?} {queued:?}");
+
+    let acts: Vec<Action> = ps[1].handle(Event::Capacity(0), 30).collect();
+    let handed: Vec<u32> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { msg: Message::Claim { unit, until: 0 }, .. } => Some(unit.index),
+            _ => None,
+        })
+        .collect();
+    for i in &queued {
+        assert!(handed.contains(i), "queued unit {i} not handed back: {acts:?}");
+        assert!(state(&ps[1], *i).starts_with("mine=Gave"), "{}", state(&ps[1], *i));
+    }
+    for i in &started {
+        assert!(!handed.contains(i), "running unit {i} handed back");
+        assert!(state(&ps[1], *i).starts_with("mine=Running"), "{}", state(&ps[1], *i));
+    }
+    assert_eq!(ps[1].stats().shed, queued.len() as u64);
+}

@@ -97,24 +97,7 @@ impl Peer {
         }
         self.running = self.running.saturating_sub(1);
         match result {
-            Err(why) => {
-                let mut watchers = self.replica_peers(key);
-                let victim = self.stolen.get(&key).map(|s| s.victim);
-                let u = self.units.get_mut(&key).expect("tracked");
-                u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
-                u.leases.give_up(&self.id, self.now);
-                if why == LocalFailure::Declined {
-                    self.jobs[s as usize].declined = true;
-                }
-                if let Some(v) = victim
-                    && !watchers.contains(&v)
-                {
-                    watchers.push(v);
-                }
-                for to in watchers {
-                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
-                }
-            }
+            Err(why) => self.hand_back(key, why),
             Ok(result) => {
                 if let Some(u) = self.units.get_mut(&key) {
                     u.mine = Mine::Committed;
@@ -127,6 +110,43 @@ impl Peer {
                     executor: self.id,
                     arch: self.arch,
                 });
+            }
+        }
+    }
+
+    /// Gives a unit we hold (running, or queued) back: our lease ends at once, and the
+    /// unit's watchers (and the victim we stole it from) hear it, so the next candidate takes
+    /// it up without waiting for our lease to lapse.
+    fn hand_back(&mut self, key: UKey, why: LocalFailure) {
+        let mut watchers = self.replica_peers(key);
+        let victim = self.stolen.get(&key).map(|s| s.victim);
+        let Some(u) = self.units.get_mut(&key) else { return };
+        u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
+        u.leases.give_up(&self.id, self.now);
+        if why == LocalFailure::Declined {
+            self.jobs[key.0 as usize].declined = true;
+        }
+        if let Some(v) = victim
+            && !watchers.contains(&v)
+        {
+            watchers.push(v);
+        }
+        let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
+        for to in watchers {
+            self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
+        }
+    }
+
+    /// Our spare cores shrank (the owner is using the machine): units queued beyond what we
+    /// now queue for our run slots are handed back, newest first, so other peers run them
+    /// instead of their waiting for the owner to finish (with no cores, all of them).
+    pub(super) fn shed_queue(&mut self) {
+        let keep = self.run_slots() as usize * self.cfg.queue_per_core;
+        while self.ready.len() > keep {
+            let Some(key) = self.ready.pop_back() else { break };
+            if self.units.get(&key).is_some_and(|u| u.mine == Mine::Queued && u.outcome.is_none()) {
+                self.stats.shed += 1;
+                self.hand_back(key, LocalFailure::Cancelled);
             }
         }
     }

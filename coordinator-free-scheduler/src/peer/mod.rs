@@ -63,6 +63,11 @@
 //!   cancelled) is taken up again by the peer's liveness sweep once nobody holds the unit, and
 //!   its commit counts like any other: a unit whose every candidate once failed to fetch its
 //!   inputs is not stranded.
+//! - A peer whose spare cores shrink (its owner uses the machine; idle-only mode offers
+//!   none) hands back the units it queued beyond what it can now queue (all of them, with no
+//!   cores), as a transient give-up, so they do not wait for the owner; running units run on.
+//!   When its cores grow again it rescans its region, probing units first (it was not their
+//!   watcher).
 //! - A peer that learned a job late (it just joined) waits `warmup_ms` for its view to fill
 //!   before ranking units; peers answer a newcomer's advert with their own, so that takes one
 //!   round trip.
@@ -613,6 +618,8 @@ impl Peer {
                     for s in 0..self.jobs.len() {
                         self.start_scan(s as u32, scan::ScanProbe::All);
                     }
+                } else {
+                    self.shed_queue();
                 }
             }
         }

@@ -40,6 +40,8 @@ pub struct Stats {
     pub stolen: u64,
     /// Ring-region rescans started.
     pub rescans: u64,
+    /// Queued units handed back because our spare cores shrank.
+    pub shed: u64,
     /// Units queued because the scan found us in the top `quorum`.
     pub queued_scan: u64,
     /// Units queued by the placement rule (extra replica, lapsed lease, probe result).

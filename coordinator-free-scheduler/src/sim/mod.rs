@@ -105,6 +105,11 @@ pub struct SimConfig {
     pub partition: Option<(Millis, Millis, f64)>,
     /// The submitter goes offline at the first time and returns at the second.
     pub submitter_offline: Option<(Millis, Millis)>,
+    /// Volunteers whose owners use their machines: this fraction of peers switches, at
+    /// random moments about this many ms apart (half to one and a half times), between
+    /// offering all its cores and offering none (idle-only mode) or half of them. Units
+    /// already running finish; the peer's core starts no more than it offers.
+    pub owners: Option<(f64, Millis)>,
     /// When the job is submitted (after views have formed).
     pub submit_at: Millis,
     /// Give up at this simulated time.
@@ -139,6 +144,7 @@ impl Default for SimConfig {
             churn_window: (0, 0),
             partition: None,
             submitter_offline: None,
+            owners: None,
             submit_at: 40_000,
             horizon: 48 * 3600 * 1000,
             // A real peer keeps thousands of recent verdicts' tallies; ten thousand simulated
@@ -339,6 +345,8 @@ enum Ev {
     Crash(u32),
     Partition(bool),
     Offline(u32, bool),
+    /// The peer's owner starts or stops using the machine (see [`SimConfig::owners`]).
+    Owner(u32),
 }
 
 struct Queued {
@@ -423,6 +431,8 @@ struct SimPeer {
     alive: bool,
     online: bool,
     group: u8,
+    /// Cores offered right now (`cores` unless its owner is busy, see [`SimConfig::owners`]).
+    spare: u16,
     running: FxHashMap<UnitRef, Running>,
     /// Units that were running when the peer went offline: reported as cancelled when it
     /// comes back (a shell must report every unit it started).
@@ -677,7 +687,21 @@ impl Sim {
             sim.push(a, Ev::Offline(0, true));
             sim.push(b, Ev::Offline(0, false));
         }
+        if let Some((frac, _)) = sim.cfg.owners {
+            for i in 1..sim.peers.len() as u32 {
+                if sim.rng.chance(frac) {
+                    let t = sim.cfg.submit_at + sim.owner_pause();
+                    sim.push(t, Ev::Owner(i));
+                }
+            }
+        }
         sim
+    }
+
+    /// How long until an owner's next switch (see [`SimConfig::owners`]).
+    fn owner_pause(&mut self) -> Millis {
+        let period = self.cfg.owners.map_or(0, |o| o.1).max(2);
+        period / 2 + self.rng.below(period)
     }
 
     fn make_peer(&mut self, id: PeerId, fault: Fault) {
@@ -707,6 +731,7 @@ impl Sim {
             id,
             arch,
             cores,
+            spare: cores,
             speed,
             delay,
             fault,
@@ -1257,6 +1282,29 @@ impl Sim {
                     }
                 }
                 Ev::Partition(on) => self.partitioned = on,
+                Ev::Owner(i) => {
+                    let p = &self.peers[i as usize];
+                    if !p.alive && i < self.next_fresh as u32 {
+                        continue;
+                    }
+                    let (cores, spare, online) = (p.cores, p.spare, p.online);
+                    let t = self.now + self.owner_pause();
+                    self.push(t, Ev::Owner(i));
+                    // (A peer that has not joined yet, or is away, keeps its offer.)
+                    if !online {
+                        continue;
+                    }
+                    let next = if spare < cores {
+                        cores
+                    } else if self.rng.chance(0.5) {
+                        0
+                    } else {
+                        cores / 2
+                    };
+                    self.peers[i as usize].spare = next;
+                    self.trace_mix(q.at, i as u64 | 3 << 40);
+                    self.call(i, Event::Capacity(next));
+                }
                 Ev::Offline(i, off) => {
                     if off {
                         self.timer_at[i as usize] = None;

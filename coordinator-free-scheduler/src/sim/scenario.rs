@@ -118,6 +118,11 @@ pub const SCENARIOS: &[Scenario] = &[
         config: |s| SimConfig { peers: 150, units: 3000, decliners: 0.25, ..base(s) },
     },
     Scenario {
+        name: "owners",
+        about: "200 peers, 4000 units, half of them switching between all, half or none of their cores every ~2 min",
+        config: |s| SimConfig { peers: 200, units: 4000, owners: Some((0.5, 2 * MIN)), ..base(s) },
+    },
+    Scenario {
         name: "bench",
         about: "P5: 10,000 peers, 1,000,000 units (4 jobs), churn",
         config: |s| SimConfig {
