@@ -122,6 +122,20 @@ impl Leases {
         self.put(holder, until, 0);
     }
 
+    /// Shortens every live, extendable lease ending after `max_until` to end then (a
+    /// reservation we will no longer wait out unasked: see `Peer::on_commit`). Returns the
+    /// earliest end it set, if any.
+    pub fn cap(&mut self, max_until: Millis) -> Option<Millis> {
+        let mut capped = None;
+        for (l, f) in &mut self.v {
+            if l.until > max_until && *f != HANDED && *f != GAVE && *f != FINAL {
+                l.until = max_until;
+                capped = Some(max_until);
+            }
+        }
+        capped
+    }
+
     /// Records an implicit lease: `holder` is expected to run the unit but has not claimed it.
     /// When it lapses it is extended once, while the holder is asked about the unit (it may
     /// have finished it long ago, before we knew the unit). A lease the holder claimed itself

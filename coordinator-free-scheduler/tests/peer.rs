@@ -1689,3 +1689,43 @@ fn a_peer_whose_spare_cores_shrink_hands_back_its_queued_units() {
     }
     assert_eq!(ps[1].stats().shed, queued.len() as u64);
 }
+
+/// Once a replica has committed, the unit's verdict waits on the other reservations, and a
+/// reservation covers a whole queue's wait (up to 8 deadlines). Its holder may have handed the
+/// unit on without every watcher hearing (views change under churn), so a watcher cuts the
+/// other reservations to two runs from the commit (when that lapses, the usual lapse handling
+/// asks the holder, and a holder still at it renews its lease in the reply).
+#[test]
+fn a_commit_cuts_the_other_replicas_long_reservations_to_two_runs() {
+    let (mut ps, keys) = peers(3);
+    let _ = keys;
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let (job, announce) = announcement(&mut ps[0], 64);
+    let (submitter, executor) = (ps[0].id(), ps[2].id());
+    let holder = PeerId([50; 32]);
+    let w = &mut ps[1];
+    let _ = w.handle(Event::Message { from: submitter, msg: announce }, 20).count();
+    let msg = Message::Advert(advert(holder, 2, 1));
+    let _ = w.handle(Event::Message { from: holder, msg }, 30).count();
+    // A unit the watcher does not run itself.
+    let index = (0..64).find(|&i| w.describe_unit(&UnitRef { job, index: i }).is_none());
+    let unit = UnitRef { job, index: index.expect("a unit we do not queue") };
+    let lease_len = ova_jobs::Limits::default().deadline_ms + Config::default().lease_slack_ms;
+    // The holder queued the unit behind a long queue: a reservation of 8 runs.
+    let until = 1_000 + 8 * lease_len;
+    let _ = w
+        .handle(Event::Message { from: holder, msg: Message::Claim { unit, until } }, 1_000)
+        .count();
+    assert!(w.describe_unit(&unit).unwrap_or_default().contains(&format!("until: {until}")));
+    // Another replica commits.
+    let m = manifest(64);
+    let u = &m.units[unit.index as usize];
+    let unit_id = ova_jobs::UnitId::derive(&m.module, &u.input, &[]);
+    let body =
+        CommitBody { unit, unit_id, result: BlobId([7; 32]), executor, arch: ArchClass::X86_64 };
+    let c = sign(&SimSigner(executor), body);
+    let _ = w.handle(Event::Message { from: executor, msg: Message::Commit(c) }, 2_000).count();
+    let cut = 2_000 + 2 * lease_len;
+    let what = w.describe_unit(&unit).unwrap_or_default();
+    assert!(what.contains(&format!("holder: {holder:?}, until: {cut} }}")), "{what}");
+}

@@ -4,7 +4,10 @@
 //! ova-sim --scenario NAME [--seed N]   print one scenario's report
 //! ova-sim --list                      list scenarios
 //! ova-sim all [--seed N]               every scenario except the benchmark
-//! ova-sim bench [--seed N] [--peers N] [--units N]   the P5 benchmark (use --release)
+//! ova-sim bench [--seed N] [--peers N] [--units N] [--churn N] [--owners F]
+//!                                      the P5 benchmark (use --release); `--owners F`: a
+//!                                      fraction F of the peers' owners take their cores back
+//!                                      now and then (see `SimConfig::owners`)
 //! ```
 //!
 //! Debugging a stall: `OVA_SIM_DEBUG=1` prints what the peers know of up to a few units left
@@ -18,7 +21,7 @@ use ova_scheduler::sim::{SCENARIOS, Sim, scenario};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N]"
+        "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N] [--owners FRACTION]"
     );
     ExitCode::from(2)
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let mut peers: Option<usize> = None;
     let mut units: Option<usize> = None;
     let mut churn: Option<usize> = None;
+    let mut owners: Option<f64> = None;
     let mut i = 0;
     while i < args.len() {
         let val = |i: usize| args.get(i + 1).cloned();
@@ -57,6 +61,13 @@ fn main() -> ExitCode {
             }
             "--churn" => {
                 churn = val(i).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--owners" => {
+                match val(i).and_then(|v| v.parse().ok()) {
+                    Some(v) => owners = Some(v),
+                    None => return usage(),
+                }
                 i += 1;
             }
             "--list" => mode = "list",
@@ -90,6 +101,10 @@ fn main() -> ExitCode {
             }
             if let Some(c) = churn {
                 cfg.churn_events = c;
+            }
+            if let Some(f) = owners {
+                // As in the `owners` scenario: a switch about every two minutes.
+                cfg.owners = Some((f, 120_000));
             }
             println!(
                 "bench: peers={} units={} jobs={} churn_events={} quorum={} max_replicas={} seed={seed}",

@@ -9,7 +9,12 @@ use crate::message::{MAX_BATCH, Message};
 use crate::types::{Millis, PeerId, UnitRef};
 
 /// Most unit deadlines a queued unit's reservation may cover (see [`Peer::reservation`]).
-const MAX_RESERVE_WAITS: Millis = 32;
+/// A reservation is a promise watchers keep without asking: if its holder hands the unit on
+/// and its word misses a watcher (views change under churn), the unit waits it out. At 32
+/// deadlines (69 minutes at the default 2-minute deadline), volunteers whose owners take their
+/// cores back and give them again left units waiting past an hour (`ova-sim bench --peers 2000
+/// --units 100000 --owners 0.5`); at 8 a longer queue's watchers ask it again every 17 minutes.
+const MAX_RESERVE_WAITS: Millis = 8;
 
 impl Peer {
     /// A claim (a lease until `until`; 0 hands the unit back).
@@ -48,8 +53,12 @@ impl Peer {
             // watched through its adverts: if it crashed, nothing would end a long
             // reservation. Its lease is kept short; when it lapses we ask it, and a
             // live holder renews it in its reply.
+            // Likewise a reservation of a unit another replica already finished: the verdict
+            // waits on it, and if its holder handed the unit on without our hearing, nothing
+            // else would end it (a reservation covers a long queue: up to an hour).
+            let short = !in_view || !u.tally.commits().is_empty();
             let lease_max =
-                if in_view { lease_max } else { lease_max.min(2 * self.lease_len(key.0)) };
+                if short { lease_max.min(2 * self.lease_len(key.0)) } else { lease_max };
             let until = until.min(self.now + lease_max);
             let u = self.units.get_mut(&key).expect("resolved");
             u.leases.claim_from_holder(from, until, self.now);
@@ -127,7 +136,11 @@ impl Peer {
                 return;
             }
         }
-        let lease_max = self.reserve_max(key.0);
+        let mut lease_max = self.reserve_max(key.0);
+        if self.units.get(&key).is_some_and(|u| !u.tally.commits().is_empty()) {
+            // (As in `on_claim`: a finished replica's verdict waits on these.)
+            lease_max = lease_max.min(2 * self.lease_len(key.0));
+        }
         let thief = self.lent.get(&key).copied();
         for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
             if until > self.now

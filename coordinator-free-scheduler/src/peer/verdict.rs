@@ -3,7 +3,7 @@
 //! late executor the verdict.
 
 use super::state::{Mine, Outcome, UKey};
-use super::{Action, Peer};
+use super::{Action, Peer, TimerKind};
 use crate::commit::{self, CommitError, SignedCommit};
 use crate::lease::Leases;
 use crate::message::{MAX_BATCH, Message};
@@ -74,6 +74,15 @@ impl Peer {
         u.leases.release(&executor);
         if u.outcome.is_some() {
             return;
+        }
+        // A replica finished: the verdict now waits on the others' reservations, which may be
+        // long (a queue's wait) and stale (the holder handed the unit on and its word did not
+        // reach us). They are cut to two runs from now; a holder still at it renews its
+        // lease when the lapse makes us ask it (see `claims::on_probe`).
+        let cap = self.now + 2 * self.lease_len(key.0);
+        let u = self.units.get_mut(&key).expect("resolved");
+        if let Some(at) = u.leases.cap(cap) {
+            self.add_timer(at, TimerKind::Unit(key.0, key.1));
         }
         // A thief we lent the unit to ran it (its claim to us was lost).
         self.confirm_grant(key, executor);
