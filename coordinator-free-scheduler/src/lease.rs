@@ -259,6 +259,18 @@ impl Leases {
         self.v.iter().filter(move |(l, f)| l.until > now && *f != IMPLICIT).map(|(l, _)| l)
     }
 
+    /// Live leases fit to pass on to other peers (probe replies, steal grants): claims as
+    /// their holders made them (or handed over), not implicit leases (our guess that a peer
+    /// ranked ahead will claim) nor leases we extended while asking a holder after a lapse.
+    /// Passed on, those would read as the holder's claim at the receiver and restart its
+    /// extensions: peers probing each other kept such leases alive among themselves for good.
+    pub fn relayable(&self, now: Millis) -> impl Iterator<Item = &Lease> {
+        self.v
+            .iter()
+            .filter(move |(l, f)| l.until > now && (*f == 0 || *f == HANDED))
+            .map(|(l, _)| l)
+    }
+
     /// The next moment a live lease lapses.
     pub fn next_expiry(&self, now: Millis) -> Option<Millis> {
         self.live(now).map(|l| l.until).min()
@@ -278,6 +290,28 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only claims (and hand-overs) are passed on: an implicit lease, or one a watcher
+    /// extended while it asked the holder, would read as the holder's own claim at the
+    /// receiver and restart its extensions there (a circle of peers kept such leases alive).
+    #[test]
+    fn only_claims_are_relayed() {
+        let (a, b, c, d) = (PeerId([1; 32]), PeerId([2; 32]), PeerId([3; 32]), PeerId([4; 32]));
+        let mut l = Leases::default();
+        l.claim(a, 100);
+        l.claim_implicit(b, 100);
+        l.claim(c, 50);
+        l.hand_over(d, 100);
+        // c lapses and is extended once while we ask it.
+        assert_eq!(l.extend_lapsed(50, 20, |_| true, |_| {}), Some(70));
+        let relayed: Vec<PeerId> = l.relayable(60).map(|x| x.holder).collect();
+        assert_eq!(relayed, vec![a, d]);
+        // Heard from its holder again, c's claim is a claim once more.
+        l.claim(c, 200);
+        assert!(l.relayable(60).any(|x| x.holder == c));
+        // Nothing lapsed is relayed.
+        assert_eq!(l.relayable(100).count(), 1);
+    }
 
     #[test]
     fn lapse_and_bound() {

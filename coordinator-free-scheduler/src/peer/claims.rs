@@ -90,10 +90,19 @@ impl Peer {
     pub(super) fn on_probe(&mut self, from: PeerId, unit: UnitRef) {
         let Some(key) = self.resolve(&unit, false) else { return };
         self.renew_own_lease(key);
+        let me = self.id;
         let (commits, leases) = match self.units.get(&key) {
             Some(u) => (
                 u.tally.commits().iter().take(MAX_BATCH).cloned().collect(),
-                u.leases.live(self.now).copied().collect(),
+                // Claims only (see `Leases::relayable`), and ours only while we hold the unit.
+                // Three peers whose views disagreed (weights changing as owners took their
+                // cores back) each expected another to run a unit and, probing each other,
+                // kept their implicit and extended leases alive: nobody ran it.
+                u.leases
+                    .relayable(self.now)
+                    .filter(|l| l.holder != me || matches!(u.mine, Mine::Queued | Mine::Running))
+                    .copied()
+                    .collect(),
             ),
             None => (Vec::new(), Vec::new()),
         };

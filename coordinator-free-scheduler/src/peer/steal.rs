@@ -260,7 +260,9 @@ impl Peer {
             watchers.truncate(MAX_ANNOUNCE_LIST);
             let (me, now) = (self.id, self.now);
             let leases = self.units.get(&key).map_or_else(Vec::new, |u| {
-                let others = u.leases.live(now).filter(|l| l.holder != me && l.holder != thief);
+                // Claims only (see `Leases::relayable`).
+                let others =
+                    u.leases.relayable(now).filter(|l| l.holder != me && l.holder != thief);
                 others.take(MAX_ANNOUNCE_LIST).copied().collect()
             });
             grants.push(Grant { unit, watchers, leases });

@@ -1513,8 +1513,8 @@ impl Sim {
                     if let Some(d) = p.peer.describe_unit(&unit) {
                         let _ = writeln!(
                             out,
-                            "  {:?} alive={} arch={:?} fault={:?} {d}",
-                            p.id, p.alive, p.arch, p.fault
+                            "  {:?} alive={} arch={:?} fault={:?} spare={}/{} {d}",
+                            p.id, p.alive, p.arch, p.fault, p.spare, p.cores
                         );
                     } else if let Some(e) = p.peer.explain_unit(&unit)
                         && p.alive
