@@ -289,6 +289,13 @@ impl View {
         Some(d.min(ring.len() - d))
     }
 
+    /// Whether `peer` is at most `near` ring positions from us in either ring (then, with
+    /// `near` the placement window, it is a candidate for some unit of our region).
+    pub fn is_near(&self, peer: &PeerId, near: usize) -> bool {
+        self.distance(peer, false).is_some_and(|d| d <= near)
+            || self.distance(peer, true).is_some_and(|d| d <= near)
+    }
+
     /// The members whose entries expire in `(after, by]`, in no particular order. Scans the
     /// members only when one may be due (see `earliest`).
     pub fn expiring(&mut self, after: Millis, by: Millis) -> Vec<PeerId> {
@@ -341,10 +348,7 @@ impl View {
             return (false, gone);
         }
         gone.sort_unstable();
-        let close = gone.iter().any(|p| {
-            self.distance(p, false).is_some_and(|d| d <= near)
-                || self.distance(p, true).is_some_and(|d| d <= near)
-        });
+        let close = gone.iter().any(|p| self.is_near(p, near));
         for p in &gone {
             self.members.remove(p);
         }

@@ -76,14 +76,6 @@ impl Peer {
         }
     }
 
-    /// Whether `peer` is within a window of us in either ring: then it is a candidate for
-    /// some unit of our region, and its arrival or departure can change our rankings.
-    pub(super) fn is_near(&self, peer: &PeerId) -> bool {
-        let w = self.cfg.window;
-        self.view.distance(peer, false).is_some_and(|d| d <= w)
-            || self.view.distance(peer, true).is_some_and(|d| d <= w)
-    }
-
     /// An advert: update the view, answer a newcomer, ask for jobs we do not know.
     pub(super) fn on_advert(&mut self, from: PeerId, ad: Advert) {
         if ad.peer != from {
@@ -107,10 +99,10 @@ impl Peer {
         // before, and a claim for it would have reached us (we would track it).
         let lighter =
             effect == AdvertEffect::Refreshed && old_weight.is_some_and(|w| ad.spare_cores < w);
-        if (effect == AdvertEffect::Joined || lighter) && self.is_near(&ad.peer) {
-            for s in 0..self.jobs.len() {
-                self.start_scan(s as u32, ScanProbe::None);
-            }
+        if (effect == AdvertEffect::Joined || lighter)
+            && self.view.is_near(&ad.peer, self.cfg.window)
+        {
+            self.rescan_all(ScanProbe::None);
         }
         for job in ad.jobs.iter().take(MAX_ADVERT_JOBS) {
             if self.slot(job).is_none()

@@ -58,7 +58,7 @@ impl Peer {
             // else would end it (a reservation covers a long queue: up to an hour).
             let short = !in_view || !u.tally.commits().is_empty();
             let lease_max =
-                if short { lease_max.min(2 * self.lease_len(key.0)) } else { lease_max };
+                if short { lease_max.min(self.asked_lease_max(key.0)) } else { lease_max };
             let until = until.min(self.now + lease_max);
             let u = self.units.get_mut(&key).expect("resolved");
             u.leases.claim_from_holder(from, until, self.now);
@@ -148,7 +148,7 @@ impl Peer {
         let mut lease_max = self.reserve_max(key.0);
         if self.units.get(&key).is_some_and(|u| !u.tally.commits().is_empty()) {
             // (As in `on_claim`: a finished replica's verdict waits on these.)
-            lease_max = lease_max.min(2 * self.lease_len(key.0));
+            lease_max = lease_max.min(self.asked_lease_max(key.0));
         }
         let thief = self.lent.get(&key).copied();
         for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
@@ -199,6 +199,12 @@ impl Peer {
     pub(super) fn reservation(&self, slot: u32) -> Millis {
         let waits = 2 + (self.ready.len() / self.cores.max(1) as usize) as Millis;
         waits.min(MAX_RESERVE_WAITS) * self.lease_len(slot)
+    }
+
+    /// The longest lease we keep without asking its holder for a lease we cannot follow well
+    /// (a claimant outside our view, a unit another replica already finished): two runs.
+    pub(super) fn asked_lease_max(&self, slot: u32) -> Millis {
+        2 * self.lease_len(slot)
     }
 
     /// The longest reservation a claim may carry (see [`Peer::reservation`]). Watchers cap

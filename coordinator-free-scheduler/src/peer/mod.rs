@@ -615,9 +615,7 @@ impl Peer {
                 // skipped may be ours now. We were not among their watchers, so their claims
                 // may not have reached us: they are probed before they run.
                 if grew {
-                    for s in 0..self.jobs.len() {
-                        self.start_scan(s as u32, scan::ScanProbe::All);
-                    }
+                    self.rescan_all(scan::ScanProbe::All);
                 } else {
                     self.shed_queue();
                 }

@@ -53,6 +53,13 @@ impl Peer {
         }
     }
 
+    /// Rescans every job's region (our rankings changed), probing as `probe` says.
+    pub(super) fn rescan_all(&mut self, probe: ScanProbe) {
+        for s in 0..self.jobs.len() {
+            self.start_scan(s as u32, probe);
+        }
+    }
+
     pub(super) fn start_scan(&mut self, slot: u32, probe: ScanProbe) {
         let j = &mut self.jobs[slot as usize];
         let n = j.d.by_point.len();

@@ -79,7 +79,7 @@ impl Peer {
         // long (a queue's wait) and stale (the holder handed the unit on and its word did not
         // reach us). They are cut to two runs from now; a holder still at it renews its
         // lease when the lapse makes us ask it (see `claims::on_probe`).
-        let cap = self.now + 2 * self.lease_len(key.0);
+        let cap = self.now + self.asked_lease_max(key.0);
         let u = self.units.get_mut(&key).expect("resolved");
         if let Some(at) = u.leases.cap(cap) {
             self.add_timer(at, TimerKind::Unit(key.0, key.1));
