@@ -275,17 +275,23 @@ impl Job {
     /// Waits until every unit is verified or failed, and every verified result is held here.
     pub async fn wait(&mut self, timeout: Duration) -> Result<JobSummary, ClientError> {
         let id = self.id;
+        let mut stored = self.client.runtime.store_writes();
         let work = async {
             loop {
+                // Seen before the store is read: a write that lands after the check below
+                // wakes us.
+                stored.borrow_and_update();
                 let s = self.progress().await?;
                 if s.verified + s.failed >= s.units && self.results_held()? == s.verified as usize {
                     return Ok(s);
                 }
-                // Wake on any event about this job, or re-check every second (result blobs
-                // arrive without an event of their own).
+                // Wake on any event about this job, or when writes reach the store: a unit's
+                // verified result is stored just after its event (with the peer's next group
+                // commit), so the last event may come before the last result is held. (Waiting
+                // out a one-second re-check there cost P3 runs a second now and then.)
                 tokio::select! {
                     ev = self.next_event() => if ev.is_none() { return Err(ClientError::Stopped) },
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    r = stored.changed() => if r.is_err() { return Err(ClientError::Stopped) },
                 }
             }
         };

@@ -40,7 +40,7 @@ use ova_scheduler::{
     Action, Config as CoreConfig, Ed25519Signer, Ed25519Verifier, Event, FetchPurpose, JobInfo,
     LocalFailure, Message, Millis, Peer, PeerId, SignedCommit, UnitRef,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -278,6 +278,7 @@ pub struct Runtime {
     store: Arc<Store>,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<JobEvent>,
+    stored: watch::Receiver<u64>,
     task: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -330,6 +331,7 @@ impl Runtime {
         let net_events = node.take_events().ok_or(RuntimeError::Stopped)?;
         let (commands, cmd_rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(4096);
+        let (stored_tx, stored) = watch::channel(0);
         let secret = node.config().secret_key.to_bytes();
         let cores = if runner.is_some() { config.cores } else { 0 };
         let verifier = Arc::new(CachingVerifier::new());
@@ -361,6 +363,7 @@ impl Runtime {
             runner,
             observer,
             events: events.clone(),
+            stored: stored_tx,
             config,
             epoch: Instant::now(),
             timer: None,
@@ -398,6 +401,7 @@ impl Runtime {
             store,
             commands,
             events,
+            stored,
             task: Arc::new(std::sync::Mutex::new(Some(task))),
         })
     }
@@ -420,6 +424,15 @@ impl Runtime {
     /// Progress events of every job this peer takes part in or submitted.
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.events.subscribe()
+    }
+
+    /// Counts the group commits that wrote to the store: it changes once writes a peer made
+    /// (verified results, fetched result blobs, commits) can be read from [`Runtime::store`].
+    /// Events such as [`JobEvent::UnitVerified`] go out as the core decides, before the
+    /// writes that go with them are in the store; whoever reads the store after an event
+    /// waits for this to change (see `ova_sdk`'s `Job::wait`).
+    pub fn store_writes(&self) -> watch::Receiver<u64> {
+        self.stored.clone()
     }
 
     /// Submits a job: stores its blobs (served from here), records it as ours, announces it.
@@ -570,6 +583,8 @@ struct GroupCommit {
     messages: Vec<Outgoing>,
     /// Our own commits among `messages` (counted as published when they leave).
     own_commits: u64,
+    /// Whether it writes anything (it may only make earlier writes durable).
+    writes: bool,
     /// When it started.
     started: Instant,
 }
@@ -581,6 +596,8 @@ struct Driver {
     runner: Option<Arc<dyn UnitRunner>>,
     observer: Arc<dyn Observer>,
     events: broadcast::Sender<JobEvent>,
+    /// Changed after each group commit that wrote (see [`Runtime::store_writes`]).
+    stored: watch::Sender<u64>,
     config: RuntimeConfig,
     epoch: Instant,
     timer: Option<Millis>,
@@ -1353,10 +1370,12 @@ impl Driver {
         let store = self.store.clone();
         let writes = std::mem::take(&mut self.pending);
         let durable = !self.outbox.is_empty();
+        let writes_any = !writes.is_empty();
         Some(GroupCommit {
             task: tokio::task::spawn_blocking(move || persist(&store, &writes, durable)),
             messages: std::mem::take(&mut self.outbox),
             own_commits: std::mem::take(&mut self.outbox_commits),
+            writes: writes_any,
             started: Instant::now(),
         })
     }
@@ -1374,6 +1393,9 @@ impl Driver {
         if let Err(e) = synced {
             warn!("store: {e}; {} messages are not sent", c.messages.len());
             return;
+        }
+        if c.writes {
+            self.stored.send_modify(|n| *n = n.wrapping_add(1));
         }
         for _ in 0..c.own_commits {
             self.observer.commit_published();

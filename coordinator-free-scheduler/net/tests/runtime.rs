@@ -115,9 +115,13 @@ async fn three_workers_verify_a_job() {
     .await;
     let (t, v, f) = done.expect("the job finished within 60 s");
     assert_eq!((t, v, f), (40, 40, 0));
-    // results held
+    // Results held: a verified result is stored with the group commit after its event, and
+    // `store_writes` moves on once such a commit ends (no polling: without that signal this
+    // waits out its 20 s bound and fails).
+    let mut writes = client.store_writes();
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
+            writes.borrow_and_update();
             let store = client.store();
             let held = b
                 .manifest()
@@ -130,7 +134,7 @@ async fn three_workers_verify_a_job() {
             if held == 40 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            writes.changed().await.expect("the runtime is running");
         }
     })
     .await
