@@ -51,6 +51,19 @@ fn machine_cpu() -> Option<(f64, f64)> {
     Some(((all - idle) as f64 / 100.0, all as f64 / 100.0))
 }
 
+/// CPU time of this process so far: the peers' network work (the three workers' and the
+/// client's drivers, QUIC, stores, signatures), not the units, which run in the executor
+/// children. (`None` off Unix.)
+fn own_cpu() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -114,10 +127,12 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
         })
     });
     let cpu0 = machine_cpu();
+    let own0 = own_cpu();
     let t0 = Instant::now();
     let mut job = client.submit(bundle).await.unwrap();
     let s = job.wait(Duration::from_secs(1800)).await.unwrap();
     let secs = t0.elapsed().as_secs_f64();
+    let own = own_cpu().zip(own0).map(|(b, a)| (b - a).as_secs_f64());
     if let (Some((busy0, all0)), Some((busy1, all1))) = (cpu0, machine_cpu()) {
         println!(
             "  machine CPU busy {:.0} % of the run ({:.2} of {:.2} core-seconds, all processes)",
@@ -138,6 +153,13 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
         runs as f64 / f64::from(n),
         workers.iter().map(|w| w.metrics().units_started.get()).collect::<Vec<_>>()
     );
+    if let Some(own) = own {
+        println!(
+            "  the peers' network work (this process, not the units): {own:.3} core-seconds, \
+             {:.0} µs per run",
+            own * 1e6 / runs.max(1) as f64
+        );
+    }
     client.shutdown().await;
     for w in workers {
         w.shutdown().await;
