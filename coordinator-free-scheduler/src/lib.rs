@@ -35,7 +35,9 @@ pub use commit::{CommitBody, CommitError, SignedCommit, Signer, SimKeys, SimSign
 pub use commit::{Ed25519Signer, Ed25519Verifier};
 pub use membership::{Advert, View};
 pub use message::{Grant, JobInfo, Message};
-pub use peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer, RunCause, Stats};
+pub use peer::{
+    Action, Config, Event, FetchPurpose, LocalFailure, MAX_UNSIGNED, Peer, RunCause, Stats,
+};
 pub use quorum::{DissentRecord, FailReason, Verdict};
 pub use types::{ArchClass, Millis, PeerId, UnitRef};
 pub use util::Rng;

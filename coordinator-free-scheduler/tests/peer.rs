@@ -652,6 +652,95 @@ fn steal_grants_for_a_job_not_known_yet_are_kept() {
     );
 }
 
+/// A thief granted a unit it already runs, by a second victim, hands it back (until 0): that
+/// victim keeps its replica. The victim it took the unit from, granting it again, hears the
+/// thief's lease instead (the grant stands). Answered with its lease, the second victim took
+/// that for the confirmation of its own grant and stepped aside too: both replicas of a
+/// quorum-2 unit had been handed to one thief, nobody ran the second, and the P4 benchmark sat
+/// idle for 40 s until leases lapsed.
+#[test]
+fn a_thief_granted_a_unit_it_runs_by_another_victim_hands_it_back() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let (v1, v2) = (ps[0].id(), ps[1].id());
+    let (job, announce) = announcement(&mut ps[0], 16);
+    let thief = &mut ps[2];
+    let _ = thief.handle(Event::Message { from: v1, msg: announce }, 20).count();
+    // A unit the thief does not run by rank.
+    let unit = (0..16)
+        .map(|index| UnitRef { job, index })
+        .find(|u| thief.run_cause(u).is_none())
+        .expect("the thief ranks among the first two for only some of the units");
+    let grant = |from: PeerId| {
+        let grant = ova_scheduler::message::Grant { unit, watchers: vec![from], leases: vec![] };
+        Message::StealGrant(vec![grant])
+    };
+    let reply = |acts: &[Action], to: PeerId| {
+        acts.iter().find_map(|a| match a {
+            Action::Send { to: t, msg: Message::Claim { unit: u, until } }
+                if *t == to && *u == unit =>
+            {
+                Some(*until)
+            }
+            _ => None,
+        })
+    };
+    let acts: Vec<Action> = thief.handle(Event::Message { from: v1, msg: grant(v1) }, 30).collect();
+    assert_eq!(thief.run_cause(&unit), Some(ova_scheduler::RunCause::Steal), "{acts:?}");
+    // The other victim grants the same unit: handed back.
+    let acts: Vec<Action> = thief.handle(Event::Message { from: v2, msg: grant(v2) }, 31).collect();
+    assert_eq!(reply(&acts, v2), Some(0), "{acts:?}");
+    // The first victim's grant again: the thief's lease.
+    let acts: Vec<Action> = thief.handle(Event::Message { from: v1, msg: grant(v1) }, 32).collect();
+    assert!(reply(&acts, v1).is_some_and(|until| until > 32), "{acts:?}");
+}
+
+/// A unit handed back with `UnitsRan` frees its run slot at once (the next unit starts in the
+/// same event) while its commit waits for `SignFinished`: the shell signs right before the
+/// group commit that stores it, and the executor never waits for the store.
+#[test]
+fn a_unit_that_ran_frees_its_slot_at_once_and_commits_when_signed() {
+    let (mut ps, _) = peers(2);
+    settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
+    let submitter = ps[0].id();
+    let (_, announce) = announcement(&mut ps[0], 8);
+    let p = &mut ps[1];
+    let starts = |acts: &[Action]| -> Vec<UnitRef> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::StartUnit { unit, .. } => Some(*unit),
+                _ => None,
+            })
+            .collect()
+    };
+    let commits = |acts: &[Action]| -> Vec<UnitRef> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send { msg: Message::Commit(c), .. } => Some(c.body.unit),
+                _ => None,
+            })
+            .collect()
+    };
+    let acts: Vec<Action> =
+        p.handle(Event::Message { from: submitter, msg: announce }, 20).collect();
+    // Two cores, one slot each; both peers run every unit at quorum 2.
+    let first = starts(&acts);
+    assert_eq!(first.len(), 2, "{acts:?}");
+    let ran = first[0];
+    let acts: Vec<Action> =
+        p.handle(Event::UnitsRan(vec![(ran, Ok(BlobId([ran.index as u8; 32])))]), 30).collect();
+    let next = starts(&acts);
+    assert_eq!(next.len(), 1, "the freed slot takes the next unit: {acts:?}");
+    assert!(!first.contains(&next[0]));
+    assert_eq!(commits(&acts), Vec::<UnitRef>::new(), "not signed yet");
+    let acts: Vec<Action> = p.handle(Event::SignFinished, 31).collect();
+    let sent = commits(&acts);
+    assert!(!sent.is_empty() && sent.iter().all(|u| *u == ran), "{acts:?}");
+    // Signing again sends nothing more.
+    let acts: Vec<Action> = p.handle(Event::SignFinished, 32).collect();
+    assert_eq!(commits(&acts), Vec::<UnitRef>::new());
+}
+
 /// A claim held for a job not known yet is not replayed once its sender is known to have left:
 /// it would stand as a live lease of a departed peer.
 #[test]

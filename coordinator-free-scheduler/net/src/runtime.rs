@@ -248,7 +248,7 @@ impl Default for RuntimeConfig {
             senders: 16,
             placement_timeout: Duration::from_secs(30),
             max_run_slots_per_core: 32,
-            group_commit_interval: Duration::from_millis(5),
+            group_commit_interval: Duration::from_millis(10),
         }
     }
 }
@@ -381,7 +381,7 @@ impl Runtime {
             core_reported: ova_scheduler::Stats::default(),
             pending: Vec::new(),
             blobs_changed: false,
-            finished: Vec::new(),
+            unsigned: false,
             verifier,
             load: Load::default(),
             outbox_commits: 0,
@@ -473,7 +473,42 @@ impl Runtime {
 
 enum Outgoing {
     Send(EndpointId, Vec<u8>),
+    /// Several messages to one peer, in order: a group commit's messages go to the send
+    /// queues one such batch per destination ([`by_destination`]).
+    SendMany(EndpointId, Vec<Vec<u8>>),
     Broadcast(Vec<u8>),
+}
+
+/// Gathers `messages` into one [`Outgoing::SendMany`] per destination, each in the order
+/// given (broadcasts stay as they are). A group commit of a busy peer carries thousands of
+/// messages (a job's first claims, a batch of commits), most of them to a few peers: queued one
+/// by one they filled a peer's send queue, and the rest were dropped — commits among them,
+/// which the protocol then recovered only through lapsed leases (a P4 run sat idle for 11 s).
+fn by_destination(messages: Vec<Outgoing>) -> Vec<Outgoing> {
+    let mut out: Vec<Outgoing> = Vec::new();
+    let mut slot: HashMap<EndpointId, usize> = HashMap::new();
+    for m in messages {
+        let (to, bytes) = match m {
+            Outgoing::Send(to, bytes) => (to, vec![bytes]),
+            Outgoing::SendMany(to, list) => (to, list),
+            b @ Outgoing::Broadcast(_) => {
+                out.push(b);
+                continue;
+            }
+        };
+        match slot.get(&to) {
+            Some(&i) => {
+                if let Outgoing::SendMany(_, list) = &mut out[i] {
+                    list.extend(bytes);
+                }
+            }
+            None => {
+                slot.insert(to, out.len());
+                out.push(Outgoing::SendMany(to, bytes));
+            }
+        }
+    }
+    out
 }
 
 /// Most queued messages a sender packs into one round of frames.
@@ -505,6 +540,31 @@ struct Retry {
     due: Instant,
 }
 
+/// The send queue a peer's messages go through (always the same one, so they keep their
+/// order).
+fn queue_index(to: &EndpointId) -> usize {
+    let b = to.as_bytes();
+    u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])) as usize
+}
+
+/// Adds `bytes` for `to` to this round's frames, or behind the messages to the same peer
+/// still waiting to be tried again (a commit must not overtake the claim before it).
+fn queue_for(
+    retries: &mut VecDeque<Retry>,
+    per_peer: &mut Vec<(EndpointId, Vec<Vec<u8>>, usize)>,
+    to: EndpointId,
+    bytes: Vec<Vec<u8>>,
+) {
+    if let Some(r) = retries.iter_mut().find(|r| r.to == to) {
+        r.messages.extend(bytes);
+        return;
+    }
+    match per_peer.iter_mut().find(|(p, ..)| *p == to) {
+        Some((_, list, _)) => list.extend(bytes),
+        None => per_peer.push((to, bytes, 0)),
+    }
+}
+
 /// Drains one send queue: whatever has piled up while the last frames were on the wire is
 /// packed per destination, in order, into as few frames as possible ([`Node::send_batch`]).
 /// A send that fails for a reason that may pass (see [`crate::node::NetError::is_transient`])
@@ -534,17 +594,9 @@ async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc
         for out in taken.drain(..) {
             match out {
                 Outgoing::Send(to, bytes) => {
-                    // Behind the messages to the same peer still waiting to be tried again
-                    // (a commit must not overtake the claim before it).
-                    if let Some(r) = retries.iter_mut().find(|r| r.to == to) {
-                        r.messages.push(bytes);
-                        continue;
-                    }
-                    match per_peer.iter_mut().find(|(p, ..)| *p == to) {
-                        Some((_, list, _)) => list.push(bytes),
-                        None => per_peer.push((to, vec![bytes], 0)),
-                    }
+                    queue_for(&mut retries, &mut per_peer, to, vec![bytes])
                 }
+                Outgoing::SendMany(to, list) => queue_for(&mut retries, &mut per_peer, to, list),
                 Outgoing::Broadcast(bytes) => {
                     if let Err(e) = node.broadcast(bytes).await {
                         debug!("broadcast failed: {e}");
@@ -628,9 +680,9 @@ struct Driver {
     last_state_log: Instant,
     /// Writes waiting for the next group commit ([`Driver::start_commit`]).
     pending: Vec<Pending>,
-    /// Units that finished while a group commit was in flight, handed to the core together
-    /// when it ends (see [`Driver::on_done`]).
-    finished: Vec<(UnitRef, Result<BlobId, LocalFailure>)>,
+    /// Units handed to the core whose commits it has not signed yet (see
+    /// [`Driver::on_done`]): signed right before the next group commit starts.
+    unsigned: bool,
     /// Blobs were added since the store's size was last reported.
     blobs_changed: bool,
     /// Checks commit signatures, each distinct one once (shared with the core).
@@ -690,8 +742,11 @@ const GROUP_COMMIT_FULL: usize = 512;
 ///
 /// Starting one as soon as the last ended, a busy peer made hundreds of small commits a
 /// second: the P4 benchmark's workers each ran ~650 store transactions and ~350 signatures
-/// for ~2,500 units. Waiting out 5 ms gathers several turns of the loop into one: about 10 %
-/// more units per second there, and no loss on the P3 tiles.
+/// for ~2,500 units. Waiting out 5 ms gathered several turns of the loop into one: about 10 %
+/// more units per second there. Once finished units no longer waited for the group commit to
+/// free their run slots ([`Event::UnitsRan`]), a longer wait cost the executors nothing:
+/// 10 ms took the peers' CPU per P3 run from about 800 to 650-700 µs and per P4 run from 180
+/// to 160-170 µs (15 ms and more gave no further gain, and held the last commits longer).
 fn group_commit_due(since_last: Duration, interval: Duration, pending: usize) -> bool {
     since_last >= interval || pending >= GROUP_COMMIT_FULL
 }
@@ -882,7 +937,7 @@ impl Driver {
             if commit.is_none()
                 && group_commit_due(last_start.elapsed(), interval, self.pending.len())
             {
-                self.feed_finished(&done_tx);
+                self.sign_ran(&done_tx);
                 commit = self.start_commit();
                 if commit.is_some() {
                     last_start = Instant::now();
@@ -893,7 +948,7 @@ impl Driver {
             let r = (&mut c.task).await;
             self.finish_commit(c, r);
         }
-        self.feed_finished(&done_tx);
+        self.sign_ran(&done_tx);
         self.flush().await;
         self.blobs.close();
         if let Err(e) = self.store.sync() {
@@ -1009,12 +1064,16 @@ impl Driver {
         }
     }
 
-    /// Units and fetches that ended. Fetches go to the core at once; finished units are
-    /// gathered until no group commit is in flight ([`Driver::feed_finished`]): their commits could not leave before the
-    /// commit in flight ends anyway (messages wait for the writes they acknowledge), and
-    /// handed over together they are signed once, as one batch. Fed one by one as they came,
-    /// tiny units were signed (and checked by every receiver) nearly one at a time.
+    /// Units and fetches that ended, handed to the core at once. Finished units go as
+    /// [`Event::UnitsRan`]: their run slots free now and the next units start, but their
+    /// commits are signed only right before the next group commit ([`Driver::sign_ran`]),
+    /// all with one signature: they could not leave before it anyway (messages wait for the
+    /// writes they acknowledge). Signed one by one as they came, tiny units were signed (and
+    /// checked by every receiver) nearly one at a time; held back in the shell until a group
+    /// commit started, a unit's run slot waited out the commit in flight and the interval
+    /// after it, and the executor ran dry between units.
     fn on_done(&mut self, dones: Vec<Done>, done_tx: &mpsc::Sender<Done>) {
+        let mut ran = Vec::new();
         for done in dones {
             match done {
                 Done::Unit(unit, result, took) => {
@@ -1028,7 +1087,8 @@ impl Driver {
                         }
                         id
                     });
-                    self.finished.push((unit, result));
+                    self.unsigned |= result.is_ok();
+                    ran.push((unit, result));
                 }
                 Done::Fetch(blob, purpose, fetched) => {
                     let ok = fetched.is_ok();
@@ -1040,23 +1100,21 @@ impl Driver {
                 }
             }
         }
+        if !ran.is_empty() {
+            self.feed(Event::UnitsRan(ran), done_tx);
+        }
     }
 
-    /// Whether writes, finished units or messages wait for the next group commit.
+    /// Whether writes, unsigned results or messages wait for the next group commit.
     fn has_uncommitted(&self) -> bool {
-        !self.finished.is_empty() || !self.pending.is_empty() || !self.outbox.is_empty()
+        self.unsigned || !self.pending.is_empty() || !self.outbox.is_empty()
     }
 
-    /// Hands the units gathered by [`Driver::on_done`] to the core, in one event.
-    fn feed_finished(&mut self, done_tx: &mpsc::Sender<Done>) {
-        let mut finished = std::mem::take(&mut self.finished);
-        match finished.len() {
-            0 => {}
-            1 => {
-                let (unit, result) = finished.pop().expect("one");
-                self.feed(Event::UnitFinished { unit, result }, done_tx);
-            }
-            _ => self.feed(Event::UnitsFinished(finished), done_tx),
+    /// Has the core sign the results handed over since the last group commit (one
+    /// signature), so their commits go with the next one.
+    fn sign_ran(&mut self, done_tx: &mpsc::Sender<Done>) {
+        if std::mem::take(&mut self.unsigned) {
+            self.feed(Event::SignFinished, done_tx);
         }
     }
 
@@ -1400,16 +1458,21 @@ impl Driver {
         for _ in 0..c.own_commits {
             self.observer.commit_published();
         }
-        for out in c.messages {
-            let i = match &out {
-                Outgoing::Send(to, _) => {
-                    let b = to.as_bytes();
-                    u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])) as usize
+        for out in by_destination(c.messages) {
+            let (i, n) = match &out {
+                Outgoing::Send(to, _) => (queue_index(to), 1),
+                Outgoing::SendMany(to, list) => (queue_index(to), list.len()),
+                Outgoing::Broadcast(_) => (0, 1),
+            };
+            if let Err(e) = self.send_tx[i % self.send_tx.len()].try_send(out) {
+                let to = match e.into_inner() {
+                    Outgoing::Send(to, _) | Outgoing::SendMany(to, _) => to.fmt_short().to_string(),
+                    Outgoing::Broadcast(_) => "everyone".into(),
+                };
+                warn!(peer = %to, messages = n, "send queue full; messages dropped");
+                for _ in 0..n {
+                    self.observer.frame_dropped("send_queue_full");
                 }
-                Outgoing::Broadcast(_) => 0,
-            } % self.send_tx.len();
-            if self.send_tx[i].try_send(out).is_err() {
-                self.observer.frame_dropped("send_queue_full");
             }
         }
     }
@@ -2034,8 +2097,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        BlobId, GROUP_COMMIT_FULL, InlineResults, MAX_INLINE_HELD_BYTES, capacity_census,
-        group_commit_due, run_slots_for, send_retry_due,
+        BlobId, GROUP_COMMIT_FULL, InlineResults, MAX_INLINE_HELD_BYTES, Outgoing, by_destination,
+        capacity_census, group_commit_due, run_slots_for, send_retry_due,
     };
     use crate::node::NetError;
 
@@ -2062,6 +2125,33 @@ mod tests {
         let left = NetError::Connect { peer, reason: "the peer left".into() };
         assert!(!left.is_transient());
         assert!(!NetError::TooLarge { len: 2, max: 1 }.is_transient());
+    }
+
+    /// A group commit's messages reach the send queues as one batch per destination, each in
+    /// the order the core sent them.
+    #[test]
+    fn messages_are_queued_one_batch_per_destination_in_order() {
+        let a = iroh::SecretKey::from_bytes(&[1; 32]).public();
+        let b = iroh::SecretKey::from_bytes(&[2; 32]).public();
+        let msgs = vec![
+            Outgoing::Send(a, vec![1]),
+            Outgoing::Send(b, vec![2]),
+            Outgoing::Broadcast(vec![9]),
+            Outgoing::Send(a, vec![3]),
+            Outgoing::SendMany(b, vec![vec![4], vec![5]]),
+            Outgoing::Send(a, vec![6]),
+        ];
+        let got: Vec<String> = by_destination(msgs)
+            .into_iter()
+            .map(|o| match o {
+                Outgoing::Send(to, m) => format!("send {to} {m:?}"),
+                Outgoing::SendMany(to, l) => {
+                    format!("many {} {l:?}", if to == a { 'a' } else { 'b' })
+                }
+                Outgoing::Broadcast(m) => format!("broadcast {m:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["many a [[1], [3], [6]]", "many b [[2], [4], [5]]", "broadcast [9]"]);
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl Peer {
                 // kept their implicit and extended leases alive: nobody ran it.
                 u.leases
                     .relayable(self.now)
-                    .filter(|l| l.holder != me || matches!(u.mine, Mine::Queued | Mine::Running))
+                    .filter(|l| {
+                        l.holder != me || matches!(u.mine, Mine::Queued | Mine::Running | Mine::Ran)
+                    })
                     .copied()
                     .collect(),
             ),
@@ -180,7 +182,7 @@ impl Peer {
         let reservation = self.reservation(key.0);
         let Some(u) = self.units.get_mut(&key) else { return };
         let until = match u.mine {
-            Mine::Running => self.now + lease_len,
+            Mine::Running | Mine::Ran => self.now + lease_len,
             Mine::Queued => self.now + reservation,
             _ => return,
         };

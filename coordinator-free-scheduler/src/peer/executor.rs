@@ -89,29 +89,66 @@ impl Peer {
     }
 
     pub(super) fn on_finished(&mut self, unit: UnitRef, result: Result<BlobId, LocalFailure>) {
-        let Some(s) = self.slot(&unit.job) else { return };
-        let key = (s, unit.index);
-        let Some(u) = self.units.get_mut(&key) else { return };
-        if u.mine != Mine::Running {
-            return;
+        let Some(key) = self.ended(&unit) else { return };
+        match result {
+            Err(why) => self.hand_back(key, why),
+            Ok(result) => self.queue_commit(key, unit, result),
         }
-        self.running = self.running.saturating_sub(1);
+    }
+
+    /// A unit ended whose commit waits for [`Event::SignFinished`](super::Event::SignFinished).
+    pub(super) fn on_ran(&mut self, unit: UnitRef, result: Result<BlobId, LocalFailure>) {
+        let Some(key) = self.ended(&unit) else { return };
         match result {
             Err(why) => self.hand_back(key, why),
             Ok(result) => {
                 if let Some(u) = self.units.get_mut(&key) {
-                    u.mine = Mine::Committed;
+                    u.mine = Mine::Ran;
                 }
-                let j = &self.jobs[s as usize];
-                self.to_sign.push(CommitBody {
-                    unit,
-                    unit_id: j.d.unit_ids[unit.index as usize],
-                    result,
-                    executor: self.id,
-                    arch: self.arch,
-                });
+                self.ran.push((unit, result));
             }
         }
+    }
+
+    /// Signs what ran since the last signing (units resolved meanwhile are left out: their
+    /// verdict gave them up).
+    pub(super) fn sign_ran(&mut self) {
+        let mut ran = std::mem::take(&mut self.ran);
+        for (unit, result) in ran.drain(..) {
+            let Some(s) = self.slot(&unit.job) else { continue };
+            let key = (s, unit.index);
+            if self.units.get(&key).is_some_and(|u| u.mine == Mine::Ran) {
+                self.queue_commit(key, unit, result);
+            }
+        }
+        self.ran = ran;
+        self.sign_finished();
+    }
+
+    /// The key of a running unit that ended, its run slot freed; `None` if it is not running
+    /// here (resolved or given up meanwhile).
+    fn ended(&mut self, unit: &UnitRef) -> Option<UKey> {
+        let key = (self.slot(&unit.job)?, unit.index);
+        if self.units.get(&key)?.mine != Mine::Running {
+            return None;
+        }
+        self.running = self.running.saturating_sub(1);
+        Some(key)
+    }
+
+    /// Our result for a unit, to be signed at the end of this event.
+    fn queue_commit(&mut self, key: UKey, unit: UnitRef, result: BlobId) {
+        if let Some(u) = self.units.get_mut(&key) {
+            u.mine = Mine::Committed;
+        }
+        let j = &self.jobs[key.0 as usize];
+        self.to_sign.push(CommitBody {
+            unit,
+            unit_id: j.d.unit_ids[unit.index as usize],
+            result,
+            executor: self.id,
+            arch: self.arch,
+        });
     }
 
     /// Gives a unit we hold (running, or queued) back: our lease ends at once, and the

@@ -135,6 +135,10 @@ use state::{JobState, UKey, UnitState};
 use steal::Stolen;
 use timers::TimerKind;
 
+/// Most results handed over with [`Event::UnitsRan`] that wait for their signature; past it
+/// they are signed at once (a shell that never sends [`Event::SignFinished`] still commits).
+pub const MAX_UNSIGNED: usize = 1024;
+
 /// Why a unit could not be run here (no result to commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalFailure {
@@ -190,6 +194,18 @@ pub enum Event {
     /// many [`Event::UnitFinished`], but their commits are signed together, one signature
     /// per batch (see [`crate::commit`]).
     UnitsFinished(Vec<(UnitRef, Result<BlobId, LocalFailure>)>),
+    /// Units ended whose commits are signed later, at the next [`Event::SignFinished`], all
+    /// with one signature. Their run slots free at once, so the next units start while the
+    /// shell is still busy with its store. For a shell that persists in group commits: it
+    /// hands each result over as it comes, and signs right before the group commit that makes
+    /// the commits durable (they cannot leave earlier anyway). Fed only when a group commit
+    /// started (with the signing), a unit's slot waited for the commit in flight and the
+    /// interval after it, and the executor ran dry between units. At most
+    /// [`MAX_UNSIGNED`] wait; more are signed at once.
+    UnitsRan(Vec<(UnitRef, Result<BlobId, LocalFailure>)>),
+    /// Signs the commits of the units handed over with [`Event::UnitsRan`] since the last
+    /// signing, and sends them.
+    SignFinished,
     /// A fetch requested with [`Action::FetchBlob`] ended.
     BlobFetched {
         /// The blob.
@@ -338,6 +354,9 @@ pub struct Peer {
     kept: VecDeque<UKey>,
     /// Results of ours finished in this event, to be signed together at its end.
     to_sign: Vec<CommitBody>,
+    /// Results of ours handed over with [`Event::UnitsRan`], not signed yet (at most
+    /// [`MAX_UNSIGNED`]).
+    ran: Vec<(UnitRef, BlobId)>,
     online_at: Millis,
     last_steal: Option<Millis>,
     /// Steal attempts since the last grant (each doubles the wait before the next).
@@ -402,6 +421,7 @@ impl Peer {
             done: FxHashSet::default(),
             kept: VecDeque::new(),
             to_sign: Vec::new(),
+            ran: Vec::new(),
             online_at: 0,
             ready: VecDeque::new(),
             running: 0,
@@ -595,6 +615,15 @@ impl Peer {
                 }
                 self.sign_finished();
             }
+            Event::UnitsRan(units) => {
+                for (unit, result) in units {
+                    self.on_ran(unit, result);
+                }
+                if self.ran.len() >= MAX_UNSIGNED {
+                    self.sign_ran();
+                }
+            }
+            Event::SignFinished => self.sign_ran(),
             Event::BlobFetched { blob, purpose, ok } => match purpose {
                 FetchPurpose::Bundle(job) => self.on_bundle_fetched(job, ok),
                 FetchPurpose::Result(unit) => self.on_result_fetched(unit, blob, ok),

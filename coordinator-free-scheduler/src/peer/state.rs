@@ -25,6 +25,9 @@ pub(super) enum Mine {
     Queued,
     /// Started.
     Running,
+    /// Ran here (its run slot is free again); its commit is signed at the next
+    /// [`super::Event::SignFinished`]. Held like a running unit until then.
+    Ran,
     /// Committed a result.
     Committed,
     /// Could not run it for now (inputs unavailable, cancelled); handed back. Taken up again

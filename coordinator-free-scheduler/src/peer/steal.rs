@@ -375,6 +375,8 @@ impl Peer {
             let lease_max = self.reserve_max(key.0);
             // (A unit of a job we decline, from a victim that had not heard: handed back.)
             let declined = self.jobs[key.0 as usize].declined;
+            // The victim we took this unit from (a grant it sent again).
+            let same_victim = self.stolen.get(&key).is_some_and(|s| s.victim == from);
             let u = self.units.get_mut(&key).expect("resolved");
             if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) && !declined {
                 let me = self.id;
@@ -393,11 +395,16 @@ impl Peer {
                 self.stats.stolen += 1;
                 self.stats.queued_steal += 1;
             } else {
-                // Already ours or done: hand it straight back. If we hold it, the
-                // victim gets our own lease (a give-up would be final there);
-                // otherwise the lease the victim recorded for us is released.
+                // Already ours or done: hand it straight back. The victim we stole it from
+                // (its grant again) gets our own lease: we run it for that victim. Any other
+                // victim gets a hand-back (until 0) and keeps its replica: it granted the unit
+                // for us to run *instead of* itself, and our run is another replica already
+                // (stolen from another victim, ours by rank, or committed). Answered with our
+                // lease, it took that for the confirmation of its grant and stepped aside too:
+                // both replicas of a quorum-2 unit had been handed to one thief, nobody ran
+                // the second, and the P4 benchmark sat idle for 40 s until leases lapsed.
                 let until = match u.mine {
-                    Mine::Queued | Mine::Running => u
+                    Mine::Queued | Mine::Running | Mine::Ran if same_victim => u
                         .leases
                         .live(self.now)
                         .filter(|l| l.holder == self.id)

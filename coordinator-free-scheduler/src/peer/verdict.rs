@@ -148,6 +148,9 @@ impl Peer {
                     self.out.push(Action::CancelUnit(unit));
                     self.running = self.running.saturating_sub(1);
                     u.mine = Mine::Gave;
+                } else if was == Mine::Ran {
+                    // Ran, not signed yet: no commit (its slot is free already).
+                    u.mine = Mine::Gave;
                 }
                 // A signer keeps its own result: no fetch, and no ranking to rule on it.
                 let keep = !me_signed
@@ -167,6 +170,8 @@ impl Peer {
                 if u.mine == Mine::Running {
                     self.out.push(Action::CancelUnit(unit));
                     self.running = self.running.saturating_sub(1);
+                    u.mine = Mine::Gave;
+                } else if u.mine == Mine::Ran {
                     u.mine = Mine::Gave;
                 }
                 self.stats.failed += 1;
@@ -190,7 +195,7 @@ impl Peer {
         let Some(u) = self.units.get_mut(&key) else { return };
         match u.mine {
             Mine::Committed => u.leases = Leases::default(),
-            Mine::Running => {}
+            Mine::Running | Mine::Ran => {}
             _ if self.cfg.kept_verdicts > 0 && !u.tally.commits().is_empty() => {
                 u.leases = Leases::default();
                 self.kept.push_back(key);
