@@ -198,10 +198,11 @@ pub enum Event {
     /// with one signature. Their run slots free at once, so the next units start while the
     /// shell is still busy with its store. For a shell that persists in group commits: it
     /// hands each result over as it comes, and signs right before the group commit that makes
-    /// the commits durable (they cannot leave earlier anyway). Fed only when a group commit
-    /// started (with the signing), a unit's slot waited for the commit in flight and the
-    /// interval after it, and the executor ran dry between units. At most
-    /// [`MAX_UNSIGNED`] wait; more are signed at once.
+    /// the commits durable (they cannot leave earlier anyway). (Holding finished units back
+    /// until a group commit started, to sign them together with [`Event::UnitsFinished`],
+    /// kept their slots through the commit in flight and the interval after it, and the
+    /// executor ran dry between units.) At most [`MAX_UNSIGNED`] wait; more are signed at
+    /// once.
     UnitsRan(Vec<(UnitRef, Result<BlobId, LocalFailure>)>),
     /// Signs the commits of the units handed over with [`Event::UnitsRan`] since the last
     /// signing, and sends them.
