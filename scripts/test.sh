@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it: `scripts/test.sh` from the repository root.
 #
 # 1. builds the example work units to wasm (installing the wasm toolchain if needed),
-# 2. checks formatting and lints (warnings are errors),
+# 2. checks formatting, lints and the API docs' links (warnings are errors),
 # 3. runs every test of every crate (with cargo-nextest when installed, which kills and
 #    reports a test that hangs; then the doctests),
 # 4. checks, lints and tests the example jobs natively (their own workspace, examples/).
@@ -22,6 +22,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (a broken or private link in the docs is an error)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

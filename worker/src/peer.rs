@@ -8,7 +8,7 @@
 //! - spare-CPU sensing ([`crate::spare_cpu`]): once a second the offer to the network follows
 //!   the cores the owner's own work leaves free (the executor children's CPU time counts as
 //!   ours), and new units run on that many executor children only;
-//! - metrics ([`crate::metrics`]) fed by the runtime's [`Observer`] hooks, the runner and a
+//! - metrics ([`crate::metrics`]) fed by the runtime's [`Observer`](ova_net::runtime::Observer) hooks, the runner and a
 //!   once-a-second refresh of network counters;
 //! - the status board ([`crate::status`]) and, when an address is given, the HTTP server with
 //!   `/metrics`, the status page and its JSON ([`crate::http`]).

@@ -217,7 +217,7 @@ pub struct RuntimeConfig {
     /// arrives meanwhile is stored (and what finished is signed) together, so a busy peer
     /// pays a store transaction and a signature per batch rather than per handful of units.
     /// An event after a quiet spell is committed at once; a batch reaching
-    /// [`GROUP_COMMIT_FULL`] writes does not wait either.
+    /// `GROUP_COMMIT_FULL` (512) writes does not wait either.
     pub group_commit_interval: Duration,
 }
 

@@ -47,7 +47,7 @@ pub struct Config {
     /// ourselves (a free run slot, nothing queued): a busy peer would only queue the unit.
     pub holder_silence_ms: Millis,
     /// Most units tracked. When full, new units (scanned, claimed or committed) are not
-    /// tracked and counted in [`Stats::table_full`]; others will run or watch them.
+    /// tracked and counted in [`Stats::table_full`](super::Stats::table_full); others will run or watch them.
     pub max_tracked_units: usize,
     /// Most resolved units whose tally (the quorum's signed commits) we keep although we did
     /// not sign it; older ones keep only their key. An executor that crashed mid-send may have

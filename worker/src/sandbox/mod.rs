@@ -474,7 +474,7 @@ impl Sandbox {
     }
 }
 
-/// Most bytes [`host_error_note`] adds after a unit's stderr (which may be full to its cap):
+/// Most bytes `host_error_note` adds after a unit's stderr (which may be full to its cap):
 /// the executor's frames are sized for both output caps plus this.
 pub const HOST_ERROR_NOTE_BYTES: usize = 1024;
 
