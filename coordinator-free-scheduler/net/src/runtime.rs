@@ -352,7 +352,7 @@ impl Runtime {
         let per_sender = (config.send_queue / senders).max(16);
         let mut send_tx = Vec::with_capacity(senders);
         for _ in 0..senders {
-            let (tx, rx) = mpsc::channel::<Outgoing>(per_sender);
+            let (tx, rx) = mpsc::channel::<Queued>(per_sender);
             send_tx.push(tx);
             tokio::spawn(sender_task(node.clone(), rx, observer.clone()));
         }
@@ -471,41 +471,41 @@ impl Runtime {
     }
 }
 
+/// A message the core asked to send, waiting in the outbox for its group commit.
 enum Outgoing {
     Send(EndpointId, Vec<u8>),
-    /// Several messages to one peer, in order: a group commit's messages go to the send
-    /// queues one such batch per destination ([`by_destination`]).
-    SendMany(EndpointId, Vec<Vec<u8>>),
     Broadcast(Vec<u8>),
 }
 
-/// Gathers `messages` into one [`Outgoing::SendMany`] per destination, each in the order
-/// given (broadcasts stay as they are). A group commit of a busy peer carries thousands of
+/// What a send queue carries: a group commit's messages to one peer, in order, or a broadcast
+/// ([`by_destination`]).
+enum Queued {
+    To(EndpointId, Vec<Vec<u8>>),
+    Broadcast(Vec<u8>),
+}
+
+/// Gathers `messages` into one [`Queued::To`] per destination, each in the order given
+/// (broadcasts stay as they are). A group commit of a busy peer carries thousands of
 /// messages (a job's first claims, a batch of commits), most of them to a few peers: queued one
 /// by one they filled a peer's send queue, and the rest were dropped — commits among them,
 /// which the protocol then recovered only through lapsed leases (a P4 run sat idle for 11 s).
-fn by_destination(messages: Vec<Outgoing>) -> Vec<Outgoing> {
-    let mut out: Vec<Outgoing> = Vec::new();
+fn by_destination(messages: Vec<Outgoing>) -> Vec<Queued> {
+    let mut out: Vec<Queued> = Vec::new();
     let mut slot: HashMap<EndpointId, usize> = HashMap::new();
     for m in messages {
-        let (to, bytes) = match m {
-            Outgoing::Send(to, bytes) => (to, vec![bytes]),
-            Outgoing::SendMany(to, list) => (to, list),
-            b @ Outgoing::Broadcast(_) => {
-                out.push(b);
-                continue;
-            }
-        };
-        match slot.get(&to) {
-            Some(&i) => {
-                if let Outgoing::SendMany(_, list) = &mut out[i] {
-                    list.extend(bytes);
+        match m {
+            Outgoing::Broadcast(bytes) => out.push(Queued::Broadcast(bytes)),
+            Outgoing::Send(to, bytes) => match slot.get(&to) {
+                Some(&i) => {
+                    if let Queued::To(_, list) = &mut out[i] {
+                        list.push(bytes);
+                    }
                 }
-            }
-            None => {
-                slot.insert(to, out.len());
-                out.push(Outgoing::SendMany(to, bytes));
-            }
+                None => {
+                    slot.insert(to, out.len());
+                    out.push(Queued::To(to, vec![bytes]));
+                }
+            },
         }
     }
     out
@@ -547,31 +547,13 @@ fn queue_index(to: &EndpointId) -> usize {
     u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])) as usize
 }
 
-/// Adds `bytes` for `to` to this round's frames, or behind the messages to the same peer
-/// still waiting to be tried again (a commit must not overtake the claim before it).
-fn queue_for(
-    retries: &mut VecDeque<Retry>,
-    per_peer: &mut Vec<(EndpointId, Vec<Vec<u8>>, usize)>,
-    to: EndpointId,
-    bytes: Vec<Vec<u8>>,
-) {
-    if let Some(r) = retries.iter_mut().find(|r| r.to == to) {
-        r.messages.extend(bytes);
-        return;
-    }
-    match per_peer.iter_mut().find(|(p, ..)| *p == to) {
-        Some((_, list, _)) => list.extend(bytes),
-        None => per_peer.push((to, bytes, 0)),
-    }
-}
-
 /// Drains one send queue: whatever has piled up while the last frames were on the wire is
 /// packed per destination, in order, into as few frames as possible ([`Node::send_batch`]).
 /// A send that fails for a reason that may pass (see [`crate::node::NetError::is_transient`])
 /// is tried again after [`SEND_RETRY_PAUSES`], and later messages to that peer wait behind
 /// it (order is kept); messages are idempotent, so one that did arrive after all costs a
 /// duplicate, not a wrong state.
-async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc<dyn Observer>) {
+async fn sender_task(node: Node, mut rx: mpsc::Receiver<Queued>, observer: Arc<dyn Observer>) {
     let mut taken = Vec::new();
     let mut retries: VecDeque<Retry> = VecDeque::new();
     loop {
@@ -593,11 +575,19 @@ async fn sender_task(node: Node, mut rx: mpsc::Receiver<Outgoing>, observer: Arc
         }
         for out in taken.drain(..) {
             match out {
-                Outgoing::Send(to, bytes) => {
-                    queue_for(&mut retries, &mut per_peer, to, vec![bytes])
+                Queued::To(to, list) => {
+                    // Behind the messages to the same peer still waiting to be tried again
+                    // (a commit must not overtake the claim before it).
+                    if let Some(r) = retries.iter_mut().find(|r| r.to == to) {
+                        r.messages.extend(list);
+                        continue;
+                    }
+                    match per_peer.iter_mut().find(|(p, ..)| *p == to) {
+                        Some((_, queued, _)) => queued.extend(list),
+                        None => per_peer.push((to, list, 0)),
+                    }
                 }
-                Outgoing::SendMany(to, list) => queue_for(&mut retries, &mut per_peer, to, list),
-                Outgoing::Broadcast(bytes) => {
+                Queued::Broadcast(bytes) => {
                     if let Err(e) = node.broadcast(bytes).await {
                         debug!("broadcast failed: {e}");
                         observer.frame_dropped("broadcast_failed");
@@ -654,7 +644,7 @@ struct Driver {
     epoch: Instant,
     timer: Option<Millis>,
     /// The senders' queues (see [`Runtime::start`]).
-    send_tx: Vec<mpsc::Sender<Outgoing>>,
+    send_tx: Vec<mpsc::Sender<Queued>>,
     running: HashMap<UnitRef, JoinHandle<()>>,
     /// First result seen per unit with pending commits, to count mismatches (bounded).
     first_result: HashMap<UnitRef, BlobId>,
@@ -1460,14 +1450,13 @@ impl Driver {
         }
         for out in by_destination(c.messages) {
             let (i, n) = match &out {
-                Outgoing::Send(to, _) => (queue_index(to), 1),
-                Outgoing::SendMany(to, list) => (queue_index(to), list.len()),
-                Outgoing::Broadcast(_) => (0, 1),
+                Queued::To(to, list) => (queue_index(to), list.len()),
+                Queued::Broadcast(_) => (0, 1),
             };
             if let Err(e) = self.send_tx[i % self.send_tx.len()].try_send(out) {
                 let to = match e.into_inner() {
-                    Outgoing::Send(to, _) | Outgoing::SendMany(to, _) => to.fmt_short().to_string(),
-                    Outgoing::Broadcast(_) => "everyone".into(),
+                    Queued::To(to, _) => to.fmt_short().to_string(),
+                    Queued::Broadcast(_) => "everyone".into(),
                 };
                 warn!(peer = %to, messages = n, "send queue full; messages dropped");
                 for _ in 0..n {
@@ -2097,8 +2086,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        BlobId, GROUP_COMMIT_FULL, InlineResults, MAX_INLINE_HELD_BYTES, Outgoing, by_destination,
-        capacity_census, group_commit_due, run_slots_for, send_retry_due,
+        BlobId, GROUP_COMMIT_FULL, InlineResults, MAX_INLINE_HELD_BYTES, Outgoing, Queued,
+        by_destination, capacity_census, group_commit_due, run_slots_for, send_retry_due,
     };
     use crate::node::NetError;
 
@@ -2138,17 +2127,15 @@ mod tests {
             Outgoing::Send(b, vec![2]),
             Outgoing::Broadcast(vec![9]),
             Outgoing::Send(a, vec![3]),
-            Outgoing::SendMany(b, vec![vec![4], vec![5]]),
+            Outgoing::Send(b, vec![4]),
+            Outgoing::Send(b, vec![5]),
             Outgoing::Send(a, vec![6]),
         ];
         let got: Vec<String> = by_destination(msgs)
             .into_iter()
             .map(|o| match o {
-                Outgoing::Send(to, m) => format!("send {to} {m:?}"),
-                Outgoing::SendMany(to, l) => {
-                    format!("many {} {l:?}", if to == a { 'a' } else { 'b' })
-                }
-                Outgoing::Broadcast(m) => format!("broadcast {m:?}"),
+                Queued::To(to, l) => format!("many {} {l:?}", if to == a { 'a' } else { 'b' }),
+                Queued::Broadcast(m) => format!("broadcast {m:?}"),
             })
             .collect();
         assert_eq!(got, ["many a [[1], [3], [6]]", "many b [[2], [4], [5]]", "broadcast [9]"]);

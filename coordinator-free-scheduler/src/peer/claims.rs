@@ -100,9 +100,7 @@ impl Peer {
                 // kept their implicit and extended leases alive: nobody ran it.
                 u.leases
                     .relayable(self.now)
-                    .filter(|l| {
-                        l.holder != me || matches!(u.mine, Mine::Queued | Mine::Running | Mine::Ran)
-                    })
+                    .filter(|l| l.holder != me || u.mine.holds())
                     .copied()
                     .collect(),
             ),

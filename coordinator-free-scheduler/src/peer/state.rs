@@ -37,6 +37,14 @@ pub(super) enum Mine {
     Declined,
 }
 
+impl Mine {
+    /// Whether we hold the unit: queued, running, or ran and not signed yet (our lease is a
+    /// claim others may rely on).
+    pub(super) fn holds(self) -> bool {
+        matches!(self, Mine::Queued | Mine::Running | Mine::Ran)
+    }
+}
+
 /// How a unit was resolved here.
 #[derive(Debug)]
 pub(super) enum Outcome {

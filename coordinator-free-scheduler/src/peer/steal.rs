@@ -403,16 +403,13 @@ impl Peer {
                 // lease, it took that for the confirmation of its grant and stepped aside too:
                 // both replicas of a quorum-2 unit had been handed to one thief, nobody ran
                 // the second, and the P4 benchmark sat idle for 40 s until leases lapsed.
-                let until = match u.mine {
-                    Mine::Queued | Mine::Running | Mine::Ran if same_victim => u
-                        .leases
-                        .live(self.now)
-                        .filter(|l| l.holder == self.id)
-                        .map(|l| l.until)
-                        .max()
-                        .unwrap_or(0),
-                    _ => 0,
+                let until = if same_victim && u.mine.holds() {
+                    let me = self.id;
+                    u.leases.live(self.now).filter(|l| l.holder == me).map(|l| l.until).max()
+                } else {
+                    None
                 };
+                let until = until.unwrap_or(0);
                 self.out.push(Action::Send { to: from, msg: Message::Claim { unit, until } });
             }
         }

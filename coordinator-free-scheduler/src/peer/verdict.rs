@@ -116,6 +116,21 @@ impl Peer {
         });
     }
 
+    /// The unit was resolved while we ran it: a run in progress is cancelled (its slot freed);
+    /// one that ran and is not signed yet is never committed (its slot is free already).
+    fn end_own_run(&mut self, key: UKey, unit: UnitRef) {
+        let Some(u) = self.units.get_mut(&key) else { return };
+        match u.mine {
+            Mine::Running => {
+                self.out.push(Action::CancelUnit(unit));
+                self.running = self.running.saturating_sub(1);
+                u.mine = Mine::Gave;
+            }
+            Mine::Ran => u.mine = Mine::Gave,
+            _ => {}
+        }
+    }
+
     pub(super) fn check_verdict(&mut self, key: UKey) {
         let j = &self.jobs[key.0 as usize];
         let rep = j.info.manifest.replication;
@@ -141,17 +156,9 @@ impl Peer {
                         c.body.result == result && (!same_arch || Some(c.body.arch) == arch);
                     self.dissent.record(c.body.executor, module, agreed);
                 }
-                let was = u.mine;
                 let me_signed = signers.contains(&self.id);
                 self.stats.verified += 1;
-                if was == Mine::Running {
-                    self.out.push(Action::CancelUnit(unit));
-                    self.running = self.running.saturating_sub(1);
-                    u.mine = Mine::Gave;
-                } else if was == Mine::Ran {
-                    // Ran, not signed yet: no commit (its slot is free already).
-                    u.mine = Mine::Gave;
-                }
+                self.end_own_run(key, unit);
                 // A signer keeps its own result: no fetch, and no ranking to rule on it.
                 let keep = !me_signed
                     && (self.jobs[key.0 as usize].mine || self.is_result_holder(key, &signers));
@@ -167,13 +174,7 @@ impl Peer {
             }
             Verdict::Failed(reason) => {
                 u.outcome = Some(Outcome::Failed);
-                if u.mine == Mine::Running {
-                    self.out.push(Action::CancelUnit(unit));
-                    self.running = self.running.saturating_sub(1);
-                    u.mine = Mine::Gave;
-                } else if u.mine == Mine::Ran {
-                    u.mine = Mine::Gave;
-                }
+                self.end_own_run(key, unit);
                 self.stats.failed += 1;
                 let j = &mut self.jobs[key.0 as usize];
                 if j.mine {
