@@ -37,6 +37,39 @@ fn same_seed_same_run_byte_for_byte() {
 }
 
 #[test]
+fn threads_do_not_change_a_run() {
+    // Every kind of event the simulator knows, so each path into a batch is taken: loss,
+    // liars (results drawn from the random stream), decliners, churn, crashes, a partition,
+    // owners taking their cores back, and a submitter that leaves and returns. Short units
+    // and short links crowd many events into each millisecond, so batches are large.
+    let cfg = SimConfig {
+        peers: 120,
+        units: 2_000,
+        unit_cost_ms: (20, 200),
+        latency_ms: (2, 8),
+        churn_events: 100,
+        churn_window: (45_000, 200_000),
+        loss: 0.02,
+        liars: 0.1,
+        decliners: 0.05,
+        crash_stop: 0.2,
+        partition: Some((60_000, 180_000, 0.3)),
+        owners: Some((0.5, 5_000)),
+        submitter_offline: Some((70_000, 150_000)),
+        seed: 5,
+        ..SimConfig::default()
+    };
+    let one = run_cfg("threads", cfg.clone());
+    for threads in [2, 3] {
+        let mut sim = Sim::new(cfg.clone());
+        sim.threads = threads;
+        let r = sim.run("threads");
+        assert_eq!(r.render(), one.render(), "{threads} threads");
+    }
+    assert!(one.events > 10_000, "{}", one.render());
+}
+
+#[test]
 fn all_units_verified_under_churn() {
     let r = run("churn", 1);
     all_verified(&r);

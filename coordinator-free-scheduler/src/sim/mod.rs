@@ -24,7 +24,10 @@
 //!   reachable online peers when the jobs are submitted instead of delivering every advert
 //!   to the submitter.
 
+mod batch;
 mod scenario;
+
+use batch::{Batch, Call, Helpers};
 
 pub use scenario::{SCENARIOS, Scenario, scenario, scenario_names};
 
@@ -368,17 +371,28 @@ impl Queued {
 /// a lower bucket only when its own is emptied: appends to a few vectors instead of a binary
 /// heap's sift-down through scattered memory on every pop. Gives exactly the order of a
 /// binary heap on the same keys.
+///
+/// One exception to growing keys: the event loop takes out the next event before it handles
+/// a [`Batch`], puts it back, and the batch's actions may schedule events before it. Those
+/// few wait in `early`, which is emptied first.
 struct EventQueue {
     /// Bucket 0 holds the entry whose key equals `last`; bucket `b` those whose key differs
     /// from `last` first at bit `b - 1`.
     buckets: Vec<Vec<Queued>>,
     last: u128,
     len: usize,
+    /// Entries with keys below `last`, by descending key.
+    early: Vec<Queued>,
 }
 
 impl EventQueue {
     fn new() -> Self {
-        Self { buckets: (0..=128).map(|_| Vec::new()).collect(), last: 0, len: 0 }
+        Self {
+            buckets: (0..=128).map(|_| Vec::new()).collect(),
+            last: 0,
+            len: 0,
+            early: Vec::new(),
+        }
     }
 
     fn bucket(&self, key: u128) -> usize {
@@ -386,13 +400,22 @@ impl EventQueue {
     }
 
     fn push(&mut self, q: Queued) {
-        debug_assert!(q.key() >= self.last, "an event scheduled in the past");
-        let b = self.bucket(q.key());
+        let key = q.key();
+        if key < self.last {
+            let pos = self.early.partition_point(|e| e.key() > key);
+            self.early.insert(pos, q);
+            return;
+        }
+        let b = self.bucket(key);
         self.buckets[b].push(q);
         self.len += 1;
     }
 
     fn pop(&mut self) -> Option<Queued> {
+        // Every early key is below `last`, and so below every bucket's.
+        if let Some(q) = self.early.pop() {
+            return Some(q);
+        }
         if self.len == 0 {
             return None;
         }
@@ -421,7 +444,9 @@ struct Running {
 }
 
 struct SimPeer {
-    peer: Peer,
+    /// The peer's state; away (`None`) only while a helper thread handles a call on it
+    /// (see [`batch`]).
+    home: Option<Box<Peer>>,
     id: PeerId,
     arch: ArchClass,
     cores: u16,
@@ -438,6 +463,16 @@ struct SimPeer {
     /// comes back (a shell must report every unit it started).
     interrupted: Vec<UnitRef>,
     has_bundle: bool,
+}
+
+impl SimPeer {
+    fn peer(&self) -> &Peer {
+        self.home.as_deref().expect("the peer is home between batches")
+    }
+
+    fn peer_mut(&mut self) -> &mut Peer {
+        self.home.as_deref_mut().expect("the peer is home between batches")
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -490,7 +525,13 @@ pub struct Sim {
     resolved: usize,
     fail_reasons: Vec<String>,
     failed_without_reason: usize,
-    buf: Vec<Action>,
+    /// Peer calls deferred at the current moment (see [`batch`]).
+    batch: Batch,
+    /// Threads that handle a moment's peer calls side by side (1: all on the calling
+    /// thread). The run is the same, byte for byte, whatever the number.
+    pub threads: usize,
+    /// The helper threads while a run with [`Sim::threads`] > 1 goes on.
+    helpers: Option<Helpers>,
     /// Messages in flight: the message and, for a multicast, its targets. Slots are reused.
     inflight: Vec<Option<(Message, Vec<u32>)>>,
     free_slots: Vec<u32>,
@@ -576,7 +617,9 @@ impl Sim {
             resolved: 0,
             fail_reasons: Vec::new(),
             failed_without_reason: 0,
-            buf: Vec::new(),
+            batch: Batch::new(),
+            threads: 1,
+            helpers: None,
             inflight: Vec::new(),
             free_slots: Vec::new(),
             spare_targets: Vec::new(),
@@ -727,7 +770,7 @@ impl Sim {
         let i = self.peers.len() as u32;
         self.index.insert(id, i);
         self.peers.push(SimPeer {
-            peer,
+            home: Some(Box::new(peer)),
             id,
             arch,
             cores,
@@ -925,23 +968,61 @@ impl Sim {
         rb & 3 == 3 && ra & 1 == 1 && (!self.partitioned || ra >> 2 == rb >> 2)
     }
 
+    /// Hands `ev` to peer `i` now: after the calls already waiting, and with its actions
+    /// applied before returning.
     fn call(&mut self, i: u32, ev: Event) {
-        self.handle_calls += 1;
-        let now = self.now;
-        let watch = self.watch.filter(|w| w.0 < self.jobs.len());
-        let before = watch.map(|(j, k)| {
-            let unit = UnitRef { job: self.jobs[j].0, index: k };
-            (unit, self.peers[i as usize].peer.describe_unit(&unit), ev.clone())
-        });
-        let mut buf = std::mem::take(&mut self.buf);
-        if self.time_handle && self.handle_calls.is_multiple_of(8) {
-            let t = std::time::Instant::now();
-            self.peers[i as usize].peer.handle_into(ev, now, &mut buf);
-            self.handle_nanos += t.elapsed().as_nanos();
-            self.handle_sampled += 1;
-        } else {
-            self.peers[i as usize].peer.handle_into(ev, now, &mut buf);
+        self.defer(i, ev);
+        self.flush();
+    }
+
+    /// Makes sure no deferred call for peer `i` is waiting, so its state may be read:
+    /// handles the batch first when it holds one.
+    fn claim(&mut self, i: u32) {
+        if self.batch.holds(i) {
+            self.flush();
         }
+    }
+
+    /// Defers `ev` for peer `i` to the current [`Batch`] (handled by [`Sim::flush`]), when
+    /// helper threads share the calls.
+    fn defer(&mut self, i: u32, ev: Event) {
+        self.claim(i);
+        self.handle_calls += 1;
+        let timed = self.time_handle && self.handle_calls.is_multiple_of(8);
+        let watch = self.watch.filter(|w| w.0 < self.jobs.len()).map(|(j, k)| {
+            let unit = UnitRef { job: self.jobs[j].0, index: k };
+            Box::new((unit, self.peers[i as usize].peer().describe_unit(&unit), ev.clone()))
+        });
+        self.batch.add(i, ev, timed, watch);
+        if self.helpers.is_none() {
+            // On one thread, calls are handled as they come (the reference the batches
+            // must match).
+            self.flush();
+        }
+    }
+
+    /// Handles the deferred calls (side by side when [`Sim::threads`] > 1), then applies
+    /// their actions one by one in the order the calls were made.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.batch.handle(&mut self.peers, self.now, self.helpers.as_ref());
+        let mut calls = self.batch.take();
+        for c in calls.drain(..) {
+            self.apply(c);
+        }
+        self.batch.give_back(calls);
+    }
+
+    /// Applies a handled call's actions.
+    fn apply(&mut self, c: Call) {
+        let i = c.peer;
+        if c.nanos > 0 {
+            self.handle_nanos += u128::from(c.nanos);
+            self.handle_sampled += 1;
+        }
+        let mut buf = c.out;
         // Consecutive sends of the same claim, commit or probe (to a unit's watchers) travel
         // as one multicast.
         let mut group: Option<(Message, Vec<u32>)> = None;
@@ -969,14 +1050,14 @@ impl Sim {
         if let Some((m, tos)) = group.take() {
             self.multicast(i, tos, m);
         }
-        self.buf = buf;
-        if let Some((unit, b, ev)) = before {
-            let a = self.peers[i as usize].peer.describe_unit(&unit);
+        self.batch.keep_buffer(buf);
+        if let Some((unit, b, ev)) = c.watch.map(|w| *w) {
+            let a = self.peers[i as usize].peer().describe_unit(&unit);
             if a != b {
                 let ev = format!("{ev:?}").chars().take(200).collect::<String>();
                 eprintln!(
-                    "WATCH t={now} peer={i} {:?} ev={ev}\n   before={b:?}\n   after={a:?}",
-                    self.ids[i as usize]
+                    "WATCH t={} peer={i} {:?} ev={ev}\n   before={b:?}\n   after={a:?}",
+                    self.now, self.ids[i as usize]
                 );
             }
         }
@@ -1051,7 +1132,7 @@ impl Sim {
                     return;
                 }
                 let duration = (cost as f64 / p.speed) as u64 + 2 * p.delay;
-                let cause = p.peer.run_cause(&unit).unwrap_or(RunCause::Rule);
+                let cause = p.peer().run_cause(&unit).unwrap_or(RunCause::Rule);
                 let p = &mut self.peers[i as usize];
                 p.running.insert(unit, Running { cause, exec, started: self.now, cost, duration });
                 self.push(self.now + duration, Ev::Finish(Box::new((i, unit, exec))));
@@ -1125,6 +1206,20 @@ impl Sim {
 
     /// Runs to completion (every unit resolved) or the horizon.
     pub fn run(&mut self, name: &str) -> Report {
+        if self.threads > 1 {
+            match Helpers::start(self.threads - 1) {
+                Ok(h) => self.helpers = Some(h),
+                Err(e) => eprintln!("ova-sim: no helper threads ({e}); running on one thread"),
+            }
+        }
+        let report = self.run_events(name);
+        // Stops the helpers.
+        self.helpers = None;
+        report
+    }
+
+    /// The event loop of [`Sim::run`].
+    fn run_events(&mut self, name: &str) -> Report {
         let total = self.truth.len();
         let horizon = self.cfg.horizon;
         self.cfg.horizon =
@@ -1133,6 +1228,13 @@ impl Sim {
         // last commits to the submitter) land.
         let mut stop_at = Millis::MAX;
         while let Some(q) = self.queue.pop() {
+            // A batch holds calls of one moment: handle it before time moves on (its actions
+            // may schedule events before `q`), and when it is full.
+            if !self.batch.is_empty() && (q.at != self.now || self.batch.is_full()) {
+                self.queue.push(q);
+                self.flush();
+                continue;
+            }
             if self.resolved >= total && stop_at == Millis::MAX {
                 stop_at = self.now + 60_000;
             }
@@ -1149,7 +1251,7 @@ impl Sim {
                         continue;
                     }
                     let fromid = self.ids[from as usize];
-                    self.call(to, Event::Message { from: fromid, msg });
+                    self.defer(to, Event::Message { from: fromid, msg });
                 }
                 Ev::Multi { from, slot } => {
                     let (msg, to) = self.unstow(slot);
@@ -1164,13 +1266,14 @@ impl Sim {
                             } else {
                                 msg.clone().expect("message")
                             };
-                            self.call(t, Event::Message { from: fromid, msg: m });
+                            self.defer(t, Event::Message { from: fromid, msg: m });
                         }
                     }
                     self.recycle(to);
                 }
                 Ev::Timer { peer } => {
                     let at = q.at;
+                    self.claim(peer);
                     // Alive and online: bits 0 and 1 of `reach`.
                     if self.timer_at[peer as usize] != Some(at)
                         || self.reach[peer as usize] & 3 != 3
@@ -1179,10 +1282,15 @@ impl Sim {
                     }
                     self.timer_at[peer as usize] = None;
                     self.trace_mix(at, peer as u64 | 1 << 40);
-                    self.call(peer, Event::Timer);
+                    self.defer(peer, Event::Timer);
                 }
                 Ev::Finish(f) => {
                     let (peer, unit, exec) = *f;
+                    self.claim(peer);
+                    if self.peers[peer as usize].fault == Fault::Liar {
+                        // A liar's result is drawn from the random stream.
+                        self.flush();
+                    }
                     let p = &mut self.peers[peer as usize];
                     if !p.alive || !p.online {
                         continue;
@@ -1223,21 +1331,27 @@ impl Sim {
                         }
                     };
                     self.trace_mix(q.at, peer as u64 | 2 << 40);
-                    self.call(peer, Event::UnitFinished { unit, result });
+                    self.defer(peer, Event::UnitFinished { unit, result });
                 }
                 Ev::Fetched(f) => {
                     let (peer, blob, purpose, ok) = *f;
-                    let p = &mut self.peers[peer as usize];
+                    self.claim(peer);
+                    let p = &self.peers[peer as usize];
                     if !p.alive || !p.online {
                         continue;
                     }
                     if ok && matches!(purpose, FetchPurpose::Bundle(_)) {
+                        // Other peers' units start on what the bundle holders are: the calls
+                        // before this one must see them as they were.
+                        self.flush();
+                        let p = &mut self.peers[peer as usize];
                         p.has_bundle = true;
                         self.holders.push(peer);
                     }
-                    self.call(peer, Event::BlobFetched { blob, purpose, ok });
+                    self.defer(peer, Event::BlobFetched { blob, purpose, ok });
                 }
                 Ev::Submit => {
+                    self.flush();
                     let ms: Vec<Manifest> = self.jobs.iter().map(|j| j.1.clone()).collect();
                     let s = self.submitter;
                     // The submitter's shell hears every advert by gossip (the simulator only
@@ -1253,12 +1367,13 @@ impl Sim {
                             }
                         }
                     }
-                    self.peers[s as usize].peer.set_capacity_census(census);
+                    self.peers[s as usize].peer_mut().set_capacity_census(census);
                     for m in ms {
                         self.call(s, Event::Submit(Box::new(m)));
                     }
                 }
                 Ev::Churn => {
+                    self.flush();
                     let online: Vec<u32> = self
                         .ring_any
                         .iter()
@@ -1277,12 +1392,17 @@ impl Sim {
                     }
                 }
                 Ev::Crash(i) => {
+                    self.flush();
                     if self.peers[i as usize].alive {
                         self.kill(i, false);
                     }
                 }
-                Ev::Partition(on) => self.partitioned = on,
+                Ev::Partition(on) => {
+                    self.flush();
+                    self.partitioned = on;
+                }
                 Ev::Owner(i) => {
+                    self.flush();
                     let p = &self.peers[i as usize];
                     if !p.alive && i < self.next_fresh as u32 {
                         continue;
@@ -1306,6 +1426,7 @@ impl Sim {
                     self.call(i, Event::Capacity(next));
                 }
                 Ev::Offline(i, off) => {
+                    self.flush();
                     if off {
                         self.timer_at[i as usize] = None;
                     }
@@ -1332,6 +1453,7 @@ impl Sim {
                 }
             }
         }
+        self.flush();
         self.report(name)
     }
 
@@ -1461,11 +1583,11 @@ impl Sim {
             .jobs
             .iter()
             .filter_map(|(id, _, _)| {
-                self.peers[self.submitter as usize].peer.job_progress(id).map(|p| p.1)
+                self.peers[self.submitter as usize].peer().job_progress(id).map(|p| p.1)
             })
             .sum();
         let st = |f: fn(&crate::peer::Stats) -> u64| -> u64 {
-            self.peers.iter().map(|p| f(p.peer.stats())).sum()
+            self.peers.iter().map(|p| f(p.peer().stats())).sum()
         };
         r.by_kind.push_str(&format!(
             " | queued_scan={} queued_rule={} queued_steal={} started={} (scan={} probe={} \
@@ -1489,7 +1611,7 @@ impl Sim {
         r.dropped_commits = self
             .peers
             .iter()
-            .map(|p| p.peer.stats().bad_signature + p.peer.stats().unknown_signer)
+            .map(|p| p.peer().stats().bad_signature + p.peer().stats().unknown_signer)
             .sum();
         r
     }
@@ -1510,13 +1632,13 @@ impl Sim {
                 let ji = self.jobs.iter().position(|j| j.0 == *id).unwrap_or(0);
                 let _ = writeln!(out, "unit {ji}:{k}:");
                 for p in &self.peers {
-                    if let Some(d) = p.peer.describe_unit(&unit) {
+                    if let Some(d) = p.peer().describe_unit(&unit) {
                         let _ = writeln!(
                             out,
                             "  {:?} alive={} arch={:?} fault={:?} spare={}/{} {d}",
                             p.id, p.alive, p.arch, p.fault, p.spare, p.cores
                         );
-                    } else if let Some(e) = p.peer.explain_unit(&unit)
+                    } else if let Some(e) = p.peer().explain_unit(&unit)
                         && p.alive
                         && (e.contains("done=true") || e.contains("ranks_in_quorum=true"))
                     {
@@ -1530,7 +1652,7 @@ impl Sim {
 
     /// The peers (for tests that inspect state).
     pub fn peer(&self, i: usize) -> &Peer {
-        &self.peers[i].peer
+        self.peers[i].peer()
     }
 
     /// Total `Peer::handle` calls so far.
@@ -1550,7 +1672,7 @@ impl Sim {
     pub fn tracked_totals(&self) -> (usize, usize) {
         self.peers
             .iter()
-            .fold((0, 0), |(a, b), p| (a + p.peer.tracked_units(), b + p.peer.done_units()))
+            .fold((0, 0), |(a, b), p| (a + p.peer().tracked_units(), b + p.peer().done_units()))
     }
 
     /// Injects a raw frame into peer `to` as if sent by peer `from` (for abuse tests).
@@ -1647,6 +1769,37 @@ mod tests {
             for _ in 0..rng.below(4) {
                 seq += 1;
                 let at = now + rng.below(3) * rng.below(5_000);
+                q.push(Queued { at, seq, ev: Ev::Submit });
+                reference.insert((at, seq));
+            }
+            let e = q.pop().map(|e| (e.at, e.seq));
+            assert_eq!(e, reference.pop_first());
+            if let Some((at, _)) = e {
+                now = at;
+            }
+        }
+    }
+
+    #[test]
+    fn event_queue_takes_back_an_event_and_orders_earlier_ones_first() {
+        // What the event loop does around a batch: take the next event out, put it back,
+        // then schedule events before it (and after it).
+        let mut rng = Rng::new(11);
+        let mut q = EventQueue::new();
+        let mut reference = std::collections::BTreeSet::new();
+        let (mut seq, mut now) = (0u64, 0u64);
+        for _ in 0..5_000 {
+            for _ in 0..1 + rng.below(3) {
+                seq += 1;
+                let at = now + rng.below(50);
+                q.push(Queued { at, seq, ev: Ev::Submit });
+                reference.insert((at, seq));
+            }
+            let Some(next) = q.pop() else { continue };
+            q.push(next);
+            for _ in 0..rng.below(3) {
+                seq += 1;
+                let at = now + rng.below(50);
                 q.push(Queued { at, seq, ev: Ev::Submit });
                 reference.insert((at, seq));
             }
