@@ -3,7 +3,8 @@
 //! One priority queue of timed events (message deliveries, peer timers, unit completions, blob
 //! fetches, churn, partitions). Everything random comes from one seeded [`Rng`] consumed in
 //! event order, so the same seed gives the same run, byte for byte ([`Report::trace`] hashes
-//! every event).
+//! every event). That holds on several threads too ([`Sim::threads`]): the peers' calls of one
+//! moment are handled side by side and their actions applied in event order (see `batch.rs`).
 //!
 //! Network model: per-peer link delay (a link costs the mean of its ends plus jitter), per
 //! message loss, partitions (two groups; cross traffic dropped until healed). Peers: cores,
@@ -830,6 +831,7 @@ impl Sim {
     }
 
     fn push(&mut self, at: Millis, ev: Ev) {
+        debug_assert!(at >= self.now, "an event scheduled in the past");
         self.seq += 1;
         self.queue.push(Queued { at, seq: self.seq, ev });
     }
