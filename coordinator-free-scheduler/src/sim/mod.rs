@@ -1759,26 +1759,46 @@ fn same_message(a: &Message, b: &Message) -> bool {
 mod tests {
     use super::*;
 
+    /// An event queue beside a reference (a sorted set of its keys).
+    struct Checked {
+        q: EventQueue,
+        reference: std::collections::BTreeSet<(u64, u64)>,
+        seq: u64,
+        now: u64,
+    }
+
+    impl Checked {
+        fn new() -> Self {
+            Self { q: EventQueue::new(), reference: Default::default(), seq: 0, now: 0 }
+        }
+
+        fn push(&mut self, at: u64) {
+            self.seq += 1;
+            self.q.push(Queued { at, seq: self.seq, ev: Ev::Submit });
+            self.reference.insert((at, self.seq));
+        }
+
+        /// Takes the next event out and checks it is the reference's first.
+        fn pop(&mut self) {
+            let e = self.q.pop().map(|e| (e.at, e.seq));
+            assert_eq!(e, self.reference.pop_first());
+            if let Some((at, _)) = e {
+                self.now = at;
+            }
+        }
+    }
+
     /// The radix heap hands out events in (time, sequence) order, like a binary heap, while
     /// events are scheduled at or after the one being handled.
     #[test]
     fn event_queue_orders_by_time_then_sequence() {
         let mut rng = Rng::new(7);
-        let mut q = EventQueue::new();
-        let mut reference = std::collections::BTreeSet::new();
-        let (mut seq, mut now) = (0u64, 0u64);
+        let mut c = Checked::new();
         for _ in 0..20_000 {
             for _ in 0..rng.below(4) {
-                seq += 1;
-                let at = now + rng.below(3) * rng.below(5_000);
-                q.push(Queued { at, seq, ev: Ev::Submit });
-                reference.insert((at, seq));
+                c.push(c.now + rng.below(3) * rng.below(5_000));
             }
-            let e = q.pop().map(|e| (e.at, e.seq));
-            assert_eq!(e, reference.pop_first());
-            if let Some((at, _)) = e {
-                now = at;
-            }
+            c.pop();
         }
     }
 
@@ -1787,29 +1807,17 @@ mod tests {
         // What the event loop does around a batch: take the next event out, put it back,
         // then schedule events before it (and after it).
         let mut rng = Rng::new(11);
-        let mut q = EventQueue::new();
-        let mut reference = std::collections::BTreeSet::new();
-        let (mut seq, mut now) = (0u64, 0u64);
+        let mut c = Checked::new();
         for _ in 0..5_000 {
             for _ in 0..1 + rng.below(3) {
-                seq += 1;
-                let at = now + rng.below(50);
-                q.push(Queued { at, seq, ev: Ev::Submit });
-                reference.insert((at, seq));
+                c.push(c.now + rng.below(50));
             }
-            let Some(next) = q.pop() else { continue };
-            q.push(next);
+            let Some(next) = c.q.pop() else { continue };
+            c.q.push(next);
             for _ in 0..rng.below(3) {
-                seq += 1;
-                let at = now + rng.below(50);
-                q.push(Queued { at, seq, ev: Ev::Submit });
-                reference.insert((at, seq));
+                c.push(c.now + rng.below(50));
             }
-            let e = q.pop().map(|e| (e.at, e.seq));
-            assert_eq!(e, reference.pop_first());
-            if let Some((at, _)) = e {
-                now = at;
-            }
+            c.pop();
         }
     }
 }
