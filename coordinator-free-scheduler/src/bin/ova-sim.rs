@@ -31,10 +31,11 @@ use ova_scheduler::sim::{SCENARIOS, Sim, scenario};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const USAGE: &str = "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N] [--owners FRACTION]; any of them [--threads N] (threads that handle one moment's peer calls; the run is the same for any N)";
+
+/// A usage error: the usage on stderr, exit code 2.
 fn usage() -> ExitCode {
-    eprintln!(
-        "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N] [--owners FRACTION]; any of them [--threads N]"
-    );
+    eprintln!("{USAGE}");
     ExitCode::from(2)
 }
 
@@ -92,7 +93,10 @@ fn main() -> ExitCode {
             "--list" => mode = "list",
             "all" => mode = "all",
             "bench" => mode = "bench",
-            "-h" | "--help" => return usage(),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
             _ => return usage(),
         }
         i += 1;
