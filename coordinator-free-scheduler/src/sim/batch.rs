@@ -219,9 +219,9 @@ impl Shared {
 /// Threads that handle a batch's calls alongside the calling thread. They spin while
 /// batches keep coming and sleep after a quiet spell; dropping them stops them.
 ///
-/// Each peer has a home thread (its index modulo the threads): its calls go there first, so
-/// its tables stay in that core's cache. The calling thread handles its own peers' calls,
-/// then takes what the helpers have not started.
+/// Each peer keeps to one side, so its tables stay in that core's cache: the calling thread
+/// handles the peers whose index is a multiple of the number of threads, the helpers share
+/// the others' calls. The calling thread then takes what the helpers have not started.
 pub(super) struct Helpers {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
