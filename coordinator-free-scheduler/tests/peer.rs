@@ -76,11 +76,24 @@ fn small_network_verifies_every_unit_once_per_quorum() {
     let acts = settle(&mut ps, vec![(0, Event::Submit(Box::new(manifest(40))))], 1000);
     let mut verified = std::collections::BTreeSet::new();
     let mut starts = 0;
-    for (_, a) in &acts {
+    let (mut proofs, mut bare) = (0, 0);
+    for (i, a) in &acts {
         match a {
-            Action::UnitVerified { unit, result, signers } => {
+            Action::UnitVerified { unit, result, signers, proof } => {
                 assert_eq!(*result, BlobId([unit.index as u8; 32]));
                 assert!(signers.len() >= 2);
+                for c in proof {
+                    assert_eq!((c.body.unit, c.body.result), (*unit, *result));
+                    assert!(signers.contains(&c.body.executor), "only the signers' commits");
+                }
+                // The submitter (peer 0) and the signers keep the result, with its proof;
+                // others (result holders aside) only followed the unit.
+                if *i == 0 || signers.contains(&ps[*i].id()) {
+                    assert_eq!(proof.len(), signers.len(), "a keeper gets every signer's commit");
+                    proofs += 1;
+                } else if proof.is_empty() {
+                    bare += 1;
+                }
                 verified.insert(unit.index);
             }
             Action::StartUnit { .. } => starts += 1,
@@ -89,6 +102,7 @@ fn small_network_verifies_every_unit_once_per_quorum() {
         }
     }
     assert_eq!(verified.len(), 40);
+    assert!(proofs >= 2 * 40 && bare > 0, "{proofs} verdicts with a proof, {bare} without");
     assert_eq!(starts, 80, "exactly quorum replicas with consistent views and honest peers");
     let job = manifest(40).job_id();
     assert_eq!(ps[0].job_progress(&job), Some((40, 40, 0)));

@@ -11,11 +11,11 @@
 //! | `StartUnit` | a task that fetches the module (kept) and the input (used from memory) from the job's holders and runs the unit on the [`UnitRunner`]; the result record is stored with the next group commit |
 //! | `FetchBlob` | a task fetching from the listed peers ([`crate::blobs::BlobClient`]), verified before storing |
 //! | `SetTimer` | the loop's sleep deadline |
-//! | `UnitVerified` / `UnitFailed` | the store (verified results), subscribers ([`JobEvent`]) and the [`Observer`] |
+//! | `UnitVerified` / `UnitFailed` | the store (verified results, and the commits that prove a result this peer keeps), subscribers ([`JobEvent`]) and the [`Observer`] |
 //!
 //! What must survive a restart goes to the [`Store`] before anyone is told about it: job
-//! announcements, every signed commit seen, result records, verified results and this peer's
-//! own jobs. The writes of one or more loop turns go in one durable transaction (a group
+//! announcements, the signed commits of its own jobs and those proving a result it keeps,
+//! result records, verified results and this peer's own jobs. The writes of one or more loop turns go in one durable transaction (a group
 //! commit; see [`crate::store::Durability`] for what durable means) that runs off the loop
 //! while it takes in further events; the messages of those turns leave only once it is
 //! durable, so a peer killed at any point never acknowledged what it lost. A restarted peer
@@ -1354,8 +1354,14 @@ impl Driver {
         }
     }
 
-    /// Persists a signed commit (checked first: the store keeps only verifiable records) and
-    /// tells subscribers.
+    /// Checks a signed commit received, tells subscribers, and persists it when it is for a
+    /// job of ours (the store keeps only verifiable records).
+    ///
+    /// A commit on another's job is kept in the core's memory only until the unit is decided,
+    /// then persisted if this peer keeps the result (the [`Action::UnitVerified`] proof). A
+    /// watcher that merely followed the unit writes nothing: on the network bench's tiny
+    /// units (P4), storing every commit heard cost about a tenth of the peers' CPU, and
+    /// after a restart the network tells such a peer again what it needs.
     fn note_commit(&mut self, c: &SignedCommit) {
         if ova_scheduler::commit::verify(&*self.verifier, c).is_err() {
             return;
@@ -1371,12 +1377,20 @@ impl Driver {
                 self.first_result.insert(b.unit, b.result);
             }
         }
-        if let Ok(bytes) = postcard::to_stdvec(c) {
-            self.pending.push(Pending::Commit { unit_id: b.unit_id, signer: b.executor.0, bytes });
+        if b.executor != self.peer.id() && self.is_mine(&b.unit.job) {
+            self.persist_commit(c);
         }
         self.events
             .send(JobEvent::UnitCommitted { unit: b.unit, by: b.executor, result: b.result })
             .ok();
+    }
+
+    /// Queues a checked commit for the next group commit.
+    fn persist_commit(&mut self, c: &SignedCommit) {
+        if let Ok(bytes) = postcard::to_stdvec(c) {
+            let b = &c.body;
+            self.pending.push(Pending::Commit { unit_id: b.unit_id, signer: b.executor.0, bytes });
+        }
     }
 
     fn feed(&mut self, event: Event, done_tx: &mpsc::Sender<Done>) {
@@ -1524,8 +1538,17 @@ impl Driver {
             }
             Action::FetchBlob { blob, from, purpose } => self.fetch(blob, from, purpose, done_tx),
             Action::SetTimer(at) => self.timer = Some(at),
-            Action::UnitVerified { unit, result, signers } => {
+            Action::UnitVerified { unit, result, signers, proof } => {
                 let mine = self.is_mine(&unit.job);
+                // We keep this result: keep the others' commits that prove it too, as they
+                // were stored before a unit was decided (for our own jobs they are stored
+                // already, see `note_commit`).
+                if !mine {
+                    let me = self.peer.id();
+                    for c in proof.iter().filter(|c| c.body.executor != me) {
+                        self.persist_commit(c);
+                    }
+                }
                 self.observer.unit_verified(mine);
                 self.first_result.remove(&unit);
                 if let Some(unit_id) = self.unit_id(&unit) {

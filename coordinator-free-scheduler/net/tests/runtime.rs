@@ -341,3 +341,57 @@ async fn a_returning_submitter_gets_results_whose_signers_come_back_later() {
         p.shutdown().await;
     }
 }
+
+/// What a worker persists of the commits it hears: the others' commits that prove a result it
+/// keeps (written when the unit is decided), and nothing for a unit it only followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_persist_the_proof_of_results_they_keep_and_nothing_else() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Runtime> = Vec::new();
+    let mut boot = vec![];
+    for d in &dirs[..3] {
+        let p = peer(d.path(), boot.clone(), Some(Arc::new(Hasher { lie: false }))).await;
+        boot = vec![p.node().ticket()];
+        workers.push(p);
+    }
+    let client = peer(dirs[3].path(), boot.clone(), None).await;
+    until(30, "membership", || {
+        client.node().peers().len() >= 3 && workers.iter().all(|w| w.node().peers().len() >= 3)
+    })
+    .await;
+    // No copies besides the signers' and the submitter's: at quorum 2 of 3 workers, each
+    // unit has a worker that only follows it.
+    let (mut m, blobs) = job(24, 2).into_parts();
+    m.replication.result_copies = 0;
+    let b = Bundle::new(m, blobs.into_values()).unwrap();
+    let units = b.manifest().unit_ids();
+    client.submit(b.clone()).await.unwrap();
+    let signers_stored = |u: &ova_jobs::UnitId| -> std::collections::BTreeSet<[u8; 32]> {
+        workers.iter().flat_map(|w| w.store().commits_for(u).unwrap()).map(|(s, _)| s).collect()
+    };
+    // Every unit verified at every worker, and its proof stored by the workers that keep it.
+    until(60, "every unit's proof stored", || {
+        workers.iter().all(|w| verified_and_held(w.store(), &b).0 == units.len())
+            && units.iter().all(|u| signers_stored(u).len() >= 2)
+    })
+    .await;
+    let mut followed_only = 0;
+    for w in &workers {
+        let store = w.store();
+        for u in &units {
+            let result = store.verified(u).unwrap().expect("verified");
+            let commits = store.commits_for(u).unwrap();
+            if store.blob(&result).unwrap().is_none() {
+                followed_only += 1;
+                assert!(
+                    commits.is_empty(),
+                    "a worker that only followed a unit stores its commits"
+                );
+            }
+        }
+    }
+    assert!(followed_only > 0, "some unit ran on two of the three workers only");
+    for p in workers.into_iter().chain([client]) {
+        p.shutdown().await;
+    }
+}

@@ -105,7 +105,7 @@ use std::sync::Arc;
 
 use ova_jobs::{BlobId, JobId, Manifest, UnitId};
 
-use crate::commit::{CommitBody, Signer, Verifier};
+use crate::commit::{CommitBody, SignedCommit, Signer, Verifier};
 use crate::membership::View;
 use crate::message::{JobInfo, MAX_BATCH, MAX_STEAL_SKIP, Message};
 use crate::quorum::{DissentBook, DissentRecord, FailReason};
@@ -270,6 +270,11 @@ pub enum Action {
         result: BlobId,
         /// Who signed it.
         signers: Vec<PeerId>,
+        /// The signers' commits on the agreed result when this peer keeps that result (it
+        /// signed it, submitted the job or holds a copy), so a shell that persists them can
+        /// prove what it serves after a restart; empty otherwise (a watcher that only
+        /// followed the unit need not keep anything).
+        proof: Vec<SignedCommit>,
     },
     /// A unit failed here (notification), always with a reason.
     UnitFailed {

@@ -166,10 +166,20 @@ impl Peer {
                 if j.mine {
                     j.verified += 1;
                 }
+                let proof = match self.units.get(&key) {
+                    Some(u) if me_signed || keep => u
+                        .tally
+                        .commits()
+                        .iter()
+                        .filter(|c| signers.contains(&c.body.executor) && c.body.result == result)
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 if keep {
                     self.fetch_result(unit, result, signers.clone());
                 }
-                self.out.push(Action::UnitVerified { unit, result, signers });
+                self.out.push(Action::UnitVerified { unit, result, signers, proof });
                 self.retire(key);
             }
             Verdict::Failed(reason) => {
