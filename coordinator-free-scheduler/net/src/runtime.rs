@@ -15,12 +15,12 @@
 //!
 //! What must survive a restart goes to the [`Store`] before anyone is told about it: job
 //! announcements, the signed commits of its own jobs and those proving a result it keeps,
-//! result records, verified results and this peer's own jobs. The writes of one or more loop turns go in one durable transaction (a group
-//! commit; see [`crate::store::Durability`] for what durable means) that runs off the loop
-//! while it takes in further events; the messages of those turns leave only once it is
-//! durable, so a peer killed at any point never acknowledged what it lost. A restarted peer
-//! replays the store into a fresh core, so it keeps serving the results it held and, as a
-//! submitter, resumes its jobs.
+//! result records, verified results and this peer's own jobs. The writes of one or more loop
+//! turns go in one durable transaction (a group commit; see [`crate::store::Durability`] for
+//! what durable means) that runs off the loop while it takes in further events; the messages
+//! of those turns leave only once it is durable, so a peer killed at any point never
+//! acknowledged what it lost. A restarted peer replays the store into a fresh core, so it
+//! keeps serving the results it held and, as a submitter, resumes its jobs.
 //!
 //! The core is given adaptive run slots per core ([`Peer::set_run_slots_per_core`]): short
 //! units are kept in flight several per core, so fetching inputs, the group commit and the
@@ -1540,14 +1540,13 @@ impl Driver {
             Action::SetTimer(at) => self.timer = Some(at),
             Action::UnitVerified { unit, result, signers, proof } => {
                 let mine = self.is_mine(&unit.job);
-                // We keep this result: keep the others' commits that prove it too, as they
-                // were stored before a unit was decided (for our own jobs they are stored
-                // already, see `note_commit`).
-                if !mine {
-                    let me = self.peer.id();
-                    for c in proof.iter().filter(|c| c.body.executor != me) {
-                        self.persist_commit(c);
-                    }
+                // The proof is empty unless we keep this result. Of our own jobs we store
+                // the commits received as they come (`note_commit`), and our own commit here
+                // (a submitter that runs units of its job checks it from its store too); of
+                // others' jobs, the other signers' commits.
+                let me = self.peer.id();
+                for c in proof.iter().filter(|c| (c.body.executor == me) == mine) {
+                    self.persist_commit(c);
                 }
                 self.observer.unit_verified(mine);
                 self.first_result.remove(&unit);

@@ -395,3 +395,41 @@ async fn workers_persist_the_proof_of_results_they_keep_and_nothing_else() {
         p.shutdown().await;
     }
 }
+
+/// Every peer is both client and server: a worker that submits a job runs some of its units
+/// too, and checks the job from its own store afterwards, its own commits included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_submits_and_runs_its_job_verifies_it_from_its_store() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut workers: Vec<Runtime> = Vec::new();
+    let mut boot = vec![];
+    for d in &dirs {
+        let p = peer(d.path(), boot.clone(), Some(Arc::new(Hasher { lie: false }))).await;
+        boot = vec![p.node().ticket()];
+        workers.push(p);
+    }
+    until(30, "membership", || workers.iter().all(|w| w.node().peers().len() >= 2)).await;
+    let b = job(24, 2);
+    let submitter = &workers[0];
+    let id = submitter.submit(b.clone()).await.unwrap();
+    until(60, "every unit verified and held at the submitter", || {
+        verified_and_held(submitter.store(), &b) == (24, 24)
+    })
+    .await;
+    let rep = verify_job(submitter.store(), &id).unwrap();
+    assert!(rep.problems.is_empty(), "{:?}", rep.problems);
+    assert_eq!(rep.verified, 24);
+    // At quorum 2 on three workers the submitter ran some of its units, so the check above
+    // counted its own commits.
+    let me = *submitter.node().id().as_bytes();
+    let ran = b
+        .manifest()
+        .unit_ids()
+        .iter()
+        .filter(|u| submitter.store().commits_for(u).unwrap().iter().any(|(s, _)| *s == me))
+        .count();
+    assert!(ran > 0, "the submitter ran none of its units");
+    for w in workers {
+        w.shutdown().await;
+    }
+}
