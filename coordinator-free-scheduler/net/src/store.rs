@@ -86,10 +86,7 @@ impl Write<'_> {
     /// Stores `bytes` under its hash; returns the id.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
         let id = BlobId::of(bytes);
-        let mut t = self.tx.open_table(BLOBS).map_err(dberr)?;
-        if t.get(&id.0).map_err(dberr)?.is_none() {
-            t.insert(&id.0, bytes).map_err(dberr)?;
-        }
+        self.put_hashed(id, bytes)?;
         Ok(id)
     }
 
@@ -99,7 +96,16 @@ impl Write<'_> {
         if actual != id {
             return Err(StoreError::HashMismatch { declared: id, actual });
         }
-        self.put_blob(bytes).map(|_| ())
+        self.put_hashed(id, bytes)
+    }
+
+    /// Stores `bytes` under `id`, their hash (computed by the caller: once per blob).
+    fn put_hashed(&self, id: BlobId, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut t = self.tx.open_table(BLOBS).map_err(dberr)?;
+        if t.get(&id.0).map_err(dberr)?.is_none() {
+            t.insert(&id.0, bytes).map_err(dberr)?;
+        }
+        Ok(())
     }
 
     /// Stores a manifest; returns its job id.
