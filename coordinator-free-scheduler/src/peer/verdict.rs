@@ -142,19 +142,19 @@ impl Peer {
             Verdict::Pending { .. } => self.evaluate(key),
             Verdict::Verified { result, arch } => {
                 u.outcome = Some(Outcome::Verified);
+                // A commit on the agreed result (and class, when replicas must share one).
+                let agrees = move |c: &SignedCommit| {
+                    c.body.result == result && (!same_arch || Some(c.body.arch) == arch)
+                };
                 let signers: Vec<PeerId> = u
                     .tally
                     .commits()
                     .iter()
-                    .filter(|c| {
-                        c.body.result == result && (!same_arch || Some(c.body.arch) == arch)
-                    })
+                    .filter(|c| agrees(c))
                     .map(|c| c.body.executor)
                     .collect();
                 for c in u.tally.commits() {
-                    let agreed =
-                        c.body.result == result && (!same_arch || Some(c.body.arch) == arch);
-                    self.dissent.record(c.body.executor, module, agreed);
+                    self.dissent.record(c.body.executor, module, agrees(c));
                 }
                 let me_signed = signers.contains(&self.id);
                 self.stats.verified += 1;
@@ -167,13 +167,9 @@ impl Peer {
                     j.verified += 1;
                 }
                 let proof = match self.units.get(&key) {
-                    Some(u) if me_signed || keep => u
-                        .tally
-                        .commits()
-                        .iter()
-                        .filter(|c| signers.contains(&c.body.executor) && c.body.result == result)
-                        .cloned()
-                        .collect(),
+                    Some(u) if me_signed || keep => {
+                        u.tally.commits().iter().filter(|c| agrees(c)).cloned().collect()
+                    }
                     _ => Vec::new(),
                 };
                 if keep {
