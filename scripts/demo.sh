@@ -9,6 +9,8 @@ cd "$root"
 out="$root/out"
 mkdir -p "$out"
 
+scripts/build-deps.sh
+
 echo "== building the example work units (wasm32-wasip1)"
 scripts/build-examples.sh >/dev/null
 

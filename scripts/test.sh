@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: `scripts/test.sh` from the repository root.
 #
-# 1. builds the example work units to wasm (installing the wasm toolchain if needed),
+# 1. builds the example work units to wasm (installing make, a C compiler and the wasm
+#    toolchain if needed),
 # 2. checks formatting, lints and the API docs' links (warnings are errors),
 # 3. runs every test of every crate (with cargo-nextest when installed, which kills and
 #    reports a test that hangs; then the doctests),
@@ -14,7 +15,8 @@ cd "$root"
 
 step() { printf '\n== %s ==\n' "$*"; }
 
-step "wasm examples"
+step "build tools, and the wasm examples"
+scripts/build-deps.sh
 scripts/build-examples.sh
 
 step "cargo fmt --check"

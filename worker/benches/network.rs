@@ -26,6 +26,12 @@ use rayon::prelude::*;
 
 const WORKERS: usize = 3;
 
+/// The allocator of the `ova` binary (see its `main.rs`), so the peers here cost what they
+/// cost in a volunteer's worker.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn quick() -> bool {
     std::env::var_os("OVA_BENCH_QUICK").is_some()
 }
