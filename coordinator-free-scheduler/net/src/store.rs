@@ -3,12 +3,14 @@
 //! - **blobs**: modules, inputs and results by BLAKE3 id. A blob is stored only if its bytes hash
 //!   to its id, so a corrupt transfer can never be served on.
 //! - **manifests**: every job this peer knows, by job id (the manifest's canonical encoding).
-//! - **commits**: signed commits this peer holds, keyed by (unit id, signer), as the opaque
-//!   bytes the scheduler produced; replayed into a fresh scheduler on restart.
+//! - **commits**: signed commits this peer holds, keyed by (unit, signer), as the opaque
+//!   bytes the scheduler produced; replayed into a fresh scheduler on restart. Units are keyed
+//!   in ring order (see `unit_key`), so a group commit's inserts land in few B-tree leaves.
 //! - **jobs**: the submitter's own jobs and their state, so a restarted submitter resumes them.
 //! - **announces**: each job's announcement as received (the scheduler's wire bytes: manifest,
 //!   submitter, holders), replayed into a fresh scheduler on restart.
-//! - **verified**: units this peer saw reach quorum, with the agreed result id.
+//! - **verified**: units this peer saw reach quorum, with the agreed result id (keyed in ring
+//!   order too).
 //!
 //! Every write is a durable redb transaction: once a method returns, a SIGKILL loses nothing.
 //! Writes that belong together go through [`Store::write`] as one transaction. How far
@@ -19,17 +21,24 @@
 use std::path::Path;
 
 use ova_jobs::{BlobId, JobId, Manifest, UnitId};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use ova_scheduler::placement::unit_point;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 
 pub use crate::store_file::Durability;
 use crate::store_file::StoreFile;
 
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const MANIFESTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("manifests");
-const COMMITS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("commits");
+const COMMITS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("commits_by_point");
 const JOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("jobs");
 const ANNOUNCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("announces");
-const VERIFIED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("verified");
+const VERIFIED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("verified_by_point");
+/// The tables of commits and verified units before their keys were put in ring order
+/// ([`unit_key`]): moved into the new ones when a store is opened.
+const OLD_COMMITS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("commits");
+const OLD_VERIFIED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("verified");
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +68,67 @@ fn dberr<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// A unit's key in the commits and verified tables: its id with the first 8 bytes replaced by
+/// its ring point ([`unit_point`]) in big-endian order, so keys sort as the ring does.
+///
+/// A peer walks its arc of the ring in order ([`ova_scheduler::Peer`]'s region scan), so the
+/// units one group commit records lie close together on the ring. Keyed by the plain id (in
+/// effect a random order) every insert copied and rewrote a B-tree leaf of its own; in ring
+/// order neighbouring inserts share leaves. Measured with redb alone, 100 commit-sized
+/// inserts per durable transaction took 4.3 µs each at random and 1.2 µs in order. (The id's
+/// first 8 bytes are the point's little-endian bytes, so the key is still a bijection of
+/// the id: nothing else changes.)
+fn unit_key(unit: &UnitId) -> [u8; 32] {
+    let mut k = unit.0;
+    k[..8].copy_from_slice(&unit_point(unit).to_be_bytes());
+    k
+}
+
 fn commit_key(unit: &UnitId, signer: &[u8; 32]) -> [u8; 64] {
     let mut k = [0u8; 64];
-    k[..32].copy_from_slice(&unit.0);
+    k[..32].copy_from_slice(&unit_key(unit));
     k[32..].copy_from_slice(signer);
     k
+}
+
+/// The [`unit_key`] of a key of the old tables (a plain unit id).
+fn rekey(old: &[u8; 32]) -> [u8; 32] {
+    unit_key(&UnitId(*old))
+}
+
+/// Moves the entries of the tables keyed by plain unit ids (stores written before the keys
+/// were put in ring order) into the new tables, and drops the old ones.
+fn move_to_ring_order(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let has = |name: &str| -> Result<bool, StoreError> {
+        Ok(tx.list_tables().map_err(dberr)?.any(|t| t.name() == name))
+    };
+    if has(OLD_COMMITS.name())? {
+        let mut new = tx.open_table(COMMITS).map_err(dberr)?;
+        let old = tx.open_table(OLD_COMMITS).map_err(dberr)?;
+        for e in old.iter().map_err(dberr)? {
+            let (k, v) = e.map_err(dberr)?;
+            let k = k.value();
+            let mut unit = [0u8; 32];
+            unit.copy_from_slice(&k[..32]);
+            let mut key = [0u8; 64];
+            key[..32].copy_from_slice(&rekey(&unit));
+            key[32..].copy_from_slice(&k[32..]);
+            new.insert(&key, v.value()).map_err(dberr)?;
+        }
+        drop(old);
+        tx.delete_table(OLD_COMMITS).map_err(dberr)?;
+    }
+    if has(OLD_VERIFIED.name())? {
+        let mut new = tx.open_table(VERIFIED).map_err(dberr)?;
+        let old = tx.open_table(OLD_VERIFIED).map_err(dberr)?;
+        for e in old.iter().map_err(dberr)? {
+            let (k, v) = e.map_err(dberr)?;
+            new.insert(&rekey(k.value()), v.value()).map_err(dberr)?;
+        }
+        drop(old);
+        tx.delete_table(OLD_VERIFIED).map_err(dberr)?;
+    }
+    Ok(())
 }
 
 /// A signer's public key and the opaque bytes of its commit.
@@ -149,7 +214,8 @@ impl Write<'_> {
 
     /// Records that `unit` was verified with result `result`.
     pub fn put_verified(&self, unit: &UnitId, result: &BlobId) -> Result<(), StoreError> {
-        self.tx.open_table(VERIFIED).map_err(dberr)?.insert(&unit.0, &result.0).map_err(dberr)?;
+        let key = unit_key(unit);
+        self.tx.open_table(VERIFIED).map_err(dberr)?.insert(&key, &result.0).map_err(dberr)?;
         Ok(())
     }
 }
@@ -174,6 +240,7 @@ impl Store {
         tx.open_table(JOBS).map_err(dberr)?;
         tx.open_table(VERIFIED).map_err(dberr)?;
         tx.open_table(ANNOUNCES).map_err(dberr)?;
+        move_to_ring_order(&tx)?;
         tx.commit().map_err(dberr)?;
         Ok(Self { db, dirty: std::sync::atomic::AtomicBool::new(false) })
     }
@@ -250,6 +317,19 @@ impl Store {
         let tx = self.db.begin_read().map_err(dberr)?;
         let t = tx.open_table(BLOBS).map_err(dberr)?;
         Ok(t.get(&id.0).map_err(dberr)?.is_some())
+    }
+
+    /// Those of `ids` not here, in the order given (one read transaction).
+    pub fn missing_blobs(&self, ids: &[BlobId]) -> Result<Vec<BlobId>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        let mut missing = Vec::new();
+        for id in ids {
+            if t.get(&id.0).map_err(dberr)?.is_none() {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
     }
 
     /// Number of blobs and their total size.
@@ -348,7 +428,7 @@ impl Store {
     pub fn verified(&self, unit: &UnitId) -> Result<Option<BlobId>, StoreError> {
         let tx = self.db.begin_read().map_err(dberr)?;
         let t = tx.open_table(VERIFIED).map_err(dberr)?;
-        Ok(t.get(&unit.0).map_err(dberr)?.map(|v| BlobId(*v.value())))
+        Ok(t.get(&unit_key(unit)).map_err(dberr)?.map(|v| BlobId(*v.value())))
     }
 }
 
@@ -396,6 +476,8 @@ mod tests {
         assert_eq!(s.blob(&blob).unwrap().as_deref(), Some(&b"hello"[..]));
         assert!(s.has_blob(&blob).unwrap());
         assert!(!s.has_blob(&BlobId::of(b"other")).unwrap());
+        let (other, another) = (BlobId::of(b"other"), BlobId::of(b"another"));
+        assert_eq!(s.missing_blobs(&[another, blob, other]).unwrap(), vec![another, other]);
         assert_eq!(s.blob_stats().unwrap(), (1, 5));
         assert_eq!(s.manifest(&job).unwrap(), Some(m.clone()));
         assert_eq!(s.manifests().unwrap(), vec![(job, m)]);
@@ -407,6 +489,72 @@ mod tests {
         assert_eq!(s.jobs().unwrap().len(), 1);
         assert_eq!(s.verified(&unit).unwrap(), Some(blob));
         assert_eq!(s.announces().unwrap(), vec![(job, b"announce".to_vec())]);
+    }
+
+    #[test]
+    fn commits_and_verified_units_keyed_by_plain_id_are_moved_into_ring_order_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let units: Vec<UnitId> =
+            (0..40u8).map(|i| UnitId(*blake3::hash(&[i]).as_bytes())).collect();
+        {
+            // A store as written before: the old tables, keyed by the plain unit id.
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut c = tx.open_table(OLD_COMMITS).unwrap();
+                let mut v = tx.open_table(OLD_VERIFIED).unwrap();
+                for (i, u) in units.iter().enumerate() {
+                    let mut key = [0u8; 64];
+                    key[..32].copy_from_slice(&u.0);
+                    key[32..].copy_from_slice(&[i as u8; 32]);
+                    c.insert(&key, &[i as u8][..]).unwrap();
+                    v.insert(&u.0, &[i as u8; 32]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        for (i, u) in units.iter().enumerate() {
+            assert_eq!(s.commits_for(u).unwrap(), vec![([i as u8; 32], vec![i as u8])]);
+            assert_eq!(s.verified(u).unwrap(), Some(BlobId([i as u8; 32])));
+        }
+        assert_eq!(s.all_commits().unwrap().len(), units.len());
+        drop(s);
+        // The old tables are gone, and the new ones sort by ring point.
+        let db = Database::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!names.iter().any(|n| n == "commits" || n == "verified"), "{names:?}");
+        let points: Vec<u64> = tx
+            .open_table(VERIFIED)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| unit_point(&UnitId(unit_key_inverse(e.unwrap().0.value()))))
+            .collect();
+        assert_eq!(points.len(), units.len());
+        assert!(points.is_sorted(), "verified units are not in ring order");
+    }
+
+    /// The unit id behind a [`unit_key`].
+    fn unit_key_inverse(key: &[u8; 32]) -> [u8; 32] {
+        let mut id = *key;
+        let point = u64::from_be_bytes(key[..8].try_into().unwrap());
+        id[..8].copy_from_slice(&point.to_le_bytes());
+        id
+    }
+
+    #[test]
+    fn unit_keys_sort_as_ring_points_do() {
+        let mut units: Vec<UnitId> =
+            (0..200u16).map(|i| UnitId(*blake3::hash(&i.to_le_bytes()).as_bytes())).collect();
+        units.sort_by_key(unit_key);
+        let points: Vec<u64> = units.iter().map(unit_point).collect();
+        assert!(points.is_sorted());
+        for u in &units {
+            assert_eq!(unit_key_inverse(&unit_key(u)), u.0);
+        }
     }
 
     #[test]
