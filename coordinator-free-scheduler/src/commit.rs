@@ -22,6 +22,8 @@
 //! root's signed message names the batch size, so no proof can make a commit out of an inner
 //! node or out of a different tree shape.
 
+use std::sync::LazyLock;
+
 use ova_jobs::{BlobId, UnitId};
 use serde::{Deserialize, Serialize};
 use serde_big_array_shim::Sig;
@@ -89,14 +91,27 @@ pub struct BatchProof {
 const LEAF_CONTEXT: &str = "ova commit batch leaf v1";
 const NODE_CONTEXT: &str = "ova commit batch node v1";
 
+/// Hashers set up for each context, cloned for every hash: deriving a context's key is a
+/// compression of its own, as costly as hashing a tree node, and every receiver of a commit
+/// hashes its leaf and the path to the root. A clone hashes exactly as a fresh
+/// `Hasher::new_derive_key` does.
+static LEAF_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(LEAF_CONTEXT));
+static NODE_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key(NODE_CONTEXT));
+
 fn leaf_hash(body: &CommitBody) -> [u8; 32] {
-    blake3::derive_key(LEAF_CONTEXT, &body.signing_bytes())
+    let mut h = LEAF_HASHER.clone();
+    h.update(&body.signing_bytes());
+    *h.finalize().as_bytes()
 }
 
 fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(NODE_CONTEXT);
-    h.update(left);
-    h.update(right);
+    let mut both = [0u8; 64];
+    both[..32].copy_from_slice(left);
+    both[32..].copy_from_slice(right);
+    let mut h = NODE_HASHER.clone();
+    h.update(&both);
     *h.finalize().as_bytes()
 }
 
@@ -376,6 +391,17 @@ mod ed {
 mod tests {
     use super::*;
     use ova_jobs::JobId;
+
+    #[test]
+    fn prepared_hashers_hash_as_the_key_derivation_they_stand_for() {
+        let b = body(PeerId([7; 32]));
+        assert_eq!(leaf_hash(&b), blake3::derive_key(LEAF_CONTEXT, &b.signing_bytes()));
+        let (l, r) = ([1u8; 32], [2u8; 32]);
+        let mut both = [1u8; 64];
+        both[32..].copy_from_slice(&r);
+        assert_eq!(node_hash(&l, &r), blake3::derive_key(NODE_CONTEXT, &both));
+        assert_ne!(node_hash(&l, &r), node_hash(&r, &l));
+    }
 
     fn body(executor: PeerId) -> CommitBody {
         CommitBody {

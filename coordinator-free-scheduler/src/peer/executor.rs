@@ -210,7 +210,7 @@ impl Peer {
             if !sent_submitter {
                 self.out.push(Action::Send { to: submitter, msg: Message::Commit(c.clone()) });
             }
-            self.on_commit(c);
+            self.on_own_commit(c);
         }
         self.to_sign = bodies;
         self.to_sign.clear();

@@ -26,7 +26,19 @@ impl Peer {
         }
     }
 
+    /// A commit received: taken in if its signature checks out.
     pub(super) fn on_commit(&mut self, c: SignedCommit) {
+        self.take_commit(c, false);
+    }
+
+    /// A commit this peer has just signed itself ([`Peer::sign_finished`]): taken in without
+    /// checking the signature it made (a verification per commit, the batch's Merkle path
+    /// hashed again, for nothing).
+    pub(super) fn on_own_commit(&mut self, c: SignedCommit) {
+        self.take_commit(c, true);
+    }
+
+    fn take_commit(&mut self, c: SignedCommit, signed_here: bool) {
         // The executor's class as our view has it, looked up first: this lookup and the
         // unit's below miss the cache and do not depend on each other, so they overlap.
         let member_arch = self.view.get(&c.body.executor).map(|m| m.arch);
@@ -44,7 +56,7 @@ impl Peer {
             // same id needs no second look into the job's (large) table of unit ids.
             vetted = u.tally.commits().first().is_some_and(|o| o.body.unit_id == c.body.unit_id);
         }
-        if !self.signature_checks(&c) {
+        if !signed_here && !self.signature_checks(&c) {
             return;
         }
         let Some(key) = self.resolve(&c.body.unit, false) else { return };
