@@ -239,7 +239,10 @@ impl Manifest {
                     a.len()
                 ));
             }
-            if let Some(j) = seen.insert(self.unit_id(i), i) {
+            // Same input and args under the same module is the same unit id; compared as they
+            // are (not hashed into ids: a job of many units is validated by every peer that
+            // decodes it, and deriving the ids took a BLAKE3 key derivation per unit).
+            if let Some(j) = seen.insert((&u.input, u.args.as_slice()), i) {
                 return bad(format!("unit {i} is the same unit as unit {j} (same input and args)"));
             }
         }
@@ -304,7 +307,15 @@ mod tests {
         assert!(m.validate().unwrap_err().to_string().contains("max_replicas"));
         let mut m = sample();
         m.units[2] = m.units[0].clone();
-        assert!(m.validate().unwrap_err().to_string().contains("same unit"));
+        assert!(
+            m.validate().unwrap_err().to_string().contains("unit 2 is the same unit as unit 0")
+        );
+        // The same input with other args, or other input with the same args, is another unit.
+        let mut m = sample();
+        m.units[2].input = m.units[0].input;
+        m.validate().unwrap();
+        m.units[1].args = m.units[0].args.clone();
+        m.validate().unwrap();
         let mut m = sample();
         m.units.clear();
         assert!(m.validate().is_err());
