@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ova_jobs::result::ResultRecord;
-use ova_jobs::{Bundle, JobId, Manifest};
+use ova_jobs::{BlobId, Bundle, JobId, Manifest, UnitId};
 use ova_net::endpoint::EndpointConfig;
 use ova_net::node::NodeConfig;
 use ova_net::runtime::{
@@ -174,7 +174,7 @@ impl Client {
         let events = self.runtime.subscribe();
         let manifest = bundle.manifest().clone();
         let id = self.runtime.submit(bundle).await.map_err(|e| ClientError::Net(e.to_string()))?;
-        Ok(Job { id, manifest, client: self.clone(), events })
+        Ok(Job::new(id, manifest, self.clone(), events))
     }
 
     /// A handle on a job submitted earlier (with this data directory).
@@ -183,16 +183,16 @@ impl Client {
             .runtime
             .store()
             .manifest(&id)
-            .map_err(|e| ClientError::Setup(e.to_string()))?
+            .map_err(store_err)?
             .ok_or(ClientError::UnknownJob(id))?;
-        Ok(Job { id, manifest, client: self.clone(), events: self.runtime.subscribe() })
+        Ok(Job::new(id, manifest, self.clone(), self.runtime.subscribe()))
     }
 
     /// Jobs submitted with this data directory: (id, name, units).
     pub fn jobs(&self) -> Result<Vec<(JobId, String, usize, bool)>, ClientError> {
         let store = self.runtime.store();
         let mut out = Vec::new();
-        for (id, state) in store.jobs().map_err(|e| ClientError::Setup(e.to_string()))? {
+        for (id, state) in store.jobs().map_err(store_err)? {
             if let Ok(Some(m)) = store.manifest(&id) {
                 out.push((id, m.name.clone(), m.units.len(), state == b"done"));
             }
@@ -216,6 +216,8 @@ impl Client {
 pub struct Job {
     id: JobId,
     manifest: Manifest,
+    /// The units' ids, in manifest order (derived once: every status check looks them up).
+    unit_ids: Vec<UnitId>,
     client: Client,
     events: broadcast::Receiver<JobEvent>,
 }
@@ -231,7 +233,21 @@ pub struct JobSummary {
     pub failed: u32,
 }
 
+fn store_err(e: ova_net::store::StoreError) -> ClientError {
+    ClientError::Setup(e.to_string())
+}
+
 impl Job {
+    fn new(
+        id: JobId,
+        manifest: Manifest,
+        client: Client,
+        events: broadcast::Receiver<JobEvent>,
+    ) -> Self {
+        let unit_ids = manifest.unit_ids();
+        Job { id, manifest, unit_ids, client, events }
+    }
+
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.id
@@ -298,29 +314,32 @@ impl Job {
         tokio::time::timeout(timeout, work).await.map_err(|_| ClientError::Timeout(timeout, id))?
     }
 
+    /// Verified units whose result record is in the store (checked without reading the
+    /// records: [`Job::wait`] asks this again as the last results land).
     fn results_held(&self) -> Result<usize, ClientError> {
-        Ok(self.statuses()?.iter().filter(|s| matches!(s, UnitStatus::Verified(_))).count())
+        let store = self.client.runtime.store();
+        let results: Vec<BlobId> =
+            store.verified_many(&self.unit_ids).map_err(store_err)?.into_iter().flatten().collect();
+        let missing = store.missing_blobs(&results).map_err(store_err)?;
+        Ok(results.len() - missing.len())
     }
 
     /// What became of each unit, in manifest order.
     pub fn statuses(&self) -> Result<Vec<UnitStatus>, ClientError> {
         let store = self.client.runtime.store();
-        let err = |e: ova_net::store::StoreError| ClientError::Setup(e.to_string());
-        let mut out = Vec::with_capacity(self.manifest.units.len());
-        for unit_id in self.manifest.unit_ids() {
-            let status = match store.verified(&unit_id).map_err(err)? {
+        let results = store.verified_many(&self.unit_ids).map_err(store_err)?;
+        let held: Vec<BlobId> = results.iter().flatten().copied().collect();
+        let mut records = store.blobs(&held).map_err(store_err)?.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|result| match result {
                 None => UnitStatus::Pending,
-                Some(result) => match store.blob(&result).map_err(err)? {
-                    Some(bytes) => match ResultRecord::decode(&bytes) {
-                        Ok(r) => UnitStatus::Verified(r),
-                        Err(_) => UnitStatus::VerifiedPending,
-                    },
-                    None => UnitStatus::VerifiedPending,
+                Some(_) => match records.next().flatten().map(|b| ResultRecord::decode(&b)) {
+                    Some(Ok(r)) => UnitStatus::Verified(r),
+                    Some(Err(_)) | None => UnitStatus::VerifiedPending,
                 },
-            };
-            out.push(status);
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Each unit's verified standard output, in manifest order (`None`: not verified or not

@@ -424,6 +424,16 @@ impl Store {
             .collect()
     }
 
+    /// [`Store::verified`] for each of `units`, in order (one read transaction).
+    pub fn verified_many(&self, units: &[UnitId]) -> Result<Vec<Option<BlobId>>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let t = tx.open_table(VERIFIED).map_err(dberr)?;
+        units
+            .iter()
+            .map(|u| Ok(t.get(&unit_key(u)).map_err(dberr)?.map(|v| BlobId(*v.value()))))
+            .collect()
+    }
+
     /// The verified result of `unit`, if this peer saw it reach quorum.
     pub fn verified(&self, unit: &UnitId) -> Result<Option<BlobId>, StoreError> {
         let tx = self.db.begin_read().map_err(dberr)?;
@@ -488,6 +498,8 @@ mod tests {
         assert_eq!(s.job(&job).unwrap().as_deref(), Some(&b"state"[..]));
         assert_eq!(s.jobs().unwrap().len(), 1);
         assert_eq!(s.verified(&unit).unwrap(), Some(blob));
+        let other = UnitId([9; 32]);
+        assert_eq!(s.verified_many(&[other, unit]).unwrap(), vec![None, Some(blob)]);
         assert_eq!(s.announces().unwrap(), vec![(job, b"announce".to_vec())]);
     }
 
