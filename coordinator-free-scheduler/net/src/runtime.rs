@@ -1916,6 +1916,8 @@ const FETCH_RETRY_PAUSES: [Duration; 3] =
 /// About how many bytes of a bundle copy are fetched and stored together
 /// ([`Fetcher::fetch_all_into`]).
 const BUNDLE_CHUNK_BYTES: usize = 8 << 20;
+/// Most blobs of a bundle copy fetched and stored together.
+const BUNDLE_CHUNK_BLOBS: usize = 1024;
 
 /// Brings blobs into the store from peers (a [`blobs::BlobClient`] with the limits).
 #[derive(Clone)]
@@ -1957,12 +1959,14 @@ impl Fetcher {
     /// Makes sure every blob of `ids` is in the store (a bundle copy: the module and every
     /// input), fetching the missing ones from `from`; `false` if any could not be had.
     ///
-    /// The blobs are asked for in chunks fetched concurrently (so the blob client packs each
-    /// chunk into a few requests) and each chunk is stored in one transaction. One blob at a
-    /// time, a copy of the P4 benchmark's 5,000-input job took 5,000 round trips and store
-    /// transactions, the busiest of the workers' background work. A chunk holds about
-    /// [`BUNDLE_CHUNK_BYTES`] judging by the largest blob seen so far (the first is fetched
-    /// alone), and at most [`blobs::MAX_PER_REQUEST`] blobs.
+    /// The blobs are asked for in chunks fetched concurrently (the blob client packs a
+    /// chunk into requests of [`blobs::MAX_PER_REQUEST`]) and each chunk is stored in one
+    /// transaction. One blob at a time, a copy of the P4 benchmark's 5,000-input job took
+    /// 5,000 round trips and store transactions, the busiest of the workers' background
+    /// work. A chunk holds about [`BUNDLE_CHUNK_BYTES`] judging by the largest blob seen so
+    /// far (the first is fetched alone), and at most [`BUNDLE_CHUNK_BLOBS`] blobs: inputs go
+    /// to random places in the store's tree, so the more of them one transaction inserts,
+    /// the more share the leaves it rewrites.
     async fn fetch_all_into(&self, from: &[PeerId], ids: Vec<BlobId>) -> bool {
         let missing = match self.store.missing_blobs(&ids) {
             Ok(m) => m,
@@ -1977,7 +1981,7 @@ impl Fetcher {
         while !rest.is_empty() {
             let n = match largest {
                 0 => 1,
-                big => (BUNDLE_CHUNK_BYTES / big).clamp(1, blobs::MAX_PER_REQUEST),
+                big => (BUNDLE_CHUNK_BYTES / big).clamp(1, BUNDLE_CHUNK_BLOBS),
             }
             .min(rest.len());
             let (chunk, tail) = rest.split_at(n);
