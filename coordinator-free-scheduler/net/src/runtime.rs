@@ -1957,7 +1957,9 @@ impl Fetcher {
     }
 
     /// Makes sure every blob of `ids` is in the store (a bundle copy: the module and every
-    /// input), fetching the missing ones from `from`; `false` if any could not be had.
+    /// input), fetching the missing ones from `from`; `false` if any could not be had. It
+    /// stops after the first chunk that came back incomplete (the sources are gone or lack
+    /// the blobs: the core tries the copy again later), keeping what that chunk brought.
     ///
     /// The blobs are asked for in chunks fetched concurrently (the blob client packs a
     /// chunk into requests of [`blobs::MAX_PER_REQUEST`]) and each chunk is stored in one
@@ -1999,19 +2001,21 @@ impl Fetcher {
                     None => ok = false,
                 }
             }
-            if got.is_empty() {
-                continue;
-            }
-            let store = self.store.clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                store.write_deferred(|w| {
-                    got.iter().try_for_each(|(id, bytes)| w.put_blob_checked(*id, bytes))
+            if !got.is_empty() {
+                let store = self.store.clone();
+                let stored = tokio::task::spawn_blocking(move || {
+                    store.write_deferred(|w| {
+                        got.iter().try_for_each(|(id, bytes)| w.put_blob_checked(*id, bytes))
+                    })
                 })
-            })
-            .await;
-            ok &= matches!(stored, Ok(Ok(())));
+                .await;
+                ok &= matches!(stored, Ok(Ok(())));
+            }
+            if !ok {
+                return false;
+            }
         }
-        ok
+        true
     }
 
     /// Blob `id`'s bytes, from the store (`true`) or else from the first of `from` that has
