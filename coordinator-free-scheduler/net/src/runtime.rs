@@ -374,7 +374,6 @@ impl Runtime {
             pending_submits: Vec::new(),
             outbox: Vec::new(),
             unplaceable: HashMap::new(),
-            unit_ids: HashMap::new(),
             mine: Default::default(),
             modules: ModuleCache::default(),
             last_state_log: Instant::now(),
@@ -656,8 +655,6 @@ struct Driver {
     outbox: Vec<Outgoing>,
     /// Our jobs that could not be placed at all: (units, failed) for progress queries.
     unplaceable: HashMap<JobId, u32>,
-    /// Unit ids of the jobs seen, so verdicts need no store read (bounded: cleared when full).
-    unit_ids: HashMap<JobId, Arc<Vec<UnitId>>>,
     /// Jobs this peer submitted.
     mine: std::collections::HashSet<JobId>,
     /// Fetches blobs over connections kept per peer.
@@ -775,9 +772,6 @@ const STATE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// At most this many pending units are described in the periodic state log.
 const PENDING_LOGGED: usize = 5;
-
-/// Most jobs whose unit ids are cached in the driver.
-const MAX_CACHED_JOBS: usize = 1024;
 
 const MAX_FIRST_RESULTS: usize = 1 << 17;
 
@@ -1550,7 +1544,7 @@ impl Driver {
                 }
                 self.observer.unit_verified(mine);
                 self.first_result.remove(&unit);
-                if let Some(unit_id) = self.unit_id(&unit) {
+                if let Some(unit_id) = self.peer.unit_id(&unit) {
                     self.pending.push(Pending::Verified { unit_id, result });
                 }
                 self.events.send(JobEvent::UnitVerified { unit, result, signers }).ok();
@@ -1598,17 +1592,6 @@ impl Driver {
 
     fn is_mine(&self, job: &JobId) -> bool {
         self.mine.contains(job)
-    }
-
-    fn unit_id(&mut self, unit: &UnitRef) -> Option<UnitId> {
-        if !self.unit_ids.contains_key(&unit.job) {
-            let m = self.store.manifest(&unit.job).ok().flatten()?;
-            if self.unit_ids.len() >= MAX_CACHED_JOBS {
-                self.unit_ids.clear();
-            }
-            self.unit_ids.insert(unit.job, Arc::new(m.unit_ids()));
-        }
-        self.unit_ids.get(&unit.job)?.get(unit.index as usize).copied()
     }
 
     fn check_done(&mut self, job: JobId) {

@@ -91,11 +91,6 @@ fn commit_key(unit: &UnitId, signer: &[u8; 32]) -> [u8; 64] {
     k
 }
 
-/// The [`unit_key`] of a key of the old tables (a plain unit id).
-fn rekey(old: &[u8; 32]) -> [u8; 32] {
-    unit_key(&UnitId(*old))
-}
-
 /// Moves the entries of the tables keyed by plain unit ids (stores written before the keys
 /// were put in ring order) into the new tables, and drops the old ones.
 fn move_to_ring_order(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
@@ -107,13 +102,11 @@ fn move_to_ring_order(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         let old = tx.open_table(OLD_COMMITS).map_err(dberr)?;
         for e in old.iter().map_err(dberr)? {
             let (k, v) = e.map_err(dberr)?;
-            let k = k.value();
-            let mut unit = [0u8; 32];
-            unit.copy_from_slice(&k[..32]);
-            let mut key = [0u8; 64];
-            key[..32].copy_from_slice(&rekey(&unit));
-            key[32..].copy_from_slice(&k[32..]);
-            new.insert(&key, v.value()).map_err(dberr)?;
+            let (unit, signer) = k.value().split_at(32);
+            let (mut id, mut by) = ([0u8; 32], [0u8; 32]);
+            id.copy_from_slice(unit);
+            by.copy_from_slice(signer);
+            new.insert(&commit_key(&UnitId(id), &by), v.value()).map_err(dberr)?;
         }
         drop(old);
         tx.delete_table(OLD_COMMITS).map_err(dberr)?;
@@ -123,7 +116,7 @@ fn move_to_ring_order(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
         let old = tx.open_table(OLD_VERIFIED).map_err(dberr)?;
         for e in old.iter().map_err(dberr)? {
             let (k, v) = e.map_err(dberr)?;
-            new.insert(&rekey(k.value()), v.value()).map_err(dberr)?;
+            new.insert(&unit_key(&UnitId(*k.value())), v.value()).map_err(dberr)?;
         }
         drop(old);
         tx.delete_table(OLD_VERIFIED).map_err(dberr)?;
@@ -436,9 +429,7 @@ impl Store {
 
     /// The verified result of `unit`, if this peer saw it reach quorum.
     pub fn verified(&self, unit: &UnitId) -> Result<Option<BlobId>, StoreError> {
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let t = tx.open_table(VERIFIED).map_err(dberr)?;
-        Ok(t.get(&unit_key(unit)).map_err(dberr)?.map(|v| BlobId(*v.value())))
+        Ok(self.verified_many(std::slice::from_ref(unit))?.pop().flatten())
     }
 }
 

@@ -523,6 +523,12 @@ impl Peer {
         Some((j.d.unit_ids.len() as u32, j.verified, j.failed))
     }
 
+    /// The content id of `unit`, if this peer knows its job.
+    pub fn unit_id(&self, unit: &UnitRef) -> Option<UnitId> {
+        let j = &self.jobs[self.slot(&unit.job)? as usize];
+        j.d.unit_ids.get(unit.index as usize).copied()
+    }
+
     /// Who submitted `job`, if this peer knows the job.
     pub fn job_submitter(&self, job: &JobId) -> Option<PeerId> {
         Some(self.jobs[self.slot(job)? as usize].info.submitter)
