@@ -100,13 +100,13 @@ static LEAF_HASHER: LazyLock<blake3::Hasher> =
 static NODE_HASHER: LazyLock<blake3::Hasher> =
     LazyLock::new(|| blake3::Hasher::new_derive_key(NODE_CONTEXT));
 
-fn leaf_hash(body: &CommitBody) -> [u8; 32] {
+pub(crate) fn leaf_hash(body: &CommitBody) -> [u8; 32] {
     let mut h = LEAF_HASHER.clone();
     h.update(&body.signing_bytes());
     *h.finalize().as_bytes()
 }
 
-fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     let mut both = [0u8; 64];
     both[..32].copy_from_slice(left);
     both[32..].copy_from_slice(right);

@@ -11,6 +11,7 @@
 //! - [`placement`]: weighted rendezvous ranking over a window of the ring.
 //! - [`lease`]: claims as leases that lapse.
 //! - [`commit`]: signed result commits; [`Signer`]/[`Verifier`] traits, ed25519 in production.
+//! - [`commit_batch`]: a signed batch's commits for one receiver in one message (a multiproof).
 //! - [`quorum`]: the verification tally, failure reasons and dissent records.
 //! - [`message`]: protocol messages, encoded through [`ova_jobs::wire`].
 //! - [`peer`]: the state machine tying them together, one submodule per concern (adverts,
@@ -20,6 +21,7 @@
 //! This crate must not depend on tokio, wasmtime or iroh.
 
 pub mod commit;
+pub mod commit_batch;
 pub mod lease;
 pub mod membership;
 pub mod message;
@@ -33,6 +35,7 @@ pub mod util;
 pub use commit::{CommitBody, CommitError, SignedCommit, Signer, SimKeys, SimSigner, Verifier};
 #[cfg(feature = "ed25519")]
 pub use commit::{Ed25519Signer, Ed25519Verifier};
+pub use commit_batch::CommitBatch;
 pub use membership::{Advert, View};
 pub use message::{Grant, JobInfo, Message};
 pub use peer::{

@@ -19,6 +19,7 @@ use ova_jobs::{Determinism, JobId, Manifest, UnitId};
 use serde::{Deserialize, Serialize};
 
 use crate::commit::SignedCommit;
+use crate::commit_batch::CommitBatch;
 use crate::lease::Lease;
 use crate::membership::Advert;
 use crate::placement::{pick_class, unit_point};
@@ -222,6 +223,10 @@ pub enum Message {
     /// shells: the core ignores it, and a shell keeps the bytes only until its core, having
     /// verified a unit of one of its own jobs, asks for that result.
     ResultBytes(Vec<u8>),
+    /// Signed results of one batch the sender signed, those meant for the receiver (direct,
+    /// to the units' watchers and submitters): what [`Message::Commit`] says of each, in one
+    /// message with one signature and one multiproof ([`CommitBatch`]).
+    Commits(CommitBatch),
 }
 
 impl Message {
@@ -289,6 +294,7 @@ impl Message {
             Message::SyncRequest(_) => "sync_request",
             Message::SyncReply(_) => "sync_reply",
             Message::ResultBytes(_) => "result_bytes",
+            Message::Commits(_) => "commits",
         }
     }
 }

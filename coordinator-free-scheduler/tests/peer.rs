@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ova_jobs::{BlobId, JobId, Manifest, Replication};
-use ova_scheduler::commit::{CommitBody, sign};
+use ova_scheduler::commit::{CommitBody, sign, sign_batch};
 use ova_scheduler::{
     Action, Advert, ArchClass, Config, Event, Message, Peer, PeerId, SimKeys, SimSigner, UnitRef,
 };
@@ -144,6 +144,31 @@ fn malformed_frames_and_forged_commits_are_dropped_and_counted() {
         sign(&SimSigner(from), CommitBody { unit: UnitRef { job, index: 999 }, ..body });
     let _ = p.handle(Event::Message { from, msg: Message::Commit(bad_index) }, 20).count();
     assert_eq!(p.stats().bad_unit, 1);
+    // A batch of commits with one doctored result is rejected whole, each commit counted;
+    // the same batch intact is taken in.
+    let bodies: Vec<CommitBody> = (0..3)
+        .map(|i| {
+            let u = &m.units[i];
+            CommitBody {
+                unit: UnitRef { job, index: i as u32 },
+                unit_id: ova_jobs::UnitId::derive(&m.module, &u.input, &u.args),
+                ..body
+            }
+        })
+        .collect();
+    let batch = ova_scheduler::CommitBatch::pack(sign_batch(&SimSigner(from), &bodies)).remove(0);
+    let mut doctored = batch.clone();
+    doctored.entries[1].result = BlobId([1; 32]);
+    let _ = p.handle(Event::Message { from, msg: Message::Commits(doctored) }, 20).count();
+    assert_eq!(p.stats().bad_signature, 1 + 3);
+    let frame = Message::Commits(batch).encode();
+    let _ = p.handle(Event::Frame { from, bytes: frame }, 20).count();
+    assert_eq!(p.stats().bad_signature, 4);
+    assert_eq!(p.stats().bad_unit, 1);
+    let tallied = (0..3).filter(|&index| {
+        p.describe_unit(&UnitRef { job, index }).is_some_and(|d| !d.contains("commits=[]"))
+    });
+    assert_eq!(tallied.count(), 3, "every commit of the intact batch taken in");
     // An advert relayed under someone else's name.
     let ad = Advert {
         peer: stranger,
@@ -730,9 +755,13 @@ fn a_unit_that_ran_frees_its_slot_at_once_and_commits_when_signed() {
     let commits = |acts: &[Action]| -> Vec<UnitRef> {
         acts.iter()
             .filter_map(|a| match a {
-                Action::Send { msg: Message::Commit(c), .. } => Some(c.body.unit),
+                Action::Send { msg: Message::Commit(c), .. } => Some(vec![c.body.unit]),
+                Action::Send { msg: Message::Commits(b), .. } => {
+                    Some(b.entries.iter().map(|e| e.unit).collect())
+                }
                 _ => None,
             })
+            .flatten()
             .collect()
     };
     let acts: Vec<Action> =
@@ -1274,9 +1303,9 @@ fn commits_a_crashed_executor_delivered_to_one_watcher_reach_the_submitter() {
     assert!(exercised > 0, "no seed made a unit that only worker 1 saw verified");
 }
 
-/// Units that finish together are committed under one signature (a Merkle batch): every
-/// receiver accepts each commit through its proof, and the job verifies as with commits
-/// signed one by one.
+/// Units that finish together are committed under one signature (a Merkle batch), sent to
+/// each receiver in one message: every receiver accepts each commit through the batch's
+/// proof, and the job verifies as with commits signed one by one.
 #[test]
 fn units_finished_together_are_signed_once_and_verified_everywhere() {
     let (mut ps, _) = peers(3);
@@ -1285,7 +1314,10 @@ fn units_finished_together_are_signed_once_and_verified_everywhere() {
     // Hold back every start: each peer's units will finish in one batch.
     let mut started: Vec<Vec<UnitRef>> = vec![Vec::new(); 3];
     let mut inbox = vec![(0usize, Event::Submit(Box::new(m.clone())))];
-    let mut commits: Vec<ova_scheduler::SignedCommit> = Vec::new();
+    // (body, signature, signed in a batch of several) of every commit sent, and how many
+    // commit messages carried them.
+    let mut commits: Vec<(ova_scheduler::CommitBody, [u8; 64], bool)> = Vec::new();
+    let mut commit_messages = 0;
     let mut verified = std::collections::BTreeSet::new();
     let mut batches = 0;
     for round in 0..50 {
@@ -1301,9 +1333,20 @@ fn units_finished_together_are_signed_once_and_verified_everywhere() {
             for a in acts {
                 match a {
                     Action::Send { to, msg } => {
-                        if let Message::Commit(c) = &msg {
-                            commits.push(c.clone());
+                        if let Message::Commits(b) = &msg {
+                            commit_messages += 1;
+                            for e in &b.entries {
+                                let body = ova_scheduler::CommitBody {
+                                    unit: e.unit,
+                                    unit_id: e.unit_id,
+                                    result: e.result,
+                                    executor: b.executor,
+                                    arch: b.arch,
+                                };
+                                commits.push((body, b.sig.0, b.size > 1));
+                            }
                         }
+                        assert!(!matches!(msg, Message::Commit(_)), "commits go in batches");
                         if let Some(j) = ps.iter().position(|p| p.id() == to) {
                             inbox.insert(0, (j, Event::Message { from, msg }));
                         }
@@ -1336,13 +1379,13 @@ fn units_finished_together_are_signed_once_and_verified_everywhere() {
     }
     assert_eq!(verified.len(), 12, "every unit verified at the submitter");
     // The commits went out batched: one signature per executor's batch, each with a proof.
-    let batched: Vec<_> = commits.iter().filter(|c| c.batch.is_some()).collect();
-    assert!(!batched.is_empty(), "some executor finished several units together");
-    let mut sigs: Vec<_> = commits.iter().map(|c| (c.body.executor, c.sig)).collect();
-    sigs.sort_by_key(|(e, s)| (e.0, s.0));
+    assert!(commits.iter().any(|c| c.2), "some executor finished several units together");
+    let mut sigs: Vec<_> = commits.iter().map(|(b, sig, _)| (b.executor, *sig)).collect();
+    sigs.sort_by_key(|(e, s)| (e.0, *s));
     sigs.dedup();
     assert_eq!(sigs.len(), batches, "one signature per batch of finished units");
-    let mut bodies: Vec<_> = commits.iter().map(|c| c.body).collect();
+    assert!(commit_messages < commits.len(), "fewer commit messages than commits sent");
+    let mut bodies: Vec<_> = commits.iter().map(|c| c.0).collect();
     bodies.sort_by_key(|b| (b.executor.0, b.unit.index));
     bodies.dedup();
     assert_eq!(bodies.len(), 24, "quorum 2: two commits per unit");

@@ -291,8 +291,8 @@ pub const FAILURE_KINDS: [&str; 1] = ["no_quorum"];
 
 /// The runtime reports protocol events here.
 impl ova_net::runtime::Observer for Metrics {
-    fn commit_published(&self) {
-        self.commits_published.inc();
+    fn commits_published(&self, n: u64) {
+        self.commits_published.inc_by(n);
     }
     fn commit_received(&self) {
         self.commits_received.inc();

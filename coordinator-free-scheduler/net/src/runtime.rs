@@ -91,8 +91,9 @@ pub trait UnitRunner: Send + Sync + 'static {
 
 /// Hooks for metrics; every method has a no-op default.
 pub trait Observer: Send + Sync + 'static {
-    /// A signed commit of ours was published.
-    fn commit_published(&self) {}
+    /// `n` signed commits of ours were published (each counted once, however many peers it
+    /// went to).
+    fn commits_published(&self, _n: u64) {}
     /// A commit arrived from another peer.
     fn commit_received(&self) {}
     /// A commit disagreed with another replica's result for the same unit.
@@ -383,7 +384,7 @@ impl Runtime {
             unsigned: false,
             verifier,
             load: Load::default(),
-            outbox_commits: 0,
+            signed_counted: 0,
             run_slots,
             unit_latency: None,
             at_runner: Arc::new(AtomicU32::new(0)),
@@ -622,7 +623,7 @@ struct GroupCommit {
     task: JoinHandle<Result<(), StoreError>>,
     /// Messages that acknowledge its writes: they leave once it is durable.
     messages: Vec<Outgoing>,
-    /// Our own commits among `messages` (counted as published when they leave).
+    /// Our own commits signed for `messages` (counted as published when they leave).
     own_commits: u64,
     /// Whether it writes anything (it may only make earlier writes durable).
     writes: bool,
@@ -676,9 +677,11 @@ struct Driver {
     verifier: Arc<CachingVerifier>,
     /// Where the driver's time goes (logged by [`Driver::log_state`]).
     load: Load,
-    /// Our own commits among the messages of `outbox`: counted as published when they
-    /// leave, i.e. once the writes they acknowledge are durable.
-    outbox_commits: u64,
+    /// Commits the core had signed (its `committed` count) at the last group commit's start:
+    /// those signed since go with the next one, and count as published when they leave,
+    /// i.e. once the writes they acknowledge are durable (once each, whatever the number of
+    /// peers they go to).
+    signed_counted: u64,
     /// Units in flight per core (see [`Driver::tune_run_slots`]).
     run_slots: u32,
     /// Result bytes that arrived with their commits (see [`Message::ResultBytes`]), until
@@ -1329,6 +1332,16 @@ impl Driver {
                 self.observer.commit_received();
                 self.note_commit(c);
             }
+            Message::Commits(batch) => {
+                // Opened here and again by the core: the signature check is remembered
+                // (`CachingVerifier`), so the second costs the tree's hashes only.
+                if let Ok(commits) = batch.open(&*self.verifier) {
+                    for c in &commits {
+                        self.observer.commit_received();
+                        self.note_checked_commit(c);
+                    }
+                }
+            }
             Message::ProbeReply { commits, .. } => {
                 for c in commits.clone() {
                     self.note_commit(&c);
@@ -1357,9 +1370,13 @@ impl Driver {
     /// units (P4), storing every commit heard cost about a tenth of the peers' CPU, and
     /// after a restart the network tells such a peer again what it needs.
     fn note_commit(&mut self, c: &SignedCommit) {
-        if ova_scheduler::commit::verify(&*self.verifier, c).is_err() {
-            return;
+        if ova_scheduler::commit::verify(&*self.verifier, c).is_ok() {
+            self.note_checked_commit(c);
         }
+    }
+
+    /// [`Driver::note_commit`] for a commit whose signature was checked.
+    fn note_checked_commit(&mut self, c: &SignedCommit) {
         let b = &c.body;
         match self.first_result.get(&b.unit) {
             Some(r) if *r != b.result => self.observer.result_mismatched(),
@@ -1430,7 +1447,10 @@ impl Driver {
         Some(GroupCommit {
             task: tokio::task::spawn_blocking(move || persist(&store, &writes, durable)),
             messages: std::mem::take(&mut self.outbox),
-            own_commits: std::mem::take(&mut self.outbox_commits),
+            own_commits: {
+                let signed = self.peer.stats().committed;
+                signed - std::mem::replace(&mut self.signed_counted, signed)
+            },
             writes: writes_any,
             started: Instant::now(),
         })
@@ -1453,9 +1473,7 @@ impl Driver {
         if c.writes {
             self.stored.send_modify(|n| *n = n.wrapping_add(1));
         }
-        for _ in 0..c.own_commits {
-            self.observer.commit_published();
-        }
+        self.observer.commits_published(c.own_commits);
         for out in by_destination(c.messages) {
             let (i, n) = match &out {
                 Queued::To(to, list) => (queue_index(to), list.len()),
@@ -1479,19 +1497,28 @@ impl Driver {
             Action::Send { to, mut msg } => {
                 // Lease ends leave as time remaining: the receiver's clock is not ours.
                 msg.to_wire_times(self.now());
-                if let Message::Commit(c) = &msg
-                    && c.body.executor == self.peer.id()
-                {
-                    self.outbox_commits += 1;
-                    if let (Some(bytes), Some(id)) = (self.inline_result(&to, c), endpoint_id(&to))
-                    {
+                let Some(id) = endpoint_id(&to) else {
+                    self.observer.frame_dropped("bad_peer_id");
+                    return;
+                };
+                // Our small results go to the job's submitter just before the commits that
+                // name them, so it needs no fetch.
+                let me = self.peer.id();
+                let ours = match &msg {
+                    Message::Commit(c) if c.body.executor == me => {
+                        vec![(c.body.unit, c.body.result)]
+                    }
+                    Message::Commits(b) if b.executor == me => {
+                        b.entries.iter().map(|e| (e.unit, e.result)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                for (unit, result) in ours {
+                    if let Some(bytes) = self.inline_result(&to, &unit.job, &result) {
                         self.enqueue(Outgoing::Send(id, Message::ResultBytes(bytes).encode()));
                     }
                 }
-                match endpoint_id(&to) {
-                    Some(id) => self.enqueue(Outgoing::Send(id, msg.encode())),
-                    None => self.observer.frame_dropped("bad_peer_id"),
-                }
+                self.enqueue(Outgoing::Send(id, msg.encode()));
             }
             Action::Broadcast(msg) => {
                 let bytes = msg.encode();
@@ -1560,13 +1587,13 @@ impl Driver {
         }
     }
 
-    /// The bytes of our result that commit `c` names, if `to` is the job's submitter and
+    /// The bytes of our result `id` of a unit of `job`, if `to` is the job's submitter and
     /// they are small: they go just before the commit, so the submitter needs no fetch.
-    fn inline_result(&self, to: &PeerId, c: &SignedCommit) -> Option<Vec<u8>> {
-        if *to == self.peer.id() || self.peer.job_submitter(&c.body.unit.job) != Some(*to) {
+    fn inline_result(&self, to: &PeerId, job: &JobId, id: &BlobId) -> Option<Vec<u8>> {
+        if *to == self.peer.id() || self.peer.job_submitter(job) != Some(*to) {
             return None;
         }
-        let id = c.body.result;
+        let id = *id;
         // Usually still waiting for this turn's group commit; a re-sent commit's is stored.
         let pending = self.pending.iter().rev().find_map(|p| match p {
             Pending::Blob(b, bytes) if *b == id => Some(bytes),

@@ -136,11 +136,53 @@ pub struct Store {
 }
 
 /// One write transaction: everything in it lands together or not at all.
+///
+/// Each table is opened once per transaction, on its first write, and kept open until the
+/// transaction ends: a group commit writes hundreds of records, and opening (and closing) a
+/// table for each cost about as much as a third of the inserts themselves.
 pub struct Write<'a> {
     tx: &'a redb::WriteTransaction,
+    blobs: OpenTable<'a, &'static [u8; 32], &'static [u8]>,
+    commits: OpenTable<'a, &'static [u8; 64], &'static [u8]>,
+    verified: OpenTable<'a, &'static [u8; 32], &'static [u8; 32]>,
 }
 
-impl Write<'_> {
+/// A table of a write transaction, opened on first use.
+struct OpenTable<'a, K: redb::Key + 'static, V: redb::Value + 'static> {
+    def: TableDefinition<'static, K, V>,
+    table: std::cell::RefCell<Option<redb::Table<'a, K, V>>>,
+}
+
+impl<'a, K: redb::Key + 'static, V: redb::Value + 'static> OpenTable<'a, K, V> {
+    fn new(def: TableDefinition<'static, K, V>) -> Self {
+        Self { def, table: std::cell::RefCell::new(None) }
+    }
+
+    /// Runs `f` on the table, opening it in `tx` first if this is its first use.
+    fn with<T>(
+        &self,
+        tx: &'a redb::WriteTransaction,
+        f: impl FnOnce(&mut redb::Table<'a, K, V>) -> Result<T, redb::StorageError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.table.borrow_mut();
+        let table = match &mut *slot {
+            Some(t) => t,
+            None => slot.insert(tx.open_table(self.def).map_err(dberr)?),
+        };
+        f(table).map_err(dberr)
+    }
+}
+
+impl<'a> Write<'a> {
+    fn new(tx: &'a redb::WriteTransaction) -> Self {
+        Self {
+            tx,
+            blobs: OpenTable::new(BLOBS),
+            commits: OpenTable::new(COMMITS),
+            verified: OpenTable::new(VERIFIED),
+        }
+    }
+
     /// Stores `bytes` under its hash; returns the id.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobId, StoreError> {
         let id = BlobId::of(bytes);
@@ -157,13 +199,15 @@ impl Write<'_> {
         self.put_hashed(id, bytes)
     }
 
-    /// Stores `bytes` under `id`, their hash (computed by the caller: once per blob).
+    /// Stores `bytes` under `id`, their hash (computed by the caller: once per blob). A blob
+    /// already held is left as it is (same id, same bytes), so its pages are not rewritten.
     fn put_hashed(&self, id: BlobId, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut t = self.tx.open_table(BLOBS).map_err(dberr)?;
-        if t.get(&id.0).map_err(dberr)?.is_none() {
-            t.insert(&id.0, bytes).map_err(dberr)?;
-        }
-        Ok(())
+        self.blobs.with(self.tx, |t| {
+            if t.get(&id.0)?.is_none() {
+                t.insert(&id.0, bytes)?;
+            }
+            Ok(())
+        })
     }
 
     /// Stores a manifest; returns its job id.
@@ -185,12 +229,7 @@ impl Write<'_> {
         signer: &[u8; 32],
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        self.tx
-            .open_table(COMMITS)
-            .map_err(dberr)?
-            .insert(&commit_key(unit, signer), bytes)
-            .map_err(dberr)?;
-        Ok(())
+        self.commits.with(self.tx, |t| t.insert(&commit_key(unit, signer), bytes).map(drop))
     }
 
     /// Records a submitted job's state (opaque bytes owned by the caller).
@@ -207,9 +246,7 @@ impl Write<'_> {
 
     /// Records that `unit` was verified with result `result`.
     pub fn put_verified(&self, unit: &UnitId, result: &BlobId) -> Result<(), StoreError> {
-        let key = unit_key(unit);
-        self.tx.open_table(VERIFIED).map_err(dberr)?.insert(&key, &result.0).map_err(dberr)?;
-        Ok(())
+        self.verified.with(self.tx, |t| t.insert(&unit_key(unit), &result.0).map(drop))
     }
 }
 
@@ -247,7 +284,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut tx = self.db.begin_write().map_err(dberr)?;
         tx.set_durability(redb::Durability::None).map_err(dberr)?;
-        let out = f(&Write { tx: &tx })?;
+        let out = f(&Write::new(&tx))?;
         tx.commit().map_err(dberr)?;
         self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(out)
@@ -270,7 +307,7 @@ impl Store {
         f: impl FnOnce(&Write<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let tx = self.db.begin_write().map_err(dberr)?;
-        let out = f(&Write { tx: &tx })?;
+        let out = f(&Write::new(&tx))?;
         // A durable commit also makes every earlier deferred one durable. (Cleared while
         // this transaction holds the write lock, so no deferred write slips in between.)
         let was_dirty = self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst);

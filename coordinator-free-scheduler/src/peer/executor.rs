@@ -5,9 +5,10 @@ use ova_jobs::BlobId;
 
 use super::state::{Mine, UKey};
 use super::{Action, LocalFailure, Peer, RunCause};
-use crate::commit::{self, CommitBody};
+use crate::commit::{self, CommitBody, SignedCommit};
+use crate::commit_batch::CommitBatch;
 use crate::message::Message;
-use crate::types::UnitRef;
+use crate::types::{PeerId, UnitRef};
 
 impl Peer {
     /// Units this peer runs at once: its cores times the run slots per core.
@@ -189,12 +190,15 @@ impl Peer {
     }
 
     /// Signs the results finished in this event (one signature for all of them) and sends
-    /// each commit to the unit's watchers and its submitter.
+    /// them to the units' watchers and submitters: one [`Message::Commits`] per receiver,
+    /// holding that receiver's commits of the batch.
     pub(super) fn sign_finished(&mut self) {
         if self.to_sign.is_empty() {
             return;
         }
         let bodies = std::mem::take(&mut self.to_sign);
+        // Receivers in the order first met (the simulator's runs stay reproducible).
+        let mut to_send: Vec<(PeerId, Vec<SignedCommit>)> = Vec::new();
         for c in commit::sign_batch(&*self.signer, &bodies) {
             let Some(s) = self.slot(&c.body.unit.job) else { continue };
             let key = (s, c.body.unit.index);
@@ -205,14 +209,27 @@ impl Peer {
             let mut sent_submitter = submitter == self.id;
             for to in watchers {
                 sent_submitter |= to == submitter;
-                self.out.push(Action::Send { to, msg: Message::Commit(c.clone()) });
+                add_for(&mut to_send, to, &c);
             }
             if !sent_submitter {
-                self.out.push(Action::Send { to: submitter, msg: Message::Commit(c.clone()) });
+                add_for(&mut to_send, submitter, &c);
             }
             self.on_own_commit(c);
         }
+        for (to, commits) in to_send {
+            for batch in CommitBatch::pack(commits) {
+                self.out.push(Action::Send { to, msg: Message::Commits(batch) });
+            }
+        }
         self.to_sign = bodies;
         self.to_sign.clear();
+    }
+}
+
+/// Adds commit `c` to those for `to`.
+fn add_for(to_send: &mut Vec<(PeerId, Vec<SignedCommit>)>, to: PeerId, c: &SignedCommit) {
+    match to_send.iter_mut().find(|(p, _)| *p == to) {
+        Some((_, list)) => list.push(c.clone()),
+        None => to_send.push((to, vec![c.clone()])),
     }
 }

@@ -18,7 +18,9 @@
 //!    the top `quorum` queue it as their cursor over their ring region reaches it.
 //! 2. Starting a unit sends a [`Message::Claim`] (a lease until deadline + slack) to the
 //!    unit's top `max_replicas + 1` ranked peers.
-//! 3. Finishing sends a signed [`Message::Commit`] to the same peers and to the submitter.
+//! 3. Finishing sends a signed commit to the same peers and to the submitter: the units that
+//!    finished together are signed once, and each receiver gets its commits of that batch in
+//!    one [`Message::Commits`] ([`crate::commit_batch`]).
 //! 4. Whoever holds commits tallies them ([`crate::quorum`]). While no result has `quorum`
 //!    agreeing signers, the best-ranked peers that have neither committed, nor hold a live
 //!    lease, nor let one lapse, run it — as many as are still needed, never more than
@@ -676,6 +678,7 @@ impl Peer {
             msg,
             Message::Claim { .. }
                 | Message::Commit(_)
+                | Message::Commits(_)
                 | Message::Release { .. }
                 | Message::ProbeReply { .. }
                 | Message::StealGrant(_)
@@ -730,6 +733,7 @@ impl Peer {
                     self.on_commit(c);
                 }
             }
+            Message::Commits(batch) => self.on_commit_batch(from, batch),
             // The shell's business (see the message).
             Message::ResultBytes(_) => {}
         }

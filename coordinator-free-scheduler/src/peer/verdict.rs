@@ -5,6 +5,7 @@
 use super::state::{Mine, Outcome, UKey};
 use super::{Action, Peer, TimerKind};
 use crate::commit::{self, CommitError, SignedCommit};
+use crate::commit_batch::CommitBatch;
 use crate::lease::Leases;
 use crate::message::{MAX_BATCH, Message};
 use crate::quorum::{Added, Verdict};
@@ -38,7 +39,37 @@ impl Peer {
         self.take_commit(c, true);
     }
 
-    fn take_commit(&mut self, c: SignedCommit, signed_here: bool) {
+    /// A batch of commits received ([`Message::Commits`]): opened with one signature check
+    /// for all of them, then each taken in as a checked commit. A batch that fails the check
+    /// is dropped whole, every commit of it counted as rejected.
+    pub(super) fn on_commit_batch(&mut self, from: PeerId, batch: CommitBatch) {
+        let n = batch.len().max(1) as u64;
+        let commits = match batch.open(&*self.verifier) {
+            Ok(commits) => commits,
+            Err(CommitError::BadSignature) => {
+                self.stats.bad_signature += n;
+                return;
+            }
+            Err(CommitError::UnknownSigner) => {
+                self.stats.unknown_signer += n;
+                return;
+            }
+        };
+        for c in commits {
+            if self.slot(&c.body.unit.job).is_none() {
+                self.hold_early(from, c.body.unit.job, Message::Commit(c));
+                continue;
+            }
+            if c.body.executor == from {
+                self.answer_late_commit(from, &c);
+            }
+            self.take_commit(c, true);
+        }
+    }
+
+    /// Takes in a commit; `checked`: its signature was checked already (we signed it, or it
+    /// came out of an opened [`CommitBatch`]).
+    fn take_commit(&mut self, c: SignedCommit, checked: bool) {
         // The executor's class as our view has it, looked up first: this lookup and the
         // unit's below miss the cache and do not depend on each other, so they overlap.
         let member_arch = self.view.get(&c.body.executor).map(|m| m.arch);
@@ -56,7 +87,7 @@ impl Peer {
             // same id needs no second look into the job's (large) table of unit ids.
             vetted = u.tally.commits().first().is_some_and(|o| o.body.unit_id == c.body.unit_id);
         }
-        if !signed_here && !self.signature_checks(&c) {
+        if !checked && !self.signature_checks(&c) {
             return;
         }
         let Some(key) = self.resolve(&c.body.unit, false) else { return };

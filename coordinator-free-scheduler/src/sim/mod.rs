@@ -1685,11 +1685,12 @@ impl Sim {
 }
 
 /// Message kinds as [`Message::kind`] names them, in the report's (alphabetical) order.
-const MESSAGE_KINDS: [&str; 16] = [
+const MESSAGE_KINDS: [&str; 17] = [
     "advert",
     "announce",
     "claim",
     "commit",
+    "commits",
     "get_job",
     "have_bundle",
     "ping",
@@ -1711,18 +1712,19 @@ fn kind_ix(m: &Message) -> usize {
         Message::Announce(_) => 1,
         Message::Claim { .. } => 2,
         Message::Commit(_) => 3,
-        Message::GetJob(_) => 4,
-        Message::HaveBundle(_) => 5,
-        Message::Ping => 6,
-        Message::Pong => 7,
-        Message::Probe(_) => 8,
-        Message::ProbeReply { .. } => 9,
-        Message::Release { .. } => 10,
-        Message::ResultBytes(_) => 11,
-        Message::StealGrant(_) => 12,
-        Message::StealRequest { .. } => 13,
-        Message::SyncReply(_) => 14,
-        Message::SyncRequest(_) => 15,
+        Message::Commits(_) => 4,
+        Message::GetJob(_) => 5,
+        Message::HaveBundle(_) => 6,
+        Message::Ping => 7,
+        Message::Pong => 8,
+        Message::Probe(_) => 9,
+        Message::ProbeReply { .. } => 10,
+        Message::Release { .. } => 11,
+        Message::ResultBytes(_) => 12,
+        Message::StealGrant(_) => 13,
+        Message::StealRequest { .. } => 14,
+        Message::SyncReply(_) => 15,
+        Message::SyncRequest(_) => 16,
     }
 }
 
@@ -1750,6 +1752,7 @@ fn same_message(a: &Message, b: &Message) -> bool {
             u1 == u2 && t1 == t2
         }
         (Message::Commit(c1), Message::Commit(c2)) => c1 == c2,
+        (Message::Commits(b1), Message::Commits(b2)) => b1 == b2,
         (Message::Probe(u1), Message::Probe(u2)) => u1 == u2,
         _ => false,
     }
