@@ -29,6 +29,9 @@ use crate::types::{ArchClass, Millis, PeerId, UnitRef};
 pub const MAX_FRAME_BYTES: usize = ova_jobs::manifest::MAX_MANIFEST_BYTES + (64 << 10);
 /// Most commits or units in one batch message.
 pub const MAX_BATCH: usize = 256;
+/// About the most bytes of results one [`Message::ResultBytes`] carries (one larger result
+/// goes alone).
+pub const MAX_RESULT_BYTES_BATCH: usize = 1 << 20;
 /// Most declined jobs a steal request names ([`Message::StealRequest`]).
 pub const MAX_STEAL_SKIP: usize = 8;
 /// Most classes or holders in one announcement.
@@ -218,11 +221,12 @@ pub enum Message {
     SyncRequest(JobId),
     /// Verified commits for the requester's job, from a peer that tallied them (direct).
     SyncReply(Vec<SignedCommit>),
-    /// A small result's bytes, from its executor to the job's submitter, just before the
-    /// commit that names their hash (direct): the submitter then needs no fetch. For the
-    /// shells: the core ignores it, and a shell keeps the bytes only until its core, having
-    /// verified a unit of one of its own jobs, asks for that result.
-    ResultBytes(Vec<u8>),
+    /// Small results' bytes, from their executor to the job's submitter, just before the
+    /// commits that name their hashes (direct; at most [`MAX_BATCH`] results, about
+    /// [`MAX_RESULT_BYTES_BATCH`] bytes): the submitter then needs no fetch. For the shells:
+    /// the core ignores it, and a shell keeps the bytes only until its core, having verified
+    /// a unit of one of its own jobs, asks for that result.
+    ResultBytes(Vec<Vec<u8>>),
     /// Signed results of one batch the sender signed, those meant for the receiver (direct,
     /// to the units' watchers and submitters): what [`Message::Commit`] says of each, in one
     /// message with one signature and one multiproof ([`CommitBatch`]).

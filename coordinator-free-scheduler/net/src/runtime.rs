@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use iroh::EndpointId;
 use ova_jobs::result::ResultRecord;
 use ova_jobs::{BlobId, Bundle, Determinism, JobId, Limits, UnitId};
+use ova_scheduler::message::{MAX_BATCH, MAX_RESULT_BYTES_BATCH};
 use ova_scheduler::{
     Action, Config as CoreConfig, Ed25519Signer, Ed25519Verifier, Event, FetchPurpose, JobInfo,
     LocalFailure, Message, Millis, Peer, PeerId, SignedCommit, UnitRef,
@@ -1314,7 +1315,12 @@ impl Driver {
         };
         drop(payload);
         let msg = match msg {
-            Message::ResultBytes(bytes) => return self.keep_inline_result(bytes),
+            Message::ResultBytes(results) => {
+                for bytes in results.into_iter().take(MAX_BATCH) {
+                    self.keep_inline_result(bytes);
+                }
+                return;
+            }
             msg => msg,
         };
         let from = peer_id(&from);
@@ -1502,7 +1508,7 @@ impl Driver {
                     return;
                 };
                 // Our small results go to the job's submitter just before the commits that
-                // name them, so it needs no fetch.
+                // name them, so it needs no fetch: as few messages as they fit in.
                 let me = self.peer.id();
                 let ours = match &msg {
                     Message::Commit(c) if c.body.executor == me => {
@@ -1513,10 +1519,22 @@ impl Driver {
                     }
                     _ => Vec::new(),
                 };
+                let mut results: Vec<Vec<u8>> = Vec::new();
+                let mut bytes = 0;
                 for (unit, result) in ours {
-                    if let Some(bytes) = self.inline_result(&to, &unit.job, &result) {
-                        self.enqueue(Outgoing::Send(id, Message::ResultBytes(bytes).encode()));
+                    let Some(r) = self.inline_result(&to, &unit.job, &result) else { continue };
+                    if !results.is_empty()
+                        && (results.len() >= MAX_BATCH || bytes + r.len() > MAX_RESULT_BYTES_BATCH)
+                    {
+                        let full = std::mem::take(&mut results);
+                        self.enqueue(Outgoing::Send(id, Message::ResultBytes(full).encode()));
+                        bytes = 0;
                     }
+                    bytes += r.len();
+                    results.push(r);
+                }
+                if !results.is_empty() {
+                    self.enqueue(Outgoing::Send(id, Message::ResultBytes(results).encode()));
                 }
                 self.enqueue(Outgoing::Send(id, msg.encode()));
             }
