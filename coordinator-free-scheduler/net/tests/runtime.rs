@@ -183,11 +183,12 @@ impl Observer for Rejections {
 
 /// A forged commit (signed by a key that is not its executor's) reaching a peer is rejected by
 /// its core and reported to the observer (an operator sees it as
-/// `ova_commits_rejected_total{kind="bad_signature"}`), whether or not the peer knows its job.
+/// `ova_commits_rejected_total{kind="bad_signature"}`), whether or not the peer knows its job;
+/// so is every commit of a forged batch ([`Message::Commits`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_commits_are_rejected_and_reported() {
-    use ova_scheduler::commit::{CommitBody, Ed25519Signer, sign};
-    use ova_scheduler::{ArchClass, Message, PeerId, UnitRef};
+    use ova_scheduler::commit::{CommitBody, Ed25519Signer, sign, sign_batch};
+    use ova_scheduler::{ArchClass, CommitBatch, Message, PeerId, UnitRef};
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let seen = Arc::new(Rejections::default());
     let a = {
@@ -202,17 +203,17 @@ async fn forged_commits_are_rejected_and_reported() {
     let b = peer(dirs[1].path(), vec![a.node().ticket()], None).await;
     let b_id = PeerId(*b.node().id().as_bytes());
     let forger = Ed25519Signer::from_seed([7; 32]);
-    let forged = |index| {
-        let body = CommitBody {
-            unit: UnitRef { job: ova_jobs::JobId([9; 32]), index },
-            unit_id: ova_jobs::UnitId([index as u8; 32]),
-            result: BlobId([1; 32]),
-            executor: b_id,
-            arch: ArchClass::X86_64,
-        };
-        Message::Commit(sign(&forger, body)).encode()
+    let body = |index| CommitBody {
+        unit: UnitRef { job: ova_jobs::JobId([9; 32]), index },
+        unit_id: ova_jobs::UnitId([index as u8; 32]),
+        result: BlobId([1; 32]),
+        executor: b_id,
+        arch: ArchClass::X86_64,
     };
-    let frames = vec![forged(0), forged(1)];
+    let forged = |index| Message::Commit(sign(&forger, body(index))).encode();
+    let batch = sign_batch(&forger, &[body(2), body(3), body(4)]);
+    let forged_batch = Message::Commits(CommitBatch::pack(batch).remove(0)).encode();
+    let frames = vec![forged(0), forged(1), forged_batch];
     tokio::time::timeout(Duration::from_secs(30), b.node().send_batch(a.node().id(), frames))
         .await
         .expect("sent in time")
@@ -221,7 +222,7 @@ async fn forged_commits_are_rejected_and_reported() {
     let reported = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let n: u64 = seen.0.lock().unwrap().iter().map(|(_, n)| n).sum();
-            if n >= 2 {
+            if n >= 5 {
                 return seen.0.lock().unwrap().clone();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -230,7 +231,7 @@ async fn forged_commits_are_rejected_and_reported() {
     .await
     .expect("the rejections were reported within 30 s");
     assert!(reported.iter().all(|(reason, _)| *reason == "bad_signature"), "{reported:?}");
-    assert_eq!(reported.iter().map(|(_, n)| n).sum::<u64>(), 2);
+    assert_eq!(reported.iter().map(|(_, n)| n).sum::<u64>(), 5);
     b.shutdown().await;
     a.shutdown().await;
 }
