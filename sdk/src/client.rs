@@ -264,14 +264,7 @@ impl Job {
         loop {
             match self.events.recv().await {
                 Ok(ev) => {
-                    let job = match &ev {
-                        JobEvent::UnitStarted { unit }
-                        | JobEvent::UnitCommitted { unit, .. }
-                        | JobEvent::UnitVerified { unit, .. }
-                        | JobEvent::UnitFailed { unit, .. } => unit.job,
-                        JobEvent::JobDone { job, .. } => *job,
-                    };
-                    if job == self.id {
+                    if event_job(&ev) == self.id {
                         return Some(ev);
                     }
                 }
@@ -299,6 +292,18 @@ impl Job {
                 Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
                 Err(broadcast::error::TryRecvError::Empty) => return true,
                 Err(broadcast::error::TryRecvError::Closed) => return false,
+            }
+        }
+    }
+
+    /// The next event about this job if one is already queued (without waiting), so a
+    /// follower can take a burst of events before it looks at [`Job::progress`] again.
+    pub fn try_next_event(&mut self) -> Option<JobEvent> {
+        loop {
+            match self.events.try_recv() {
+                Ok(ev) if event_job(&ev) == self.id => return Some(ev),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
             }
         }
     }
@@ -391,5 +396,16 @@ impl Job {
     /// Re-checks this job from the signed records held here.
     pub fn verify(&self) -> Result<VerifyReport, ClientError> {
         self.client.verify(self.id)
+    }
+}
+
+/// The job an event is about.
+fn event_job(ev: &JobEvent) -> JobId {
+    match ev {
+        JobEvent::UnitStarted { unit }
+        | JobEvent::UnitCommitted { unit, .. }
+        | JobEvent::UnitVerified { unit, .. }
+        | JobEvent::UnitFailed { unit, .. } => unit.job,
+        JobEvent::JobDone { job, .. } => *job,
     }
 }

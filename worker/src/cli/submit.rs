@@ -6,7 +6,7 @@
 //! It joins through `--bootstrap`, else through the worker running on this data directory
 //! (its control API), else through the peers it joined last time.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -343,7 +343,8 @@ pub(super) async fn follow(
         )
         .expect("valid template"),
     );
-    let mut recent: VecDeque<(Instant, [u8; 32])> = VecDeque::new();
+    // When each peer last committed a unit of the job (bounded by the peers there are).
+    let mut recent: HashMap<[u8; 32], Instant> = HashMap::new();
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let start = Instant::now();
     let id = job.id();
@@ -351,17 +352,12 @@ pub(super) async fn follow(
         loop {
             let p = job.progress().await?;
             bar.set_position(u64::from(p.verified + p.failed));
-            while recent.front().is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(10)) {
-                recent.pop_front();
-            }
-            let mut working: Vec<[u8; 32]> = recent.iter().map(|(_, p)| *p).collect();
-            working.sort_unstable();
-            working.dedup();
+            recent.retain(|_, t| t.elapsed() <= Duration::from_secs(10));
+            let working = recent.len();
             let failed =
                 if p.failed > 0 { format!(" · {} failed", p.failed) } else { String::new() };
             bar.set_message(format!(
-                "{} peers working · {} known{failed}",
-                working.len(),
+                "{working} peers working · {} known{failed}",
                 client.runtime().node().peers().len()
             ));
             if p.verified + p.failed >= p.units {
@@ -373,15 +369,25 @@ pub(super) async fn follow(
                 start.elapsed() < deadline,
                 ova_sdk::ClientError::Timeout(deadline, id)
             );
-            match tokio::time::timeout(Duration::from_millis(500), job.next_event()).await {
-                Ok(Some(JobEvent::UnitCommitted { by, .. })) => {
-                    recent.push_back((Instant::now(), by.0))
+            // The next event, and whatever else is queued already (bounded): the progress
+            // is looked at again once per burst, not once per event.
+            let first =
+                match tokio::time::timeout(Duration::from_millis(500), job.next_event()).await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => bail!("the client stopped"),
+                    Err(_) => continue,
+                };
+            let burst = std::iter::once(first).chain(std::iter::from_fn(|| job.try_next_event()));
+            for ev in burst.take(4096) {
+                match ev {
+                    JobEvent::UnitCommitted { by, .. } => {
+                        recent.insert(by.0, Instant::now());
+                    }
+                    JobEvent::UnitFailed { reason, .. } => {
+                        *failures.entry(reason).or_default() += 1;
+                    }
+                    _ => {}
                 }
-                Ok(Some(JobEvent::UnitFailed { reason, .. })) => {
-                    *failures.entry(reason).or_default() += 1;
-                }
-                Ok(None) => bail!("the client stopped"),
-                _ => {}
             }
         }
     }
