@@ -139,7 +139,7 @@ pub struct Store {
 ///
 /// Each table is opened once per transaction, on its first write, and kept open until the
 /// transaction ends: a group commit writes hundreds of records, and opening (and closing) a
-/// table for each cost about as much as a third of the inserts themselves.
+/// table for each cost about a quarter as much as the inserts themselves (P4 profile).
 pub struct Write<'a> {
     tx: &'a redb::WriteTransaction,
     blobs: OpenTable<'a, &'static [u8; 32], &'static [u8]>,
