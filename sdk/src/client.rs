@@ -287,13 +287,9 @@ impl Job {
                 Some(_) => break,
             }
         }
-        loop {
-            match self.events.try_recv() {
-                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-                Err(broadcast::error::TryRecvError::Empty) => return true,
-                Err(broadcast::error::TryRecvError::Closed) => return false,
-            }
-        }
+        // (A peer that stopped meanwhile is noticed at the next wait.)
+        while self.try_next_event().is_some() {}
+        true
     }
 
     /// The next event about this job if one is already queued (without waiting), so a
