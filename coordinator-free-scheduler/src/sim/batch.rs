@@ -66,9 +66,11 @@ fn handle(peer: &mut Peer, ev: Event, now: Millis, out: &mut Vec<Action>, timed:
 }
 
 /// Below this many calls a batch is handled on the calling thread: handing calls over costs
-/// about as much as one call (~2.5 µs a batch). Measured on the bench's first 300 simulated
-/// seconds: 6 was a few percent faster than 2 or 12 (noisy).
-const PARALLEL_MIN: usize = 6;
+/// about as much as one call (~2.5 µs a batch). (It was 6, when the calling thread took half
+/// of each batch: it then handled about 61 % of the calls' CPU on top of the serial part,
+/// while the helper idled half the time. With the helpers' larger share, see [`Helpers`],
+/// two is the least that pays: the P5 bench 138.8 s against 144.4 s side by side.)
+const PARALLEL_MIN: usize = 2;
 
 /// Calls deferred at one moment, each on a different peer.
 pub(super) struct Batch {
@@ -220,8 +222,10 @@ impl Shared {
 /// batches keep coming and sleep after a quiet spell; dropping them stops them.
 ///
 /// Each peer keeps to one side, so its tables stay in that core's cache: the calling thread
-/// handles the peers whose index is a multiple of the number of threads, the helpers share
-/// the others' calls. The calling thread then takes what the helpers have not started.
+/// handles the peers whose index is a multiple of the number of threads plus one, the
+/// helpers share the others' calls (with one helper: a third against two thirds, since the
+/// calling thread also has the event loop and applies every action). The calling thread then
+/// takes what the helpers have not started.
 pub(super) struct Helpers {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -266,7 +270,8 @@ impl Helpers {
     /// If a call panicked on a helper thread.
     fn handle(&self, calls: &mut [Call], peers: &mut [super::SimPeer], now: Millis) {
         let s = &self.shared;
-        let homes = self.threads.len() + 1;
+        // The calling thread's share: one peer in `homes`.
+        let homes = self.threads.len() + 2;
         let mut tasks = Vec::new();
         // Popped from the end: the batch's first calls go first.
         for (k, c) in calls.iter_mut().enumerate().rev() {
