@@ -69,7 +69,8 @@ fn handle(peer: &mut Peer, ev: Event, now: Millis, out: &mut Vec<Action>, timed:
 /// about as much as one call (~2.5 µs a batch). (It was 6, when the calling thread took half
 /// of each batch: it then handled about 61 % of the calls' CPU on top of the serial part,
 /// while the helper idled half the time. With the helpers' larger share, see [`Helpers`],
-/// two is the least that pays: the P5 bench 138.8 s against 144.4 s side by side.)
+/// every batch with something to share is shared: the P5 bench took 138.8 s against 144.4 s
+/// side by side.)
 const PARALLEL_MIN: usize = 2;
 
 /// Calls deferred at one moment, each on a different peer.
