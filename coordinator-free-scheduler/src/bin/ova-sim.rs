@@ -16,6 +16,9 @@
 //! Debugging a stall: `OVA_SIM_DEBUG=1` prints what the peers know of up to a few units left
 //! unresolved (`unit JOB:INDEX`); `OVA_SIM_WATCH=JOB:INDEX` then prints every change of that
 //! unit's state at any peer, with the event behind it; `OVA_SIM_HORIZON=MS` ends a run early.
+//!
+//! It starts itself again with `MIMALLOC_PURGE_DELAY=-1` unless that is set (see
+//! `keep_freed_memory`).
 
 use std::process::ExitCode;
 use std::time::Instant;
