@@ -42,7 +42,7 @@ const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
 /// the caller chose a purge delay; returns only if that failed. Given back, the same memory
 /// came back soon after as fresh pages the kernel zeroes again: on the P5 run that zeroing
 /// was a tenth of the calling thread's samples. Keeping the memory, side by side: the P5 run
-/// 131.5 s against 141.2 s, its first 400 simulated seconds 27.7–27.9 s against 30.4–32.8 s,
+/// 131.5 and 119.6 s against 141.2 and 130.2 s, its first 400 simulated seconds 27.7–27.9 s against 30.4–32.8 s,
 /// for 1 % more peak memory; the same run, byte for byte.
 /// (The option is read once at start-up; setting it from inside would take `unsafe` FFI,
 /// which the workspace forbids.)
