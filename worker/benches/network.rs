@@ -52,6 +52,17 @@ fn timeline() -> bool {
     std::env::var_os("OVA_BENCH_TIMELINE").is_some()
 }
 
+/// `OVA_BENCH_PERF_CTL=FIFO` writes `enable` to that FIFO when a timed run starts and `disable`
+/// when it ends, so `perf record --control=fifo:FIFO -D -1 …` profiles only the timed runs,
+/// not the setup and warm-up around them.
+fn perf_control(command: &str) {
+    if let Some(path) = std::env::var_os("OVA_BENCH_PERF_CTL")
+        && let Err(e) = std::fs::write(&path, format!("{command}\n"))
+    {
+        eprintln!("perf control {}: {e}", Path::new(&path).display());
+    }
+}
+
 /// Busy and total core-seconds of the whole machine since boot (Linux `/proc/stat`; `None`
 /// elsewhere): a run whose machine is not busy throughout loses time to waiting, not to work.
 fn machine_cpu() -> Option<(f64, f64)> {
@@ -137,10 +148,12 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
     });
     let cpu0 = machine_cpu();
     let own0 = own_cpu();
+    perf_control("enable");
     let t0 = Instant::now();
     let mut job = client.submit(bundle).await.unwrap();
     let s = job.wait(Duration::from_secs(1800)).await.unwrap();
     let secs = t0.elapsed().as_secs_f64();
+    perf_control("disable");
     let own = own_cpu().zip(own0).map(|(b, a)| (b - a).as_secs_f64());
     if let (Some((busy0, all0)), Some((busy1, all1))) = (cpu0, machine_cpu()) {
         println!(
