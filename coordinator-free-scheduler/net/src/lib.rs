@@ -59,6 +59,7 @@ pub mod signed;
 pub mod stats;
 pub mod store;
 mod store_file;
+mod store_journal;
 pub mod ticket;
 
 pub use advert::{Advert, ArchClass, Capacity};

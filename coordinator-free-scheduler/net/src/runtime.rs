@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 use crate::blobs;
 use crate::node::{NetEvent, Node};
 use crate::signatures::CachingVerifier;
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 
 /// A boxed future, as [`UnitRunner::run`] returns.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -1451,7 +1451,7 @@ impl Driver {
         let durable = !self.outbox.is_empty();
         let writes_any = !writes.is_empty();
         Some(GroupCommit {
-            task: tokio::task::spawn_blocking(move || persist(&store, &writes, durable)),
+            task: tokio::task::spawn_blocking(move || persist(&store, writes, durable)),
             messages: std::mem::take(&mut self.outbox),
             own_commits: {
                 let signed = self.peer.stats().committed;
@@ -1913,25 +1913,19 @@ enum Pending {
     Blob(BlobId, Vec<u8>),
 }
 
-/// Applies a turn's writes in one transaction; `durable`: make it (and everything before)
-/// durable.
-fn persist(store: &Store, writes: &[Pending], durable: bool) -> Result<(), StoreError> {
-    if writes.is_empty() {
-        return if durable { store.sync() } else { Ok(()) };
-    }
-    let apply = |w: &crate::store::Write<'_>| {
-        for p in writes {
-            match p {
-                Pending::Commit { unit_id, signer, bytes } => {
-                    w.put_commit(unit_id, signer, bytes)?
-                }
-                Pending::Verified { unit_id, result } => w.put_verified(unit_id, result)?,
-                Pending::Blob(id, bytes) => w.put_blob_checked(*id, bytes)?,
-            }
+/// Journals a turn's writes together; `durable`: make them (and everything before) durable
+/// (see [`Store::sync`]).
+fn persist(store: &Store, writes: Vec<Pending>, durable: bool) -> Result<(), StoreError> {
+    let mut batch = Batch::new();
+    for p in writes {
+        match p {
+            Pending::Commit { unit_id, signer, bytes } => batch.commit(&unit_id, &signer, bytes),
+            Pending::Verified { unit_id, result } => batch.verified(&unit_id, &result),
+            Pending::Blob(id, bytes) => batch.blob_checked(id, bytes)?,
         }
-        Ok(())
-    };
-    if durable { store.write(apply) } else { store.write_deferred(apply) }
+    }
+    store.append(batch, durable)?;
+    if durable { store.sync() } else { Ok(()) }
 }
 
 /// Most peers asked for a verified result's bytes before a unit is computed again.
@@ -1975,7 +1969,9 @@ impl Fetcher {
             Some((bytes, false)) => {
                 let store = self.store.clone();
                 let stored = tokio::task::spawn_blocking(move || {
-                    store.write_deferred(|w| w.put_blob_checked(id, &bytes))
+                    let mut batch = Batch::new();
+                    batch.blob_checked(id, bytes)?;
+                    store.append(batch, false)
                 })
                 .await;
                 matches!(stored, Ok(Ok(())))
@@ -2032,9 +2028,9 @@ impl Fetcher {
             if !got.is_empty() {
                 let store = self.store.clone();
                 let stored = tokio::task::spawn_blocking(move || {
-                    store.write_deferred(|w| {
-                        got.iter().try_for_each(|(id, bytes)| w.put_blob_checked(*id, bytes))
-                    })
+                    let mut batch = Batch::new();
+                    got.into_iter().try_for_each(|(id, bytes)| batch.blob_checked(id, bytes))?;
+                    store.append(batch, false)
                 })
                 .await;
                 ok &= matches!(stored, Ok(Ok(())));
