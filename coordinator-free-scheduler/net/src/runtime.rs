@@ -16,8 +16,9 @@
 //! What must survive a restart goes to the [`Store`] before anyone is told about it: job
 //! announcements, the signed commits of its own jobs and those proving a result it keeps,
 //! result records, verified results and this peer's own jobs. The writes of one or more loop
-//! turns go in one durable transaction (a group commit; see [`crate::store::Durability`] for
-//! what durable means) that runs off the loop while it takes in further events; the messages
+//! turns go to the store together (a group commit: one append to its journal, see
+//! [`Store::append`]; [`crate::store::Durability`] says what durable means) off the loop
+//! while it takes in further events; the messages
 //! of those turns leave only once it is durable, so a peer killed at any point never
 //! acknowledged what it lost. A restarted peer replays the store into a fresh core, so it
 //! keeps serving the results it held and, as a submitter, resumes its jobs.
