@@ -1,4 +1,5 @@
-//! What a peer keeps across restarts, in one embedded redb database (`DATA_DIR/store.redb`).
+//! What a peer keeps across restarts, in one embedded redb database (`DATA_DIR/store.redb`)
+//! and the journal in front of it (`DATA_DIR/store.redb.journal.N`, see [`Store::append`]).
 //!
 //! - **blobs**: modules, inputs and results by BLAKE3 id. A blob is stored only if its bytes hash
 //!   to its id, so a corrupt transfer can never be served on.
