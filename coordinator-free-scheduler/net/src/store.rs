@@ -465,7 +465,11 @@ impl Store {
         if batch.is_empty() {
             return if sync { self.sync_journal() } else { Ok(()) };
         }
-        let record = crate::store_journal::encode(&batch.entries).map_err(dberr)?;
+        let Some(record) = crate::store_journal::encode(&batch.entries) else {
+            return Err(StoreError::Db(
+                "a batch of over 4 GiB does not fit a journal record".into(),
+            ));
+        };
         let hot = &self.hot;
         let mut st = hot.lock();
         // Bounded memory: a second full segment waits for the first one's checkpoint.
@@ -518,9 +522,8 @@ impl Store {
             let _ = last.join();
         }
         let (db, hot) = (self.db.clone(), self.hot.clone());
-        let thread = std::thread::Builder::new()
-            .name("ova-store-checkpoint".into())
-            .spawn(move || {
+        let spawned =
+            std::thread::Builder::new().name("ova-store-checkpoint".into()).spawn(move || {
                 let done = checkpoint(&db, &frozen)
                     .and_then(|()| std::fs::remove_file(&sealed).map_err(dberr));
                 let mut st = hot.lock();
@@ -532,10 +535,19 @@ impl Store {
                     }
                 }
                 hot.checkpointed.notify_all();
-            })
-            .map_err(dberr)?;
-        st.checkpointer = Some(thread);
-        Ok(())
+            });
+        match spawned {
+            Ok(thread) => {
+                st.checkpointer = Some(thread);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing will clear `frozen`: refuse further appends rather than let them
+                // wait for it (the journals hold everything; a reopen replays them).
+                st.failed = Some(format!("cannot start a checkpoint thread: {e}"));
+                Err(dberr(e))
+            }
+        }
     }
 
     /// Flushes the journal to the disk if [`Durability::Disk`] asks for it.

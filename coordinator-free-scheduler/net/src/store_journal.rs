@@ -122,17 +122,17 @@ pub(crate) fn commit_key(unit: &[u8; 32], signer: &[u8; 32]) -> [u8; 64] {
 /// Bytes before a record's payload: length and checksum.
 const HEADER: usize = 4 + 16;
 
-/// Largest payload a replay accepts (a record claiming more is treated as damaged).
-const MAX_RECORD: usize = 1 << 30;
+/// Largest payload of one record (its length is a `u32`).
+const MAX_RECORD: usize = u32::MAX as usize;
 
-/// Encodes a batch as one record.
-pub(crate) fn encode(batch: &[Entry]) -> Result<Vec<u8>, postcard::Error> {
-    let payload = postcard::to_stdvec(batch)?;
+/// Encodes a batch as one record; `None` if it is over [`MAX_RECORD`] bytes.
+pub(crate) fn encode(batch: &[Entry]) -> Option<Vec<u8>> {
+    let payload = postcard::to_stdvec(batch).ok().filter(|p| p.len() <= MAX_RECORD)?;
     let mut record = Vec::with_capacity(HEADER + payload.len());
     record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     record.extend_from_slice(&blake3::hash(&payload).as_bytes()[..16]);
     record.extend_from_slice(&payload);
-    Ok(record)
+    Some(record)
 }
 
 /// The batches of a journal file's bytes, in order, up to the first record that is cut short
@@ -145,7 +145,7 @@ pub(crate) fn decode_all(mut bytes: &[u8]) -> (Vec<Vec<Entry>>, bool) {
         let Some(payload) = bytes.get(HEADER..HEADER.saturating_add(len)) else {
             return (out, true);
         };
-        if len > MAX_RECORD || blake3::hash(payload).as_bytes()[..16] != header[4..] {
+        if blake3::hash(payload).as_bytes()[..16] != header[4..] {
             return (out, true);
         }
         match postcard::from_bytes::<Vec<Entry>>(payload) {
