@@ -181,6 +181,11 @@ struct HotState {
     failed: Option<String>,
 }
 
+/// Why appends are refused: an earlier checkpoint failed.
+fn refused(st: &HotState) -> Option<StoreError> {
+    st.failed.as_ref().map(|why| StoreError::Db(format!("store checkpoint failed: {why}")))
+}
+
 impl Hot {
     fn lock(&self) -> MutexGuard<'_, HotState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -192,10 +197,21 @@ impl Hot {
         st.active.blobs.get(id).or_else(|| st.frozen.as_ref()?.blobs.get(id)).cloned()
     }
 
+    /// `seg` has reached the checkpoint limit.
+    fn full(&self, seg: &Segment) -> bool {
+        seg.bytes >= self.limit.0 || seg.entries >= self.limit.1
+    }
+
     fn has_blob(&self, st: &HotState, id: &[u8; 32]) -> bool {
         st.active.blobs.contains_key(id)
             || st.frozen.as_ref().is_some_and(|f| f.blobs.contains_key(id))
     }
+}
+
+/// Refuses bytes offered as blob `id` that do not hash to it.
+fn check_blob(id: BlobId, bytes: &[u8]) -> Result<(), StoreError> {
+    let actual = BlobId::of(bytes);
+    if actual == id { Ok(()) } else { Err(StoreError::HashMismatch { declared: id, actual }) }
 }
 
 /// Hot writes that go together ([`Store::append`]).
@@ -212,10 +228,7 @@ impl Batch {
 
     /// Adds blob `id`, refusing bytes that do not hash to `id`.
     pub fn blob_checked(&mut self, id: BlobId, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let actual = BlobId::of(&bytes);
-        if actual != id {
-            return Err(StoreError::HashMismatch { declared: id, actual });
-        }
+        check_blob(id, &bytes)?;
         self.entries.push(Entry::Blob { id: id.0, bytes });
         Ok(())
     }
@@ -325,10 +338,7 @@ impl<'a> Write<'a> {
 
     /// Stores `bytes` as blob `id`, refusing bytes that do not hash to `id`.
     pub fn put_blob_checked(&self, id: BlobId, bytes: &[u8]) -> Result<(), StoreError> {
-        let actual = BlobId::of(bytes);
-        if actual != id {
-            return Err(StoreError::HashMismatch { declared: id, actual });
-        }
+        check_blob(id, bytes)?;
         self.put_hashed(id, bytes)
     }
 
@@ -473,14 +483,11 @@ impl Store {
         let hot = &self.hot;
         let mut st = hot.lock();
         // Bounded memory: a second full segment waits for the first one's checkpoint.
-        while st.frozen.is_some()
-            && st.failed.is_none()
-            && (st.active.bytes >= hot.limit.0 || st.active.entries >= hot.limit.1)
-        {
+        while st.frozen.is_some() && st.failed.is_none() && hot.full(&st.active) {
             st = hot.checkpointed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        if let Some(why) = &st.failed {
-            return Err(StoreError::Db(format!("store checkpoint failed: {why}")));
+        if let Some(e) = refused(&st) {
+            return Err(e);
         }
         st.journal.append(&record).map_err(dberr)?;
         if hot.durability == Durability::Disk {
@@ -494,9 +501,7 @@ impl Store {
         for e in batch.entries {
             st.active.apply(e);
         }
-        if st.frozen.is_none()
-            && (st.active.bytes >= hot.limit.0 || st.active.entries >= hot.limit.1)
-        {
+        if st.frozen.is_none() && hot.full(&st.active) {
             self.start_checkpoint(&mut st)?;
         }
         Ok(())
@@ -570,8 +575,8 @@ impl Store {
         while st.frozen.is_some() && st.failed.is_none() {
             st = hot.checkpointed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        if let Some(why) = &st.failed {
-            return Err(StoreError::Db(format!("store checkpoint failed: {why}")));
+        if let Some(e) = refused(&st) {
+            return Err(e);
         }
         if st.active.is_empty() {
             return Ok(());
