@@ -1405,7 +1405,7 @@ impl Driver {
 
     /// Queues a checked commit for the next group commit.
     fn persist_commit(&mut self, c: &SignedCommit) {
-        if let Ok(bytes) = postcard::to_stdvec(c) {
+        if let Ok(bytes) = ova_jobs::wire::to_vec(c) {
             let b = &c.body;
             self.pending.push(Pending::Commit { unit_id: b.unit_id, signer: b.executor.0, bytes });
         }

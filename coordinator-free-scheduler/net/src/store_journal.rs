@@ -127,12 +127,17 @@ const MAX_RECORD: usize = u32::MAX as usize;
 
 /// Encodes a batch as one record; `None` if it is over [`MAX_RECORD`] bytes.
 pub(crate) fn encode(batch: &[Entry]) -> Option<Vec<u8>> {
-    let payload = postcard::to_stdvec(batch).ok().filter(|p| p.len() <= MAX_RECORD)?;
-    let mut record = Vec::with_capacity(HEADER + payload.len());
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    record.extend_from_slice(&blake3::hash(&payload).as_bytes()[..16]);
-    record.extend_from_slice(&payload);
-    Some(record)
+    ova_jobs::wire::with_encoded(None, batch, |payload| {
+        (payload.len() <= MAX_RECORD).then(|| {
+            let mut record = Vec::with_capacity(HEADER + payload.len());
+            record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            record.extend_from_slice(&blake3::hash(payload).as_bytes()[..16]);
+            record.extend_from_slice(payload);
+            record
+        })
+    })
+    .ok()
+    .flatten()
 }
 
 /// The batches of a journal file's bytes, in order, up to the first record that is cut short
