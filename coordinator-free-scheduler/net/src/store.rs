@@ -197,6 +197,16 @@ impl Hot {
         st.active.blobs.get(id).or_else(|| st.frozen.as_ref()?.blobs.get(id)).cloned()
     }
 
+    /// Starts the next journal file and makes it the one appends go to; returns the path of
+    /// the file it replaces.
+    fn rotate(&self, st: &mut HotState) -> Result<PathBuf, StoreError> {
+        let next =
+            JournalFile::create(&self.path, st.journal.n + 1, self.durability == Durability::Disk)
+                .map_err(dberr)?;
+        let done = std::mem::replace(&mut st.journal, next);
+        Ok(crate::store_journal::path(&self.path, done.n))
+    }
+
     /// `seg` has reached the checkpoint limit.
     fn full(&self, seg: &Segment) -> bool {
         seg.bytes >= self.limit.0 || seg.entries >= self.limit.1
@@ -515,11 +525,7 @@ impl Store {
             st.journal.sync().map_err(dberr)?;
             st.unsynced = false;
         }
-        let next =
-            JournalFile::create(&hot.path, st.journal.n + 1, hot.durability == Durability::Disk)
-                .map_err(dberr)?;
-        let sealed = crate::store_journal::path(&hot.path, st.journal.n);
-        st.journal = next;
+        let sealed = hot.rotate(st)?;
         let frozen = Arc::new(std::mem::take(&mut st.active));
         st.frozen = Some(frozen.clone());
         if let Some(last) = st.checkpointer.take() {
@@ -582,11 +588,8 @@ impl Store {
             return Ok(());
         }
         checkpoint(&self.db, &st.active)?;
-        let next =
-            JournalFile::create(&hot.path, st.journal.n + 1, hot.durability == Durability::Disk)
-                .map_err(dberr)?;
-        let done = std::mem::replace(&mut st.journal, next);
-        std::fs::remove_file(crate::store_journal::path(&hot.path, done.n)).map_err(dberr)?;
+        let done = hot.rotate(&mut st)?;
+        std::fs::remove_file(done).map_err(dberr)?;
         st.active = Segment::default();
         st.unsynced = false;
         Ok(())
