@@ -12,6 +12,8 @@
 //!   submitter, holders), replayed into a fresh scheduler on restart.
 //! - **verified**: units this peer saw reach quorum, with the agreed result id (keyed in ring
 //!   order too).
+//! - **totals**: running counts kept in the same transactions as the tables they count (the
+//!   blobs and their bytes), so reporting them does not read every blob.
 //!
 //! Every write is durable once its method returns: a SIGKILL loses nothing. Writes that
 //! belong together go through [`Store::write`] as one redb transaction. The hot writes of a
@@ -44,6 +46,12 @@ const COMMITS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("commits
 const JOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("jobs");
 const ANNOUNCES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("announces");
 const VERIFIED: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("verified_by_point");
+/// Running totals kept beside the tables they count, updated in the same transaction as the
+/// tables: [`BLOB_TOTALS`] is (blobs, bytes) in [`BLOBS`], so reporting them (a metric the
+/// runtime refreshes whenever blobs arrive) reads one row instead of every blob.
+const TOTALS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("totals");
+/// The [`TOTALS`] row for [`BLOBS`].
+const BLOB_TOTALS: &str = "blobs";
 /// The tables of commits and verified units before their keys were put in ring order
 /// ([`unit_key`]): moved into the new ones when a store is opened.
 const OLD_COMMITS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("commits");
@@ -278,8 +286,26 @@ fn checkpoint(db: &Database, seg: &Segment) -> Result<(), StoreError> {
         for (k, v) in units {
             w.verified.with(&tx, |t| t.insert(k, v).map(drop))?;
         }
+        w.finish()?;
     }
     tx.commit().map_err(dberr)
+}
+
+/// Gives a store its blob totals if it has none (new, or written before they were kept):
+/// counted once, here, by reading every blob.
+fn count_blobs_once(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut totals = tx.open_table(TOTALS).map_err(dberr)?;
+    if totals.get(BLOB_TOTALS).map_err(dberr)?.is_some() {
+        return Ok(());
+    }
+    let blobs = tx.open_table(BLOBS).map_err(dberr)?;
+    let mut bytes = 0;
+    for e in blobs.iter().map_err(dberr)? {
+        bytes += e.map_err(dberr)?.1.value().len() as u64;
+    }
+    let count = blobs.len().map_err(dberr)?;
+    totals.insert(BLOB_TOTALS, (count, bytes)).map_err(dberr)?;
+    Ok(())
 }
 
 /// Applies journalled batches to the database (replay on open), in one durable transaction.
@@ -301,6 +327,8 @@ pub struct Write<'a> {
     blobs: OpenTable<'a, &'static [u8; 32], &'static [u8]>,
     commits: OpenTable<'a, &'static [u8; 64], &'static [u8]>,
     verified: OpenTable<'a, &'static [u8; 32], &'static [u8; 32]>,
+    /// Blobs (count, bytes) this transaction added, for [`BLOB_TOTALS`] ([`Write::finish`]).
+    added: std::cell::Cell<(u64, u64)>,
 }
 
 /// A table of a write transaction, opened on first use.
@@ -336,7 +364,21 @@ impl<'a> Write<'a> {
             blobs: OpenTable::new(BLOBS),
             commits: OpenTable::new(COMMITS),
             verified: OpenTable::new(VERIFIED),
+            added: std::cell::Cell::new((0, 0)),
         }
+    }
+
+    /// Adds what this transaction stored to the running totals; the last step of every
+    /// transaction that may have written blobs.
+    fn finish(self) -> Result<(), StoreError> {
+        let (count, bytes) = self.added.get();
+        if count == 0 {
+            return Ok(());
+        }
+        let mut t = self.tx.open_table(TOTALS).map_err(dberr)?;
+        let (c, b) = t.get(BLOB_TOTALS).map_err(dberr)?.map_or((0, 0), |v| v.value());
+        t.insert(BLOB_TOTALS, (c + count, b + bytes)).map_err(dberr)?;
+        Ok(())
     }
 
     /// Stores `bytes` under its hash; returns the id.
@@ -358,6 +400,8 @@ impl<'a> Write<'a> {
         self.blobs.with(self.tx, |t| {
             if t.get(&id.0)?.is_none() {
                 t.insert(&id.0, bytes)?;
+                let (c, b) = self.added.get();
+                self.added.set((c + 1, b + bytes.len() as u64));
             }
             Ok(())
         })
@@ -433,6 +477,7 @@ impl Store {
         tx.open_table(VERIFIED).map_err(dberr)?;
         tx.open_table(ANNOUNCES).map_err(dberr)?;
         move_to_ring_order(&tx)?;
+        count_blobs_once(&tx)?;
         tx.commit().map_err(dberr)?;
         let db = Arc::new(db);
         // Journals a process left behind (killed, or its last checkpoint failed): replayed
@@ -604,7 +649,9 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut tx = self.db.begin_write().map_err(dberr)?;
         tx.set_durability(redb::Durability::None).map_err(dberr)?;
-        let out = f(&Write::new(&tx))?;
+        let w = Write::new(&tx);
+        let out = f(&w)?;
+        w.finish()?;
         tx.commit().map_err(dberr)?;
         self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(out)
@@ -628,7 +675,9 @@ impl Store {
         f: impl FnOnce(&Write<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let tx = self.db.begin_write().map_err(dberr)?;
-        let out = f(&Write::new(&tx))?;
+        let w = Write::new(&tx);
+        let out = f(&w)?;
+        w.finish()?;
         // A durable commit also makes every earlier deferred one durable. (Cleared while
         // this transaction holds the write lock, so no deferred write slips in between.)
         let was_dirty = self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst);
@@ -700,7 +749,8 @@ impl Store {
         Ok(missing)
     }
 
-    /// Number of blobs and their total size.
+    /// Number of blobs and their total size: the database's running totals, and the journalled
+    /// blobs it does not hold yet (the cost grows with the journal, not with the store).
     pub fn blob_stats(&self) -> Result<(u64, u64), StoreError> {
         // Journalled blobs, each once; taken before the database is read (see `commits_in`).
         let hot: Vec<([u8; 32], u64)> = {
@@ -717,11 +767,9 @@ impl Store {
         };
         let tx = self.db.begin_read().map_err(dberr)?;
         let t = tx.open_table(BLOBS).map_err(dberr)?;
-        let mut bytes = 0;
-        for e in t.iter().map_err(dberr)? {
-            bytes += e.map_err(dberr)?.1.value().len() as u64;
-        }
-        let mut count = t.len().map_err(dberr)?;
+        let totals = tx.open_table(TOTALS).map_err(dberr)?;
+        let (mut count, mut bytes) =
+            totals.get(BLOB_TOTALS).map_err(dberr)?.map_or((0, 0), |v| v.value());
         for (id, len) in hot {
             if t.get(&id).map_err(dberr)?.is_none() {
                 count += 1;
@@ -1120,6 +1168,34 @@ mod tests {
         assert_eq!(s.all_commits().unwrap().len(), 2 * range.len());
         let (count, _) = s.blob_stats().unwrap();
         assert_eq!(count, range.len() as u64, "each blob counted once");
+    }
+
+    #[test]
+    fn blob_totals_count_each_blob_once_and_are_rebuilt_for_a_store_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            assert_eq!(s.blob_stats().unwrap(), (0, 0));
+            s.put_blob(b"abc").unwrap();
+            s.write(|w| {
+                w.put_blob(b"abc")?;
+                w.put_blob(b"de")?;
+                w.put_blob(b"de")
+            })
+            .unwrap();
+            s.write_deferred(|w| w.put_blob(b"fghij")).unwrap();
+            assert_eq!(s.blob_stats().unwrap(), (3, 10));
+            // A store written before the totals were kept has no row: take it away.
+            let tx = s.db.begin_write().unwrap();
+            assert!(tx.open_table(TOTALS).unwrap().remove(BLOB_TOTALS).unwrap().is_some());
+            tx.commit().unwrap();
+            assert_eq!(s.blob_stats().unwrap(), (0, 0), "the totals are what is read");
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.blob_stats().unwrap(), (3, 10), "counted again on open");
+        s.put_blob(b"klmnopq").unwrap();
+        assert_eq!(s.blob_stats().unwrap(), (4, 17));
     }
 
     #[test]
