@@ -170,6 +170,24 @@ struct Hot {
     durability: Durability,
     /// Checkpoint when a segment holds this many bytes or entries.
     limit: (usize, usize),
+    /// The read snapshot that reads of blobs and verified units share (see [`Hot::reader`]),
+    /// and how many database commits have made one stale so far.
+    reads: Mutex<(u64, Option<Arc<Snapshot>>)>,
+}
+
+/// A read transaction's hot tables, opened once and shared by reads until the next database
+/// commit. A redb read (a transaction begun, a table opened, a lookup) cost about three times
+/// the lookup alone, and a busy worker reads a unit's input, and looks up whether a unit is
+/// already verified, for every unit it runs.
+struct Snapshot {
+    blobs: redb::ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+    verified: redb::ReadOnlyTable<&'static [u8; 32], &'static [u8; 32]>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Snapshot")
+    }
 }
 
 #[derive(Debug)]
@@ -197,6 +215,40 @@ fn refused(st: &HotState) -> Option<StoreError> {
 impl Hot {
     fn lock(&self) -> MutexGuard<'_, HotState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A snapshot of `db` that holds every commit made before the last
+    /// [`Hot::invalidate_reads`] (the shared one, or a new one). Callers look in the journal's
+    /// memory first and come here for what is not there: a segment leaves memory only after
+    /// its checkpoint committed and invalidated the snapshot, so the snapshot then has it.
+    fn reader(&self, db: &Database) -> Result<Arc<Snapshot>, StoreError> {
+        let reads = || self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = {
+            let r = reads();
+            if let Some(s) = &r.1 {
+                return Ok(s.clone());
+            }
+            r.0
+        };
+        let tx = db.begin_read().map_err(dberr)?;
+        let snap = Arc::new(Snapshot {
+            blobs: tx.open_table(BLOBS).map_err(dberr)?,
+            verified: tx.open_table(VERIFIED).map_err(dberr)?,
+        });
+        // Shared only if no commit came in between (else it may predate that commit).
+        let mut r = reads();
+        if r.0 == seen && r.1.is_none() {
+            r.1 = Some(snap.clone());
+        }
+        Ok(snap)
+    }
+
+    /// A database commit happened: later reads take a new snapshot. (Dropping the old one
+    /// also lets redb reuse the pages only it still saw.)
+    fn invalidate_reads(&self) {
+        let mut r = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        r.0 += 1;
+        r.1 = None;
     }
 
     /// A blob held in memory.
@@ -517,6 +569,7 @@ impl Store {
             path,
             durability,
             limit,
+            reads: Mutex::new((0, None)),
         };
         Ok(Self { db, dirty: std::sync::atomic::AtomicBool::new(false), hot: Arc::new(hot) })
     }
@@ -580,8 +633,9 @@ impl Store {
         let (db, hot) = (self.db.clone(), self.hot.clone());
         let spawned =
             std::thread::Builder::new().name("ova-store-checkpoint".into()).spawn(move || {
-                let done = checkpoint(&db, &frozen)
-                    .and_then(|()| std::fs::remove_file(&sealed).map_err(dberr));
+                let done = checkpoint(&db, &frozen);
+                hot.invalidate_reads();
+                let done = done.and_then(|()| std::fs::remove_file(&sealed).map_err(dberr));
                 let mut st = hot.lock();
                 match done {
                     Ok(()) => st.frozen = None,
@@ -632,7 +686,9 @@ impl Store {
         if st.active.is_empty() {
             return Ok(());
         }
-        checkpoint(&self.db, &st.active)?;
+        let done = checkpoint(&self.db, &st.active);
+        hot.invalidate_reads();
+        done?;
         let done = hot.rotate(&mut st)?;
         std::fs::remove_file(done).map_err(dberr)?;
         st.active = Segment::default();
@@ -653,6 +709,7 @@ impl Store {
         let out = f(&w)?;
         w.finish()?;
         tx.commit().map_err(dberr)?;
+        self.hot.invalidate_reads();
         self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(out)
     }
@@ -685,6 +742,7 @@ impl Store {
             self.dirty.fetch_or(was_dirty, std::sync::atomic::Ordering::SeqCst);
             return Err(dberr(e));
         }
+        self.hot.invalidate_reads();
         Ok(out)
     }
 
@@ -703,8 +761,7 @@ impl Store {
         if let Some(bytes) = self.hot.blob(&id.0) {
             return Ok(Some(bytes));
         }
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        let t = &self.hot.reader(&self.db)?.blobs;
         Ok(t.get(&id.0).map_err(dberr)?.map(|v| v.value().to_vec()))
     }
 
@@ -714,8 +771,7 @@ impl Store {
         if out.iter().all(Option::is_some) {
             return Ok(out);
         }
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        let t = &self.hot.reader(&self.db)?.blobs;
         for (slot, id) in out.iter_mut().zip(ids) {
             if slot.is_none() {
                 *slot = t.get(&id.0).map_err(dberr)?.map(|v| v.value().to_vec());
@@ -738,8 +794,7 @@ impl Store {
         if not_hot.is_empty() {
             return Ok(not_hot);
         }
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let t = tx.open_table(BLOBS).map_err(dberr)?;
+        let t = &self.hot.reader(&self.db)?.blobs;
         let mut missing = Vec::new();
         for id in not_hot {
             if t.get(&id.0).map_err(dberr)?.is_none() {
@@ -898,8 +953,7 @@ impl Store {
         if out.iter().all(Option::is_some) {
             return Ok(out);
         }
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let t = tx.open_table(VERIFIED).map_err(dberr)?;
+        let t = &self.hot.reader(&self.db)?.verified;
         for (slot, k) in out.iter_mut().zip(&keys) {
             if slot.is_none() {
                 *slot = t.get(k).map_err(dberr)?.map(|v| BlobId(*v.value()));
@@ -921,6 +975,8 @@ impl Drop for Store {
         if let Err(e) = self.checkpoint_now() {
             tracing::warn!("store close: {e}; the journal is replayed on the next open");
         }
+        // No read snapshot outlives the store.
+        self.hot.invalidate_reads();
         let thread = self.hot.lock().checkpointer.take();
         if let Some(t) = thread {
             let _ = t.join();
@@ -1168,6 +1224,39 @@ mod tests {
         assert_eq!(s.all_commits().unwrap().len(), 2 * range.len());
         let (count, _) = s.blob_stats().unwrap();
         assert_eq!(count, range.len() as u64, "each blob counted once");
+    }
+
+    #[test]
+    fn reads_sharing_a_snapshot_see_every_write_that_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_limited(dir.path().join("s.redb"), Durability::Process, (1 << 20, 4))
+            .unwrap();
+        let a = s.put_blob(b"a").unwrap();
+        assert_eq!(s.blob(&a).unwrap().as_deref(), Some(&b"a"[..]));
+        // Each write below commits after the last read took its snapshot.
+        let b = s.write_deferred(|w| w.put_blob(b"b")).unwrap();
+        assert_eq!(s.blob(&b).unwrap().as_deref(), Some(&b"b"[..]));
+        let unit = UnitId([7; 32]);
+        assert_eq!(s.verified(&unit).unwrap(), None);
+        s.write(|w| w.put_verified(&unit, &a)).unwrap();
+        assert_eq!(s.verified(&unit).unwrap(), Some(a));
+        // Journalled writes leave memory only once in the database: by a background
+        // checkpoint (every 4 entries here) and by a closing one.
+        for i in 0..20 {
+            let (batch, blob, unit) = hot_batch(i);
+            assert!(!s.has_blob(&blob).unwrap());
+            s.append(batch, false).unwrap();
+            assert!(s.missing_blobs(&[a, b, blob]).unwrap().is_empty(), "batch {i}");
+            assert_eq!(s.verified(&unit).unwrap(), Some(blob));
+        }
+        s.checkpoint_now().unwrap();
+        for i in 0..20 {
+            let (_, blob, unit) = hot_batch(i);
+            assert_eq!(s.blob(&blob).unwrap(), Some(format!("result {i}").into_bytes()));
+            assert_eq!(s.verified(&unit).unwrap(), Some(blob));
+        }
+        assert_eq!(s.blobs(&[a, b]).unwrap(), vec![Some(b"a".to_vec()), Some(b"b".to_vec())]);
+        assert_eq!(s.blob_stats().unwrap().0, 22);
     }
 
     #[test]
