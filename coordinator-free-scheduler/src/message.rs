@@ -226,7 +226,7 @@ pub enum Message {
     /// [`MAX_RESULT_BYTES_BATCH`] bytes): the submitter then needs no fetch. For the shells:
     /// the core ignores it, and a shell keeps the bytes only until its core, having verified
     /// a unit of one of its own jobs, asks for that result.
-    ResultBytes(Vec<Vec<u8>>),
+    ResultBytes(#[serde(with = "ova_jobs::wire::byte_lists")] Vec<Vec<u8>>),
     /// Signed results of one batch the sender signed, those meant for the receiver (direct,
     /// to the units' watchers and submitters): what [`Message::Commit`] says of each, in one
     /// message with one signature and one multiproof ([`CommitBatch`]).

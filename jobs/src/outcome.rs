@@ -413,8 +413,10 @@ pub struct UnitResult {
     /// How it ended.
     pub outcome: Outcome,
     /// Its standard output (at most the unit's output cap).
+    #[serde(with = "crate::wire::byte_string")]
     pub stdout: Vec<u8>,
     /// Its standard error, cut at the unit's stderr cap.
+    #[serde(with = "crate::wire::byte_string")]
     pub stderr: Vec<u8>,
     /// Whether standard error was cut.
     pub stderr_truncated: bool,

@@ -22,6 +22,7 @@ pub struct ResultRecord {
     /// How the unit ended (messages blanked).
     pub outcome: Outcome,
     /// Standard output.
+    #[serde(with = "crate::wire::byte_string")]
     pub stdout: Vec<u8>,
 }
 

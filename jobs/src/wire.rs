@@ -68,6 +68,65 @@ pub fn to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     with_encoded(None, value, <[u8]>::to_vec)
 }
 
+/// `#[serde(with = "ova_jobs::wire::byte_string")]` for a `Vec<u8>` field: written as one
+/// byte string instead of a sequence of `u8`s. Postcard encodes both the same way (a length,
+/// then the bytes), so frames, records and content ids do not change; but a sequence is
+/// written and read one call per byte, which was about 4 % of the peers' CPU on the network
+/// bench's tiny units (P4) and grows with every byte of a result.
+pub mod byte_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `bytes` as a byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    /// Reads a byte string (or, in formats that tell them apart, a sequence of bytes) into
+    /// an owned value: a `Vec<u8>`, or a `Cow<[u8]>`.
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: From<Vec<u8>>,
+    {
+        serde_bytes::ByteBuf::deserialize(d).map(|b| T::from(b.into_vec()))
+    }
+}
+
+/// `#[serde(with = "ova_jobs::wire::byte_lists")]` for a `Vec<Vec<u8>>` field: a sequence of
+/// byte strings (see [`byte_string`]; the same postcard bytes as a sequence of sequences).
+pub mod byte_lists {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Most entries reserved up front from a sequence's announced length (the rest grow as
+    /// they come): a lying length costs no memory.
+    const RESERVE_MAX: usize = 4096;
+
+    /// Writes `lists` as a sequence of byte strings.
+    pub fn serialize<S: Serializer>(lists: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(lists.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    /// Reads a sequence of byte strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        struct Lists;
+        impl<'de> Visitor<'de> for Lists {
+            type Value = Vec<Vec<u8>>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of byte strings")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(RESERVE_MAX));
+                while let Some(b) = seq.next_element::<serde_bytes::ByteBuf>()? {
+                    out.push(b.into_vec());
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Lists)
+    }
+}
+
 /// Scratch buffers kept up to this capacity between encodings (larger ones are dropped after
 /// use, so one large frame does not pin its memory to the thread).
 const SCRATCH_KEEP: usize = 64 * 1024;
@@ -188,5 +247,46 @@ mod tests {
         let mut f = vec![WIRE_VERSION, 7];
         f.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(matches!(decode::<Msg>(&f, 64), Err(WireError::Undecodable(_))));
+    }
+
+    /// Byte fields as sequences (how they were written before `byte_string`).
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct AsSeqs {
+        one: Vec<u8>,
+        many: Vec<Vec<u8>>,
+        cow: std::borrow::Cow<'static, [u8]>,
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct AsBytes {
+        #[serde(with = "byte_string")]
+        one: Vec<u8>,
+        #[serde(with = "byte_lists")]
+        many: Vec<Vec<u8>>,
+        #[serde(with = "byte_string")]
+        cow: std::borrow::Cow<'static, [u8]>,
+    }
+
+    #[test]
+    fn byte_strings_are_the_same_postcard_bytes_as_sequences() {
+        let long: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+        for (one, many) in [
+            (vec![], vec![]),
+            (vec![7], vec![vec![], vec![1, 2, 3]]),
+            (long.clone(), vec![long.clone(), vec![0; 200], vec![]]),
+        ] {
+            let cow: std::borrow::Cow<'static, [u8]> = one.iter().rev().copied().collect();
+            let seqs = AsSeqs { one: one.clone(), many: many.clone(), cow: cow.clone() };
+            let bytes = AsBytes { one, many, cow };
+            let encoded = to_vec(&bytes).unwrap();
+            assert_eq!(encoded, postcard::to_stdvec(&seqs).unwrap(), "same bytes on the wire");
+            assert_eq!(postcard::from_bytes::<AsBytes>(&encoded).unwrap(), bytes);
+            assert_eq!(postcard::from_bytes::<AsSeqs>(&encoded).unwrap(), seqs);
+        }
+        // Lying lengths: a byte string, and a list of them, longer than the frame.
+        let mut f = vec![WIRE_VERSION, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(matches!(decode::<AsBytes>(&f, 64), Err(WireError::Undecodable(_))));
+        f = vec![WIRE_VERSION, 0, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 9];
+        assert!(matches!(decode::<AsBytes>(&f, 64), Err(WireError::Undecodable(_))));
     }
 }

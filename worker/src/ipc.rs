@@ -90,6 +90,7 @@ pub enum ToChild<'a> {
     /// A module's bytes; later runs refer to it by id (the child re-hashes the bytes).
     Module {
         /// The wasm bytes.
+        #[serde(with = "ova_jobs::wire::byte_string")]
         bytes: Cow<'a, [u8]>,
     },
     /// Run a unit.
@@ -101,6 +102,7 @@ pub enum ToChild<'a> {
         /// Module id (sent before in [`ToChild::Module`]).
         module: ova_jobs::BlobId,
         /// Stdin.
+        #[serde(with = "ova_jobs::wire::byte_string")]
         input: Cow<'a, [u8]>,
         /// Args.
         args: Cow<'a, [String]>,

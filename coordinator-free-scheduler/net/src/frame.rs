@@ -29,15 +29,15 @@ const BUDGET_UNIT: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectFrame {
     /// An application (scheduler) message, opaque to ova-net.
-    App(Vec<u8>),
+    App(#[serde(with = "ova_jobs::wire::byte_string")] Vec<u8>),
     /// Several application messages for the same peer, in order: one stream, one length
     /// check and one budget grant for a whole turn's worth of small messages.
-    Batch(Vec<Vec<u8>>),
+    Batch(#[serde(with = "ova_jobs::wire::byte_lists")] Vec<Vec<u8>>),
     /// A goodbye ([`crate::signed::GossipBody::Leave`], sealed as on gossip) sent straight to
     /// a peer: a departure can break the gossip overlay it would travel on (a node leaving a
     /// chain, or at the same time as a neighbour), and a peer that misses it keeps the
     /// departed node until its advert expires.
-    Goodbye(Vec<u8>),
+    Goodbye(#[serde(with = "ova_jobs::wire::byte_string")] Vec<u8>),
 }
 
 /// A frame could not be sent or received.

@@ -50,6 +50,7 @@ pub(crate) enum Entry {
         /// Blob id.
         id: [u8; 32],
         /// Bytes.
+        #[serde(with = "ova_jobs::wire::byte_string")]
         bytes: Vec<u8>,
     },
     /// A signed commit (opaque bytes) under its key in the commits table.
@@ -59,6 +60,7 @@ pub(crate) enum Entry {
         /// The signer.
         signer: [u8; 32],
         /// The commit's bytes.
+        #[serde(with = "ova_jobs::wire::byte_string")]
         bytes: Vec<u8>,
     },
     /// A verified unit under its key in the verified table.
