@@ -37,12 +37,33 @@ pub struct Bundle {
     blobs: BTreeMap<BlobId, Vec<u8>>,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The file's body after the magic and version. Byte fields are byte strings (see
+/// [`crate::wire::byte_string`]): the same bytes as sequences, read and written without a call
+/// per byte (a bundle may hold gigabytes).
+#[derive(Deserialize)]
 struct Body {
     job_id: JobId,
+    #[serde(with = "crate::wire::byte_string")]
     manifest: Vec<u8>,
-    blobs: Vec<(BlobId, Vec<u8>)>,
+    blobs: Vec<BodyBlob>,
 }
+
+/// One blob of a [`Body`].
+#[derive(Deserialize)]
+struct BodyBlob(BlobId, #[serde(with = "crate::wire::byte_string")] Vec<u8>);
+
+/// [`Body`] borrowing the bundle's bytes, for encoding.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    job_id: JobId,
+    #[serde(with = "crate::wire::byte_string")]
+    manifest: &'a [u8],
+    blobs: Vec<BlobRef<'a>>,
+}
+
+/// [`BodyBlob`], borrowed.
+#[derive(Serialize)]
+struct BlobRef<'a>(BlobId, #[serde(with = "crate::wire::byte_string")] &'a [u8]);
 
 /// What is wrong with a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -203,10 +224,11 @@ impl Bundle {
 
     /// Encodes the bundle file.
     pub fn encode(&self) -> Vec<u8> {
-        let body = Body {
+        let manifest = self.manifest.encode();
+        let body = BodyRef {
             job_id: self.job_id,
-            manifest: self.manifest.encode(),
-            blobs: self.blobs.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            manifest: &manifest,
+            blobs: self.blobs.iter().map(|(k, v)| BlobRef(*k, v)).collect(),
         };
         let mut out = Vec::with_capacity(self.blob_bytes() as usize + 4096);
         out.extend_from_slice(&MAGIC);
@@ -258,7 +280,7 @@ impl Bundle {
         }
         let manifest = Manifest::decode(&body.manifest)?;
         let mut blobs = BTreeMap::new();
-        for (id, data) in body.blobs {
+        for BodyBlob(id, data) in body.blobs {
             let actual = BlobId::of(&data);
             if actual != id {
                 return Err(BundleError::BlobHashMismatch { declared: id, actual });
