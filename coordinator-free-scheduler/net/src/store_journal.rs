@@ -128,18 +128,37 @@ const HEADER: usize = 4 + 16;
 const MAX_RECORD: usize = u32::MAX as usize;
 
 /// Encodes a batch as one record; `None` if it is over [`MAX_RECORD`] bytes.
+///
+/// The payload is written in place after room for the header, which is filled in last, into
+/// a vector sized from the entries up front: a group commit's record often holds several
+/// results and runs past the shared encoding buffer's size (see
+/// [`ova_jobs::wire::with_encoded`]), which then grew from nothing for every record and was
+/// copied out once more.
 pub(crate) fn encode(batch: &[Entry]) -> Option<Vec<u8>> {
-    ova_jobs::wire::with_encoded(None, batch, |payload| {
-        (payload.len() <= MAX_RECORD).then(|| {
-            let mut record = Vec::with_capacity(HEADER + payload.len());
-            record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            record.extend_from_slice(&blake3::hash(payload).as_bytes()[..16]);
-            record.extend_from_slice(payload);
-            record
-        })
-    })
-    .ok()
-    .flatten()
+    let room: usize = batch.iter().map(Entry::encoded_size_bound).sum();
+    let mut record = Vec::with_capacity(HEADER + 10 + room);
+    record.resize(HEADER, 0);
+    let mut record = postcard::to_io(batch, record).ok()?;
+    let len = record.len() - HEADER;
+    if len > MAX_RECORD {
+        return None;
+    }
+    let sum = blake3::hash(&record[HEADER..]);
+    record[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    record[4..HEADER].copy_from_slice(&sum.as_bytes()[..16]);
+    Some(record)
+}
+
+impl Entry {
+    /// At least the length of this entry's encoding (its variant, keys, byte string and the
+    /// length before it).
+    fn encoded_size_bound(&self) -> usize {
+        match self {
+            Entry::Blob { bytes, .. } => 1 + 32 + 10 + bytes.len(),
+            Entry::Commit { bytes, .. } => 1 + 64 + 10 + bytes.len(),
+            Entry::Verified { .. } => 1 + 64,
+        }
+    }
 }
 
 /// The batches of a journal file's bytes, in order, up to the first record that is cut short
@@ -251,6 +270,20 @@ mod tests {
             Entry::Commit { unit: [i; 32], signer: [1; 32], bytes: vec![i, 2, 3] },
             Entry::Verified { unit: [i; 32], result: [9; 32] },
         ]
+    }
+
+    #[test]
+    fn a_record_is_its_header_and_the_batch_encoded_in_one_allocation() {
+        let big = Entry::Blob { id: [7; 32], bytes: (0..=255).cycle().take(200_000).collect() };
+        for b in [batch(3), vec![big.clone()], vec![big, batch(1).remove(0)], vec![]] {
+            let record = encode(&b).unwrap();
+            let payload = postcard::to_stdvec(&b).unwrap();
+            assert_eq!(record[..4], (payload.len() as u32).to_le_bytes());
+            assert_eq!(record[4..HEADER], blake3::hash(&payload).as_bytes()[..16]);
+            assert_eq!(record[HEADER..], payload[..]);
+            let bound: usize = b.iter().map(Entry::encoded_size_bound).sum();
+            assert_eq!(record.capacity(), HEADER + 10 + bound, "sized once, never regrown");
+        }
     }
 
     #[test]
