@@ -144,7 +144,7 @@ thread_local! {
 /// per-thread buffer that keeps its capacity, so `f` usually copies the bytes out once, into
 /// an allocation of the right size. An encoding started while this thread's buffer is in use
 /// (a `Serialize` impl that encodes) gets a vector of its own.
-pub fn with_encoded<T: Serialize + ?Sized, R>(
+fn with_encoded<T: Serialize + ?Sized, R>(
     prefix: Option<u8>,
     value: &T,
     f: impl FnOnce(&[u8]) -> R,

@@ -124,6 +124,9 @@ pub(crate) fn commit_key(unit: &[u8; 32], signer: &[u8; 32]) -> [u8; 64] {
 /// Bytes before a record's payload: length and checksum.
 const HEADER: usize = 4 + 16;
 
+/// Most bytes of a postcard length prefix (a varint of up to 64 bits).
+const LEN_PREFIX_MAX: usize = 10;
+
 /// Largest payload of one record (its length is a `u32`).
 const MAX_RECORD: usize = u32::MAX as usize;
 
@@ -131,12 +134,11 @@ const MAX_RECORD: usize = u32::MAX as usize;
 ///
 /// The payload is written in place after room for the header, which is filled in last, into
 /// a vector sized from the entries up front: a group commit's record often holds several
-/// results and runs past the shared encoding buffer's size (see
-/// [`ova_jobs::wire::with_encoded`]), which then grew from nothing for every record and was
-/// copied out once more.
+/// results and runs past what the shared encoding buffer of [`ova_jobs::wire::to_vec`] keeps,
+/// which then grew from nothing for every record and was copied out once more.
 pub(crate) fn encode(batch: &[Entry]) -> Option<Vec<u8>> {
     let room: usize = batch.iter().map(Entry::encoded_size_bound).sum();
-    let mut record = Vec::with_capacity(HEADER + 10 + room);
+    let mut record = Vec::with_capacity(HEADER + LEN_PREFIX_MAX + room);
     record.resize(HEADER, 0);
     let mut record = postcard::to_io(batch, record).ok()?;
     let len = record.len() - HEADER;
@@ -154,8 +156,8 @@ impl Entry {
     /// length before it).
     fn encoded_size_bound(&self) -> usize {
         match self {
-            Entry::Blob { bytes, .. } => 1 + 32 + 10 + bytes.len(),
-            Entry::Commit { bytes, .. } => 1 + 64 + 10 + bytes.len(),
+            Entry::Blob { bytes, .. } => 1 + 32 + LEN_PREFIX_MAX + bytes.len(),
+            Entry::Commit { bytes, .. } => 1 + 64 + LEN_PREFIX_MAX + bytes.len(),
             Entry::Verified { .. } => 1 + 64,
         }
     }
@@ -282,7 +284,8 @@ mod tests {
             assert_eq!(record[4..HEADER], blake3::hash(&payload).as_bytes()[..16]);
             assert_eq!(record[HEADER..], payload[..]);
             let bound: usize = b.iter().map(Entry::encoded_size_bound).sum();
-            assert_eq!(record.capacity(), HEADER + 10 + bound, "sized once, never regrown");
+            let sized = HEADER + LEN_PREFIX_MAX + bound;
+            assert_eq!(record.capacity(), sized, "sized once, never regrown");
         }
     }
 
