@@ -7,7 +7,7 @@
 //!   runs twice, so 0.5 is the ceiling. Each of the three is timed three times, interleaved,
 //!   and its best time counts.
 //! - **P4**: tiny units (a 64-byte echo) verified end to end per second on 3 local workers at
-//!   quorum 2.
+//!   quorum 2. Timed three times, each on a fresh network; the best counts.
 //!
 //! Each measurement starts a fresh network (fresh stores, so no result is reused from an
 //! earlier run) and first runs a small untimed job of the same module, so what is timed is
@@ -319,9 +319,12 @@ fn p3(rt: &tokio::runtime::Runtime, cores: usize, cores_each: u16) -> (f64, f64)
     (native_best / best(&network_secs[0]), native_best / best(&network_secs[1]))
 }
 
-/// Tiny echo units verified end to end per second.
+/// Tiny echo units verified end to end per second: the best of `ROUNDS` runs, each on a
+/// fresh network, for the reason P3 takes its best times (other work on this shared machine
+/// only ever slows a run down; single runs of one build ranged over a third).
 fn p4(rt: &tokio::runtime::Runtime, cores_each: u16) -> f64 {
     let n: usize = if quick() { 500 } else { 5_000 };
+    let rounds = if quick() { 1 } else { ROUNDS };
     let echo = echo_module();
     let job = |name: &str, from: usize, n: usize| {
         let mut b = JobBuilder::new(name, echo.clone()).quorum(2).max_replicas(3).result_copies(0);
@@ -332,8 +335,19 @@ fn p4(rt: &tokio::runtime::Runtime, cores_each: u16) -> f64 {
         }
         b.build().unwrap()
     };
-    let secs =
-        rt.block_on(run_on_network(job("echo-warm-up", n, 10), job("echo", 0, n), cores_each));
-    println!("P4 network: {n} tiny units verified (quorum 2) in {secs:.2} s on {WORKERS} workers");
-    n as f64 / secs
+    let mut secs = Vec::new();
+    for round in 1..=rounds {
+        let s =
+            rt.block_on(run_on_network(job("echo-warm-up", n, 10), job("echo", 0, n), cores_each));
+        println!(
+            "P4 network, round {round}/{rounds}: {n} tiny units verified (quorum 2) in {s:.3} s on \
+             {WORKERS} workers = {:.0} units/s",
+            n as f64 / s
+        );
+        secs.push(s);
+    }
+    let best = secs.iter().copied().fold(f64::INFINITY, f64::min);
+    let rates: Vec<String> = secs.iter().map(|s| format!("{:.0}", n as f64 / s)).collect();
+    println!("P4 network: {} units/s; best {:.0}", rates.join(" / "), n as f64 / best);
+    n as f64 / best
 }
