@@ -26,6 +26,31 @@ use crate::commit::{
 use crate::types::{ArchClass, PeerId, UnitRef};
 use crate::util::FxHashMap;
 
+/// The commits of a [`CommitBatch`] that passed [`CommitBatch::open`]: its shape, its tree's
+/// root and its one signature were checked. Only [`CommitBatch::open_checked`] makes one.
+#[derive(Clone, Debug)]
+pub struct OpenedBatch {
+    executor: PeerId,
+    commits: Vec<SignedCommit>,
+}
+
+impl OpenedBatch {
+    /// Who ran the units and signed them.
+    pub fn executor(&self) -> &PeerId {
+        &self.executor
+    }
+
+    /// The commits, each with the proof it would carry alone.
+    pub fn commits(&self) -> &[SignedCommit] {
+        &self.commits
+    }
+
+    /// The commits, taken out.
+    pub fn into_commits(self) -> Vec<SignedCommit> {
+        self.commits
+    }
+}
+
 /// One commit of a [`CommitBatch`]: what differs from commit to commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchEntry {
@@ -185,6 +210,13 @@ impl CommitBatch {
             out.push(SignedCommit { body, sig: self.sig, batch: Some(Box::new(proof)) });
         }
         Ok(out)
+    }
+
+    /// [`CommitBatch::open`], kept as proof that it passed: a shell that opens a batch for its
+    /// own bookkeeping (noting commits, storing those of its jobs) hands the result to its
+    /// core with [`crate::peer::Event::Commits`], which does not check it again.
+    pub fn open_checked(&self, verifier: &dyn Verifier) -> Result<OpenedBatch, CommitError> {
+        self.open(verifier).map(|commits| OpenedBatch { executor: self.executor, commits })
     }
 
     /// Commits carried.

@@ -35,7 +35,7 @@ pub mod util;
 pub use commit::{CommitBody, CommitError, SignedCommit, Signer, SimKeys, SimSigner, Verifier};
 #[cfg(feature = "ed25519")]
 pub use commit::{Ed25519Signer, Ed25519Verifier};
-pub use commit_batch::CommitBatch;
+pub use commit_batch::{CommitBatch, OpenedBatch};
 pub use membership::{Advert, View};
 pub use message::{Grant, JobInfo, Message};
 pub use peer::{

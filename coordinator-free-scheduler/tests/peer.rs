@@ -184,6 +184,69 @@ fn malformed_frames_and_forged_commits_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_batch_the_shell_opened_is_taken_in_as_the_message_would_be() {
+    let (mut ps, keys) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let m = manifest(4);
+    let job = m.job_id();
+    // Peer 0 submits and peer 2 learns the job; no unit runs (their starts are left hanging).
+    let submitter = ps[0].id();
+    for a in ps[0].handle(Event::Submit(Box::new(m.clone())), 10).collect::<Vec<_>>() {
+        if let Action::Broadcast(msg @ Message::Announce(_)) = a {
+            let _ = ps[2].handle(Event::Message { from: submitter, msg }, 10).count();
+        }
+    }
+    let from = ps[1].id();
+    let bodies: Vec<CommitBody> = (0..3)
+        .map(|i| {
+            let u = &m.units[i];
+            CommitBody {
+                unit: UnitRef { job, index: i as u32 },
+                unit_id: ova_jobs::UnitId::derive(&m.module, &u.input, &u.args),
+                result: BlobId([5; 32]),
+                executor: from,
+                arch: ArchClass::X86_64,
+            }
+        })
+        .collect();
+    let batch = ova_scheduler::CommitBatch::pack(sign_batch(&SimSigner(from), &bodies)).remove(0);
+    // Only a batch that passes the checks opens.
+    let mut doctored = batch.clone();
+    doctored.entries[2].result = BlobId([1; 32]);
+    assert!(doctored.open_checked(&*keys).is_err());
+    let stranger = PeerId([99; 32]);
+    let strangers = ova_scheduler::CommitBatch::pack(sign_batch(
+        &SimSigner(stranger),
+        &bodies.iter().map(|b| CommitBody { executor: stranger, ..*b }).collect::<Vec<_>>(),
+    ))
+    .remove(0);
+    assert!(strangers.open_checked(&*keys).is_err(), "unknown signer");
+    let opened = batch.open_checked(&*keys).expect("an intact batch opens");
+    assert_eq!(opened.executor(), &from);
+    assert_eq!(opened.commits(), &batch.open(&*keys).unwrap()[..]);
+    // Peer 2 takes the opened batch, peer 0 the message: the same commits are tallied.
+    let tallies = |p: &Peer| -> Vec<Option<String>> {
+        (0..4).map(|index| p.describe_unit(&UnitRef { job, index })).collect()
+    };
+    // Whether a unit's tally (not its leases) holds a commit of peer 1.
+    let from_1 = |d: &Option<String>| {
+        d.as_ref().is_some_and(|d| {
+            let commits = d.split(" leases=").next().unwrap_or_default();
+            commits.split("commits=").nth(1).is_some_and(|c| c.contains(&format!("{from:?}")))
+        })
+    };
+    assert!(!tallies(&ps[2]).iter().any(from_1) && !tallies(&ps[0]).iter().any(from_1));
+    let before = ps[2].stats().messages_in;
+    let _ = ps[2].handle(Event::Commits { from, batch: opened }, 20).count();
+    let _ = ps[0].handle(Event::Message { from, msg: Message::Commits(batch) }, 20).count();
+    assert_eq!(ps[2].stats().messages_in, before + 1);
+    assert_eq!(ps[2].stats().bad_signature, 0);
+    let by_1 = |p: &Peer| tallies(p).iter().map(from_1).collect::<Vec<_>>();
+    assert_eq!(by_1(&ps[2]), [true, true, true, false], "peer 1's three commits tallied");
+    assert_eq!(by_1(&ps[0]), by_1(&ps[2]));
+}
+
+#[test]
 fn messages_round_trip_through_the_wire_envelope() {
     let m = manifest(3);
     let info = Arc::new(ova_scheduler::JobInfo::new(m, PeerId([1; 32]), 5, vec![], vec![]));

@@ -1325,6 +1325,23 @@ impl Driver {
             msg => msg,
         };
         let from = peer_id(&from);
+        // A batch of commits is opened once, here: its commits are noted, and the core takes
+        // them as opened (`Event::Commits`) instead of checking the batch again. One that
+        // fails goes to the core as it came, which counts it rejected.
+        let msg = match msg {
+            Message::Commits(batch) => match batch.open_checked(&*self.verifier) {
+                Ok(opened) => {
+                    for c in opened.commits() {
+                        self.observer.commit_received();
+                        self.note_checked_commit(c);
+                    }
+                    self.feed(Event::Commits { from, batch: opened }, done_tx);
+                    return;
+                }
+                Err(_) => Message::Commits(batch),
+            },
+            msg => msg,
+        };
         match &msg {
             Message::Announce(info) if info.derived().is_some() => {
                 let bytes = Message::Announce(info.clone()).encode();
@@ -1338,16 +1355,6 @@ impl Driver {
             Message::Commit(c) => {
                 self.observer.commit_received();
                 self.note_commit(c);
-            }
-            Message::Commits(batch) => {
-                // Opened here and again by the core: the signature check is remembered
-                // (`CachingVerifier`), so the second costs the tree's hashes only.
-                if let Ok(commits) = batch.open(&*self.verifier) {
-                    for c in &commits {
-                        self.observer.commit_received();
-                        self.note_checked_commit(c);
-                    }
-                }
             }
             Message::ProbeReply { commits, .. } => {
                 for c in commits.clone() {

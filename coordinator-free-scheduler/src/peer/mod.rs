@@ -176,6 +176,15 @@ pub enum Event {
         /// The message.
         msg: Message,
     },
+    /// A [`Message::Commits`] from `from` that the shell opened already
+    /// ([`crate::CommitBatch::open_checked`]): handled as that message, without checking the
+    /// batch a second time.
+    Commits {
+        /// Sender.
+        from: PeerId,
+        /// The batch's commits.
+        batch: crate::OpenedBatch,
+    },
     /// A raw frame; decoded here, dropped and counted if malformed.
     Frame {
         /// Sender.
@@ -614,6 +623,11 @@ impl Peer {
         match event {
             Event::Online => self.on_online(),
             Event::Message { from, msg } => self.on_message(from, msg),
+            Event::Commits { from, batch } => {
+                self.stats.messages_in += 1;
+                self.heard_from(&from);
+                self.take_batch(from, batch.into_commits());
+            }
             Event::Frame { from, bytes } => match Message::decode(&bytes) {
                 Ok(msg) => self.on_message(from, msg),
                 Err(_) => self.stats.malformed += 1,

@@ -55,6 +55,11 @@ impl Peer {
                 return;
             }
         };
+        self.take_batch(from, commits);
+    }
+
+    /// The commits of a batch from `from` that passed [`CommitBatch::open`].
+    pub(super) fn take_batch(&mut self, from: PeerId, commits: Vec<SignedCommit>) {
         for c in commits {
             if self.slot(&c.body.unit.job).is_none() {
                 self.hold_early(from, c.body.unit.job, Message::Commit(c));
