@@ -2,8 +2,9 @@
 //! public keys and remembers which signatures it has already checked.
 //!
 //! A commit reaches a peer several times (directly, in probe and sync replies, re-sent by the
-//! liveness sweep) and is checked twice on arrival (by the driver before storing it, and by the
-//! scheduler core). An ed25519 check costs tens of microseconds, most of it spent decoding the
+//! liveness sweep), and one that comes alone is checked twice on arrival (by the driver before
+//! storing it, and by the scheduler core; a batch of commits is opened once, by the driver,
+//! which hands the opened batch to the core). An ed25519 check costs tens of microseconds, most of it spent decoding the
 //! signer's key (a point decompression) and the double-scalar multiplication. This cache keeps
 //! the decoded keys of recent signers and the digests of recently verified
 //! (signer, message, signature) triples, so each distinct commit is checked once. Only
