@@ -150,6 +150,10 @@ pub struct Grant {
 }
 
 /// Everything peers say to each other.
+///
+/// The two large variants are boxed ([`Message::Commit`], [`Message::Commits`]; the encoding
+/// is the same): a message is moved through every event a peer handles, and unboxed they made
+/// every message 216 bytes instead of 88 (in the P5 simulation, 9 % of the wall time).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Message {
     /// Capacity advert (broadcast).
@@ -177,7 +181,7 @@ pub enum Message {
         until: Millis,
     },
     /// A signed result (direct, to the unit's ranking and the submitter).
-    Commit(SignedCommit),
+    Commit(Box<SignedCommit>),
     /// Asks what the receiver knows about a unit before taking it over (direct).
     Probe(UnitRef),
     /// Answer to a probe: the commits and leases known.
@@ -230,7 +234,7 @@ pub enum Message {
     /// Signed results of one batch the sender signed, those meant for the receiver (direct,
     /// to the units' watchers and submitters): what [`Message::Commit`] says of each, in one
     /// message with one signature and one multiproof ([`CommitBatch`]).
-    Commits(CommitBatch),
+    Commits(Box<CommitBatch>),
 }
 
 impl Message {

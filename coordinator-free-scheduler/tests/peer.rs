@@ -133,16 +133,17 @@ fn malformed_frames_and_forged_commits_are_dropped_and_counted() {
         arch: ArchClass::X86_64,
     };
     let forged = sign(&SimSigner(PeerId([3; 32])), body);
-    let frame = Message::Commit(forged).encode();
+    let frame = Message::Commit(Box::new(forged)).encode();
     let _ = p.handle(Event::Frame { from, bytes: frame }, 20).count();
     assert_eq!(p.stats().bad_signature, 1);
     let stranger = PeerId([99; 32]);
     let unknown = sign(&SimSigner(stranger), CommitBody { executor: stranger, ..body });
-    let _ = p.handle(Event::Message { from, msg: Message::Commit(unknown) }, 20).count();
+    let _ = p.handle(Event::Message { from, msg: Message::Commit(Box::new(unknown)) }, 20).count();
     assert_eq!(p.stats().unknown_signer, 1);
     let bad_index =
         sign(&SimSigner(from), CommitBody { unit: UnitRef { job, index: 999 }, ..body });
-    let _ = p.handle(Event::Message { from, msg: Message::Commit(bad_index) }, 20).count();
+    let _ =
+        p.handle(Event::Message { from, msg: Message::Commit(Box::new(bad_index)) }, 20).count();
     assert_eq!(p.stats().bad_unit, 1);
     // A batch of commits with one doctored result is rejected whole, each commit counted;
     // the same batch intact is taken in.
@@ -159,9 +160,10 @@ fn malformed_frames_and_forged_commits_are_dropped_and_counted() {
     let batch = ova_scheduler::CommitBatch::pack(sign_batch(&SimSigner(from), &bodies)).remove(0);
     let mut doctored = batch.clone();
     doctored.entries[1].result = BlobId([1; 32]);
-    let _ = p.handle(Event::Message { from, msg: Message::Commits(doctored) }, 20).count();
+    let _ =
+        p.handle(Event::Message { from, msg: Message::Commits(Box::new(doctored)) }, 20).count();
     assert_eq!(p.stats().bad_signature, 1 + 3);
-    let frame = Message::Commits(batch).encode();
+    let frame = Message::Commits(Box::new(batch)).encode();
     let _ = p.handle(Event::Frame { from, bytes: frame }, 20).count();
     assert_eq!(p.stats().bad_signature, 4);
     assert_eq!(p.stats().bad_unit, 1);
@@ -238,7 +240,8 @@ fn a_batch_the_shell_opened_is_taken_in_as_the_message_would_be() {
     assert!(!tallies(&ps[2]).iter().any(from_1) && !tallies(&ps[0]).iter().any(from_1));
     let before = ps[2].stats().messages_in;
     let _ = ps[2].handle(Event::Commits { from, batch: opened }, 20).count();
-    let _ = ps[0].handle(Event::Message { from, msg: Message::Commits(batch) }, 20).count();
+    let _ =
+        ps[0].handle(Event::Message { from, msg: Message::Commits(Box::new(batch)) }, 20).count();
     assert_eq!(ps[2].stats().messages_in, before + 1);
     assert_eq!(ps[2].stats().bad_signature, 0);
     let by_1 = |p: &Peer| tallies(p).iter().map(from_1).collect::<Vec<_>>();
@@ -1933,7 +1936,9 @@ fn a_commit_cuts_the_other_replicas_long_reservations_to_two_runs() {
     let body =
         CommitBody { unit, unit_id, result: BlobId([7; 32]), executor, arch: ArchClass::X86_64 };
     let c = sign(&SimSigner(executor), body);
-    let _ = w.handle(Event::Message { from: executor, msg: Message::Commit(c) }, 2_000).count();
+    let _ = w
+        .handle(Event::Message { from: executor, msg: Message::Commit(Box::new(c)) }, 2_000)
+        .count();
     let cut = 2_000 + 2 * lease_len;
     let what = w.describe_unit(&unit).unwrap_or_default();
     assert!(what.contains(&format!("holder: {holder:?}, until: {cut} }}")), "{what}");

@@ -1139,7 +1139,7 @@ impl Driver {
         for bytes in commits {
             if let Some(c) = decode_stored_commit(&bytes) {
                 self.feed(
-                    Event::Message { from: c.body.executor, msg: Message::Commit(c) },
+                    Event::Message { from: c.body.executor, msg: Message::Commit(Box::new(c)) },
                     done_tx,
                 );
             }

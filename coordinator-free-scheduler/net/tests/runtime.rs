@@ -210,9 +210,9 @@ async fn forged_commits_are_rejected_and_reported() {
         executor: b_id,
         arch: ArchClass::X86_64,
     };
-    let forged = |index| Message::Commit(sign(&forger, body(index))).encode();
+    let forged = |index| Message::Commit(Box::new(sign(&forger, body(index)))).encode();
     let batch = sign_batch(&forger, &[body(2), body(3), body(4)]);
-    let forged_batch = Message::Commits(CommitBatch::pack(batch).remove(0)).encode();
+    let forged_batch = Message::Commits(Box::new(CommitBatch::pack(batch).remove(0))).encode();
     let frames = vec![forged(0), forged(1), forged_batch];
     tokio::time::timeout(Duration::from_secs(30), b.node().send_batch(a.node().id(), frames))
         .await

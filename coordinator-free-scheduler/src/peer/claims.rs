@@ -35,7 +35,7 @@ impl Peer {
         if until > self.now && u.mine == Mine::Committed && !u.tally.has(&from) {
             let me = self.id;
             if let Some(c) = u.tally.commits().iter().find(|c| c.body.executor == me) {
-                self.out.push(Action::Send { to: from, msg: Message::Commit(c.clone()) });
+                self.out.push(Action::Send { to: from, msg: Message::Commit(Box::new(c.clone())) });
             }
             if u.outcome.is_some() {
                 return;

@@ -218,7 +218,7 @@ impl Peer {
         }
         for (to, commits) in to_send {
             for batch in CommitBatch::pack(commits) {
-                self.out.push(Action::Send { to, msg: Message::Commits(batch) });
+                self.out.push(Action::Send { to, msg: Message::Commits(Box::new(batch)) });
             }
         }
         self.to_sign = bodies;

@@ -367,7 +367,7 @@ impl Peer {
             };
             for to in self.watchers(key) {
                 self.stats.commits_resent += 1;
-                self.out.push(Action::Send { to, msg: Message::Commit(c.clone()) });
+                self.out.push(Action::Send { to, msg: Message::Commit(Box::new(c.clone())) });
             }
         }
     }

@@ -728,7 +728,7 @@ impl Peer {
                 if c.body.executor == from {
                     self.answer_late_commit(from, &c);
                 }
-                self.on_commit(c)
+                self.on_commit(*c)
             }
             Message::Probe(unit) => self.on_probe(from, unit),
             Message::ProbeReply { unit, commits, leases, done } => {
@@ -747,7 +747,7 @@ impl Peer {
                     self.on_commit(c);
                 }
             }
-            Message::Commits(batch) => self.on_commit_batch(from, batch),
+            Message::Commits(batch) => self.on_commit_batch(from, *batch),
             // The shell's business (see the message).
             Message::ResultBytes(_) => {}
         }

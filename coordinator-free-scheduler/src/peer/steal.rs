@@ -269,7 +269,7 @@ impl Peer {
         }
         self.out.push(Action::Send { to: thief, msg: Message::StealGrant(grants) });
         for c in known {
-            self.out.push(Action::Send { to: thief, msg: Message::Commit(c) });
+            self.out.push(Action::Send { to: thief, msg: Message::Commit(Box::new(c)) });
         }
     }
 

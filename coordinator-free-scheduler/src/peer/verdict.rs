@@ -62,7 +62,7 @@ impl Peer {
     pub(super) fn take_batch(&mut self, from: PeerId, commits: Vec<SignedCommit>) {
         for c in commits {
             if self.slot(&c.body.unit.job).is_none() {
-                self.hold_early(from, c.body.unit.job, Message::Commit(c));
+                self.hold_early(from, c.body.unit.job, Message::Commit(Box::new(c)));
                 continue;
             }
             if c.body.executor == from {
