@@ -153,7 +153,8 @@ pub struct Grant {
 ///
 /// The two large variants are boxed ([`Message::Commit`], [`Message::Commits`]; the encoding
 /// is the same): a message is moved through every event a peer handles, and unboxed they made
-/// every message 216 bytes instead of 88 (in the P5 simulation, 9 % of the wall time).
+/// every message 216 bytes instead of 88. Boxing them cut P5's wall time by 9 % over its first
+/// 400 simulated seconds and by 1.5–4.4 % over two whole runs, side by side.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Message {
     /// Capacity advert (broadcast).
