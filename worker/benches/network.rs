@@ -84,6 +84,12 @@ fn own_cpu() -> Option<Duration> {
     None
 }
 
+/// The shortest of several timings of one measurement: other work on a shared machine only
+/// ever slows a run down, so it is the one least disturbed by it.
+fn best(secs: &[f64]) -> f64 {
+    secs.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
 fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -300,7 +306,6 @@ fn p3(rt: &tokio::runtime::Runtime, cores: usize, cores_each: u16) -> (f64, f64)
             secs_of.push(secs);
         }
     }
-    let best = |secs: &[f64]| secs.iter().copied().fold(f64::INFINITY, f64::min);
     let times =
         |secs: &[f64]| secs.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" / ");
     let native_best = best(&native_secs);
@@ -346,7 +351,7 @@ fn p4(rt: &tokio::runtime::Runtime, cores_each: u16) -> f64 {
         );
         secs.push(s);
     }
-    let best = secs.iter().copied().fold(f64::INFINITY, f64::min);
+    let best = best(&secs);
     let rates: Vec<String> = secs.iter().map(|s| format!("{:.0}", n as f64 / s)).collect();
     println!("P4 network: {} units/s; best {:.0}", rates.join(" / "), n as f64 / best);
     n as f64 / best

@@ -4,11 +4,11 @@
 //! A commit reaches a peer several times (directly, in probe and sync replies, re-sent by the
 //! liveness sweep), and one that comes alone is checked twice on arrival (by the driver before
 //! storing it, and by the scheduler core; a batch of commits is opened once, by the driver,
-//! which hands the opened batch to the core). An ed25519 check costs tens of microseconds, most of it spent decoding the
-//! signer's key (a point decompression) and the double-scalar multiplication. This cache keeps
-//! the decoded keys of recent signers and the digests of recently verified
-//! (signer, message, signature) triples, so each distinct commit is checked once. Only
-//! successes are remembered; a forged signature is checked (and refused) every time.
+//! which hands the opened batch to the core). An ed25519 check costs tens of microseconds,
+//! most of it spent decoding the signer's key (a point decompression) and the double-scalar
+//! multiplication. This cache keeps the decoded keys of recent signers and the digests of
+//! recently verified (signer, message, signature) triples, so each distinct commit is checked
+//! once. Only successes are remembered; a forged signature is checked (and refused) every time.
 //! Both tables are bounded: when one is full it is cleared.
 
 use std::collections::{HashMap, HashSet};
