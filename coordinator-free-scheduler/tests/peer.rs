@@ -249,6 +249,41 @@ fn a_batch_the_shell_opened_is_taken_in_as_the_message_would_be() {
     assert_eq!(by_1(&ps[0]), by_1(&ps[2]));
 }
 
+/// The shell leaves a result's bytes out of the message to the submitter when another
+/// executor's agreeing commit is known here (that executor sent the bytes with it): the core
+/// says so for exactly that result of that unit, and for nothing else.
+#[test]
+fn a_result_another_executor_committed_is_known_as_agreed() {
+    let (mut ps, _keys) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let m = manifest(4);
+    let job = m.job_id();
+    let submitter = ps[0].id();
+    for a in ps[0].handle(Event::Submit(Box::new(m.clone())), 10).collect::<Vec<_>>() {
+        if let Action::Broadcast(msg @ Message::Announce(_)) = a {
+            let _ = ps[2].handle(Event::Message { from: submitter, msg }, 10).count();
+        }
+    }
+    let (u0, u1) = (UnitRef { job, index: 0 }, UnitRef { job, index: 1 });
+    let (agreed, other) = (BlobId([5; 32]), BlobId([6; 32]));
+    assert!(!ps[2].result_agreed_by_another(&u0, &agreed), "no commit yet");
+    let from = ps[1].id();
+    let body = CommitBody {
+        unit: u0,
+        unit_id: ova_jobs::UnitId::derive(&m.module, &m.units[0].input, &m.units[0].args),
+        result: agreed,
+        executor: from,
+        arch: ArchClass::X86_64,
+    };
+    let msg = Message::Commit(Box::new(sign(&SimSigner(from), body)));
+    let _ = ps[2].handle(Event::Message { from, msg }, 20).count();
+    assert!(ps[2].result_agreed_by_another(&u0, &agreed));
+    assert!(!ps[2].result_agreed_by_another(&u0, &other), "another result");
+    assert!(!ps[2].result_agreed_by_another(&u1, &agreed), "another unit");
+    let unknown = UnitRef { job: JobId([9; 32]), index: 0 };
+    assert!(!ps[2].result_agreed_by_another(&unknown, &agreed), "a job not known here");
+}
+
 #[test]
 fn messages_round_trip_through_the_wire_envelope() {
     let m = manifest(3);

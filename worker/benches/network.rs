@@ -124,6 +124,15 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
         workers.iter().map(|w| w.metrics().units_started.get()).sum()
     };
     let runs_before = started(&workers);
+    // Small results sent to the submitter ahead of their commits, and left out because the
+    // other replica's agreeing commit had brought them.
+    let inline = |workers: &[WorkerPeer]| -> [u64; 2] {
+        ["sent", "skipped"].map(|kind| {
+            let label = ova_worker::metrics::KindLabel { kind };
+            workers.iter().map(|w| w.metrics().inline_results.get_or_create(&label).get()).sum()
+        })
+    };
+    let inline_before = inline(&workers);
     let sampler = timeline().then(|| {
         let metrics: Vec<_> = workers.iter().map(|w| w.metrics().clone()).collect();
         tokio::spawn(async move {
@@ -180,6 +189,13 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
         "  {n} units, {runs} runs started ({:.3} per unit at quorum {quorum}; per worker: {:?})",
         runs as f64 / f64::from(n),
         workers.iter().map(|w| w.metrics().units_started.get()).collect::<Vec<_>>()
+    );
+    let [sent, skipped] = inline(&workers);
+    println!(
+        "  results sent to the submitter with their commits: {}, left out (the other replica's \
+         had come): {}",
+        sent - inline_before[0],
+        skipped - inline_before[1]
     );
     if let Some(own) = own {
         println!(

@@ -87,6 +87,9 @@ pub struct Metrics {
     /// Fetches of a bundle copy this peer keeps that failed and were tried again (`retried`)
     /// or given up after the last attempt (`abandoned`).
     pub bundle_fetches: Family<KindLabel, Counter>,
+    /// Small results of ours sent to their submitter with their commits (`sent`), or left
+    /// out because another executor's agreeing commit had brought them (`skipped`).
+    pub inline_results: Family<KindLabel, Counter>,
     /// Commits received from other peers.
     pub commits_received: Counter,
     /// Commits rejected (bad signature, unknown signer…), by reason.
@@ -146,6 +149,7 @@ impl Metrics {
             messages_held_early: Counter::default(),
             result_fetches: Family::default(),
             bundle_fetches: Family::default(),
+            inline_results: Family::default(),
             commits_received: Counter::default(),
             commits_rejected: Family::default(),
             results_verified: Counter::default(),
@@ -212,6 +216,12 @@ impl Metrics {
             "Failed fetches of a kept bundle copy tried again or given up",
             m.bundle_fetches.clone(),
         );
+        r.register(
+            "inline_results",
+            "Small results sent to their submitter with their commits, or left out because \
+             another executor's agreeing commit had brought them",
+            m.inline_results.clone(),
+        );
         r.register("commits_received", "Commits received", m.commits_received.clone());
         r.register("commits_rejected", "Commits rejected, by reason", m.commits_rejected.clone());
         r.register("results_verified", "Units seen reach quorum", m.results_verified.clone());
@@ -277,6 +287,9 @@ impl Metrics {
             let _ = self.result_fetches.get_or_create(&KindLabel { kind });
             let _ = self.bundle_fetches.get_or_create(&KindLabel { kind });
         }
+        for kind in ["sent", "skipped"] {
+            let _ = self.inline_results.get_or_create(&KindLabel { kind });
+        }
         for kind in FAILURE_KINDS {
             let _ = self.units_failed.get_or_create(&KindLabel { kind });
         }
@@ -339,6 +352,10 @@ impl ova_net::runtime::Observer for Metrics {
     fn result_fetches(&self, retried: u64, abandoned: u64) {
         self.result_fetches.get_or_create(&KindLabel { kind: "retried" }).inc_by(retried);
         self.result_fetches.get_or_create(&KindLabel { kind: "abandoned" }).inc_by(abandoned);
+    }
+    fn inline_results(&self, sent: u64, skipped: u64) {
+        self.inline_results.get_or_create(&KindLabel { kind: "sent" }).inc_by(sent);
+        self.inline_results.get_or_create(&KindLabel { kind: "skipped" }).inc_by(skipped);
     }
     fn bundle_fetches(&self, retried: u64, abandoned: u64) {
         self.bundle_fetches.get_or_create(&KindLabel { kind: "retried" }).inc_by(retried);
@@ -420,7 +437,10 @@ mod tests {
         m.messages_held_early(3, 1);
         m.result_fetches(4, 0);
         m.bundle_fetches(0, 1);
+        m.inline_results(5, 3);
         let text = m.encode();
+        assert!(text.contains("ova_inline_results_total{kind=\"sent\"} 5"), "{text}");
+        assert!(text.contains("ova_inline_results_total{kind=\"skipped\"} 3"), "{text}");
         assert!(text.contains("ova_bundle_fetches_total{kind=\"retried\"} 0"), "{text}");
         assert!(text.contains("ova_bundle_fetches_total{kind=\"abandoned\"} 1"), "{text}");
         assert!(text.contains("ova_result_fetches_total{kind=\"retried\"} 4"), "{text}");

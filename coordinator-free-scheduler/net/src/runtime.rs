@@ -128,6 +128,10 @@ pub trait Observer: Send + Sync + 'static {
     /// Fetches of a bundle copy we keep that failed were tried again (`retried`), or given
     /// up after their last attempt (`abandoned`), since the last report.
     fn bundle_fetches(&self, _retried: u64, _abandoned: u64) {}
+    /// Small results of ours went to their job's submitter ahead of their commits (`sent`),
+    /// or were left out because another executor's agreeing commit had brought them
+    /// (`skipped`; see [`Peer::result_agreed_by_another`]).
+    fn inline_results(&self, _sent: u64, _skipped: u64) {}
 }
 
 /// An [`Observer`] that records nothing.
@@ -1529,8 +1533,15 @@ impl Driver {
                 };
                 let mut results: Vec<Vec<u8>> = Vec::new();
                 let mut bytes = 0;
+                let (mut sent, mut skipped) = (0, 0);
                 for (unit, result) in ours {
                     let Some(r) = self.inline_result(&to, &unit.job, &result) else { continue };
+                    // Another replica that agreed has sent these bytes with its commit: at
+                    // quorum 2 each result would otherwise cross the submitter's link twice.
+                    if self.peer.result_agreed_by_another(&unit, &result) {
+                        skipped += 1;
+                        continue;
+                    }
                     if !results.is_empty()
                         && (results.len() >= MAX_BATCH || bytes + r.len() > MAX_RESULT_BYTES_BATCH)
                     {
@@ -1540,9 +1551,13 @@ impl Driver {
                     }
                     bytes += r.len();
                     results.push(r);
+                    sent += 1;
                 }
                 if !results.is_empty() {
                     self.enqueue(Outgoing::Send(id, Message::ResultBytes(results).encode()));
+                }
+                if sent + skipped > 0 {
+                    self.observer.inline_results(sent, skipped);
                 }
                 self.enqueue(Outgoing::Send(id, msg.encode()));
             }

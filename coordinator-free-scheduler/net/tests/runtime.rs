@@ -78,8 +78,10 @@ async fn three_workers_verify_a_job() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut peers = Vec::new();
     let mut boot = vec![];
+    let inline = Arc::new(Inline::default());
     for d in &dirs[..3] {
-        let p = peer(d.path(), boot.clone(), Some(Arc::new(Hasher { lie: false }))).await;
+        let hasher = Some(Arc::new(Hasher { lie: false }) as Arc<dyn UnitRunner>);
+        let p = observed_peer(d.path(), boot.clone(), hasher, inline.clone()).await;
         boot = vec![p.node().ticket()];
         peers.push(p);
     }
@@ -157,6 +159,11 @@ async fn three_workers_verify_a_job() {
         .map(|r| r.unwrap().len())
         .sum();
     assert!(fetched < results as u64 / 2, "{fetched} of {results} result bytes fetched");
+    // Each result went with the first of its two commits to reach the submitter; the second
+    // replica left it out if it had heard of the first (how often depends on timing).
+    let (sent, skipped) = inline.totals();
+    assert!(sent >= 40, "every unit's result sent by a replica ({sent} sent, {skipped} left out)");
+    assert!(sent + skipped >= 80, "both replicas' commits reached the submitter");
     for p in peers {
         p.shutdown().await;
     }
@@ -169,6 +176,22 @@ struct Fetched(std::sync::atomic::AtomicU64);
 impl Observer for Fetched {
     fn blob_bytes(&self, _sent: u64, received: u64) {
         self.0.fetch_add(received, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Counts the small results peers sent to the submitter with their commits, and left out.
+#[derive(Default)]
+struct Inline(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64);
+impl Inline {
+    fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.0.load(Relaxed), self.1.load(Relaxed))
+    }
+}
+impl Observer for Inline {
+    fn inline_results(&self, sent: u64, skipped: u64) {
+        self.0.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        self.1.fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

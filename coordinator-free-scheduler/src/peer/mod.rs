@@ -540,6 +540,17 @@ impl Peer {
         j.d.unit_ids.get(unit.index as usize).copied()
     }
 
+    /// Whether another executor's commit of `result` for `unit` is in this peer's tally: its
+    /// executor has sent the same bytes to the job's submitter with that commit, so ours
+    /// need not go too (the shell then sends only the commit; a submitter that lacks the
+    /// bytes after all fetches them from the signers). `false` when the unit is not tracked.
+    pub fn result_agreed_by_another(&self, unit: &UnitRef, result: &BlobId) -> bool {
+        let Some(s) = self.slot(&unit.job) else { return false };
+        self.units.get(&(s, unit.index)).is_some_and(|u| {
+            u.tally.commits().iter().any(|c| c.body.executor != self.id && c.body.result == *result)
+        })
+    }
+
     /// Who submitted `job`, if this peer knows the job.
     pub fn job_submitter(&self, job: &JobId) -> Option<PeerId> {
         Some(self.jobs[self.slot(job)? as usize].info.submitter)
