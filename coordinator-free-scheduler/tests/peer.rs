@@ -185,19 +185,25 @@ fn malformed_frames_and_forged_commits_are_dropped_and_counted() {
     assert_eq!(p.stats().malformed, 4);
 }
 
-#[test]
-fn a_batch_the_shell_opened_is_taken_in_as_the_message_would_be() {
+/// Three peers online; peer 0 submits a job of four units and peer 2 learns it from the
+/// announcement. No unit runs: the starts are left hanging.
+fn submitted_to_three() -> (Vec<Peer>, Arc<SimKeys>, Manifest) {
     let (mut ps, keys) = peers(3);
     settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
     let m = manifest(4);
-    let job = m.job_id();
-    // Peer 0 submits and peer 2 learns the job; no unit runs (their starts are left hanging).
     let submitter = ps[0].id();
     for a in ps[0].handle(Event::Submit(Box::new(m.clone())), 10).collect::<Vec<_>>() {
         if let Action::Broadcast(msg @ Message::Announce(_)) = a {
             let _ = ps[2].handle(Event::Message { from: submitter, msg }, 10).count();
         }
     }
+    (ps, keys, m)
+}
+
+#[test]
+fn a_batch_the_shell_opened_is_taken_in_as_the_message_would_be() {
+    let (mut ps, keys, m) = submitted_to_three();
+    let job = m.job_id();
     let from = ps[1].id();
     let bodies: Vec<CommitBody> = (0..3)
         .map(|i| {
@@ -254,16 +260,8 @@ fn a_batch_the_shell_opened_is_taken_in_as_the_message_would_be() {
 /// says so for exactly that result of that unit, and for nothing else.
 #[test]
 fn a_result_another_executor_committed_is_known_as_agreed() {
-    let (mut ps, _keys) = peers(3);
-    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
-    let m = manifest(4);
+    let (mut ps, _keys, m) = submitted_to_three();
     let job = m.job_id();
-    let submitter = ps[0].id();
-    for a in ps[0].handle(Event::Submit(Box::new(m.clone())), 10).collect::<Vec<_>>() {
-        if let Action::Broadcast(msg @ Message::Announce(_)) = a {
-            let _ = ps[2].handle(Event::Message { from: submitter, msg }, 10).count();
-        }
-    }
     let (u0, u1) = (UnitRef { job, index: 0 }, UnitRef { job, index: 1 });
     let (agreed, other) = (BlobId([5; 32]), BlobId([6; 32]));
     assert!(!ps[2].result_agreed_by_another(&u0, &agreed), "no commit yet");
