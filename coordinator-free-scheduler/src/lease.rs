@@ -91,6 +91,11 @@ impl Leases {
         self.v.push((Lease { holder, until }, flag));
     }
 
+    /// When `holder`'s lease ends, if one is recorded.
+    pub fn until_of(&self, holder: &PeerId) -> Option<Millis> {
+        self.v.iter().find(|(l, _)| l.holder == *holder).map(|(l, _)| l.until)
+    }
+
     /// Records or extends a claim (a lease never shrinks).
     pub fn claim(&mut self, holder: PeerId, until: Millis) {
         self.put(holder, until, 0);

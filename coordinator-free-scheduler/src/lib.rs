@@ -37,9 +37,10 @@ pub use commit::{CommitBody, CommitError, SignedCommit, Signer, SimKeys, SimSign
 pub use commit::{Ed25519Signer, Ed25519Verifier};
 pub use commit_batch::{CommitBatch, OpenedBatch};
 pub use membership::{Advert, View};
-pub use message::{Grant, JobInfo, Message};
+pub use message::{Grant, JobInfo, MESSAGE_KINDS, Message};
 pub use peer::{
-    Action, Config, Event, FetchPurpose, LocalFailure, MAX_UNSIGNED, Peer, RunCause, Stats,
+    Action, Config, Event, FetchPurpose, LocalFailure, MAX_HELD_CLAIMS, MAX_UNSIGNED, Peer,
+    RunCause, Stats,
 };
 pub use quorum::{DissentRecord, FailReason, Verdict};
 pub use types::{ArchClass, Millis, PeerId, UnitRef};

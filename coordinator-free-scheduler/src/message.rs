@@ -238,6 +238,28 @@ pub enum Message {
     Commits(Box<CommitBatch>),
 }
 
+/// Message kinds as [`Message::kind`] names them, in alphabetical order
+/// (the simulator's report and the network's metrics count messages by them).
+pub const MESSAGE_KINDS: [&str; 17] = [
+    "advert",
+    "announce",
+    "claim",
+    "commit",
+    "commits",
+    "get_job",
+    "have_bundle",
+    "ping",
+    "pong",
+    "probe",
+    "probe_reply",
+    "release",
+    "result_bytes",
+    "steal_grant",
+    "steal_request",
+    "sync_reply",
+    "sync_request",
+];
+
 impl Message {
     /// Encodes as a versioned wire frame.
     pub fn encode(&self) -> Vec<u8> {
@@ -311,6 +333,21 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind [`Message::kind`] names is listed once in [`MESSAGE_KINDS`], in order.
+    #[test]
+    fn message_kinds_are_listed_in_order() {
+        let mut sorted = MESSAGE_KINDS;
+        sorted.sort_unstable();
+        assert_eq!(sorted, MESSAGE_KINDS);
+        assert!(MESSAGE_KINDS.windows(2).all(|w| w[0] != w[1]));
+        let unit = UnitRef { job: JobId([1; 32]), index: 0 };
+        for m in
+            [Message::Ping, Message::Pong, Message::Claim { unit, until: 0 }, Message::Probe(unit)]
+        {
+            assert!(MESSAGE_KINDS.contains(&m.kind()), "{}", m.kind());
+        }
+    }
 
     /// A claim made by a peer whose clock is far ahead of the receiver's (it started an hour
     /// earlier) lasts as long at the receiver as it was meant to, not an hour more.

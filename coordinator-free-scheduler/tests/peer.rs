@@ -12,6 +12,10 @@ mod support;
 use support::manifest;
 
 fn peers(n: u8) -> (Vec<Peer>, Arc<SimKeys>) {
+    peers_with(&Config::default(), n)
+}
+
+fn peers_with(cfg: &Config, n: u8) -> (Vec<Peer>, Arc<SimKeys>) {
     let mut keys = SimKeys::default();
     for i in 0..n {
         keys.register(PeerId([i + 1; 32]));
@@ -20,7 +24,7 @@ fn peers(n: u8) -> (Vec<Peer>, Arc<SimKeys>) {
     let ps = (0..n)
         .map(|i| {
             Peer::new(
-                Config::default(),
+                cfg.clone(),
                 ArchClass::X86_64,
                 2,
                 Box::new(SimSigner(PeerId([i + 1; 32]))),
@@ -600,6 +604,7 @@ fn shell_config() -> Config {
         probe_wait_ms: 500,
         steal_cooldown_ms: 1_000,
         lease_slack_ms: 5_000,
+        claim_hold_ms: 500,
         ..Config::default()
     }
 }
@@ -881,6 +886,73 @@ fn a_unit_that_ran_frees_its_slot_at_once_and_commits_when_signed() {
     // Signing again sends nothing more.
     let acts: Vec<Action> = p.handle(Event::SignFinished, 32).collect();
     assert_eq!(commits(&acts), Vec::<UnitRef>::new());
+}
+
+/// Claims wait `claim_hold_ms` (the network shell's setting): a unit that ran and was signed
+/// by then is announced by its commit alone, while one still queued or running is claimed
+/// then, with the lease it holds. Held at once (`claim_hold_ms` 0), every unit is claimed as
+/// it is queued.
+#[test]
+fn held_claims_go_out_only_for_units_that_have_not_committed() {
+    let claims = |acts: &[Action]| -> Vec<(UnitRef, u64)> {
+        let mut v: Vec<(UnitRef, u64)> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { msg: Message::Claim { unit, until }, .. } => Some((*unit, *until)),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable_by_key(|(u, t)| (u.index, *t));
+        v.dedup();
+        v
+    };
+    let starts = |acts: &[Action]| -> Vec<UnitRef> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::StartUnit { unit, .. } => Some(*unit),
+                _ => None,
+            })
+            .collect()
+    };
+    for hold in [0, 500] {
+        let (mut ps, _) = peers_with(&Config { claim_hold_ms: hold, ..Config::default() }, 2);
+        settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
+        let submitter = ps[0].id();
+        let (_, announce) = announcement(&mut ps[0], 8);
+        let p = &mut ps[1];
+        let acts: Vec<Action> =
+            p.handle(Event::Message { from: submitter, msg: announce }, 20).collect();
+        let first = starts(&acts);
+        assert_eq!(first.len(), 2, "{acts:?}");
+        let claimed_at_once = claims(&acts);
+        if hold == 0 {
+            assert!(
+                first.iter().all(|u| claimed_at_once.iter().any(|(c, _)| c == u)),
+                "every started unit is claimed at once: {acts:?}"
+            );
+            continue;
+        }
+        assert_eq!(claimed_at_once, vec![], "claims wait: {acts:?}");
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::SetTimer(t) if *t <= 20 + hold)),
+            "a wake-up for the held claims: {acts:?}"
+        );
+        // One unit runs and is signed before its claim is due.
+        let ran = first[0];
+        let result = BlobId([ran.index as u8; 32]);
+        let _: Vec<Action> = p.handle(Event::UnitsRan(vec![(ran, Ok(result))]), 30).collect();
+        let _: Vec<Action> = p.handle(Event::SignFinished, 31).collect();
+        let before = p.stats().claims_left_out;
+        let acts: Vec<Action> = p.handle(Event::Timer, 20 + hold).collect();
+        let sent = claims(&acts);
+        assert!(sent.iter().all(|(u, _)| *u != ran), "no claim for the unit that ran: {sent:?}");
+        assert!(
+            sent.iter().any(|(u, _)| *u == first[1]),
+            "the unit still running is claimed: {acts:?}"
+        );
+        assert!(sent.iter().all(|(_, until)| *until > 20 + hold), "live leases: {sent:?}");
+        assert!(p.stats().claims_left_out > before, "the left-out claim is counted");
+    }
 }
 
 /// A claim held for a job not known yet is not replayed once its sender is known to have left:

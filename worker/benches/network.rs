@@ -133,6 +133,19 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
         })
     };
     let inline_before = inline(&workers);
+    // Protocol messages the workers received: all of them, and the claims among them.
+    let messages = |workers: &[WorkerPeer]| -> [u64; 2] {
+        let of = |w: &WorkerPeer, kind| {
+            w.metrics()
+                .messages_received
+                .get_or_create(&ova_worker::metrics::KindLabel { kind })
+                .get()
+        };
+        let all =
+            |w: &WorkerPeer| ova_scheduler::MESSAGE_KINDS.iter().map(|k| of(w, k)).sum::<u64>();
+        [workers.iter().map(all).sum(), workers.iter().map(|w| of(w, "claim")).sum()]
+    };
+    let messages_before = messages(&workers);
     let sampler = timeline().then(|| {
         let metrics: Vec<_> = workers.iter().map(|w| w.metrics().clone()).collect();
         tokio::spawn(async move {
@@ -196,6 +209,12 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
          had come): {}",
         sent - inline_before[0],
         skipped - inline_before[1]
+    );
+    let [all, claims] = messages(&workers);
+    println!(
+        "  protocol messages the workers received: {}, of which claims: {}",
+        all - messages_before[0],
+        claims - messages_before[1]
     );
     if let Some(own) = own {
         println!(

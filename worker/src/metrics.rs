@@ -90,6 +90,9 @@ pub struct Metrics {
     /// Small results of ours sent to their submitter with their commits (`sent`), or left
     /// out because another executor's agreeing commit had brought them (`skipped`).
     pub inline_results: Family<KindLabel, Counter>,
+    /// Protocol messages received from other peers, by kind (claims, commit batches,
+    /// adverts…).
+    pub messages_received: Family<KindLabel, Counter>,
     /// Commits received from other peers.
     pub commits_received: Counter,
     /// Commits rejected (bad signature, unknown signer…), by reason.
@@ -150,6 +153,7 @@ impl Metrics {
             result_fetches: Family::default(),
             bundle_fetches: Family::default(),
             inline_results: Family::default(),
+            messages_received: Family::default(),
             commits_received: Counter::default(),
             commits_rejected: Family::default(),
             results_verified: Counter::default(),
@@ -222,6 +226,11 @@ impl Metrics {
              another executor's agreeing commit had brought them",
             m.inline_results.clone(),
         );
+        r.register(
+            "messages_received",
+            "Protocol messages received from other peers, by kind",
+            m.messages_received.clone(),
+        );
         r.register("commits_received", "Commits received", m.commits_received.clone());
         r.register("commits_rejected", "Commits rejected, by reason", m.commits_rejected.clone());
         r.register("results_verified", "Units seen reach quorum", m.results_verified.clone());
@@ -290,6 +299,9 @@ impl Metrics {
         for kind in ["sent", "skipped"] {
             let _ = self.inline_results.get_or_create(&KindLabel { kind });
         }
+        for kind in ova_scheduler::MESSAGE_KINDS {
+            let _ = self.messages_received.get_or_create(&KindLabel { kind });
+        }
         for kind in FAILURE_KINDS {
             let _ = self.units_failed.get_or_create(&KindLabel { kind });
         }
@@ -356,6 +368,9 @@ impl ova_net::runtime::Observer for Metrics {
     fn inline_results(&self, sent: u64, skipped: u64) {
         self.inline_results.get_or_create(&KindLabel { kind: "sent" }).inc_by(sent);
         self.inline_results.get_or_create(&KindLabel { kind: "skipped" }).inc_by(skipped);
+    }
+    fn message_received(&self, kind: &'static str) {
+        self.messages_received.get_or_create(&KindLabel { kind }).inc();
     }
     fn bundle_fetches(&self, retried: u64, abandoned: u64) {
         self.bundle_fetches.get_or_create(&KindLabel { kind: "retried" }).inc_by(retried);
@@ -438,9 +453,13 @@ mod tests {
         m.result_fetches(4, 0);
         m.bundle_fetches(0, 1);
         m.inline_results(5, 3);
+        m.message_received("claim");
+        m.message_received("claim");
         let text = m.encode();
         assert!(text.contains("ova_inline_results_total{kind=\"sent\"} 5"), "{text}");
         assert!(text.contains("ova_inline_results_total{kind=\"skipped\"} 3"), "{text}");
+        assert!(text.contains("ova_messages_received_total{kind=\"claim\"} 2"), "{text}");
+        assert!(text.contains("ova_messages_received_total{kind=\"sync_reply\"} 0"), "{text}");
         assert!(text.contains("ova_bundle_fetches_total{kind=\"retried\"} 0"), "{text}");
         assert!(text.contains("ova_bundle_fetches_total{kind=\"abandoned\"} 1"), "{text}");
         assert!(text.contains("ova_result_fetches_total{kind=\"retried\"} 4"), "{text}");

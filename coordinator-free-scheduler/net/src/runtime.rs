@@ -132,6 +132,9 @@ pub trait Observer: Send + Sync + 'static {
     /// or were left out because another executor's agreeing commit had brought them
     /// (`skipped`; see [`Peer::result_agreed_by_another`]).
     fn inline_results(&self, _sent: u64, _skipped: u64) {}
+    /// A protocol message of this kind ([`Message::kind`], one of
+    /// [`ova_scheduler::MESSAGE_KINDS`]) came from another peer and decoded.
+    fn message_received(&self, _kind: &'static str) {}
 }
 
 /// An [`Observer`] that records nothing.
@@ -243,6 +246,12 @@ impl Default for RuntimeConfig {
             // replicas and stalled a unit 1.5 s; the release now waits for the claim.)
             steal_cooldown_ms: 100,
             lease_slack_ms: 5_000,
+            // A claim waits half a second: a unit that ran by then is announced by its
+            // commit alone. Short units (P4's echo units run and commit within a few tens of
+            // milliseconds of being queued) then cost their watchers no claim at all; claims
+            // were four of every five messages there. The peers ranked after us give us
+            // `claim_grace_ms` (10 s) to claim or commit before they take a unit over.
+            claim_hold_ms: 500,
             ..CoreConfig::default()
         };
         Self {
@@ -1319,6 +1328,7 @@ impl Driver {
             }
         };
         drop(payload);
+        self.observer.message_received(msg.kind());
         let msg = match msg {
             Message::ResultBytes(results) => {
                 for bytes in results.into_iter().take(MAX_BATCH) {

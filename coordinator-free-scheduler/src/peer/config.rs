@@ -74,6 +74,15 @@ pub struct Config {
     /// failure. When full, a fetch still goes out but is not retried if it fails; counted in
     /// [`Stats::table_full`](super::Stats::table_full).
     pub max_result_fetches: usize,
+    /// How long the claim for a unit we queue or start waits before it is sent (0: it goes
+    /// at once). A unit that ran and was committed meanwhile needs no claim: its commit,
+    /// sent to the same peers, says more; nor does one handed back, handed on or resolved
+    /// meanwhile. Tiny units run and commit within tens of milliseconds of being queued, and
+    /// their claims were most of a busy network's messages. Keep it well under
+    /// `claim_grace_ms`: the peers ranked after us wait that long for our claim or commit
+    /// before they take a unit over. At most [`MAX_HELD_CLAIMS`](super::MAX_HELD_CLAIMS)
+    /// wait; past that a claim goes out at once.
+    pub claim_hold_ms: Millis,
 }
 
 impl Default for Config {
@@ -98,6 +107,7 @@ impl Default for Config {
             bundle_copies: 3,
             warmup_ms: 5_000,
             max_result_fetches: 1 << 16,
+            claim_hold_ms: 0,
         }
     }
 }

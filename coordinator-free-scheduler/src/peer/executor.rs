@@ -4,11 +4,11 @@
 use ova_jobs::BlobId;
 
 use super::state::{Mine, UKey};
-use super::{Action, LocalFailure, Peer, RunCause};
+use super::{Action, LocalFailure, MAX_HELD_CLAIMS, Peer, RunCause, TimerKind};
 use crate::commit::{self, CommitBody, SignedCommit};
 use crate::commit_batch::CommitBatch;
 use crate::message::Message;
-use crate::types::{PeerId, UnitRef};
+use crate::types::{Millis, PeerId, UnitRef};
 
 impl Peer {
     /// Units this peer runs at once: its cores times the run slots per core.
@@ -27,10 +27,57 @@ impl Peer {
         u.cause = cause;
         u.leases.claim(self.id, until);
         self.ready.push_back(key);
-        let j = &self.jobs[key.0 as usize];
-        let unit = UnitRef { job: j.info.job_id, index: key.1 };
+        self.send_claim(key, until, cause);
+    }
+
+    /// Tells the unit's replica peers that we hold it until `until`: now, or once
+    /// [`Config::claim_hold_ms`](super::Config::claim_hold_ms) has passed if it still needs
+    /// saying then.
+    ///
+    /// Only a unit placed in the ordinary way (by the scan or the placement rule) waits: the
+    /// peers ranked after us give it an implicit lease. A unit we took up because something
+    /// went wrong (an extra replica after a mismatch, a lapsed lease, a probe, a steal) is
+    /// claimed at once, for the peers looking for a replica right then.
+    fn send_claim(&mut self, key: UKey, until: Millis, cause: RunCause) {
+        let hold = self.cfg.claim_hold_ms;
+        let ordinary = matches!(cause, RunCause::Scan | RunCause::Rule);
+        if hold > 0 && ordinary && self.held_claims.len() < MAX_HELD_CLAIMS {
+            let due = self.now + hold;
+            if self.held_claims.is_empty() {
+                self.add_timer(due, TimerKind::HeldClaims);
+            }
+            self.held_claims.push_back((due, key));
+            return;
+        }
+        let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
         for to in self.replica_peers(key) {
             self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+        }
+    }
+
+    /// Sends the held claims that are due, for the units still queued or running here; the
+    /// others need none. A unit that ran has sent its commit to the same peers; one handed
+    /// back (or on) was announced as such, and one resolved meanwhile needs no replica.
+    pub(super) fn send_due_claims(&mut self) {
+        while let Some(&(due, key)) = self.held_claims.front() {
+            if due > self.now {
+                self.add_timer(due, TimerKind::HeldClaims);
+                break;
+            }
+            self.held_claims.pop_front();
+            let Some(u) = self.units.get(&key) else { continue };
+            if !matches!(u.mine, Mine::Queued | Mine::Running) || u.outcome.is_some() {
+                self.stats.claims_left_out += 1;
+                continue;
+            }
+            // Our lease as it stands: the reservation, or the lease the start renewed it to
+            // (a unit queued and then started while its claim waited is listed twice, and
+            // the second claim repeats the first, which receivers take as no change).
+            let until = u.leases.until_of(&self.id).unwrap_or(self.now + self.lease_len(key.0));
+            let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
+            for to in self.replica_peers(key) {
+                self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
+            }
         }
     }
 
@@ -61,16 +108,15 @@ impl Peer {
                 RunCause::Rule => self.stats.started_rule += 1,
                 RunCause::Steal => self.stats.started_steal += 1,
             }
+            if renew {
+                let cause = u.cause;
+                self.send_claim(key, until, cause);
+            }
             let j = &self.jobs[key.0 as usize];
             let unit = UnitRef { job: j.info.job_id, index: key.1 };
             let unit_id = j.d.unit_ids[key.1 as usize];
             let job = j.info.clone();
             let sources = j.sources.clone();
-            if renew {
-                for to in self.replica_peers(key) {
-                    self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
-                }
-            }
             self.out.push(Action::StartUnit { unit, unit_id, job, sources });
             if self.ready.len() < self.run_slots() as usize {
                 self.fill();

@@ -141,6 +141,10 @@ use timers::TimerKind;
 /// they are signed at once (a shell that never sends [`Event::SignFinished`] still commits).
 pub const MAX_UNSIGNED: usize = 1024;
 
+/// Most units whose claims wait (see [`Config::claim_hold_ms`]); past it a unit's claims go
+/// out at once.
+pub const MAX_HELD_CLAIMS: usize = 4096;
+
 /// Why a unit could not be run here (no result to commit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalFailure {
@@ -374,6 +378,9 @@ pub struct Peer {
     /// Results of ours handed over with [`Event::UnitsRan`], not signed yet (at most
     /// [`MAX_UNSIGNED`]).
     ran: Vec<(UnitRef, BlobId)>,
+    /// Units queued or started here whose claims wait, with when each is due, in that order
+    /// (see [`Config::claim_hold_ms`]; at most [`MAX_HELD_CLAIMS`]).
+    held_claims: VecDeque<(Millis, UKey)>,
     online_at: Millis,
     last_steal: Option<Millis>,
     /// Steal attempts since the last grant (each doubles the wait before the next).
@@ -439,6 +446,7 @@ impl Peer {
             kept: VecDeque::new(),
             to_sign: Vec::new(),
             ran: Vec::new(),
+            held_claims: VecDeque::new(),
             online_at: 0,
             ready: VecDeque::new(),
             running: 0,

@@ -22,6 +22,8 @@ pub(super) enum TimerKind {
     /// A result or bundle-copy fetch's answer or next attempt is due (see
     /// [`super::refetch`]).
     Refetch,
+    /// The first held claim is due (see [`super::Config::claim_hold_ms`]).
+    HeldClaims,
 }
 
 /// Granularity of lease-check timers.
@@ -71,6 +73,8 @@ impl Peer {
             self.first_timer = self.timers.first().map(|t| t.0);
             match k {
                 TimerKind::Tick => {
+                    // (Due claims whose timer a full timer table refused.)
+                    self.send_due_claims();
                     self.check_silent();
                     let before = self.regions();
                     let (near, gone) = self.view.expire_gone(self.now, self.cfg.window);
@@ -90,6 +94,7 @@ impl Peer {
                 TimerKind::Scan => {}
                 TimerKind::Pinged => self.check_pinged(),
                 TimerKind::Refetch => self.retry_fetches(),
+                TimerKind::HeldClaims => self.send_due_claims(),
                 TimerKind::Probe(s, i) => {
                     if let Some(u) = self.units.get_mut(&(s, i))
                         && u.mine == Mine::Probing

@@ -40,7 +40,7 @@ use ova_jobs::{
 };
 
 use crate::commit::SimKeys;
-use crate::message::Message;
+use crate::message::{MESSAGE_KINDS, Message};
 use crate::peer::{Action, Config, Event, FetchPurpose, LocalFailure, Peer, RunCause};
 use crate::quorum::FailReason;
 use crate::types::{ArchClass, Millis, PeerId, UnitRef};
@@ -1683,27 +1683,6 @@ impl Sim {
         self.call(to as u32, Event::Frame { from, bytes });
     }
 }
-
-/// Message kinds as [`Message::kind`] names them, in the report's (alphabetical) order.
-const MESSAGE_KINDS: [&str; 17] = [
-    "advert",
-    "announce",
-    "claim",
-    "commit",
-    "commits",
-    "get_job",
-    "have_bundle",
-    "ping",
-    "pong",
-    "probe",
-    "probe_reply",
-    "release",
-    "result_bytes",
-    "steal_grant",
-    "steal_request",
-    "sync_reply",
-    "sync_request",
-];
 
 /// Index of a message's kind in [`MESSAGE_KINDS`].
 fn kind_ix(m: &Message) -> usize {
