@@ -16,8 +16,10 @@
 //! ## The protocol, per unit
 //! 1. Every peer ranks the unit's candidates in its own view ([`crate::placement`]). Peers in
 //!    the top `quorum` queue it as their cursor over their ring region reaches it.
-//! 2. Starting a unit sends a [`Message::Claim`] (a lease until deadline + slack) to the
-//!    unit's top `max_replicas + 1` ranked peers.
+//! 2. Queueing a unit sends a [`Message::Claim`] (a lease until deadline + slack; for a
+//!    queued unit, a reservation) to the unit's top `max_replicas + 1` ranked peers. With
+//!    [`Config::claim_hold_ms`] the claim of a unit placed in the ordinary way waits that
+//!    long first, and is left out if the unit's commit went meanwhile (short units).
 //! 3. Finishing sends a signed commit to the same peers and to the submitter: the units that
 //!    finished together are signed once, and each receiver gets its commits of that batch in
 //!    one [`Message::Commits`] ([`crate::commit_batch`]).
