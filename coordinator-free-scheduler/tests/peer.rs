@@ -841,6 +841,16 @@ fn a_thief_granted_a_unit_it_runs_by_another_victim_hands_it_back() {
 /// A unit handed back with `UnitsRan` frees its run slot at once (the next unit starts in the
 /// same event) while its commit waits for `SignFinished`: the shell signs right before the
 /// group commit that stores it, and the executor never waits for the store.
+/// The units these actions start.
+fn starts(acts: &[Action]) -> Vec<UnitRef> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::StartUnit { unit, .. } => Some(*unit),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn a_unit_that_ran_frees_its_slot_at_once_and_commits_when_signed() {
     let (mut ps, _) = peers(2);
@@ -848,14 +858,6 @@ fn a_unit_that_ran_frees_its_slot_at_once_and_commits_when_signed() {
     let submitter = ps[0].id();
     let (_, announce) = announcement(&mut ps[0], 8);
     let p = &mut ps[1];
-    let starts = |acts: &[Action]| -> Vec<UnitRef> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::StartUnit { unit, .. } => Some(*unit),
-                _ => None,
-            })
-            .collect()
-    };
     let commits = |acts: &[Action]| -> Vec<UnitRef> {
         acts.iter()
             .filter_map(|a| match a {
@@ -905,14 +907,6 @@ fn held_claims_go_out_only_for_units_that_have_not_committed() {
         v.sort_unstable_by_key(|(u, t)| (u.index, *t));
         v.dedup();
         v
-    };
-    let starts = |acts: &[Action]| -> Vec<UnitRef> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::StartUnit { unit, .. } => Some(*unit),
-                _ => None,
-            })
-            .collect()
     };
     for hold in [0, 500] {
         let (mut ps, _) = peers_with(&Config { claim_hold_ms: hold, ..Config::default() }, 2);

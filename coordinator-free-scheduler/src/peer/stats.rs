@@ -30,9 +30,9 @@ pub struct Stats {
     pub started: u64,
     /// Units committed here.
     pub committed: u64,
-    /// Units queued or started here whose held claims were left out when due: the unit ran
-    /// and its commit went instead, or it was handed back or on, or resolved (see
-    /// [`Config::claim_hold_ms`](super::Config::claim_hold_ms)).
+    /// Held claims left out when due (one per unit queued here, and one more if its start
+    /// renewed its lease): the unit ran and its commit went instead, or it was handed back
+    /// or on, or resolved (see [`Config::claim_hold_ms`](super::Config::claim_hold_ms)).
     pub claims_left_out: u64,
     /// Units seen reach quorum here.
     pub verified: u64,
