@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use ova_jobs::Bundle;
 use ova_net::endpoint::EndpointConfig;
 use ova_sdk::{Client, ClientConfig, JobBuilder};
+use ova_worker::metrics::{KindLabel, Metrics};
 use ova_worker::peer::{WorkerOptions, WorkerPeer};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use rayon::prelude::*;
 
 const WORKERS: usize = 3;
@@ -94,6 +96,16 @@ fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The count under label `kind` of a metric family, summed over `workers`.
+fn counted(
+    workers: &[WorkerPeer],
+    family: impl Fn(&Metrics) -> &Family<KindLabel, Counter>,
+    kind: &'static str,
+) -> u64 {
+    let label = KindLabel { kind };
+    workers.iter().map(|w| family(w.metrics()).get_or_create(&label).get()).sum()
+}
+
 /// Starts `WORKERS` workers and a client on 127.0.0.1, runs `warm_up` (untimed: a small job
 /// of the same module, so the workers hold the module and its compiled code, as volunteers
 /// who ran the job's first units do), then runs `bundle`, and returns the seconds from its
@@ -127,23 +139,13 @@ async fn run_on_network(warm_up: Bundle, bundle: Bundle, cores_each: u16) -> f64
     // Small results sent to the submitter ahead of their commits, and left out because the
     // other replica's agreeing commit had brought them.
     let inline = |workers: &[WorkerPeer]| -> [u64; 2] {
-        ["sent", "skipped"].map(|kind| {
-            let label = ova_worker::metrics::KindLabel { kind };
-            workers.iter().map(|w| w.metrics().inline_results.get_or_create(&label).get()).sum()
-        })
+        ["sent", "skipped"].map(|kind| counted(workers, |m| &m.inline_results, kind))
     };
     let inline_before = inline(&workers);
     // Protocol messages the workers received: all of them, and the claims among them.
     let messages = |workers: &[WorkerPeer]| -> [u64; 2] {
-        let of = |w: &WorkerPeer, kind| {
-            w.metrics()
-                .messages_received
-                .get_or_create(&ova_worker::metrics::KindLabel { kind })
-                .get()
-        };
-        let all =
-            |w: &WorkerPeer| ova_scheduler::MESSAGE_KINDS.iter().map(|k| of(w, k)).sum::<u64>();
-        [workers.iter().map(all).sum(), workers.iter().map(|w| of(w, "claim")).sum()]
+        let of = |kind| counted(workers, |m| &m.messages_received, kind);
+        [ova_scheduler::MESSAGE_KINDS.into_iter().map(of).sum(), of("claim")]
     };
     let messages_before = messages(&workers);
     let sampler = timeline().then(|| {

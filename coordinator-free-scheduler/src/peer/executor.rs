@@ -49,6 +49,11 @@ impl Peer {
             self.held_claims.push_back((due, key));
             return;
         }
+        self.claim_to_replicas(key, until);
+    }
+
+    /// Sends our claim of a unit, until `until`, to its replica peers.
+    fn claim_to_replicas(&mut self, key: UKey, until: Millis) {
         let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
         for to in self.replica_peers(key) {
             self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
@@ -74,10 +79,7 @@ impl Peer {
             // (a unit queued and then started while its claim waited is listed twice, and
             // the second claim repeats the first, which receivers take as no change).
             let until = u.leases.until_of(&self.id).unwrap_or(self.now + self.lease_len(key.0));
-            let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
-            for to in self.replica_peers(key) {
-                self.out.push(Action::Send { to, msg: Message::Claim { unit, until } });
-            }
+            self.claim_to_replicas(key, until);
         }
     }
 
