@@ -289,6 +289,18 @@ impl View {
         Some(d.min(ring.len() - d))
     }
 
+    /// The ring arc `(start, end]` holding every unit point whose `window` contains the member
+    /// at ring `point`, in the ring for `strict` jobs; `None` if no member of that ring sits
+    /// there or the ring is no larger than the window (as [`View::region`] for us).
+    pub fn region_at(&self, point: u64, strict: bool, window: usize) -> Option<(u64, u64)> {
+        let pts = if strict { &self.any_pts } else { &self.own_pts };
+        let i = pts.partition_point(|&p| p < point);
+        if pts.len() <= window || pts.get(i) != Some(&point) {
+            return None;
+        }
+        Some((pts[(i + pts.len() - window) % pts.len()], pts[i]))
+    }
+
     /// Whether `peer` is at most `near` ring positions from us in either ring (then, with
     /// `near` the placement window, it is a candidate for some unit of our region).
     pub fn is_near(&self, peer: &PeerId, near: usize) -> bool {

@@ -1833,7 +1833,9 @@ fn a_newcomer_that_pushes_a_candidate_out_of_a_window_hands_its_unit_on() {
 }
 
 /// Likewise when a candidate ranked ahead of us advertises fewer spare cores (its owner got
-/// busy): it races slower, and units it won may now be ours.
+/// busy): it races slower, and units it won may now be ours. It may move us up several places
+/// at once, past the few peers that heard the unit's claims and commits, so the unit is probed
+/// before it runs.
 #[test]
 fn a_candidate_whose_spare_cores_drop_hands_its_units_on() {
     let lighter = (2..=12u8).map(|k| advert(PeerId([k; 32]), 1, 2)).collect();
@@ -1908,10 +1910,23 @@ fn takes_up_the_unit_a_change_moves_it_up_for(changes: Vec<Advert>) {
     let _ = p.handle(Event::Message { from: s, msg: announce.clone() }, 100).count();
     assert_eq!(p.describe_unit(&unit), None, "we do not rank for the unit yet");
 
-    // The change arrives: the unit is ours now.
+    // The change arrives: the unit is ours now. A lighter candidate can move us up several
+    // places, past the peers its claims and commits went to: we first ask about the unit, and
+    // take it up when nobody answers in time.
     let from = change.peer;
-    let _ = p.handle(Event::Message { from, msg: Message::Advert(change) }, 200).count();
-    let what = p.describe_unit(&unit).unwrap_or_default();
+    let lighter = change.spare_cores < 2;
+    let acts: Vec<Action> =
+        p.handle(Event::Message { from, msg: Message::Advert(change) }, 200).collect();
+    let mut what = p.describe_unit(&unit).unwrap_or_default();
+    if lighter {
+        assert!(what.starts_with("mine=Probing"), "not probed first: {what:?}");
+        let probed = acts
+            .iter()
+            .any(|a| matches!(a, Action::Send { msg: Message::Probe(u), .. } if *u == unit));
+        assert!(probed, "no probe about the unit went out");
+        let _ = p.handle(Event::Timer, 200 + cfg.probe_wait_ms).count();
+        what = p.describe_unit(&unit).unwrap_or_default();
+    }
     assert!(
         what.starts_with("mine=Queued") || what.starts_with("mine=Running"),
         "the unit the change handed to us is not taken up: {what:?}"
@@ -2041,4 +2056,188 @@ fn a_commit_cuts_the_other_replicas_long_reservations_to_two_runs() {
     let cut = 2_000 + 2 * lease_len;
     let what = w.describe_unit(&unit).unwrap_or_default();
     assert!(what.contains(&format!("holder: {holder:?}, until: {cut} }}")), "{what}");
+}
+
+/// Per unit, the peers told something about it.
+type ToldOf = Vec<(UnitRef, Vec<PeerId>)>;
+
+/// The receivers of each `Message::Claim` and of each unit's commit in a `Message::Commits`
+/// among `acts`, by unit.
+fn told(acts: &[Action]) -> (ToldOf, ToldOf) {
+    fn add(list: &mut ToldOf, unit: UnitRef, to: PeerId) {
+        match list.iter_mut().find(|(u, _)| *u == unit) {
+            Some((_, tos)) => tos.push(to),
+            None => list.push((unit, vec![to])),
+        }
+    }
+    let (mut claims, mut commits) = (Vec::new(), Vec::new());
+    for a in acts {
+        match a {
+            Action::Send { to, msg: Message::Claim { unit, .. } } => add(&mut claims, *unit, *to),
+            Action::Send { to, msg: Message::Commits(b) } => {
+                for e in &b.entries {
+                    add(&mut commits, e.unit, *to);
+                }
+            }
+            _ => {}
+        }
+    }
+    (claims, commits)
+}
+
+/// A unit's claims and commits go to its first `quorum + 1` other candidates (the other
+/// primary, and the next two in line) while its results agree, and to its first
+/// `max_replicas + 1` once they disagree: every peer that may then be asked for an extra
+/// replica hears the tally. (They all went to `max_replicas + 1`, and were over half of a
+/// 10,000-peer network's messages.)
+#[test]
+fn claims_and_commits_reach_more_watchers_only_once_results_disagree() {
+    use ova_scheduler::membership::View;
+    use ova_scheduler::placement::rank;
+
+    let cfg = Config::default();
+    let me = PeerId([1; 32]);
+    let members: Vec<PeerId> = (2..=12u8).map(|k| PeerId([k; 32])).collect();
+    let mut keys = SimKeys::default();
+    for p in members.iter().chain([&me]) {
+        keys.register(*p);
+    }
+    let keys = Arc::new(keys);
+    let s = PeerId([250; 32]);
+    let mut submitter =
+        Peer::new(cfg.clone(), ArchClass::X86_64, 2, Box::new(SimSigner(s)), keys.clone(), 3);
+    submitter.set_capacity_census(vec![(ArchClass::X86_64, 100)]);
+    let mut m = manifest(64);
+    m.replication = Replication { quorum: 2, max_replicas: 4, result_copies: 1 };
+    let acts: Vec<Action> = submitter.handle(Event::Submit(Box::new(m.clone())), 10).collect();
+    let announce = acts
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
+            _ => None,
+        })
+        .expect("announced");
+    let Message::Announce(info) = &announce else { unreachable!() };
+    let derived = info.derived().expect("a valid job");
+    let (points, unit_ids) = (derived.points.clone(), derived.unit_ids.clone());
+
+    let mut p = Peer::new(cfg.clone(), ArchClass::X86_64, 2, Box::new(SimSigner(me)), keys, 5);
+    let _ = p.handle(Event::Online, 0).count();
+    let mut view = View::new(me, ArchClass::X86_64, 2, cfg.view_side);
+    for (t, q) in members.iter().enumerate() {
+        let ad = advert(*q, 2, 1);
+        view.apply(&ad, 0);
+        let _ = p.handle(Event::Message { from: *q, msg: Message::Advert(ad) }, 10 + t as u64);
+    }
+    // The first `n` other candidates of a unit, best first, as our view ranks them.
+    let others = |index: u32, n: usize| -> Vec<PeerId> {
+        let mut out = Vec::new();
+        rank(view.ring(false), points[index as usize], cfg.window, &mut out);
+        out.into_iter().map(|(_, q)| q).filter(|q| *q != me).take(n).collect()
+    };
+    let sorted = |mut v: Vec<PeerId>| {
+        v.sort();
+        v
+    };
+
+    // We queue our units: each claim goes to the unit's first three other candidates.
+    let acts: Vec<Action> = p.handle(Event::Message { from: s, msg: announce }, 100).collect();
+    let (claims, _) = told(&acts);
+    let started = starts(&acts);
+    assert!(started.len() >= 2, "{acts:?}");
+    for (unit, to) in &claims {
+        assert_eq!(sorted(to.clone()), sorted(others(unit.index, 3)), "claim of {unit:?}");
+    }
+    assert!(started.iter().all(|u| claims.iter().any(|(c, _)| c == u)), "{claims:?}");
+
+    // The first started unit: the other primary commits a result, and ours differs.
+    let (u0, u1) = (started[0], started[1]);
+    let other = others(u0.index, 1)[0];
+    let body = CommitBody {
+        unit: u0,
+        unit_id: unit_ids[u0.index as usize],
+        result: BlobId([7; 32]),
+        executor: other,
+        arch: ArchClass::X86_64,
+    };
+    let msg = Message::Commit(Box::new(sign(&SimSigner(other), body)));
+    let _ = p.handle(Event::Message { from: other, msg }, 200).count();
+    let finished = Event::UnitsFinished(vec![(u0, Ok(BlobId([8; 32]))), (u1, Ok(BlobId([9; 32])))]);
+    let acts: Vec<Action> = p.handle(finished, 300).collect();
+    let (_, commits) = told(&acts);
+    let to_of = |u: UnitRef| -> Vec<PeerId> {
+        let to = commits.iter().find(|(c, _)| *c == u).map(|(_, to)| to.clone());
+        to.unwrap_or_default().into_iter().filter(|q| *q != s).collect()
+    };
+    // The disagreeing commit reaches the first five others; the other unit's, three (and
+    // both the submitter).
+    assert_eq!(sorted(to_of(u0)), sorted(others(u0.index, 5)), "{commits:?}");
+    assert_eq!(sorted(to_of(u1)), sorted(others(u1.index, 3)), "{commits:?}");
+    assert!(commits.iter().all(|(_, to)| to.contains(&s)), "{commits:?}");
+}
+
+/// A thief whose owner took its cores back after it asked for work hands a granted unit
+/// straight back (a claim ending at once) instead of queueing it until the owner is done: in
+/// the `owners` scenario one unit waited 175 s in such a queue.
+#[test]
+fn a_thief_left_with_no_cores_hands_a_grant_back() {
+    let (mut ps, _) = peers(2);
+    settle(&mut ps, (0..2).map(|i| (i, Event::Online)).collect(), 0);
+    let from = ps[0].id();
+    let (job, announce) = announcement(&mut ps[0], 4);
+    let p = &mut ps[1];
+    let _ = p.handle(Event::Capacity(0), 15).count();
+    let acts: Vec<Action> = p.handle(Event::Message { from, msg: announce }, 20).collect();
+    assert!(starts(&acts).is_empty(), "{acts:?}");
+    let unit = UnitRef { job, index: 2 };
+    let grant = ova_scheduler::message::Grant { unit, watchers: vec![from], leases: Vec::new() };
+    let msg = Message::StealGrant(vec![grant]);
+    let acts: Vec<Action> = p.handle(Event::Message { from, msg }, 30).collect();
+    let handed_back = acts.iter().any(|a| {
+        matches!(a, Action::Send { to, msg: Message::Claim { unit: u, until: 0 } }
+            if *to == from && *u == unit)
+    });
+    assert!(handed_back, "{acts:?}");
+    assert_eq!(p.stats().stolen, 0);
+    let what = p.describe_unit(&unit).unwrap_or_default();
+    assert!(!what.starts_with("mine=Queued") && !what.starts_with("mine=Running"), "{what}");
+}
+
+/// A probe reply can carry the lease of a third peer we cannot follow (outside our view): if
+/// that peer is gone, nobody tells us, and its reservation could keep a unit waiting for
+/// minutes (seen in the `faults` scenario: two crashed primaries' hour-long reservations,
+/// passed on in probe replies, held an extra replica back for 200 s). Such a lease is kept a
+/// short grace only; a lease of a member of our view is kept as long as it says.
+#[test]
+fn hearsay_leases_of_peers_outside_the_view_are_kept_briefly() {
+    let cfg = Config::default();
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let from = ps[0].id();
+    let (job, announce) = announcement(&mut ps[0], 8);
+    let _ = ps[1].handle(Event::Message { from, msg: announce }, 20).count();
+    let unit = (0..8)
+        .map(|index| UnitRef { job, index })
+        .find(|u| ps[1].describe_unit(u).is_some())
+        .expect("peer 1 tracks some unit");
+    let (stranger, member) = (PeerId([200; 32]), ps[2].id());
+    let until = 3_600_000;
+    let leases = vec![
+        ova_scheduler::lease::Lease { holder: stranger, until },
+        ova_scheduler::lease::Lease { holder: member, until },
+    ];
+    let msg = Message::ProbeReply { unit, commits: Vec::new(), leases, done: false };
+    let now = 1_000;
+    let _ = ps[1].handle(Event::Message { from, msg }, now).count();
+    let what = ps[1].describe_unit(&unit).unwrap_or_default();
+    let until_of = |p: PeerId| -> Option<u64> {
+        let at = what.find(&format!("holder: {p:?}, until: "))?;
+        let rest = &what[at..];
+        let n = rest.split("until: ").nth(1)?;
+        n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let short = until_of(stranger).expect("the stranger's lease is kept");
+    assert!(short <= now + 2 * cfg.probe_wait_ms, "{what}");
+    let long = until_of(member).expect("the member's lease is kept");
+    assert!(long > now + 60_000, "{what}");
 }

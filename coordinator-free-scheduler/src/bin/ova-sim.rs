@@ -200,6 +200,13 @@ fn main() -> ExitCode {
                     run * 1e6 / r.units.max(1) as f64
                 );
             }
+            let by_kind: Vec<String> = (sim.handle_time_by_kind().iter())
+                .filter(|(_, share, _)| *share >= 0.001)
+                .map(|(k, share, us)| format!("{k}={:.1}%/{us:.1}us", share * 100.0))
+                .collect();
+            if !by_kind.is_empty() {
+                println!("  scheduler_cpu_by_event (share, per call): {}", by_kind.join(" "));
+            }
             println!(
                 "P5 peers={} units={} verified={} wrong_accepted={} waste={:.4} seconds={:.1}",
                 r.peers, r.units, r.verified, r.wrong_accepted, r.waste, secs

@@ -102,7 +102,11 @@ impl Peer {
         if (effect == AdvertEffect::Joined || lighter)
             && self.view.is_near(&ad.peer, self.cfg.window)
         {
-            self.rescan_all(ScanProbe::None);
+            if lighter {
+                self.rescan_lighter(ad.peer.ring_point());
+            } else {
+                self.rescan_all(ScanProbe::None);
+            }
         }
         for job in ad.jobs.iter().take(MAX_ADVERT_JOBS) {
             if self.slot(job).is_none()

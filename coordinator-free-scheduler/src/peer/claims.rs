@@ -116,6 +116,7 @@ impl Peer {
     /// The answer to our probe: hints that the unit is resolved, leases, commits.
     pub(super) fn on_probe_reply(
         &mut self,
+        from: PeerId,
         unit: UnitRef,
         commits: Vec<SignedCommit>,
         leases: Vec<Lease>,
@@ -152,11 +153,21 @@ impl Peer {
         }
         let thief = self.lent.get(&key).copied();
         for Lease { holder, until } in leases.into_iter().take(MAX_BATCH) {
+            // A lease of a third peer outside our view is hearsay we cannot follow: if its
+            // holder left, we never hear it go (it left before we knew the unit, or was never
+            // our neighbour), and the replier's copy may be a dead peer's long reservation.
+            // It is kept for a short grace only; when that lapses we ask the holder itself,
+            // and a live holder answers with its own lease.
+            let cap = if holder != from && self.view.get(&holder).is_none() {
+                lease_max.min(2 * self.cfg.probe_wait_ms.max(1))
+            } else {
+                lease_max
+            };
             if until > self.now
                 && let Some(u) = self.units.get_mut(&key)
                 && !u.tally.has(&holder)
             {
-                let until = until.min(self.now + lease_max);
+                let until = until.min(self.now + cap);
                 u.leases.claim_hearsay(holder, until);
                 self.add_timer(until, TimerKind::Unit(key.0, key.1));
                 // The thief we lent the unit to holds it (its claim to us was lost).

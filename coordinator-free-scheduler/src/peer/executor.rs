@@ -3,6 +3,7 @@
 
 use ova_jobs::BlobId;
 
+use super::rule::MAX_WATCHERS;
 use super::state::{Mine, UKey};
 use super::{Action, LocalFailure, MAX_HELD_CLAIMS, Peer, RunCause, TimerKind};
 use crate::commit::{self, CommitBody, SignedCommit};
@@ -251,7 +252,16 @@ impl Peer {
             let Some(s) = self.slot(&c.body.unit.job) else { continue };
             let key = (s, c.body.unit.index);
             let submitter = self.jobs[s as usize].info.submitter;
-            let watchers = self.replica_peers(key);
+            let mut watchers = self.replica_peers(key);
+            // A result that contradicts one we hold goes to every peer that may be asked for
+            // an extra replica (the tally's other commits agreed, so it went to fewer).
+            if self.contradicts(key, &c.body) {
+                for p in self.watchers_for_extras(key) {
+                    if !watchers.contains(&p) && watchers.len() < MAX_WATCHERS {
+                        watchers.push(p);
+                    }
+                }
+            }
             self.stats.committed += 1;
             self.out.push(Action::StoreBlob(c.body.result));
             let mut sent_submitter = submitter == self.id;

@@ -753,7 +753,7 @@ impl Peer {
             }
             Message::Probe(unit) => self.on_probe(from, unit),
             Message::ProbeReply { unit, commits, leases, done } => {
-                self.on_probe_reply(unit, commits, leases, done)
+                self.on_probe_reply(from, unit, commits, leases, done)
             }
             Message::StealRequest { max, thief, arch, hops, mut skip } => {
                 skip.truncate(MAX_STEAL_SKIP);

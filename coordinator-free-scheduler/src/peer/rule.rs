@@ -4,6 +4,7 @@
 
 use super::state::{Mine, UKey};
 use super::{Action, Peer, RunCause, TimerKind};
+use crate::commit::CommitBody;
 use crate::message::Message;
 use crate::placement::rank_from;
 use crate::quorum::Verdict;
@@ -163,10 +164,47 @@ impl Peer {
         }
     }
 
-    /// The peers told about a unit's claims, commits and hand-backs: the best-ranked
-    /// `max_replicas + 1` in our view, leaving out ourselves and peers that gave the unit up
-    /// (so a hand-back reaches further down the ranking, to a peer that can run it).
+    /// The peers told about a unit's claims, commits and hand-backs: the best-ranked in our
+    /// view, leaving out ourselves and peers that gave the unit up (so a hand-back reaches
+    /// further down the ranking, to a peer that can run it). While the unit's commits agree,
+    /// `quorum + 1` of them: the other primaries and the next in line, who takes over if a
+    /// primary's lease lapses. Once they disagree, `max_replicas + 1`: every peer that may be
+    /// asked for an extra replica hears the tally. (It was always `max_replicas + 1`; at
+    /// quorum 2 of 4, that sent each claim and commit to five peers instead of three, and
+    /// they were over half of a large network's messages and of its peers' CPU; see the
+    /// crate README, round 12.)
     pub(super) fn watchers(&mut self, key: UKey) -> Vec<PeerId> {
+        let j = &self.jobs[key.0 as usize];
+        let rep = j.info.manifest.replication;
+        let disagree = self.units.get(&key).is_some_and(|u| {
+            let agreed = u.tally.leader(!j.info.strict()).map_or(0, |(_, n)| n as usize);
+            agreed < u.tally.commits().len()
+        });
+        let n = if disagree { rep.max_replicas } else { rep.quorum };
+        self.best_ranked(key, usize::from(n) + 1)
+    }
+
+    /// The best-ranked `max_replicas + 1`: every peer that may be asked for a replica of the
+    /// unit. A probe goes to them (it is rare, and looks for whatever anyone knows), and so
+    /// does our commit when it contradicts one we hold.
+    pub(super) fn watchers_for_extras(&mut self, key: UKey) -> Vec<PeerId> {
+        let n = self.jobs[key.0 as usize].info.manifest.replication.max_replicas;
+        self.best_ranked(key, usize::from(n) + 1)
+    }
+
+    /// Whether our result `body` for a unit disagrees with a commit we hold for it (within its
+    /// architecture class, for a same-arch job): then extra replicas will be needed.
+    pub(super) fn contradicts(&self, key: UKey, body: &CommitBody) -> bool {
+        let strict = self.jobs[key.0 as usize].info.strict();
+        self.units.get(&key).is_some_and(|u| {
+            (u.tally.commits().iter())
+                .any(|c| c.body.result != body.result && (strict || c.body.arch == body.arch))
+        })
+    }
+
+    /// The `n` best-ranked peers for a unit in our view (the victim's list for a unit we
+    /// stole), leaving out ourselves and peers that gave the unit up.
+    fn best_ranked(&mut self, key: UKey, n: usize) -> Vec<PeerId> {
         if let Some(s) = self.stolen.get(&key) {
             let leases = self.units.get(&key).map(|u| &u.leases);
             return s
@@ -177,7 +215,7 @@ impl Peer {
                 .collect();
         }
         let j = &self.jobs[key.0 as usize];
-        let n = (j.info.manifest.replication.max_replicas as usize + 1).min(self.cfg.window);
+        let n = n.min(self.cfg.window);
         let point = j.d.points[key.1 as usize];
         let strict = j.info.strict();
         self.rank_unit(point, strict);

@@ -53,6 +53,22 @@ impl Peer {
         }
     }
 
+    /// A member near us (at ring `point`) now offers fewer cores: in every unit whose window
+    /// holds it, it races slower, and we may move up several places at once, into the first
+    /// `quorum` of units whose claims and commits only went to the peers ranked above us (a
+    /// unit's watchers are its first few). Those units are probed before they run; the
+    /// others of our region are rescanned as they are.
+    pub(super) fn rescan_lighter(&mut self, point: u64) {
+        for s in 0..self.jobs.len() {
+            let strict = self.jobs[s].info.strict();
+            let probe = match self.view.region_at(point, strict, self.cfg.window) {
+                Some((a, b)) => ScanProbe::Arc(a, b),
+                None => ScanProbe::None,
+            };
+            self.start_scan(s as u32, probe);
+        }
+    }
+
     /// Rescans every job's region (our rankings changed), probing as `probe` says.
     pub(super) fn rescan_all(&mut self, probe: ScanProbe) {
         for s in 0..self.jobs.len() {
@@ -83,6 +99,7 @@ impl Peer {
         match probe {
             ScanProbe::None => {}
             ScanProbe::All => j.probe_all = true,
+            ScanProbe::Arc(a, b) if j.probe_arcs.contains(&(a, b)) => {}
             ScanProbe::Arc(a, b) if j.probe_arcs.len() < MAX_PROBE_ARCS => {
                 j.probe_arcs.push((a, b))
             }
@@ -164,7 +181,7 @@ impl Peer {
             u.cause = RunCause::Probe;
             self.units.insert(key, u);
             self.stats.probes += 1;
-            for to in self.watchers(key) {
+            for to in self.watchers_for_extras(key) {
                 self.out.push(Action::Send { to, msg: Message::Probe(unit) });
             }
             self.add_timer(self.now + self.cfg.probe_wait_ms, TimerKind::Probe(slot, idx));

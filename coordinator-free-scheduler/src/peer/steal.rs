@@ -375,10 +375,17 @@ impl Peer {
             let lease_max = self.reserve_max(key.0);
             // (A unit of a job we decline, from a victim that had not heard: handed back.)
             let declined = self.jobs[key.0 as usize].declined;
+            // Our owner took our cores back after we asked: we could not run it for a while.
+            let no_cores = self.run_slots() == 0;
             // The victim we took this unit from (a grant it sent again).
             let same_victim = self.stolen.get(&key).is_some_and(|s| s.victim == from);
             let u = self.units.get_mut(&key).expect("resolved");
-            if u.mine == Mine::None && u.outcome.is_none() && !u.tally.has(&self.id) && !declined {
+            if u.mine == Mine::None
+                && u.outcome.is_none()
+                && !u.tally.has(&self.id)
+                && !declined
+                && !no_cores
+            {
                 let me = self.id;
                 let mut watchers: Vec<PeerId> =
                     watchers.into_iter().filter(|p| *p != me).take(MAX_WATCHERS).collect();

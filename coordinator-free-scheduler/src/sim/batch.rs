@@ -37,6 +37,8 @@ pub(super) struct Call {
     timed: bool,
     /// Wall time of the call, when timed.
     pub nanos: u64,
+    /// What the call handled, when timed (an index in `EVENT_KINDS`).
+    pub kind: u8,
     /// For the watched unit (`OVA_SIM_WATCH`): the unit, its state before the call and the
     /// event.
     pub watch: Option<Box<Watched>>,
@@ -107,7 +109,14 @@ impl Batch {
     }
 
     /// Defers `ev` for `peer`, which the batch must not hold.
-    pub fn add(&mut self, peer: u32, ev: Event, timed: bool, watch: Option<Box<Watched>>) {
+    pub fn add(
+        &mut self,
+        peer: u32,
+        ev: Event,
+        timed: bool,
+        kind: u8,
+        watch: Option<Box<Watched>>,
+    ) {
         debug_assert!(!self.holds(peer), "two calls for one peer in a batch");
         let i = peer as usize;
         if self.stamp.len() <= i {
@@ -115,7 +124,7 @@ impl Batch {
         }
         self.stamp[i] = self.number;
         let out = self.spare.pop().unwrap_or_default();
-        self.calls.push(Call { peer, ev: Some(ev), out, timed, nanos: 0, watch });
+        self.calls.push(Call { peer, ev: Some(ev), out, timed, nanos: 0, kind, watch });
     }
 
     /// Runs every waiting call on its peer: shared with `helpers` when there are any and

@@ -550,6 +550,8 @@ pub struct Sim {
     pub time_handle: bool,
     handle_sampled: u64,
     handle_nanos: u128,
+    /// The timed calls' count and wall time by what they handled (see [`EVENT_KINDS`]).
+    sampled_by_kind: [(u64, u128); EVENT_KINDS.len()],
     /// A unit (job index, unit index) whose every change of state at any peer is printed to
     /// stderr, with the event that made it (from `OVA_SIM_WATCH=JOB:UNIT`; for debugging a
     /// stall that [`Sim::describe_unresolved`] shows).
@@ -631,6 +633,7 @@ impl Sim {
             time_handle: false,
             handle_sampled: 0,
             handle_nanos: 0,
+            sampled_by_kind: [(0, 0); EVENT_KINDS.len()],
             watch: std::env::var("OVA_SIM_WATCH").ok().and_then(|v| {
                 let (job, unit) = v.split_once(':')?;
                 Some((job.parse().ok()?, unit.parse().ok()?))
@@ -995,7 +998,8 @@ impl Sim {
             let unit = UnitRef { job: self.jobs[j].0, index: k };
             Box::new((unit, self.peers[i as usize].peer().describe_unit(&unit), ev.clone()))
         });
-        self.batch.add(i, ev, timed, watch);
+        let kind = if timed { event_kind(&ev) } else { 0 };
+        self.batch.add(i, ev, timed, kind, watch);
         if self.helpers.is_none() {
             // On one thread, calls are handled as they come (the reference the batches
             // must match).
@@ -1023,6 +1027,8 @@ impl Sim {
         if c.nanos > 0 {
             self.handle_nanos += u128::from(c.nanos);
             self.handle_sampled += 1;
+            let k = &mut self.sampled_by_kind[usize::from(c.kind)];
+            *k = (k.0 + 1, k.1 + u128::from(c.nanos));
         }
         let mut buf = c.out;
         // Consecutive sends of the same claim, commit or probe (to a unit's watchers) travel
@@ -1670,6 +1676,17 @@ impl Sim {
         })
     }
 
+    /// Of the timed `Peer::handle` calls, by what they handled ([`EVENT_KINDS`]), those that
+    /// happened: the kind, its share of the timed wall time and its mean time per call in
+    /// microseconds. Empty when nothing was timed.
+    pub fn handle_time_by_kind(&self) -> Vec<(&'static str, f64, f64)> {
+        let total = self.handle_nanos.max(1) as f64;
+        (EVENT_KINDS.iter().zip(&self.sampled_by_kind))
+            .filter(|(_, (n, _))| *n > 0)
+            .map(|(k, (n, t))| (*k, *t as f64 / total, *t as f64 / *n as f64 / 1e3))
+            .collect()
+    }
+
     /// Units tracked, and units remembered only as resolved, summed over all peers.
     pub fn tracked_totals(&self) -> (usize, usize) {
         self.peers
@@ -1682,6 +1699,35 @@ impl Sim {
         let from = self.peers[from].id;
         self.call(to as u32, Event::Frame { from, bytes });
     }
+}
+
+/// What a `Peer::handle` call handled: a message of each of [`MESSAGE_KINDS`], then a timer,
+/// a finished unit, and anything else (coming online, a fetched blob, a submission).
+pub const EVENT_KINDS: [&str; MESSAGE_KINDS.len() + 3] = {
+    let mut k = [""; MESSAGE_KINDS.len() + 3];
+    let mut i = 0;
+    while i < MESSAGE_KINDS.len() {
+        k[i] = MESSAGE_KINDS[i];
+        i += 1;
+    }
+    k[i] = "timer";
+    k[i + 1] = "unit_finished";
+    k[i + 2] = "other";
+    k
+};
+
+/// Index of an event's kind in [`EVENT_KINDS`].
+fn event_kind(ev: &Event) -> u8 {
+    let n = MESSAGE_KINDS.len();
+    let k = match ev {
+        Event::Message { msg, .. } => kind_ix(msg),
+        // A batch the shell opened ("commits").
+        Event::Commits { .. } => 4,
+        Event::Timer => n,
+        Event::UnitFinished { .. } | Event::UnitsFinished(_) => n + 1,
+        _ => n + 2,
+    };
+    k as u8
 }
 
 /// Index of a message's kind in [`MESSAGE_KINDS`].
