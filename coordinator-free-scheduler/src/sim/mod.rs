@@ -1819,6 +1819,16 @@ mod tests {
     /// The radix heap hands out events in (time, sequence) order, like a binary heap, while
     /// events are scheduled at or after the one being handled.
     #[test]
+    fn event_kinds_name_the_messages_then_the_other_events() {
+        assert_eq!(&EVENT_KINDS[..MESSAGE_KINDS.len()], &MESSAGE_KINDS[..]);
+        assert_eq!(EVENT_KINDS[4], "commits", "a batch the shell opened counts as one");
+        let n = MESSAGE_KINDS.len();
+        assert_eq!(&EVENT_KINDS[n..], &["timer", "unit_finished", "other"]);
+        assert_eq!(usize::from(event_kind(&Event::Timer)), n);
+        assert_eq!(usize::from(event_kind(&Event::Online)), n + 2);
+    }
+
+    #[test]
     fn event_queue_orders_by_time_then_sequence() {
         let mut rng = Rng::new(7);
         let mut c = Checked::new();
