@@ -757,7 +757,12 @@ fn messages_held_for_unknown_jobs_are_bounded_and_replayed() {
 
 /// Submits a job of `units` units on `p`; returns its id and announcement.
 fn announcement(p: &mut Peer, units: usize) -> (ova_jobs::JobId, Message) {
-    let acts: Vec<Action> = p.handle(Event::Submit(Box::new(manifest(units))), 10).collect();
+    announcement_of(p, manifest(units))
+}
+
+/// Submits job `m` on `p`; returns its id and announcement.
+fn announcement_of(p: &mut Peer, m: Manifest) -> (ova_jobs::JobId, Message) {
+    let acts: Vec<Action> = p.handle(Event::Submit(Box::new(m)), 10).collect();
     let msg = acts
         .into_iter()
         .find_map(|a| match a {
@@ -2109,14 +2114,7 @@ fn claims_and_commits_reach_more_watchers_only_once_results_disagree() {
     submitter.set_capacity_census(vec![(ArchClass::X86_64, 100)]);
     let mut m = manifest(64);
     m.replication = Replication { quorum: 2, max_replicas: 4, result_copies: 1 };
-    let acts: Vec<Action> = submitter.handle(Event::Submit(Box::new(m.clone())), 10).collect();
-    let announce = acts
-        .into_iter()
-        .find_map(|a| match a {
-            Action::Broadcast(m @ Message::Announce(_)) => Some(m),
-            _ => None,
-        })
-        .expect("announced");
+    let (_, announce) = announcement_of(&mut submitter, m);
     let Message::Announce(info) = &announce else { unreachable!() };
     let derived = info.derived().expect("a valid job");
     let (points, unit_ids) = (derived.points.clone(), derived.unit_ids.clone());
