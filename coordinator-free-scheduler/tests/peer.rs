@@ -2093,7 +2093,7 @@ fn told(acts: &[Action]) -> (ToldOf, ToldOf) {
 /// A unit's claims and commits go to its first `quorum + 1` other candidates (the other
 /// primary, and the next two in line) while its results agree, and to its first
 /// `max_replicas + 1` once they disagree: every peer that may then be asked for an extra
-/// replica hears the tally. (They all went to `max_replicas + 1`, and were over half of a
+/// replica hears the tally. A hand-back goes to `max_replicas + 1` too. (They all went to `max_replicas + 1`, and were over half of a
 /// 10,000-peer network's messages.)
 #[test]
 fn claims_and_commits_reach_more_watchers_only_once_results_disagree() {
@@ -2172,6 +2172,16 @@ fn claims_and_commits_reach_more_watchers_only_once_results_disagree() {
     assert_eq!(sorted(to_of(u0)), sorted(others(u0.index, 5)), "{commits:?}");
     assert_eq!(sorted(to_of(u1)), sorted(others(u1.index, 3)), "{commits:?}");
     assert!(commits.iter().all(|(_, to)| to.contains(&s)), "{commits:?}");
+
+    // Our owner takes the cores back: the units still queued are handed back (claims ending
+    // at once) to the first five others, so the take-over reaches past peers whose owners
+    // may be busy too.
+    let acts: Vec<Action> = p.handle(Event::Capacity(0), 400).collect();
+    let handed: ToldOf = told(&acts).0;
+    assert!(!handed.is_empty(), "{acts:?}");
+    for (unit, to) in &handed {
+        assert_eq!(sorted(to.clone()), sorted(others(unit.index, 5)), "hand-back of {unit:?}");
+    }
 }
 
 /// A thief whose owner took its cores back after it asked for work hands a granted unit

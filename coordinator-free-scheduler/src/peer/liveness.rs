@@ -356,7 +356,7 @@ impl Peer {
             }
             if u.mine == Mine::Declined {
                 let unit = UnitRef { job: self.jobs[key.0 as usize].info.job_id, index: key.1 };
-                for to in self.watchers(key) {
+                for to in self.watchers_for_extras(key) {
                     self.out.push(Action::Send { to, msg: Message::Claim { unit, until: 0 } });
                 }
                 continue;
