@@ -3,7 +3,6 @@
 
 use ova_jobs::BlobId;
 
-use super::rule::MAX_WATCHERS;
 use super::state::{Mine, UKey};
 use super::{Action, LocalFailure, MAX_HELD_CLAIMS, Peer, RunCause, TimerKind};
 use crate::commit::{self, CommitBody, SignedCommit};
@@ -209,12 +208,7 @@ impl Peer {
     /// reached only peers whose owners had too: `ova-sim bench --peers 2000 --units 100000
     /// --owners 0.5` took 1.86–1.91× the ideal instead of 1.67–1.76×.)
     fn hand_back(&mut self, key: UKey, why: LocalFailure) {
-        let mut watchers = self.replica_peers(key);
-        for p in self.watchers_for_extras(key) {
-            if !watchers.contains(&p) && watchers.len() < MAX_WATCHERS {
-                watchers.push(p);
-            }
-        }
+        let mut watchers = self.replica_peers_and_extras(key);
         let victim = self.stolen.get(&key).map(|s| s.victim);
         let Some(u) = self.units.get_mut(&key) else { return };
         u.mine = if why == LocalFailure::Declined { Mine::Declined } else { Mine::Gave };
@@ -261,16 +255,13 @@ impl Peer {
             let Some(s) = self.slot(&c.body.unit.job) else { continue };
             let key = (s, c.body.unit.index);
             let submitter = self.jobs[s as usize].info.submitter;
-            let mut watchers = self.replica_peers(key);
             // A result that contradicts one we hold goes to every peer that may be asked for
             // an extra replica (the tally's other commits agreed, so it went to fewer).
-            if self.contradicts(key, &c.body) {
-                for p in self.watchers_for_extras(key) {
-                    if !watchers.contains(&p) && watchers.len() < MAX_WATCHERS {
-                        watchers.push(p);
-                    }
-                }
-            }
+            let watchers = if self.contradicts(key, &c.body) {
+                self.replica_peers_and_extras(key)
+            } else {
+                self.replica_peers(key)
+            };
             self.stats.committed += 1;
             self.out.push(Action::StoreBlob(c.body.result));
             let mut sent_submitter = submitter == self.id;

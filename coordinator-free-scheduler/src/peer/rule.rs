@@ -192,6 +192,19 @@ impl Peer {
         self.best_ranked(key, usize::from(n) + 1)
     }
 
+    /// Our [replica peers](Peer::replica_peers), then every peer that may be asked for a
+    /// replica ([`Peer::watchers_for_extras`]) not among them, at most [`MAX_WATCHERS`] in all:
+    /// who hears a hand-back, or a commit that contradicts one we hold.
+    pub(super) fn replica_peers_and_extras(&mut self, key: UKey) -> Vec<PeerId> {
+        let mut to = self.replica_peers(key);
+        for p in self.watchers_for_extras(key) {
+            if !to.contains(&p) && to.len() < MAX_WATCHERS {
+                to.push(p);
+            }
+        }
+        to
+    }
+
     /// Whether our result `body` for a unit disagrees with a commit we hold for it (within its
     /// architecture class, for a same-arch job): then extra replicas will be needed.
     pub(super) fn contradicts(&self, key: UKey, body: &CommitBody) -> bool {
