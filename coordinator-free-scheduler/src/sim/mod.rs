@@ -3,8 +3,9 @@
 //! One priority queue of timed events (message deliveries, peer timers, unit completions, blob
 //! fetches, churn, partitions). Everything random comes from one seeded [`Rng`] consumed in
 //! event order, so the same seed gives the same run, byte for byte ([`Report::trace`] hashes
-//! every event). That holds on several threads too ([`Sim::threads`]): the peers' calls of one
-//! moment are handled side by side and their actions applied in event order (see `batch.rs`).
+//! every event). That holds on several threads too ([`Sim::threads`]): the peers' calls within
+//! one lookahead window (the least link delay) are handled side by side and their actions
+//! applied in event order (see `batch.rs`).
 //!
 //! Network model: per-peer link delay (a link costs the mean of its ends plus jitter), per
 //! message loss, partitions (two groups; cross traffic dropped until healed). Peers: cores,
@@ -28,7 +29,7 @@
 mod batch;
 mod scenario;
 
-use batch::{Batch, Call, Helpers};
+use batch::{Batch, Call, Watched};
 
 pub use scenario::{SCENARIOS, Scenario, scenario, scenario_names};
 
@@ -445,9 +446,6 @@ struct Running {
 }
 
 struct SimPeer {
-    /// The peer's state; away (`None`) only while a helper thread handles a call on it
-    /// (see [`batch`]).
-    home: Option<Box<Peer>>,
     id: PeerId,
     arch: ArchClass,
     cores: u16,
@@ -466,14 +464,18 @@ struct SimPeer {
     has_bundle: bool,
 }
 
-impl SimPeer {
-    fn peer(&self) -> &Peer {
-        self.home.as_deref().expect("the peer is home between batches")
-    }
+/// A peer's state, which is away (`None`) only while a batch holds a call for it (see
+/// [`batch`]).
+type Home = Option<Box<Peer>>;
 
-    fn peer_mut(&mut self) -> &mut Peer {
-        self.home.as_deref_mut().expect("the peer is home between batches")
-    }
+/// The state of a peer that is home.
+fn at_home(h: &Home) -> &Peer {
+    h.as_deref().expect("the peer is home between batches")
+}
+
+/// The state of a peer that is home, to change.
+fn at_home_mut(h: &mut Home) -> &mut Peer {
+    h.as_deref_mut().expect("the peer is home between batches")
 }
 
 #[derive(Clone, Copy, Default)]
@@ -494,6 +496,9 @@ pub struct Sim {
     seq: u64,
     now: Millis,
     peers: Vec<SimPeer>,
+    /// Per peer, its protocol state (apart from [`SimPeer`]: a batch moves it to a helper
+    /// thread and back on every call, and this array stays in the cache).
+    homes: Vec<Home>,
     /// Per peer, what [`Sim::reachable`] reads: bit 0 alive, bit 1 online, the rest its
     /// partition group (a compact copy of [`SimPeer`]'s fields: checked on every delivery,
     /// and a `SimPeer` is large).
@@ -526,13 +531,22 @@ pub struct Sim {
     resolved: usize,
     fail_reasons: Vec<String>,
     failed_without_reason: usize,
-    /// Peer calls deferred at the current moment (see [`batch`]).
-    batch: Batch,
-    /// Threads that handle a moment's peer calls side by side (1: all on the calling
+    /// Peer calls deferred in the current window, and the helper threads that handle them,
+    /// while a run with [`Sim::threads`] > 1 goes on (see [`batch`]).
+    batch: Option<Batch>,
+    /// Emptied action and cause buffers, kept for reuse.
+    spare: Vec<(Vec<Action>, Vec<RunCause>)>,
+    /// The shortest delay between a peer call and any event its actions schedule (the least
+    /// link delay; the simulator delivers timers, declines and fetches no sooner): the
+    /// events within that time of a batch's first call cannot depend on the batch's
+    /// actions, so they join the batch.
+    lookahead: Millis,
+    /// When the run stops: a minute after the last unit is resolved (so in-flight messages,
+    /// e.g. the last commits to the submitter, land).
+    stop_at: Millis,
+    /// Threads that handle a window's peer calls side by side (1: all on the calling
     /// thread). The run is the same, byte for byte, whatever the number.
     pub threads: usize,
-    /// The helper threads while a run with [`Sim::threads`] > 1 goes on.
-    helpers: Option<Helpers>,
     /// Messages in flight: the message and, for a multicast, its targets. Slots are reused.
     inflight: Vec<Option<(Message, Vec<u32>)>>,
     free_slots: Vec<u32>,
@@ -544,6 +558,8 @@ pub struct Sim {
     by_kind: [u64; MESSAGE_KINDS.len()],
     /// `Peer::handle` calls so far.
     pub handle_calls: u64,
+    /// Peer calls deferred so far (a stale timer's is then not made).
+    deferred: u64,
     /// When set, every 8th `Peer::handle` call is timed with the wall clock (for the
     /// benchmark's scheduler-CPU figure). Off by default: the simulation itself never reads a
     /// clock, and timing does not change the run.
@@ -596,6 +612,7 @@ impl Sim {
             seq: 0,
             now: 0,
             peers: Vec::new(),
+            homes: Vec::new(),
             reach: Vec::new(),
             ids: Vec::new(),
             delays: Vec::new(),
@@ -620,9 +637,11 @@ impl Sim {
             resolved: 0,
             fail_reasons: Vec::new(),
             failed_without_reason: 0,
-            batch: Batch::new(),
+            batch: None,
+            spare: Vec::new(),
+            lookahead: cfg.latency_ms.0.max(1),
+            stop_at: Millis::MAX,
             threads: 1,
-            helpers: None,
             inflight: Vec::new(),
             free_slots: Vec::new(),
             spare_targets: Vec::new(),
@@ -630,6 +649,7 @@ impl Sim {
             by_kind: [0; MESSAGE_KINDS.len()],
             next_fresh: 0,
             handle_calls: 0,
+            deferred: 0,
             time_handle: false,
             handle_sampled: 0,
             handle_nanos: 0,
@@ -773,8 +793,8 @@ impl Sim {
         );
         let i = self.peers.len() as u32;
         self.index.insert(id, i);
+        self.homes.push(Some(Box::new(peer)));
         self.peers.push(SimPeer {
-            home: Some(Box::new(peer)),
             id,
             arch,
             cores,
@@ -837,6 +857,12 @@ impl Sim {
         debug_assert!(at >= self.now, "an event scheduled in the past");
         self.seq += 1;
         self.queue.push(Queued { at, seq: self.seq, ev });
+    }
+
+    /// Schedules what a peer's action causes `delay` from now, but no sooner than
+    /// [`Sim::lookahead`] (what lets a window's calls be handled side by side).
+    fn push_soon(&mut self, delay: Millis, ev: Ev) {
+        self.push(self.now + delay.max(self.lookahead), ev);
     }
 
     /// The initial peers' cores per architecture class: (class, all cores, cores of peers
@@ -983,47 +1009,82 @@ impl Sim {
     /// Makes sure no deferred call for peer `i` is waiting, so its state may be read:
     /// handles the batch first when it holds one.
     fn claim(&mut self, i: u32) {
-        if self.batch.holds(i) {
+        if self.batch.as_ref().is_some_and(|b| b.holds(i)) {
             self.flush();
         }
     }
 
     /// Defers `ev` for peer `i` to the current [`Batch`] (handled by [`Sim::flush`]), when
-    /// helper threads share the calls.
+    /// helper threads share the calls; after the calls for `i` the batch holds. An event
+    /// whose handling here reads what the actions of `i`'s earlier calls change (its
+    /// timer, its running units) must [`Sim::claim`] `i` first.
     fn defer(&mut self, i: u32, ev: Event) {
-        self.claim(i);
-        self.handle_calls += 1;
-        let timed = self.time_handle && self.handle_calls.is_multiple_of(8);
+        self.defer_timer(i, ev, None);
+    }
+
+    /// [`Sim::defer`], for the timer set for `timer` when `Some` (the call is skipped if
+    /// that is no longer the peer's latest timer request when it comes to be handled).
+    fn defer_timer(&mut self, i: u32, ev: Event, timer: Option<Millis>) {
+        self.deferred += 1;
+        let timed = self.time_handle && self.deferred.is_multiple_of(8);
         let watch = self.watch.filter(|w| w.0 < self.jobs.len()).map(|(j, k)| {
             let unit = UnitRef { job: self.jobs[j].0, index: k };
-            Box::new((unit, self.peers[i as usize].peer().describe_unit(&unit), ev.clone()))
+            Box::new(Watched { unit, ev: ev.clone(), before: None, after: None })
         });
         let kind = if timed { event_kind(&ev) } else { 0 };
-        self.batch.add(i, ev, timed, kind, watch);
-        if self.helpers.is_none() {
-            // On one thread, calls are handled as they come (the reference the batches
-            // must match).
-            self.flush();
+        let buffers = self.spare.pop().unwrap_or_default();
+        let mut c = Call::new(i, self.now, ev, timer, timed, kind, watch, buffers);
+        match self.batch.take() {
+            Some(mut b) => {
+                if b.is_full() {
+                    self.batch = Some(b);
+                    self.flush();
+                    b = self.batch.take().expect("the batch is back");
+                }
+                b.add(c, &mut self.homes, &self.timer_at);
+                self.batch = Some(b);
+            }
+            None => {
+                // On one thread, calls are handled and applied as they come (the reference
+                // the batches must match).
+                let mut timer_at = self.timer_at[i as usize];
+                c.handle(at_home_mut(&mut self.homes[i as usize]), &mut timer_at, self.lookahead);
+                self.apply(c);
+                self.note_resolved();
+            }
         }
     }
 
     /// Handles the deferred calls (side by side when [`Sim::threads`] > 1), then applies
     /// their actions one by one in the order the calls were made.
     fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        self.batch.handle(&mut self.peers, self.now, self.helpers.as_ref());
-        let mut calls = self.batch.take();
-        for c in calls.drain(..) {
+        // (Taken out while the actions are applied; put back below.)
+        let Some(mut b) = self.batch.take() else { return };
+        // Each call's actions are applied in order, at the call's own moment, as soon as it
+        // is handled (the helpers go on with the calls after it meanwhile).
+        let now = self.now;
+        for k in 0..b.len() {
+            let c = b.finish(k, &mut self.homes);
+            self.now = c.at;
             self.apply(c);
+            self.note_resolved();
         }
-        self.batch.give_back(calls);
+        self.now = now;
+        self.batch = Some(b);
     }
 
     /// Applies a handled call's actions.
     fn apply(&mut self, c: Call) {
         let i = c.peer;
+        if !c.fired {
+            // (A stale timer's: nothing happened; its buffers are still empty.)
+            self.spare.push((c.out, c.causes));
+            return;
+        }
+        self.handle_calls += 1;
+        if c.timer.is_some() {
+            self.timer_at[i as usize] = None;
+        }
         if c.nanos > 0 {
             self.handle_nanos += u128::from(c.nanos);
             self.handle_sampled += 1;
@@ -1031,6 +1092,7 @@ impl Sim {
             *k = (k.0 + 1, k.1 + u128::from(c.nanos));
         }
         let mut buf = c.out;
+        let mut causes = c.causes.iter();
         // Consecutive sends of the same claim, commit or probe (to a unit's watchers) travel
         // as one multicast.
         let mut group: Option<(Message, Vec<u32>)> = None;
@@ -1053,14 +1115,21 @@ impl Sim {
             if let Some((m, tos)) = group.take() {
                 self.multicast(i, tos, m);
             }
-            self.perform(i, a);
+            let cause = match a {
+                Action::StartUnit { .. } => causes.next().copied().unwrap_or(RunCause::Rule),
+                _ => RunCause::Rule,
+            };
+            self.perform(i, a, cause);
         }
         if let Some((m, tos)) = group.take() {
             self.multicast(i, tos, m);
         }
-        self.batch.keep_buffer(buf);
-        if let Some((unit, b, ev)) = c.watch.map(|w| *w) {
-            let a = self.peers[i as usize].peer().describe_unit(&unit);
+        let mut causes = c.causes;
+        buf.clear();
+        causes.clear();
+        self.spare.push((buf, causes));
+        if let Some(w) = c.watch {
+            let Watched { ev, before: b, after: a, .. } = *w;
             if a != b {
                 let ev = format!("{ev:?}").chars().take(200).collect::<String>();
                 eprintln!(
@@ -1085,7 +1154,9 @@ impl Sim {
         out.push(ring[pos % n].1);
     }
 
-    fn perform(&mut self, i: u32, a: Action) {
+    /// Carries out one action of peer `i` (`cause`: why it runs the unit, for a
+    /// [`Action::StartUnit`]).
+    fn perform(&mut self, i: u32, a: Action, cause: RunCause) {
         match a {
             Action::Send { to, msg } => {
                 if let Some(&t) = self.index.get(&to) {
@@ -1110,6 +1181,7 @@ impl Sim {
                 self.multicast(i, targets, msg);
             }
             Action::SetTimer(at) => {
+                let at = at.max(self.now + self.lookahead);
                 if self.timer_at[i as usize] != Some(at) {
                     self.timer_at[i as usize] = Some(at);
                     self.push(at, Ev::Timer { peer: i });
@@ -1132,18 +1204,17 @@ impl Sim {
                 self.exec_seq += 1;
                 let exec = self.exec_seq;
                 if p.fault == Fault::Decliner {
-                    self.push(self.now + 1, Ev::Finish(Box::new((i, unit, DECLINED))));
+                    self.push_soon(1, Ev::Finish(Box::new((i, unit, DECLINED))));
                     return;
                 }
                 if !bundle_ok {
-                    self.push(self.now + 1000, Ev::Finish(Box::new((i, unit, 0))));
+                    self.push_soon(1000, Ev::Finish(Box::new((i, unit, 0))));
                     return;
                 }
                 let duration = (cost as f64 / p.speed) as u64 + 2 * p.delay;
-                let cause = p.peer().run_cause(&unit).unwrap_or(RunCause::Rule);
                 let p = &mut self.peers[i as usize];
                 p.running.insert(unit, Running { cause, exec, started: self.now, cost, duration });
-                self.push(self.now + duration, Ev::Finish(Box::new((i, unit, exec))));
+                self.push_soon(duration, Ev::Finish(Box::new((i, unit, exec))));
             }
             Action::CancelUnit(unit) => {
                 let p = &mut self.peers[i as usize];
@@ -1167,7 +1238,7 @@ impl Sim {
                         }
                     }
                 }
-                self.push(self.now + delay + 1, Ev::Fetched(Box::new((i, blob, purpose, ok))));
+                self.push_soon(delay + 1, Ev::Fetched(Box::new((i, blob, purpose, ok))));
             }
             Action::UnitVerified { unit, result, .. } => {
                 if matches!(self.peers[i as usize].fault, Fault::Liar | Fault::Colluder) {
@@ -1208,6 +1279,13 @@ impl Sim {
         }
     }
 
+    /// Once every unit is resolved, the run goes on for one more minute.
+    fn note_resolved(&mut self) {
+        if self.resolved >= self.truth.len() && self.stop_at == Millis::MAX {
+            self.stop_at = self.now + 60_000;
+        }
+    }
+
     fn trace_mix(&mut self, a: u64, b: u64) {
         self.trace = mix64(self.trace ^ mix64(a.wrapping_mul(31) ^ b));
     }
@@ -1215,14 +1293,14 @@ impl Sim {
     /// Runs to completion (every unit resolved) or the horizon.
     pub fn run(&mut self, name: &str) -> Report {
         if self.threads > 1 {
-            match Helpers::start(self.threads - 1) {
-                Ok(h) => self.helpers = Some(h),
+            match Batch::start(self.threads - 1, self.peers.len(), self.lookahead) {
+                Ok(b) => self.batch = Some(b),
                 Err(e) => eprintln!("ova-sim: no helper threads ({e}); running on one thread"),
             }
         }
         let report = self.run_events(name);
         // Stops the helpers.
-        self.helpers = None;
+        self.batch = None;
         report
     }
 
@@ -1232,21 +1310,22 @@ impl Sim {
         let horizon = self.cfg.horizon;
         self.cfg.horizon =
             std::env::var("OVA_SIM_HORIZON").ok().and_then(|v| v.parse().ok()).unwrap_or(horizon);
-        // Once every unit is resolved, run one more minute so in-flight messages (e.g. the
-        // last commits to the submitter) land.
-        let mut stop_at = Millis::MAX;
+        self.stop_at = if total == 0 { 60_000 } else { Millis::MAX };
         while let Some(q) = self.queue.pop() {
-            // A batch holds calls of one moment: handle it before time moves on (its actions
-            // may schedule events before `q`), and when it is full.
-            if !self.batch.is_empty() && (q.at != self.now || self.batch.is_full()) {
+            // A batch holds the calls of one window (see `lookahead`): handle it before time
+            // passes the window (its actions may schedule events before `q`), and when it is
+            // full.
+            if self
+                .batch
+                .as_ref()
+                .and_then(Batch::first_at)
+                .is_some_and(|t| q.at >= t + self.lookahead)
+            {
                 self.queue.push(q);
                 self.flush();
                 continue;
             }
-            if self.resolved >= total && stop_at == Millis::MAX {
-                stop_at = self.now + 60_000;
-            }
-            if q.at > self.cfg.horizon || q.at > stop_at {
+            if q.at > self.cfg.horizon || q.at > self.stop_at {
                 break;
             }
             self.now = q.at;
@@ -1281,16 +1360,20 @@ impl Sim {
                 }
                 Ev::Timer { peer } => {
                     let at = q.at;
-                    self.claim(peer);
-                    // Alive and online: bits 0 and 1 of `reach`.
-                    if self.timer_at[peer as usize] != Some(at)
-                        || self.reach[peer as usize] & 3 != 3
-                    {
+                    // Alive and online: bits 0 and 1 of `reach`. (Whether the timer is
+                    // still the one the peer wants is checked when the call is handled,
+                    // after the peer's earlier calls in the batch: see `Call::handle`.)
+                    if self.reach[peer as usize] & 3 != 3 {
                         continue;
                     }
-                    self.timer_at[peer as usize] = None;
                     self.trace_mix(at, peer as u64 | 1 << 40);
-                    self.defer(peer, Event::Timer);
+                    // A timer already replaced is stale however the batch's calls end: none
+                    // can ask for a time before `at` (they ask for `lookahead` after the
+                    // batch's first call, at the soonest).
+                    if self.timer_at[peer as usize] != Some(at) {
+                        continue;
+                    }
+                    self.defer_timer(peer, Event::Timer, Some(at));
                 }
                 Ev::Finish(f) => {
                     let (peer, unit, exec) = *f;
@@ -1343,7 +1426,6 @@ impl Sim {
                 }
                 Ev::Fetched(f) => {
                     let (peer, blob, purpose, ok) = *f;
-                    self.claim(peer);
                     let p = &self.peers[peer as usize];
                     if !p.alive || !p.online {
                         continue;
@@ -1375,7 +1457,7 @@ impl Sim {
                             }
                         }
                     }
-                    self.peers[s as usize].peer_mut().set_capacity_census(census);
+                    at_home_mut(&mut self.homes[s as usize]).set_capacity_census(census);
                     for m in ms {
                         self.call(s, Event::Submit(Box::new(m)));
                     }
@@ -1591,11 +1673,11 @@ impl Sim {
             .jobs
             .iter()
             .filter_map(|(id, _, _)| {
-                self.peers[self.submitter as usize].peer().job_progress(id).map(|p| p.1)
+                at_home(&self.homes[self.submitter as usize]).job_progress(id).map(|p| p.1)
             })
             .sum();
         let st = |f: fn(&crate::peer::Stats) -> u64| -> u64 {
-            self.peers.iter().map(|p| f(p.peer().stats())).sum()
+            self.homes.iter().map(|p| f(at_home(p).stats())).sum()
         };
         r.by_kind.push_str(&format!(
             " | queued_scan={} queued_rule={} queued_steal={} started={} (scan={} probe={} \
@@ -1617,9 +1699,9 @@ impl Sim {
             st(|s| s.commits_resent),
         ));
         r.dropped_commits = self
-            .peers
+            .homes
             .iter()
-            .map(|p| p.peer().stats().bad_signature + p.peer().stats().unknown_signer)
+            .map(|p| at_home(p).stats().bad_signature + at_home(p).stats().unknown_signer)
             .sum();
         r
     }
@@ -1639,14 +1721,14 @@ impl Sim {
                 let unit = UnitRef { job: *id, index: k as u32 };
                 let ji = self.jobs.iter().position(|j| j.0 == *id).unwrap_or(0);
                 let _ = writeln!(out, "unit {ji}:{k}:");
-                for p in &self.peers {
-                    if let Some(d) = p.peer().describe_unit(&unit) {
+                for (p, h) in self.peers.iter().zip(&self.homes) {
+                    if let Some(d) = at_home(h).describe_unit(&unit) {
                         let _ = writeln!(
                             out,
                             "  {:?} alive={} arch={:?} fault={:?} spare={}/{} {d}",
                             p.id, p.alive, p.arch, p.fault, p.spare, p.cores
                         );
-                    } else if let Some(e) = p.peer().explain_unit(&unit)
+                    } else if let Some(e) = at_home(h).explain_unit(&unit)
                         && p.alive
                         && (e.contains("done=true") || e.contains("ranks_in_quorum=true"))
                     {
@@ -1660,7 +1742,7 @@ impl Sim {
 
     /// The peers (for tests that inspect state).
     pub fn peer(&self, i: usize) -> &Peer {
-        self.peers[i].peer()
+        at_home(&self.homes[i])
     }
 
     /// Total `Peer::handle` calls so far.
@@ -1689,9 +1771,9 @@ impl Sim {
 
     /// Units tracked, and units remembered only as resolved, summed over all peers.
     pub fn tracked_totals(&self) -> (usize, usize) {
-        self.peers
+        self.homes
             .iter()
-            .fold((0, 0), |(a, b), p| (a + p.peer().tracked_units(), b + p.peer().done_units()))
+            .fold((0, 0), |(a, b), p| (a + at_home(p).tracked_units(), b + at_home(p).done_units()))
     }
 
     /// Injects a raw frame into peer `to` as if sent by peer `from` (for abuse tests).
