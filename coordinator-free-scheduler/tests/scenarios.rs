@@ -41,12 +41,20 @@ fn threads_do_not_change_a_run() {
     // Every kind of event the simulator knows, so each path into a batch is taken: loss,
     // liars (results drawn from the random stream), decliners, churn, crashes, a partition,
     // owners taking their cores back, and a submitter that leaves and returns. Short units
-    // and short links crowd many events into each millisecond, so batches are large.
+    // and short links crowd many events into each millisecond, so batches are large; with
+    // longer links (a longer lookahead window) a batch holds several calls of one peer, and
+    // timers that the peer's earlier calls in it replaced.
+    for latency_ms in [(2, 8), (20, 40)] {
+        same_run_on_more_threads(latency_ms);
+    }
+}
+
+fn same_run_on_more_threads(latency_ms: (u64, u64)) {
     let cfg = SimConfig {
         peers: 120,
         units: 2_000,
         unit_cost_ms: (20, 200),
-        latency_ms: (2, 8),
+        latency_ms,
         churn_events: 100,
         churn_window: (45_000, 200_000),
         loss: 0.02,

@@ -10,8 +10,9 @@
 //!                                      now and then (see `SimConfig::owners`)
 //! ```
 //!
-//! `--threads N` (any mode): threads that handle the peers' calls of one moment side by side
-//! (default: the machine's cores). The reports are the same, byte for byte, for any N.
+//! `--threads N` (any mode): threads that handle the peers' calls of one lookahead window
+//! side by side (default: the machine's cores). The reports are the same, byte for byte, for
+//! any N.
 //!
 //! Debugging a stall: `OVA_SIM_DEBUG=1` prints what the peers know of up to a few units left
 //! unresolved (`unit JOB:INDEX`); `OVA_SIM_WATCH=JOB:INDEX` then prints every change of that
@@ -60,7 +61,7 @@ fn keep_freed_memory() {
     eprintln!("ova-sim: could not start again with {PURGE_DELAY_VAR}=-1 ({err}); going on");
 }
 
-const USAGE: &str = "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N] [--owners FRACTION]; any of them [--threads N] (threads that handle one moment's peer calls; the run is the same for any N)";
+const USAGE: &str = "usage: ova-sim --scenario NAME [--seed N] | --list | all [--seed N] | bench [--seed N] [--peers N] [--units N] [--churn N] [--owners FRACTION]; any of them [--threads N] (threads that handle one lookahead window's peer calls; the run is the same for any N)";
 
 /// A usage error: the usage on stderr, exit code 2.
 fn usage() -> ExitCode {

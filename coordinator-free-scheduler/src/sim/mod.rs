@@ -1911,6 +1911,31 @@ mod tests {
     }
 
     #[test]
+    fn what_a_call_causes_lands_no_sooner_than_the_lookahead() {
+        let cfg = SimConfig { peers: 3, units: 4, latency_ms: (7, 9), ..SimConfig::default() };
+        let mut sim = Sim::new(cfg);
+        assert_eq!(sim.lookahead, 7);
+        while sim.queue.pop().is_some() {}
+        sim.now = 1_000;
+        sim.queue.last = 0;
+        // A timer asked for now, or 3 ms from now, fires 7 ms from now; one further off
+        // keeps its time.
+        for (asked, lands) in [(1_000, 1_007), (1_003, 1_007), (1_050, 1_050)] {
+            sim.timer_at[1] = None;
+            sim.perform(1, Action::SetTimer(asked), RunCause::Rule);
+            assert_eq!(sim.timer_at[1], Some(lands));
+            let q = sim.queue.pop().expect("the timer's event");
+            assert!(matches!(q.ev, Ev::Timer { peer: 1 }));
+            assert_eq!(q.at, lands);
+        }
+        // A send takes at least the least link delay.
+        let msg = Message::Ping;
+        sim.send(1, 2, msg);
+        let q = sim.queue.pop().expect("the delivery");
+        assert!(q.at >= 1_007, "{}", q.at);
+    }
+
+    #[test]
     fn event_queue_orders_by_time_then_sequence() {
         let mut rng = Rng::new(7);
         let mut c = Checked::new();
