@@ -87,6 +87,8 @@ pub struct SimConfig {
     /// Speed of slow peers (1.0 = normal).
     pub slow_speed: f64,
     /// One-way link delay range in ms (per peer; a link takes the mean of its ends + jitter).
+    /// The low end is also the soonest a timer, a decline or a blob fetch a peer asks for
+    /// lands (the simulator's lookahead window, see `batch.rs`).
     pub latency_ms: (u64, u64),
     /// Probability a message is lost.
     pub loss: f64,
@@ -1313,8 +1315,8 @@ impl Sim {
         self.stop_at = if total == 0 { 60_000 } else { Millis::MAX };
         while let Some(q) = self.queue.pop() {
             // A batch holds the calls of one window (see `lookahead`): handle it before time
-            // passes the window (its actions may schedule events before `q`), and when it is
-            // full.
+            // passes the window (its actions may schedule events before `q`). (A full batch
+            // is handled when the next call is deferred.)
             if self
                 .batch
                 .as_ref()
