@@ -125,7 +125,7 @@ impl Call {
                 Action::StartUnit { unit, .. } => {
                     self.causes.push(peer.run_cause(unit).unwrap_or(RunCause::Rule));
                 }
-                Action::SetTimer(at) => *timer_at = Some((*at).max(self.at + lookahead)),
+                Action::SetTimer(at) => *timer_at = Some(timer_time(*at, self.at, lookahead)),
                 _ => {}
             }
         }
@@ -271,6 +271,13 @@ impl Shared {
 /// busy).
 const SPINS: u32 = 4_000;
 
+/// When the simulator fires a timer a peer asked for at `asked` in a call at `at`: then, but
+/// no sooner than `lookahead` after the call (`Sim::perform` and [`Call::handle`] both keep
+/// this rule).
+pub(super) fn timer_time(asked: Millis, at: Millis, lookahead: Millis) -> Millis {
+    asked.max(at + lookahead)
+}
+
 /// Most calls a batch holds: the one that would pass it waits for the next batch.
 pub(super) const BATCH_MAX: usize = 4096;
 
@@ -301,9 +308,9 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    /// Starts `n` helper threads, for a simulator of `peers` peers whose calls cause nothing
-    /// sooner than `lookahead`.
-    pub fn start(n: usize, peers: usize, lookahead: Millis) -> std::io::Result<Self> {
+    /// Starts `n` helper threads, for a simulator whose calls cause nothing sooner than
+    /// `lookahead`.
+    pub fn start(n: usize, lookahead: Millis) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             slots: (0..BATCH_MAX)
                 .map(|_| Slot {
@@ -322,8 +329,8 @@ impl Batch {
             threads: Vec::with_capacity(n),
             n: 0,
             first_at: None,
-            stamp: vec![0; peers],
-            last: vec![NONE; peers],
+            stamp: Vec::new(),
+            last: Vec::new(),
             number: 1,
             back: 0,
         };

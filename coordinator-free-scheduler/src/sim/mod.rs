@@ -1183,7 +1183,7 @@ impl Sim {
                 self.multicast(i, targets, msg);
             }
             Action::SetTimer(at) => {
-                let at = at.max(self.now + self.lookahead);
+                let at = batch::timer_time(at, self.now, self.lookahead);
                 if self.timer_at[i as usize] != Some(at) {
                     self.timer_at[i as usize] = Some(at);
                     self.push(at, Ev::Timer { peer: i });
@@ -1295,7 +1295,7 @@ impl Sim {
     /// Runs to completion (every unit resolved) or the horizon.
     pub fn run(&mut self, name: &str) -> Report {
         if self.threads > 1 {
-            match Batch::start(self.threads - 1, self.peers.len(), self.lookahead) {
+            match Batch::start(self.threads - 1, self.lookahead) {
                 Ok(b) => self.batch = Some(b),
                 Err(e) => eprintln!("ova-sim: no helper threads ({e}); running on one thread"),
             }
