@@ -38,7 +38,8 @@ fn watcher(in_view: bool, idle: bool) -> (Peer, UnitRef) {
             spare_cores: 2,
             queue_len: 0,
             seq: 1,
-            ttl_ms: 300_000,
+            // Ours: the advert silence check takes members to advertise with our TTL.
+            ttl_ms: Config::default().advert_ttl_ms,
             jobs: Arc::from([]),
         };
         let _ = p.handle(Event::Message { from: HOLDER, msg: Message::Advert(ad) }, 500).count();

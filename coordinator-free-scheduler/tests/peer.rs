@@ -1635,6 +1635,69 @@ fn failed_result_fetches_are_tried_again_until_they_succeed() {
     assert_eq!(p.stats().result_fetches_abandoned, 1);
 }
 
+/// A result fetch answered in time costs no wake-up at the time its answer was due: the peer
+/// keeps one refetch wake-up, for the first fetch it still follows. (Each fetch had its own,
+/// and at 10,000 peers they were a third of all timer wake-ups, every one of them for
+/// nothing once the fetch had succeeded.)
+#[test]
+fn answered_result_fetches_cost_no_wake_ups() {
+    let (mut ps, _) = peers(3);
+    settle(&mut ps, (0..3).map(|i| (i, Event::Online)).collect(), 0);
+    let acts = settle(&mut ps, vec![(0, Event::Submit(Box::new(manifest(12))))], 1_000);
+    let mine: Vec<Action> = acts.into_iter().filter(|(i, _)| *i == 0).map(|(_, a)| a).collect();
+    let first = result_fetches(&mine);
+    assert!(first.len() >= 3, "the submitter fetches results it did not sign: {first:?}");
+    let p = &mut ps[0];
+    // The wake-ups the peer asks its shell for, from here on; `feed` returns the fetches.
+    let mut asked: Vec<u64> = Vec::new();
+    fn feed(p: &mut Peer, asked: &mut Vec<u64>, ev: Event, now: u64) -> usize {
+        let acts: Vec<Action> = p.handle(ev, now).collect();
+        asked.extend(acts.iter().filter_map(|a| match a {
+            Action::SetTimer(at) => Some(*at),
+            _ => None,
+        }));
+        result_fetches(&acts).len()
+    }
+    // Three fetches fail at different moments; each retry goes out two seconds later, and
+    // its answer is due two minutes after that.
+    let mut due = Vec::new();
+    for (k, (fail_at, (unit, blob, _))) in [2_500, 5_300, 8_700].into_iter().zip(&first).enumerate()
+    {
+        assert_eq!(feed(p, &mut asked, fetched(*unit, *blob, false), fail_at), 0);
+        let retries = feed(p, &mut asked, Event::Timer, fail_at + 2_000);
+        assert_eq!(retries, 1, "fetch {k}");
+        due.push(fail_at + 2_000 + 120_000);
+    }
+    // All of them (and every other fetch) succeed at 11 s.
+    for (unit, blob, _) in &first {
+        feed(p, &mut asked, fetched(*unit, *blob, true), 11_000);
+    }
+    // Woken as the shell would (at each time it asked for) for four minutes, from a wake-up
+    // at 11 s (the peer then asks for its next one).
+    feed(p, &mut asked, Event::Timer, 11_000);
+    let mut woke = Vec::new();
+    let mut now = 11_000;
+    while let Some(&at) = asked.iter().filter(|&&t| t > now).min() {
+        if at > 250_000 {
+            break;
+        }
+        now = at;
+        woke.push(at);
+        assert_eq!(feed(p, &mut asked, Event::Timer, at), 0, "fetched again at {at}");
+    }
+    // (Not the first: the wake-up that sent its retry also ran the peer's tick, which comes
+    // every 15 s after that, and so again at the retry's answer time.)
+    for d in &due[1..] {
+        assert!(
+            !woke.contains(d),
+            "woken at {d}, when an answered fetch's answer was due: {woke:?}"
+        );
+    }
+    assert!(woke.contains(&due[0]), "the tick: {woke:?}");
+    assert_eq!(p.stats().result_fetch_retries, 3);
+    assert_eq!(p.stats().result_fetches_abandoned, 0);
+}
+
 /// The bundle-copy fetches among `acts`: (job, module blob, sources).
 fn bundle_fetches(acts: &[Action]) -> Vec<(JobId, BlobId, Vec<PeerId>)> {
     acts.iter()

@@ -402,6 +402,8 @@ pub struct Peer {
     result_fetches: FxHashMap<UnitRef, refetch::ResultFetch>,
     /// The same, by due time: an answer expected, or the next attempt.
     result_due: BTreeSet<(Millis, UnitRef)>,
+    /// The earliest refetch wake-up set, if any (see [`refetch`]).
+    refetch_at: Option<Millis>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -471,6 +473,7 @@ impl Peer {
             pinged: Vec::new(),
             result_fetches: FxHashMap::default(),
             result_due: BTreeSet::new(),
+            refetch_at: None,
             holders: FxHashMap::default(),
             heard_log: Vec::new(),
             holders_until: Millis::MAX,

@@ -30,16 +30,18 @@ pub(super) enum TimerKind {
 const TIMER_TICK_MS: Millis = 1_000;
 
 impl Peer {
-    pub(super) fn add_timer(&mut self, at: Millis, k: TimerKind) {
+    /// Sets a timer; returns whether it is set (a full table refuses all but the tick, and
+    /// a unit timer past the next sweep is left to the sweep).
+    pub(super) fn add_timer(&mut self, at: Millis, k: TimerKind) -> bool {
         if self.timers.len() >= self.cfg.max_timers && k != TimerKind::Tick {
             self.stats.table_full += 1;
-            return;
+            return false;
         }
         // A lease check further away than the next liveness sweep is left to the sweep (it
         // re-evaluates units with a lapsed lease): most such leases end in a commit long
         // before, and their timers were most of the wake-ups and of the timer table.
         if matches!(k, TimerKind::Unit(..)) && at > self.now + self.sweep_interval() {
-            return;
+            return false;
         }
         // Unit timers (lease checks) are rounded up to a coarse tick, so the many leases that
         // end close together cost one wake-up, not one each.
@@ -51,6 +53,7 @@ impl Peer {
         if self.first_timer.is_none_or(|t| at < t) {
             self.first_timer = Some(at);
         }
+        true
     }
 
     pub(super) fn arm(&mut self) {
