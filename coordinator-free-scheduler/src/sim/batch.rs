@@ -297,10 +297,9 @@ pub(super) struct Batch {
     n: usize,
     /// The first call's moment.
     first_at: Option<Millis>,
-    /// Per peer, the number of the batch that holds a call for it.
-    stamp: Vec<u32>,
-    /// Per peer (valid where `stamp` matches), its last call in the batch.
-    last: Vec<u32>,
+    /// Per peer: the number of the batch that holds a call for it, and (valid where that
+    /// matches) its last call in the batch. (Side by side: one cache line per call.)
+    held: Vec<(u32, u32)>,
     /// This batch's number (never 0, so a fresh stamp of 0 means "not held").
     number: u32,
     /// While finishing: the calling thread's cursor from the back.
@@ -329,8 +328,7 @@ impl Batch {
             threads: Vec::with_capacity(n),
             n: 0,
             first_at: None,
-            stamp: Vec::new(),
-            last: Vec::new(),
+            held: Vec::new(),
             number: 1,
             back: 0,
         };
@@ -363,24 +361,23 @@ impl Batch {
 
     /// Whether a call for `peer` is waiting (its state must not be read until handled).
     pub fn holds(&self, peer: u32) -> bool {
-        self.stamp.get(peer as usize) == Some(&self.number)
+        self.held.get(peer as usize).is_some_and(|h| h.0 == self.number)
     }
 
     /// Adds `call` (the batch must not be full), after the calls for its peer the batch
-    /// holds. The first call of a peer moves the peer's state out of `homes` (with its
-    /// latest timer request, `timer_at`) until [`Batch::finish`] brings it back.
-    pub fn add(&mut self, call: Call, homes: &mut [super::Home], timer_at: &[Option<Millis>]) {
+    /// holds. The first call of a peer moves the peer's state out of `homes` (with a copy of
+    /// its latest timer request) until [`Batch::finish`] brings it back.
+    pub fn add(&mut self, call: Call, homes: &mut [super::Home]) {
         debug_assert!(!self.is_full());
         let s = &self.shared;
         let k = self.n;
         let i = call.peer as usize;
-        if self.stamp.len() <= i {
-            self.stamp.resize(i + 1, 0);
-            self.last.resize(i + 1, NONE);
+        if self.held.len() <= i {
+            self.held.resize(i + 1, (0, NONE));
         }
         self.first_at.get_or_insert(call.at);
         let slot = &s.slots[k];
-        if self.stamp[i] == self.number {
+        if self.held[i].0 == self.number {
             // A later call of a held peer: chained to its last one, unless that one is
             // handled already, and its thread left the peer's state in its slot.
             {
@@ -389,7 +386,7 @@ impl Batch {
                 d.next = NONE;
                 slot.state.store(CHAINED, Ordering::Release);
             }
-            let before = &s.slots[self.last[i] as usize];
+            let before = &s.slots[self.held[i].1 as usize];
             let mut b = lock(&before.data);
             // (`DONE` with the peer: its thread has left; `READY` also holds the peer.)
             match before.state.load(Ordering::Acquire) {
@@ -402,15 +399,14 @@ impl Batch {
                 _ => b.next = k as u32,
             }
         } else {
-            let peer = homes[i].take().expect("the peer is home");
+            let peer = homes[i].peer.take().expect("the peer is home");
             let mut d = lock(&slot.data);
             d.call = Some(call);
-            d.peer = Some((peer, timer_at[i]));
+            d.peer = Some((peer, homes[i].timer_at));
             d.next = NONE;
             slot.state.store(READY, Ordering::Release);
         }
-        self.stamp[i] = self.number;
-        self.last[i] = k as u32;
+        self.held[i] = (self.number, k as u32);
         self.n += 1;
         s.len.store(self.n, Ordering::Release);
         if k == 0 {
@@ -465,7 +461,7 @@ impl Batch {
             (d.call.take().expect("a handled slot holds its call"), d.peer.take())
         };
         if let Some((p, _)) = peer {
-            homes[call.peer as usize] = Some(p);
+            homes[call.peer as usize].peer = Some(p);
         }
         if k + 1 == self.n {
             self.n = 0;
@@ -475,7 +471,7 @@ impl Batch {
             self.number = self.number.wrapping_add(1).max(1);
             if self.number == 1 {
                 // Wrapped: forget old stamps so none can match.
-                self.stamp.iter_mut().for_each(|s| *s = 0);
+                self.held.iter_mut().for_each(|h| h.0 = 0);
             }
         }
         call
