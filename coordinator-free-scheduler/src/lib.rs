@@ -40,7 +40,7 @@ pub use membership::{Advert, View};
 pub use message::{Grant, JobInfo, MESSAGE_KINDS, Message};
 pub use peer::{
     Action, Config, Event, FetchPurpose, LocalFailure, MAX_HELD_CLAIMS, MAX_UNSIGNED, Peer,
-    RunCause, Stats,
+    RunCause, Stats, VIEW_MARGIN,
 };
 pub use quorum::{DissentRecord, FailReason, Verdict};
 pub use types::{ArchClass, Millis, PeerId, UnitRef};

@@ -131,7 +131,7 @@ mod steal;
 mod timers;
 mod verdict;
 
-pub use config::Config;
+pub use config::{Config, VIEW_MARGIN};
 pub use stats::{RunCause, Stats};
 
 use liveness::{Holder, Pinged};
@@ -424,7 +424,7 @@ impl Peer {
         seed: u64,
     ) -> Self {
         let id = signer.peer_id();
-        let view = View::new(id, arch, cores, cfg.view_side.max(cfg.window));
+        let view = View::new(id, arch, cores, cfg.view_side());
         let dissent = DissentBook::new(cfg.max_dissent_records);
         Self {
             id,

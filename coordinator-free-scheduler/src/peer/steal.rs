@@ -148,7 +148,7 @@ impl Peer {
         }
         let n = ring.len();
         let me = ring.iter().position(|m| m.peer == self.id)?;
-        let reach = (n / 2).min(self.cfg.view_side);
+        let reach = (n / 2).min(self.cfg.view_side());
         (1..=reach)
             .rev()
             .map(|d| if toward_cw { (me + d) % n } else { (me + n - d) % n })

@@ -1174,7 +1174,7 @@ impl Sim {
             Action::Broadcast(msg) => {
                 let mut targets = self.targets();
                 if let Message::Advert(ad) = &msg {
-                    let side = self.cfg.peer.view_side.max(self.cfg.peer.window) + 3;
+                    let side = self.cfg.peer.view_side() + 3;
                     let point = ad.peer.ring_point();
                     Self::neighbours(&self.ring_any, point, side, &mut targets);
                     if let Some(r) = self.ring_class.get(&ad.arch) {
@@ -1573,7 +1573,12 @@ impl Sim {
         if graceful {
             let id = self.peers[i as usize].id;
             let mut n = Vec::new();
-            Self::neighbours(&self.ring_any, id.ring_point(), self.cfg.peer.view_side + 3, &mut n);
+            Self::neighbours(
+                &self.ring_any,
+                id.ring_point(),
+                self.cfg.peer.view_side() + 3,
+                &mut n,
+            );
             for t in n {
                 if self.reachable(t, t) {
                     let d = self.peers[t as usize].delay;
