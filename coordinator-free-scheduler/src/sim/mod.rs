@@ -468,7 +468,6 @@ struct SimPeer {
 
 /// What the simulator keeps of a peer on every call: its state, and the time of the timer
 /// it asked for. Side by side, so a call reads one cache line of them, not two.
-#[derive(Default)]
 struct Home {
     /// The peer's state, away (`None`) only while a batch holds a call for it (see
     /// [`batch`]).
