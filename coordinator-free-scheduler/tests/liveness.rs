@@ -162,3 +162,52 @@ fn a_busy_watcher_leaves_quiet_holders_to_the_advert_check() {
     assert!(pings.is_empty(), "pinged at {pings:?}");
     assert_eq!(p.stats().silent_dropped, 0);
 }
+
+#[test]
+fn only_members_near_us_on_the_ring_are_pinged_for_silence() {
+    let cfg = Config::default();
+    let mut keys = SimKeys::default();
+    keys.register(ME);
+    let mut p =
+        Peer::new(cfg.clone(), ArchClass::X86_64, 2, Box::new(SimSigner(ME)), Arc::new(keys), 7);
+    let _ = p.handle(Event::Online, 0).count();
+    // 44 members of our class advertise once: the view keeps `view_side` on each side of us
+    // (near), and those already kept that newcomers pushed farther round the ring.
+    let members: Vec<PeerId> = (2..46u8).map(|k| PeerId([k; 32])).collect();
+    for (seq, m) in members.iter().enumerate() {
+        let ad = Advert {
+            peer: *m,
+            arch: ArchClass::X86_64,
+            spare_cores: 2,
+            queue_len: 0,
+            seq: seq as u64 + 1,
+            ttl_ms: cfg.advert_ttl_ms,
+            jobs: Arc::from([]),
+        };
+        let _ = p.handle(Event::Message { from: *m, msg: Message::Advert(ad) }, 500).count();
+    }
+    let side = cfg.view_side();
+    let kept: Vec<PeerId> = members.iter().copied().filter(|m| p.view().get(m).is_some()).collect();
+    let near: Vec<PeerId> = kept.iter().copied().filter(|m| p.view().is_near(m, side)).collect();
+    assert_eq!(near.len(), 2 * side, "view_side on each side");
+    assert!(kept.len() > near.len() + 5, "few far members kept: {} of {}", kept.len(), near.len());
+    // None advertises again: past the silence probe (and a tick), each silent member placement
+    // uses has been pinged once (answered, so none is dropped), and no farther one.
+    let mut pinged = Vec::new();
+    let mut t = 1_000;
+    while t <= 500 + cfg.silence_probe_ms + cfg.advert_interval_ms {
+        let acts: Vec<Action> = p.handle(Event::Timer, t).collect();
+        for a in acts {
+            if let Action::Send { to, msg: Message::Ping } = a {
+                pinged.push(to);
+                let _ = p.handle(Event::Message { from: to, msg: Message::Pong }, t).count();
+            }
+        }
+        t += 500;
+    }
+    pinged.sort_unstable();
+    let mut want = near.clone();
+    want.sort_unstable();
+    assert_eq!(pinged, want, "pinged {} of {} members", pinged.len(), members.len());
+    assert_eq!(p.stats().silent_dropped, 0);
+}

@@ -43,7 +43,8 @@ pub struct Config {
     pub claim_grace_ms: Millis,
     /// Least time between two steal requests.
     pub steal_cooldown_ms: Millis,
-    /// A view member that has not advertised for this long is pinged
+    /// A view member within [`Config::view_side`] ring positions of us (one placement uses)
+    /// that has not advertised for this long is pinged
     /// ([`Message::Ping`](crate::message::Message::Ping)) and, when neither that ping nor a
     /// second one `probe_wait_ms` later brings any message from it, taken as gone (its leases
     /// end, its units are placed again). With rare adverts (a long `advert_ttl_ms`) this finds
