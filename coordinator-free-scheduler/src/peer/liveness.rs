@@ -156,7 +156,7 @@ impl Peer {
             // silence changes nothing here, and they expire with their TTL. A member that
             // drifted out of the peers its adverts reach (joins in between) was otherwise
             // pinged every `silence_probe_ms` for as long as its pongs kept it in the view:
-            // four in five pings of the simulator's 2,000-peer bench, all answered.
+            // four in five pings of the simulator's 2,000-peer bench, nearly all answered.
             let side = self.cfg.view_side();
             let silent = self.view.expiring(now, silent_before);
             let view = &self.view;
