@@ -169,10 +169,10 @@ impl Peer {
     /// further down the ranking, to a peer that can run it). While the unit's commits agree,
     /// `quorum + 1` of them: the other primaries and the peers next in line (two at quorum
     /// 2), who take the unit over if a primary's lease lapses. Once they disagree,
-    /// `max_replicas + 1`: every peer that may be asked for an extra replica hears the tally. (It was always `max_replicas + 1`; at
-    /// quorum 2 of 4, that sent each claim and commit to five peers instead of three, and
-    /// they were over half of a large network's messages and of its peers' CPU; see the
-    /// crate README, round 12.)
+    /// `max_replicas + 1`: every peer that may be asked for an extra replica hears the tally.
+    /// (It was always `max_replicas + 1`; at quorum 2 of 4, that sent each claim and commit to
+    /// five peers instead of three, and they were over half of a large network's messages and
+    /// of its peers' CPU; see the crate README, round 12.)
     pub(super) fn watchers(&mut self, key: UKey) -> Vec<PeerId> {
         let j = &self.jobs[key.0 as usize];
         let rep = j.info.manifest.replication;
